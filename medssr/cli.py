@@ -1,0 +1,109 @@
+"""The `medssr` command: inspect data and retrieval, apply profiles, review synthetic data, render reports."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from medssr.data.validate import main_validate
+
+    return main_validate(args.files)
+
+
+def _retrieve(args: argparse.Namespace) -> int:
+    from medssr.knowledge import main_retrieve
+
+    return main_retrieve(args.query, args.k, args.index_dir)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from eval.report import main_report
+
+    return main_report(out_dir=args.out, experiment=args.experiment)
+
+
+def _review(args: argparse.Namespace) -> int:
+    from medssr.review import main_review
+
+    return main_review(args.rest)
+
+
+def _profile(args: argparse.Namespace) -> int:
+    from medssr.profiles import apply_profile, list_profiles
+
+    if args.action == "list":
+        for name, desc in list_profiles():
+            print(f"{name:24s} {desc}")
+        return 0
+    changed = apply_profile(args.name, params_path=args.params)
+    print(f"[profile] applied {args.name} to {args.params}: {len(changed)} keys changed")
+    for k in changed:
+        print(f"  {k}")
+    return 0
+
+
+def _model(args: argparse.Namespace) -> int:
+    from medssr.models import materialize
+
+    out = materialize(args.policy, args.out)
+    print(f"[model] {args.policy} -> {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="medssr", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    v = sub.add_parser("validate", help="check question files (benchmark JSON lists or our JSONL records)")
+    v.add_argument("files", nargs="+")
+    v.set_defaults(fn=_validate)
+
+    r = sub.add_parser("retrieve", help="show the passages the synthesizer would see for a query")
+    r.add_argument("query")
+    r.add_argument("-k", type=int, default=4)
+    r.add_argument("--index-dir", default="artifacts/corpus")
+    r.set_defaults(fn=_retrieve)
+
+    rep = sub.add_parser("report", help="render reports/report.md and figures from MLflow runs")
+    rep.add_argument("--out", default="reports")
+    rep.add_argument("--experiment", default=None)
+    rep.set_defaults(fn=_report)
+
+    rev = sub.add_parser("review", help="physician review sheets: `review export --n 200` / `review import FILE...`")
+    rev.add_argument("rest", nargs=argparse.REMAINDER)
+    rev.set_defaults(fn=_review)
+
+    prof = sub.add_parser("profile", help="apply a parameter profile from params/ onto params.yaml")
+    prof.add_argument("action", choices=["apply", "list"])
+    prof.add_argument("name", nargs="?")
+    prof.add_argument("--params", default="params.yaml")
+    prof.set_defaults(fn=_profile)
+
+    m = sub.add_parser("model", help="materialise a policy (smollm2-135m, a dir or a hub id) as a transformers dir")
+    m.add_argument("policy")
+    m.add_argument("out")
+    m.set_defaults(fn=_model)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from medssr.config import ConfigError, set_offline_env
+
+    set_offline_env()
+    args = build_parser().parse_args(argv)
+    if args.cmd == "profile" and args.action == "apply" and not args.name:
+        print("medssr profile apply: name a profile (see `medssr profile list`)", file=sys.stderr)
+        return 2
+    try:
+        return int(args.fn(args) or 0)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"medssr {args.cmd}: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+_ = Path

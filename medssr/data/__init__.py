@@ -1,0 +1,1 @@
+"""Real data: loaders, rare-disease entities and tagging, RareDis-Sub categories, reasoning filter, leakage."""

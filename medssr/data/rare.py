@@ -1,0 +1,360 @@
+"""The rare-disease list E_rare (Orphanet, optionally GARD) and a tagger that finds its names in question text.
+
+Matching runs over normalised token sequences with one token trie (leftmost-longest match), so tagging a
+question costs O(tokens x longest name) however many names there are. Short names are dropped, acronyms
+match case-sensitively, and a stoplist removes common diseases and everyday words that Orphanet also lists.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import re
+import unicodedata
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ORPHANET_FILE = "rare_disease/orphanet_diseases.jsonl.gz"
+GARD_FILE = "corpus/medquad_gard_ghr.jsonl.gz"
+
+# Orphanet disorder types that name one disorder; "Category" and "Clinical group" are grouping nodes
+# ("Rare genetic disease", "Vasculitis"), "Particular clinical situation..." is poisoning/trauma/sepsis.
+DISEASE_TYPES = ("Disease", "Malformation syndrome", "Clinical subtype", "Etiological subtype", "Histopathological subtype", "Clinical group",
+                 "Clinical syndrome", "Morphological anomaly", "Biological anomaly")
+
+# Names Orphanet (or GARD) lists that are common in the exam sets' population, or everyday words; a question
+# that mentions only these is not a rare-disease question. Chosen by reading the most frequent matches over
+# all benchmark and training questions (docs/data.md lists them with counts).
+STOPLIST = frozenset(line.split("#")[0].strip() for line in """
+# common chronic diseases (population prevalence well above 1 in 2,000, the EU rare-disease threshold)
+asthma
+alzheimer disease
+parkinson disease
+multiple sclerosis
+essential tremor
+restless legs syndrome
+tourette syndrome
+trichotillomania
+burning mouth syndrome
+bell palsy
+benign paroxysmal positional vertigo
+polycystic ovarian syndrome
+polycystic ovary syndrome
+diabetes mellitus type 1
+graves disease
+primary hyperparathyroidism
+hemochromatosis
+gilbert syndrome
+familial hypercholesterolemia
+glucose 6 phosphate dehydrogenase deficiency
+g6pd deficiency
+down syndrome
+klinefelter syndrome
+fetal alcohol syndrome
+systemic lupus erythematosus
+lupus
+lupus nephritis
+ankylosing spondylitis
+sjogren syndrome
+giant cell arteritis
+alopecia areata
+erythema multiforme
+polycystic kidney disease
+autosomal dominant polycystic kidney disease
+barrett esophagus
+macular degeneration
+rheumatic fever
+acute rheumatic fever
+cleft palate
+cleft lip and palate
+cleft lip palate
+polydactyly
+adolescent idiopathic scoliosis
+aggressive periodontitis
+juvenile periodontitis
+pyogenic granuloma
+leukoplakia
+atrial septal defect
+interatrial communication
+abdominal aortic aneurysm
+# common cancers and benign tumours
+squamous cell carcinoma
+bladder cancer
+renal cell carcinoma
+hepatocellular carcinoma
+lung adenocarcinoma
+papillary thyroid carcinoma
+carcinoma of esophagus
+esophageal carcinoma
+hereditary breast cancer
+pituitary adenoma
+meningioma
+# common acute or pregnancy conditions, complications and findings rather than diseases
+acute respiratory distress syndrome
+neonatal acute respiratory distress syndrome
+hyaline membrane disease
+preeclampsia
+hellp syndrome
+portal hypertension
+hepatic encephalopathy
+infectious arthritis
+infective endocarditis
+lead poisoning
+nephrocalcinosis
+microcephaly
+polycythemia
+rickets
+# infections with a large global burden (common in the MedMCQA/HEAD-QA populations)
+tuberculosis
+malaria
+typhoid
+typhoid fever
+cholera
+dengue fever
+dengue virus infection
+leishmaniasis
+schistosomiasis
+whooping cough
+pertussis
+scarlet fever
+shigellosis
+lyme disease
+scrub typhus
+chikungunya
+# synonyms that are everyday or anatomical words, or acronyms with another common meaning
+malleus
+silver staining
+midline heart
+selects
+tpha
+facs
+smas
+""".splitlines()) - {""}
+
+_APOSTROPHE_S = re.compile(r"['’`´]s\b")
+_TOKEN = re.compile(r"[^\W_]+")
+_GREEK = {"α": "alpha", "β": "beta", "γ": "gamma", "δ": "delta", "κ": "kappa", "λ": "lambda", "μ": "mu"}
+_BREAK = re.compile(r"[.,;:?!]\s|[.,;:?!]$|[\n()\[\]]")  # "22q11.2" keeps its dot; "midline. Heart" breaks
+_PARENS = re.compile(r"\s*\((?:formerly|obsolete)\)|,?\s*formerly\b", re.IGNORECASE)
+
+
+def _prepare(text: str) -> str:
+    """NFKC, Greek letters spelled out, possessive 's dropped (Down's -> Down): the text tokens are cut from."""
+    text = unicodedata.normalize("NFKC", text)
+    for g, name in _GREEK.items():
+        text = text.replace(g, f" {name} ")
+    return _APOSTROPHE_S.sub("", text)
+
+
+def _tokens(text: str, lower: bool = True) -> list[str]:
+    """Word tokens of ``text`` (letters and digits), lower-cased unless asked not to."""
+    toks = _TOKEN.findall(_prepare(text))
+    return [t.lower() for t in toks] if lower else toks
+
+
+def _inside_compound(text: str, pos: int, before: bool) -> bool:
+    """Whether a token boundary at ``pos`` is really inside a hyphen- or slash-joined word."""
+    if before:
+        return pos >= 2 and text[pos - 1] in "-‐‑–/" and text[pos - 2].isalnum()
+    return pos + 1 < len(text) and text[pos] in "-‐‑–/" and text[pos + 1].isalnum()
+
+
+def _breaks(separator: str) -> bool:
+    """Punctuation between two words that no multi-word disease name spans."""
+    return bool(_BREAK.search(separator))
+
+
+def normalize_name(text: str) -> str:
+    """The key two spellings of one name share ("Hirschsprung's disease" == "hirschsprung disease")."""
+    return " ".join(_tokens(text))
+
+
+def is_acronym(surface: str) -> bool:
+    """An abbreviation (MCCD, CADASIL, HAIR-AN, SeLECTS): no lower-case letters, or one word with 2+ capitals.
+
+    Abbreviations are matched case-sensitively: "SeLECTS" must not match the verb "selects".
+    """
+    if not any(c.isalpha() for c in surface):
+        return False
+    if not any(c.islower() for c in surface):
+        return True
+    toks = _tokens(surface, lower=False)
+    return len(toks) == 1 and sum(c.isupper() for c in toks[0]) >= 2
+
+
+@dataclass
+class Entity:
+    """One rare disease: preferred name, synonyms, Orphanet code (None for GARD-only names)."""
+
+    id: str
+    name: str
+    synonyms: list[str] = field(default_factory=list)
+    orphacode: str | None = None
+    disorder_type: str | None = None
+    sources: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "name": self.name, "synonyms": self.synonyms, "orphacode": self.orphacode,
+                "disorder_type": self.disorder_type, "sources": self.sources}
+
+
+def _read_jsonl_gz(path: Path) -> Iterable[dict]:
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file (run `medssr vendor` or check data.raw_dir)")
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                yield json.loads(line)
+
+
+def load_entities(raw_dir: str | os.PathLike, include_gard: bool = True, types: tuple[str, ...] = DISEASE_TYPES) -> list[Entity]:
+    """E_rare: Orphanet disorders of the given types, plus GARD focus names Orphanet does not already have."""
+    raw_dir = Path(raw_dir)
+    entities: list[Entity] = []
+    by_key: dict[str, Entity] = {}
+    for r in _read_jsonl_gz(raw_dir / ORPHANET_FILE):
+        if r.get("disorder_type") not in types:
+            continue
+        e = Entity(id=f"ORPHA:{r['orphacode']}", name=r["name"], synonyms=list(r.get("synonyms") or []),
+                   orphacode=str(r["orphacode"]), disorder_type=r["disorder_type"], sources=["orphanet"])
+        entities.append(e)
+        for s in [e.name, *e.synonyms]:
+            by_key.setdefault(normalize_name(s), e)
+    if include_gard:
+        used_ids = {e.id for e in entities}
+        for r in _read_jsonl_gz(raw_dir / GARD_FILE):
+            if r.get("source") != "GARD" or not r.get("focus"):
+                continue
+            focus = _PARENS.sub("", r["focus"]).strip()
+            key = normalize_name(focus)
+            if not key:
+                continue
+            hit = by_key.get(key)
+            if hit is not None:
+                if "gard" not in hit.sources:
+                    hit.sources.append("gard")
+                continue
+            m = re.search(r"/gard/(\d+)", r.get("url") or "")
+            gid = f"GARD:{m.group(1)}" if m else f"GARD:{key.replace(' ', '-')[:80]}"
+            while gid in used_ids:
+                gid += "+"
+            used_ids.add(gid)
+            e = Entity(id=gid, name=focus, sources=["gard"])
+            entities.append(e)
+            by_key[key] = e
+    return entities
+
+
+@dataclass
+class Match:
+    entity: Entity
+    surface: str  # the matched text, as normalised tokens
+    start: int  # token offsets in the tagged text
+    end: int
+
+
+@dataclass
+class Tagger:
+    """Token-trie matcher over E_rare surface forms; build it with ``build_tagger``."""
+
+    trie: dict
+    n_surfaces: int
+    dropped: dict[str, int]
+
+    def find(self, text: str) -> list[Match]:
+        """Leftmost-longest, non-overlapping rare-disease mentions in ``text``.
+
+        A match may not start or end inside a hyphenated word ("Stevens-Johnson syndrome" is not "Johnson
+        syndrome", "non-Hodgkin lymphoma" is not "Hodgkin lymphoma") nor run across punctuation the name
+        does not contain ("...the midline. Heart sounds..." is not "midline heart").
+        """
+        prepared = _prepare(text)
+        spans = [(m.start(), m.end()) for m in _TOKEN.finditer(prepared)]
+        orig = [prepared[a:b] for a, b in spans]
+        low = [t.lower() for t in orig]
+        out: list[Match] = []
+        i = 0
+        while i < len(low):
+            best = None
+            if not _inside_compound(prepared, spans[i][0], before=True):
+                node, j = self.trie, i
+                while j < len(low) and low[j] in node:
+                    node = node[low[j]]
+                    if j > i and _breaks(prepared[spans[j - 1][1]:spans[j][0]]):
+                        break
+                    j += 1
+                    if None in node and not _inside_compound(prepared, spans[j - 1][1], before=False):
+                        for entity, case_tokens in node[None]:
+                            if case_tokens is None or case_tokens == orig[i:j]:
+                                best = (j, entity)
+                                break
+            if best is not None:
+                out.append(Match(best[1], " ".join(low[i:best[0]]), i, best[0]))
+                i = best[0]
+            else:
+                i += 1
+        return out
+
+    def tag(self, text: str) -> str | None:
+        """Preferred name of the first rare disease mentioned, or None."""
+        found = self.find(text)
+        return found[0].entity.name if found else None
+
+
+def _keep_surface(surface: str, min_len: int, stoplist: frozenset[str]) -> tuple[bool, str]:
+    """Whether a name is safe to match, and why not: too short, a stopword/common disease, or a short acronym."""
+    key = normalize_name(surface)
+    if not key:
+        return False, "empty"
+    if key in stoplist:
+        return False, "stoplist"
+    if is_acronym(surface):
+        letters = sum(c.isalpha() for c in surface)
+        return (letters >= 4, "short_acronym")
+    if len(key.replace(" ", "")) < min_len:
+        return False, "short"
+    if key.isdigit():
+        return False, "numeric"
+    return True, ""
+
+
+def build_tagger(entities: Iterable[Entity], min_len: int = 5, stoplist: Iterable[str] = STOPLIST) -> Tagger:
+    """Index every kept name and synonym; acronyms keep their original-case tokens for a case-sensitive check."""
+    stop = frozenset(normalize_name(s) for s in stoplist)
+    trie: dict = {}
+    dropped: dict[str, int] = {}
+    seen: set[tuple[str, str]] = set()
+    n = 0
+    for e in entities:
+        names = [e.name, *e.synonyms]
+        if normalize_name(e.name) in stop:  # a stoplisted disease loses its synonyms too
+            dropped["stoplist"] = dropped.get("stoplist", 0) + len(names)
+            continue
+        for s in names:
+            s = _PARENS.sub("", s).strip()
+            ok, why = _keep_surface(s, min_len, stop)
+            if not ok:
+                dropped[why] = dropped.get(why, 0) + 1
+                continue
+            case_tokens = _tokens(s, lower=False) if is_acronym(s) else None
+            low = _tokens(s)
+            if (e.id, " ".join(_tokens(s, lower=case_tokens is None))) in seen:
+                continue
+            seen.add((e.id, " ".join(_tokens(s, lower=case_tokens is None))))
+            node = trie
+            for t in low:
+                node = node.setdefault(t, {})
+            node.setdefault(None, []).append((e, case_tokens))
+            n += 1
+    return Tagger(trie, n, dropped)
+
+
+def tag_question_text(q_text: str, options: dict[str, str], answer: str | None, tagger: Tagger) -> list[Match]:
+    """Rare-disease mentions in the stem, else in the correct option: what makes a question 'about' a rare disease."""
+    found = tagger.find(q_text)
+    if not found and answer and answer in options:
+        found = tagger.find(options[answer])
+    return found

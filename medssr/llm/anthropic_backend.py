@@ -1,0 +1,77 @@
+"""Anthropic Messages API through the official ``AsyncAnthropic`` client (its own retries, Retry-After, timeouts).
+
+Structured output is a single forced tool whose ``input_schema`` is the request's schema; the response text is
+``json.dumps`` of the tool input. A forced tool and an assistant prefill don't mix, so with a schema the prefix
+is not sent; without one it is sent as the trailing assistant turn and prepended to the returned text.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from medssr.config import GeneratorCfg, PriceCfg
+from medssr.llm.base import AsyncAPIGenerator, LLMError, LLMRequest, LLMResponse, MalformedResponse
+from medssr.llm.ledger import Ledger
+
+KEY_ENV = "ANTHROPIC_API_KEY"
+
+
+class AnthropicGenerator(AsyncAPIGenerator):
+    def __init__(self, cfg: GeneratorCfg, cache_dir: str | Path, prices: Mapping[str, PriceCfg] | None = None):
+        key = os.environ.get(KEY_ENV, "").strip()
+        if not key:
+            raise LLMError(f"synth.generator.backend 'anthropic' needs an API key: set the {KEY_ENV} environment variable")
+        super().__init__(cfg, cache_dir, Ledger(prices), name=f"anthropic:{cfg.model}", model_id=cfg.model)
+        self._api_key = key
+        self._secrets.append(key)
+
+    def _make_client(self) -> Any:
+        from anthropic import AsyncAnthropic
+
+        # An explicit timeout also switches off the client's "streaming required" guess for large max_tokens.
+        return AsyncAnthropic(api_key=self._api_key, base_url=self.cfg.base_url, max_retries=self.cfg.max_retries,
+                              timeout=self.cfg.timeout_s)
+
+    def _structured(self, request: LLMRequest) -> bool:
+        return self.cfg.structured and request.json_schema is not None
+
+    def _prefix(self, request: LLMRequest) -> str:
+        # The API rejects a final assistant turn that ends in whitespace.
+        return "" if self._structured(request) or not request.assistant_prefix else request.assistant_prefix.rstrip()
+
+    def request_body(self, request: LLMRequest) -> dict[str, Any]:
+        """The messages.create arguments: system turns joined into ``system``, prefill as a final assistant turn."""
+        cfg = self.cfg
+        system = "\n\n".join(c for r, c in request.messages if r == "system")
+        messages = [{"role": r, "content": c} for r, c in request.messages if r != "system"]
+        if prefix := self._prefix(request):
+            messages.append({"role": "assistant", "content": prefix})
+        body: dict[str, Any] = {"model": cfg.model, "max_tokens": cfg.max_tokens, "temperature": cfg.temperature, "messages": messages}
+        if system:
+            body["system"] = system
+        if self._structured(request):
+            body["tools"] = [{"name": request.schema_name, "description": f"Record the {request.schema_name} as structured data.",
+                              "input_schema": request.json_schema}]
+            body["tool_choice"] = {"type": "tool", "name": request.schema_name}
+        return body
+
+    async def _call(self, client: Any, request: LLMRequest, key: str) -> LLMResponse:
+        msg = await client.messages.create(**self.request_body(request))
+        if isinstance(msg, str):
+            raise MalformedResponse(f"response body is not JSON: {msg[:120]!r}")
+        try:
+            blocks = list(msg.content)
+            n_in, n_out = int(msg.usage.input_tokens), int(msg.usage.output_tokens)
+            finish = msg.stop_reason
+            tool = next((b for b in blocks if b.type == "tool_use"), None)
+            if tool is not None:
+                text = json.dumps(tool.input, ensure_ascii=False)
+            else:
+                text = self._prefix(request) + "".join(b.text for b in blocks if b.type == "text")
+        except (AttributeError, TypeError, ValueError) as e:
+            raise MalformedResponse(f"message without content blocks/usage ({type(e).__name__}: {e})") from None
+        return LLMResponse(text, n_in, n_out, False, self.ledger.cost(self.cfg.model, n_in, n_out), 0.0, finish_reason=finish)

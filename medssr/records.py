@@ -1,0 +1,226 @@
+"""Question records and their JSONL files: the one shape every stage reads and writes.
+
+A row that can't be parsed raises ``RecordError`` naming file, line and field; with
+``strict=False`` it goes to a ``<file>.rejected.jsonl`` side file and is counted instead.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+LETTERS = "ABCDEFGHIJ"
+ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/+-]{0,199}$")
+
+CATEGORIES = ("Symptoms", "Causes", "Affects", "Related disorders", "Diagnosis", "Treatment", "Others")
+
+
+class RecordError(ValueError):
+    """A malformed record; the message reads ``file:line: field: problem``."""
+
+    def __init__(self, path: str | os.PathLike | None, line: int | None, field_name: str, problem: str):
+        self.path, self.line, self.field, self.problem = str(path) if path else None, line, field_name, problem
+        where = f"{self.path}:{line}: " if self.path and line else (f"{self.path}: " if self.path else "")
+        super().__init__(f"{where}{field_name}: {problem}")
+
+
+@dataclass
+class Question:
+    """A multiple-choice question, real or synthetic (DESIGN.md 'Records')."""
+
+    id: str
+    source: str
+    split: str
+    question: str
+    options: dict[str, str]
+    answer: str | None = None
+    rare_disease: str | None = None
+    category: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    # synthetic
+    seed_ids: list[str] | None = None
+    retrieved: list[str] | None = None
+    generator: str | None = None
+    prompt_hash: str | None = None
+    usage: dict[str, int] | None = None
+    # labeled
+    votes: list[str | None] | None = None
+    majority: str | None = None
+    agreement: float | None = None
+    n_valid: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict without the optional fields that are unset, so files stay small."""
+        d = asdict(self)
+        optional = {"seed_ids", "retrieved", "generator", "prompt_hash", "usage", "votes", "majority", "agreement", "n_valid"}
+        return {k: v for k, v in d.items() if not (k in optional and v is None)}
+
+    @property
+    def label(self) -> str | None:
+        """The reward target: the majority vote of a labeled synthetic question, else the gold answer."""
+        return self.majority if self.majority is not None else self.answer
+
+    def render(self) -> str:
+        """Stem followed by ``A. option`` lines: the layout of the benchmark files and our prompts."""
+        return self.question.rstrip() + "\n" + "\n".join(f"{k}. {v}" for k, v in self.options.items())
+
+
+FIELD_NAMES = {f.name for f in fields(Question)}
+
+
+def validate_question(d: Any, path: str | os.PathLike | None = None, line: int | None = None) -> Question:
+    """Build a Question from a decoded JSON object, or raise RecordError naming the bad field."""
+    if not isinstance(d, dict):
+        raise RecordError(path, line, "<row>", f"expected a JSON object, got {type(d).__name__}")
+    unknown = sorted(set(d) - FIELD_NAMES)
+    if unknown:
+        raise RecordError(path, line, unknown[0], "unknown field")
+    for name in ("id", "source", "split", "question", "options"):
+        if name not in d:
+            raise RecordError(path, line, name, "missing")
+    if not isinstance(d["id"], str) or not ID_RE.match(d["id"]):
+        raise RecordError(path, line, "id", f"malformed id {d['id']!r} (letters, digits, ._:/+- ; max 200)")
+    for name in ("source", "split", "question"):
+        if not isinstance(d[name], str) or not d[name].strip():
+            raise RecordError(path, line, name, "expected a non-empty string")
+    opts = d["options"]
+    if not isinstance(opts, dict) or len(opts) < 2:
+        raise RecordError(path, line, "options", "expected an object with at least 2 options")
+    keys = list(opts)
+    if keys != list(LETTERS[: len(keys)]):
+        raise RecordError(path, line, "options", f"option keys must be A, B, C... in order, got {keys}")
+    for k, v in opts.items():
+        if not isinstance(v, str) or not v.strip():
+            raise RecordError(path, line, f"options.{k}", "expected a non-empty string")
+    for name in ("answer", "majority"):
+        v = d.get(name)
+        if v is not None and v not in opts:
+            raise RecordError(path, line, name, f"{v!r} is not among options {keys[0]}-{keys[-1]}")
+    if d.get("category") is not None and d["category"] not in CATEGORIES:
+        raise RecordError(path, line, "category", f"{d['category']!r} is not one of {', '.join(CATEGORIES)}")
+    if "meta" in d and not isinstance(d["meta"], dict):
+        raise RecordError(path, line, "meta", "expected an object")
+    if d.get("votes") is not None:
+        if not isinstance(d["votes"], list) or any(v is not None and v not in opts for v in d["votes"]):
+            raise RecordError(path, line, "votes", "expected a list of option letters or null")
+    if d.get("agreement") is not None and not (isinstance(d["agreement"], (int, float)) and 0 <= d["agreement"] <= 1):
+        raise RecordError(path, line, "agreement", "expected a number in [0, 1]")
+    return Question(**d)
+
+
+def _open_text(path: Path, mode: str, gz: bool | None = None):
+    if path.suffix == ".gz" if gz is None else gz:
+        return gzip.open(path, mode + "t", encoding="utf-8")
+    return open(path, mode, encoding="utf-8")
+
+
+def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
+    """Yield ``(line_number, object)`` for each non-empty line; bad JSON or bytes name the line."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    with _open_text(path, "r") as fh:
+        lineno = 0
+        while True:
+            try:
+                raw = fh.readline()
+            except UnicodeDecodeError as e:
+                raise RecordError(path, lineno + 1, "<row>", f"not valid UTF-8 ({e.reason})") from None
+            if not raw:
+                break
+            lineno += 1
+            if not raw.strip():
+                continue
+            try:
+                yield lineno, json.loads(raw)
+            except json.JSONDecodeError as e:
+                raise RecordError(path, lineno, "<row>", f"invalid JSON ({e.msg} at column {e.colno})") from None
+
+
+def read_questions(path: str | os.PathLike, strict: bool = True) -> list[Question]:
+    """Read a Question JSONL file; non-strict mode quarantines bad rows to ``<path>.rejected.jsonl``."""
+    out, rejected = [], []
+    path = Path(path)
+    seen: dict[str, int] = {}
+    rows = iter_jsonl(path)
+    while True:
+        try:
+            lineno, obj = next(rows)
+        except StopIteration:
+            break
+        except RecordError as e:
+            if strict:
+                raise
+            rejected.append({"line": e.line, "error": str(e)})
+            if e.field == "<row>" and "UTF-8" in e.problem:
+                break  # the decoder cannot resync after bad bytes
+            continue
+        try:
+            q = validate_question(obj, path, lineno)
+            if q.id in seen:
+                raise RecordError(path, lineno, "id", f"duplicate id {q.id!r} (first on line {seen[q.id]})")
+            seen[q.id] = lineno
+            out.append(q)
+        except RecordError as e:
+            if strict:
+                raise
+            rejected.append({"line": lineno, "error": str(e), "row": obj})
+    if rejected:
+        write_jsonl(path.with_name(path.name + ".rejected.jsonl"), rejected)
+    read_questions.last_rejected = len(rejected)  # type: ignore[attr-defined]
+    return out
+
+
+def write_jsonl(path: str | os.PathLike, rows: Iterable[Any]) -> int:
+    """Write rows (Questions or dicts) atomically: a crash never leaves a half file under the real name."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    n = 0
+    with _open_text(tmp, "w", gz=path.suffix == ".gz") as fh:
+        for r in rows:
+            d = r.to_dict() if isinstance(r, Question) else r
+            fh.write(json.dumps(d, ensure_ascii=False) + "\n")
+            n += 1
+    os.replace(tmp, path)
+    return n
+
+
+def append_jsonl(path: str | os.PathLike, row: Any) -> None:
+    """Append one row and flush it to disk: the unit of progress for resumable stages."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    d = row.to_dict() if isinstance(row, Question) else row
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(d, ensure_ascii=False) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def read_partial_jsonl(path: str | os.PathLike) -> list[dict]:
+    """Rows of an append-only progress file, ignoring a torn last line left by a kill."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        lines = fh.read().split("\n")
+    for i, raw in enumerate(lines):
+        if not raw.strip():
+            continue
+        try:
+            rows.append(json.loads(raw))
+        except json.JSONDecodeError:
+            if i >= len(lines) - 2:  # torn tail from a crash: drop it
+                break
+            raise RecordError(path, i + 1, "<row>", "invalid JSON in progress file") from None
+    # rewrite without the torn tail so later appends start on a clean line
+    if rows and not lines[-1] == "":
+        write_jsonl(path, rows)
+    return rows

@@ -1,0 +1,173 @@
+"""GRPO training data: questions -> prompts + reward targets, for TRL (a ``datasets.Dataset``) and OpenRLHF (JSONL).
+
+The prompt is the paper's evaluation prompt F.4 (``prompts/eval_f4.txt``, placeholder ``{question}``) filled with
+the stem and its ``A. ...`` option lines, sent as one user chat message so that each backend applies the policy's
+chat template. The reward target is ``Question.label``: the offline majority vote for a labeled synthetic
+question (stage I), the gold answer for a real one (stage II).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medssr.records import Question, read_questions
+
+DEFAULT_PROMPT = "prompts/eval_f4.txt"
+PLACEHOLDER = "{question}"
+
+
+class RLDataError(ValueError):
+    """Training data that cannot be used; the message names the file (and row id) and what to do."""
+
+
+@dataclass
+class RLExample:
+    """One training prompt: the rendered question, its options and the letter the reward checks against."""
+
+    id: str
+    kind: str  # "synthetic" | "real"
+    question: str  # stem + "A. ..." lines (Question.render())
+    options: dict[str, str]
+    label: str
+    agreement: float | None = None  # vote share of the offline majority (synthetic only)
+
+
+def load_prompt_template(path: str | os.PathLike = DEFAULT_PROMPT) -> str:
+    """Read the F.4 prompt; relative paths are taken from the project root."""
+    from medssr.tracking import project_root
+
+    p = Path(path)
+    if not p.is_absolute():
+        p = project_root() / p
+    if not p.exists():
+        raise RLDataError(f"{p}: prompt template missing (the F.4 evaluation prompt written for the label stage)")
+    text = p.read_text(encoding="utf-8")
+    if PLACEHOLDER not in text:
+        raise RLDataError(f"{p}: prompt template has no {PLACEHOLDER} placeholder")
+    return text
+
+
+def render_prompt(question: str, template: str) -> str:
+    """Fill the template; plain replacement, since question text may hold braces."""
+    return template.replace(PLACEHOLDER, question).strip()
+
+
+def chat_prompt(ex: RLExample, template: str) -> list[dict[str, str]]:
+    """The prompt as chat messages (one user turn): both TRL and OpenRLHF apply the chat template to it."""
+    return [{"role": "user", "content": render_prompt(ex.question, template)}]
+
+
+def examples_from_questions(questions: Iterable[Question], kind: str, source: str | os.PathLike = "<questions>") -> tuple[list[RLExample], int]:
+    """Questions -> examples; rows without a reward target are skipped and counted, labels outside the options raise.
+
+    A synthetic question needs its offline ``majority`` (a generator's own answer key is never the stage-I reward).
+    """
+    out: list[RLExample] = []
+    skipped = 0
+    for q in questions:
+        label = q.majority if kind == "synthetic" else q.answer
+        if label is None:
+            skipped += 1
+            continue
+        if label not in q.options:
+            field = "majority" if kind == "synthetic" else "answer"
+            letters = list(q.options)
+            raise RLDataError(f"{source}: id {q.id}: {field} {label!r} is not among options {letters[0]}-{letters[-1]}")
+        out.append(RLExample(id=q.id, kind=kind, question=q.render(), options=dict(q.options), label=label,
+                             agreement=q.agreement if kind == "synthetic" else None))
+    return out, skipped
+
+
+def _read(kind: str, path: str | os.PathLike) -> tuple[list[RLExample], int, int]:
+    p = Path(path)
+    if not p.exists():
+        what = "labeled synthetic set (label stage)" if kind == "synthetic" else "real training set (prepare stage)"
+        raise RLDataError(f"{p}: no such file: the {what} is missing")
+    questions = read_questions(p)
+    examples, skipped = examples_from_questions(questions, kind, p)
+    if not examples:
+        hint = ("no row has a majority vote: is this the output of the label stage?" if kind == "synthetic"
+                else "no row has a gold answer")
+        raise RLDataError(f"{p}: empty {kind} training set ({len(questions)} rows, {skipped} without a label): {hint}")
+    return examples, len(questions), skipped
+
+
+def load_examples(kind: str, synthetic_path: str | os.PathLike, real_path: str | os.PathLike, max_samples: int | None = None,
+                  seed: int = 0) -> tuple[list[RLExample], dict[str, Any]]:
+    """Examples for a stage's dataset kind ('synthetic', 'real' or 'mixed'), shuffled with ``seed`` and capped.
+
+    'mixed' (Table 3 "One-stage") pools both sets before shuffling, so a cap keeps their proportion.
+    """
+    if kind not in ("synthetic", "real", "mixed"):
+        raise RLDataError(f"dataset kind: expected synthetic, real or mixed, got {kind!r}")
+    examples: list[RLExample] = []
+    stats: dict[str, Any] = {}
+    for k, path in (("synthetic", synthetic_path), ("real", real_path)):
+        if kind in (k, "mixed"):
+            ex, n_rows, skipped = _read(k, path)
+            examples += ex
+            stats[f"{k}_rows"] = n_rows
+            stats[f"{k}_unlabeled"] = skipped
+            stats[f"{k}_path"] = str(path)
+    random.Random(seed).shuffle(examples)
+    if max_samples is not None:
+        examples = examples[:max_samples]
+    stats["examples"] = len(examples)
+    stats["by_kind"] = {k: sum(e.kind == k for e in examples) for k in ("synthetic", "real") if any(e.kind == k for e in examples)}
+    return examples, stats
+
+
+def drop_long_prompts(examples: Sequence[RLExample], template: str, tokenizer: Any, max_tokens: int) -> tuple[list[RLExample], int]:
+    """Keep prompts whose chat-templated length fits ``train.max_prompt_length`` (TRL has no prompt cap of its own)."""
+    kept, dropped = [], 0
+    for ex in examples:
+        ids = tokenizer.apply_chat_template(chat_prompt(ex, template), add_generation_prompt=True, tokenize=True)
+        if hasattr(ids, "keys"):  # a BatchEncoding in newer transformers
+            ids = ids["input_ids"]
+        if len(ids) <= max_tokens:
+            kept.append(ex)
+        else:
+            dropped += 1
+    return kept, dropped
+
+
+def trl_rows(examples: Sequence[RLExample], template: str) -> list[dict[str, Any]]:
+    """Rows for TRL: ``prompt`` (chat), ``label``, ``options`` (JSON text: option sets differ, Arrow wants one schema)."""
+    return [{"prompt": chat_prompt(ex, template), "label": ex.label, "options": json.dumps(ex.options, ensure_ascii=False),
+             "id": ex.id, "kind": ex.kind} for ex in examples]
+
+
+def to_trl_dataset(examples: Sequence[RLExample], template: str):
+    """A ``datasets.Dataset`` whose extra columns (label, options, id, kind) reach TRL reward functions as kwargs."""
+    from datasets import Dataset
+
+    if not examples:
+        raise RLDataError("no training examples: the stage's dataset is empty")
+    return Dataset.from_list(trl_rows(examples, template))
+
+
+def openrlhf_rows(examples: Sequence[RLExample], template: str) -> list[dict[str, Any]]:
+    """Rows for OpenRLHF: ``--data.input_key prompt`` (chat, with ``--data.apply_chat_template``), ``--data.label_key label``.
+
+    The label is ``encode_label(label, options)`` because OpenRLHF hands the reward function only the label
+    string; ``datasource`` splits its eval metrics by set.
+    """
+    from medssr.rl.rewards import encode_label
+
+    return [{"prompt": chat_prompt(ex, template), "label": encode_label(ex.label, ex.options), "datasource": ex.kind, "id": ex.id}
+            for ex in examples]
+
+
+def write_openrlhf_jsonl(examples: Sequence[RLExample], template: str, path: str | os.PathLike) -> int:
+    """Write the prompt/label JSONL OpenRLHF's ``--data.prompt_dataset`` reads (atomically)."""
+    from medssr.records import write_jsonl
+
+    if not examples:
+        raise RLDataError(f"{path}: refusing to write an empty OpenRLHF prompt set")
+    return write_jsonl(path, openrlhf_rows(examples, template))

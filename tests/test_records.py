@@ -1,0 +1,103 @@
+"""Question records: round trips, and malformed rows named by file, line and field."""
+
+import json
+
+import pytest
+
+from medssr.records import Question, RecordError, append_jsonl, read_partial_jsonl, read_questions, write_jsonl
+
+
+def _q(i=1, **kw):
+    d = {"id": f"q-{i}", "source": "medqa", "split": "test", "question": "A 4-year-old boy has drooling. Diagnosis?",
+         "options": {"A": "Moebius syndrome", "B": "SMA", "C": "Worster-Drought syndrome", "D": "Opercular syndrome"}, "answer": "C"}
+    d.update(kw)
+    return d
+
+
+def test_round_trip_keeps_every_field(tmp_path):
+    q = Question(**_q(), rare_disease="Worster-Drought syndrome", category="Diagnosis", votes=["C", None, "A"], majority="C",
+                 agreement=2 / 3, n_valid=2)
+    write_jsonl(tmp_path / "q.jsonl", [q])
+    (back,) = read_questions(tmp_path / "q.jsonl")
+    assert back == q
+    assert back.label == "C"
+    assert back.render().endswith("D. Opercular syndrome")
+
+
+def test_gzip_files_round_trip(tmp_path):
+    write_jsonl(tmp_path / "q.jsonl.gz", [Question(**_q())])
+    assert read_questions(tmp_path / "q.jsonl.gz")[0].id == "q-1"
+
+
+@pytest.mark.parametrize(
+    ("row", "field", "problem"),
+    [
+        (_q(answer="E"), "answer", "'E' is not among options A-D"),
+        ({k: v for k, v in _q().items() if k != "options"}, "options", "missing"),
+        (_q(options={"A": "x"}), "options", "at least 2"),
+        (_q(options={"A": "x", "C": "y"}), "options", "keys must be A, B, C"),
+        (_q(options={"A": "x", "B": " "}), "options.B", "non-empty"),
+        (_q(id="bad id with spaces"), "id", "malformed id"),
+        (_q(category="Genetics"), "category", "not one of"),
+        (_q(colour="red"), "colour", "unknown field"),
+        (_q(agreement=1.5), "agreement", "[0, 1]"),
+    ],
+)
+def test_bad_rows_name_file_line_and_field(tmp_path, row, field, problem):
+    f = tmp_path / "q.jsonl"
+    f.write_text(json.dumps(_q(1)) + "\n" + json.dumps(row) + "\n")
+    with pytest.raises(RecordError) as e:
+        read_questions(f)
+    assert str(e.value).startswith(f"{f}:2: {field}: ")
+    assert problem in str(e.value)
+
+
+def test_invalid_json_and_duplicate_ids(tmp_path):
+    f = tmp_path / "q.jsonl"
+    f.write_text(json.dumps(_q(1)) + "\n{not json\n")
+    with pytest.raises(RecordError, match=r"q.jsonl:2: <row>: invalid JSON"):
+        read_questions(f)
+    f.write_text(json.dumps(_q(1)) + "\n" + json.dumps(_q(1)) + "\n")
+    with pytest.raises(RecordError, match=r"q.jsonl:2: id: duplicate id 'q-1' \(first on line 1\)"):
+        read_questions(f)
+
+
+def test_non_utf8_bytes_name_the_line(tmp_path):
+    f = tmp_path / "q.jsonl"
+    f.write_bytes(json.dumps(_q(1)).encode() + b"\n" + b'{"id": "\xff\xfe"}\n')
+    with pytest.raises(RecordError, match="not valid UTF-8"):
+        read_questions(f)
+
+
+def test_non_strict_mode_quarantines_and_counts(tmp_path):
+    f = tmp_path / "q.jsonl"
+    f.write_text("\n".join(json.dumps(r) for r in [_q(1), _q(2, answer="Z"), _q(3)]) + "\n")
+    got = read_questions(f, strict=False)
+    assert [q.id for q in got] == ["q-1", "q-3"]
+    assert read_questions.last_rejected == 1
+    side = (tmp_path / "q.jsonl.rejected.jsonl").read_text().splitlines()
+    assert len(side) == 1 and json.loads(side[0])["line"] == 2
+
+
+def test_progress_file_survives_a_torn_last_line(tmp_path):
+    f = tmp_path / "p.jsonl"
+    append_jsonl(f, {"id": "a"})
+    append_jsonl(f, {"id": "b"})
+    with open(f, "a") as fh:
+        fh.write('{"id": "c", "vo')  # killed mid-write
+    assert [r["id"] for r in read_partial_jsonl(f)] == ["a", "b"]
+    append_jsonl(f, {"id": "c"})
+    assert [r["id"] for r in read_partial_jsonl(f)] == ["a", "b", "c"]
+
+
+def test_write_is_atomic(tmp_path):
+    f = tmp_path / "q.jsonl"
+    write_jsonl(f, [_q(1)])
+
+    def boom():
+        yield _q(2)
+        raise RuntimeError("crash mid-write")
+
+    with pytest.raises(RuntimeError):
+        write_jsonl(f, boom())
+    assert [json.loads(x)["id"] for x in f.read_text().splitlines()] == ["q-1"]
