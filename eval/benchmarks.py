@@ -16,6 +16,7 @@ import dataclasses
 import gzip
 import os
 import random
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -31,6 +32,10 @@ FAMILY_SAMPLING: dict[str, dict[str, float | int]] = {
     "llama": {"temperature": 0.6, "top_p": 0.9, "top_k": -1},
     "smollm": {"temperature": 0.2, "top_p": 0.9, "top_k": -1},
 }
+
+# keys eval.json and the metric names use next to benchmark names
+RESERVED_NAMES = frozenset({"avg", "avg_std", "raredis", "invalid_before", "invalid_after"})
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 class BenchmarkError(ValueError):
@@ -98,6 +103,9 @@ def load_declared(benchmarks: Mapping[str, str], max_per_benchmark: int | None =
         raise BenchmarkError("eval.benchmarks is empty: declare benchmarks as `name: path` (e.g. medqa: data/prepared/benchmarks/medqa.jsonl)")
     out: dict[str, list[Question]] = {}
     for name, path in benchmarks.items():
+        if not _NAME.fullmatch(name) or name in RESERVED_NAMES:
+            raise BenchmarkError(f"eval.benchmarks.{name}: a benchmark name must match [A-Za-z0-9_.-]+ and not be one of "
+                                 f"{', '.join(sorted(RESERVED_NAMES))} (it becomes a metric name and an eval.json key)")
         try:
             qs = load_questions_file(path, name, strict=strict)
         except FileNotFoundError:

@@ -20,6 +20,9 @@ from functools import lru_cache
 ANSWER_SUFFIX = "The answer is"
 """What a constrained second pass appends before forcing one option letter (paper: logit-bias pass)."""
 
+MAX_CHARS = 100_000
+"""Only the last MAX_CHARS characters are read (the last commit wins; ~25K tokens, far beyond paper's 4K responses)."""
+
 _ALL_LETTERS = "ABCDEFGHIJ"  # same range as medssr.records.LETTERS; kept here so this module imports nothing
 _NO_ANSWER = "<no answer>"  # a commit that names no single valid option
 
@@ -47,20 +50,20 @@ _SOFT_CUE = re.compile(
 )
 # "Therefore, B is correct", "(C) is the correct answer", "option B is the most likely diagnosis".
 _LETTER_FIRST = re.compile(
-    r"(?:(?:^|[\n,;:.!?(])\s*|\b(?:[Ss]o|[Tt]hus|[Tt]herefore|[Hh]ence|[Oo]ption|[Cc]hoice|[Aa]nswer|[Ll]etter)\s+)"
+    r"(?:(?:^|[\n,;:.!?(])[ \t]*|\b(?:[Ss]o|[Tt]hus|[Tt]herefore|[Hh]ence|[Oo]ption|[Cc]hoice|[Aa]nswer|[Ll]etter)\s+)"
     r"\(?([A-J])\)?\s+(?:is|would\s+be|must\s+be|seems\s+to\s+be|appears\s+to\s+be)\s+(?:the\s+)?"
     r"(?:(?:most\s+likely|correct|right|best|true)\b|answer\b)"
 )
 # "<option text> is the most likely diagnosis / is the correct answer / is correct".
 _TEXT_FIRST_TAIL = re.compile(
-    r"\s+(?:is|would\s+be)\s+(?:the\s+)?(?:most\s+likely\s+(?:diagnosis|answer|cause|option|choice)|correct\s+(?:answer|option|choice)"
+    r"(?<=\S)\s+(?:is|would\s+be)\s+(?:the\s+)?(?:most\s+likely\s+(?:diagnosis|answer|cause|option|choice)|correct\s+(?:answer|option|choice)"
     r"|right\s+answer|best\s+(?:answer|option|choice)|correct\b)",
     re.IGNORECASE,
 )
 # A retraction right after a commit makes it tentative ("I think E, but I am not sure. Let me think again.").
 _DOUBT = re.compile(
     r"not\s+(?:entirely\s+|completely\s+|100%\s+)?(?:sure|certain|confident)|(?:may|might|could)\s+be\s+wrong"
-    r"|let\s+me\s+(?:think|reconsider|re-?evaluate|re-?think|re-?examine)|\breconsider|\bwait\b|\bhmm+\b",
+    r"|let\s+me\s+(?:think|reconsider|re-?evaluate|re-?think|re-?examine)|\breconsider|\bwait\s*[,.!]|\bhmm+\b",
     re.IGNORECASE,
 )
 # A cue inside a quoted instruction or example ('Example: "The answer is A"') is no commit.
@@ -71,7 +74,7 @@ _TENTATIVE = re.compile(r"\b(?:think|believe|guess|maybe|perhaps|might|initial|s
 
 # Text in front of an answer expression that is not part of it: spaces, quotes, brackets, markup, LaTeX.
 _LEAD = re.compile(
-    r"(?:[\s\"'“”‘’\[{$:=>\-–—]|\\[(\[]|\\(?:boxed|text|textbf|textrm|mathrm|mathbf|bf)\s*\{|\b(?:option|choice|letter)\b\s*)*",
+    r"(?:[\s\"'“”‘’\[{$:]|\\[(\[]|\\(?:boxed|text|textbf|textrm|mathrm|mathbf|bf)\s*\{|\b(?:option|choice|letter)\b\s*)*",
     re.IGNORECASE,
 )
 _LETTER_TOKEN = re.compile(r"(\()?([A-Ja-j])(\))?")
@@ -131,7 +134,8 @@ def _match_text(expr: str, norm_opts: tuple[tuple[str, str], ...], letters_too: 
             if not letters_too and _is_letter(text):
                 continue
             if variant.startswith(text) and (len(variant) == len(text) or variant[len(text)] == " "):
-                return letter, len(text)
+                twins = [k for k, t in norm_opts if t == text]
+                return (letter if len(twins) == 1 else _NO_ANSWER), len(text)  # duplicate option texts: can't tell
     return None
 
 
@@ -145,9 +149,9 @@ def _letter_at(expr: str) -> tuple[str, int] | None:
         return None
     end = m.end()
     nxt = expr[end] if end < len(expr) else ""
-    if nxt and (nxt.isalnum() or nxt in "-'’_"):
-        return None  # 'C7', 'B-cell', "A's", 'Cervical'
     rest = expr[end:]
+    if nxt and (nxt.isalnum() or nxt in "-_" or (nxt in "'’" and rest[1:2].isalpha())):
+        return None  # 'C7', 'B-cell', "A's", 'Cervical'  ("'A'" is fine)
     if letter.islower() and nxt.isspace():
         return None  # 'a 45-year-old', 'c and'
     if letter == "I" and re.match(r"\s+[a-z]", rest):
@@ -157,11 +161,14 @@ def _letter_at(expr: str) -> tuple[str, int] | None:
 
 def _parse_expr(expr: str, norm_opts: tuple[tuple[str, str], ...], valid: str) -> str | None:
     """The answer named at the start of an answer expression: a letter, _NO_ANSWER, or None."""
-    expr = expr[_LEAD.match(expr).end():]
+    expr = expr.lstrip(" \t\n\"'“”‘’$:")
+    # Option text first ('B cells', 'I, III, IV', 'Option 1 and 2', '>5'), then a letter, then one-letter texts.
+    text_hit = _match_text(expr, norm_opts, letters_too=False)
+    if text_hit is None:
+        expr = expr[_LEAD.match(expr).end() :]
+        text_hit = _match_text(expr, norm_opts, letters_too=False)
     if not expr:
         return None
-    # Option text first ('B cells', 'I, III, IV', 'Factor VIII'), then a letter, then one-letter option texts.
-    text_hit = _match_text(expr, norm_opts, letters_too=False)
     got = None if text_hit else _letter_at(expr)
     if text_hit is None and got is None:
         text_hit = _match_text(expr, norm_opts)
@@ -172,7 +179,12 @@ def _parse_expr(expr: str, norm_opts: tuple[tuple[str, str], ...], valid: str) -
     else:
         return None
     if first not in valid:
+        if got:  # 'E' where the options are 'A. A ... D. E': the option whose text is that letter
+            named = [k for k, t in norm_opts if t == first.lower()]
+            return named[0] if len(named) == 1 else _NO_ANSWER
         return _NO_ANSWER  # a letter that is not an option counts as no valid answer
+    if _continues_as_option_list(expr[end:], norm_opts, first):
+        return None  # 'Answer: A) Factor VII B) Factor VIII C) ...' repeats the options, it does not choose one
     second = _second_answer(expr[end:], norm_opts)
     if second and second != first:
         return _NO_ANSWER
@@ -190,6 +202,24 @@ def _raw_end(expr: str, norm_len: int) -> int:
         elif seen and expr[i - 1].isalnum():
             seen += 1  # a collapsed separator
     return len(expr)
+
+
+def _continues_as_option_list(rest: str, norm_opts: tuple[tuple[str, str], ...], first: str) -> bool:
+    """True when the answer is followed by two or more other options, label and text back to back."""
+    texts = dict(norm_opts)
+    s = _norm(rest[:600])
+    own = texts.get(first, "")
+    if own and (s == own or s.startswith(own + " ")):
+        s = s[len(own) :].lstrip()
+    seen: set[str] = set()
+    while len(s) > 2 and s[1] == " " and s[0].upper() in texts:
+        letter, body = s[0].upper(), s[2:]
+        text = texts[letter]
+        if letter == first or letter in seen or not (body == text or body.startswith(text + " ")):
+            break
+        seen.add(letter)
+        s = body[len(text) :].lstrip()
+    return len(seen) >= 2
 
 
 def _second_answer(rest: str, norm_opts: tuple[tuple[str, str], ...]) -> str | None:
@@ -210,9 +240,16 @@ def _second_answer(rest: str, norm_opts: tuple[tuple[str, str], ...]) -> str | N
     return None
 
 
-def _clause_before(text: str, pos: int) -> str:
-    start = max(text.rfind(c, 0, pos) for c in ".!?;\n")
-    return text[start + 1 : pos]
+def _clause_before(text: str, pos: int, window: int = 300) -> str:
+    """The clause that ends at `pos` (looks back at most `window` characters, so long texts stay linear)."""
+    lo = max(0, pos - window)
+    start = max(text.rfind(c, lo, pos) for c in ".!?;\n")
+    return text[max(start + 1, lo) : pos]
+
+
+def _line_before(text: str, pos: int, window: int = 300) -> str:
+    lo = max(0, pos - window)
+    return text[max(text.rfind("\n", lo, pos) + 1, lo) : pos]
 
 
 def _candidates(text: str, options: Mapping[str, str]) -> list[tuple[int, str]]:
@@ -225,7 +262,7 @@ def _candidates(text: str, options: Mapping[str, str]) -> list[tuple[int, str]]:
         """Record a commit unless it is negated, quoted as an example, or retracted right after."""
         if ans is None:
             return
-        line = text[text.rfind("\n", 0, cue_start) + 1 : cue_start]
+        line = _line_before(text, cue_start)
         if _NEGATED.search(_clause_before(text, cue_start)) or _QUOTED.search(line):
             return
         if _DOUBT.search(text[end_pos : end_pos + 100]):
@@ -276,7 +313,7 @@ def extract_answer(text: str, options: Mapping[str, str]) -> str | None:
     """The option letter a careful reader takes from `text`: the last committed answer, or None."""
     if not isinstance(text, str) or not text or not options:
         return None
-    found = _candidates(_clean(text), options)
+    found = _candidates(_clean(text[-MAX_CHARS:]), options)
     if not found:
         return None
     found.sort(key=lambda pa: pa[0])
@@ -286,7 +323,7 @@ def extract_answer(text: str, options: Mapping[str, str]) -> str | None:
 
 # --- cheap early-stop check ---------------------------------------------------------------------------------
 _COMMIT_LEAD = r"[\s\"'“”‘’\[{(*$:=>\-–—]*(?:\\(?:text|textbf|mathrm|mathbf)\s*\{\s*)?(?:(?:option|choice|letter)\s+)?[\s(*]*"
-_BOUNDARY = r"(?=[.,;:!?)\]}*\"'<\n])"
+_BOUNDARY = r"(?=[.,;:!?)\]}*\"'<\n。，、；：！？）】」])"
 
 
 @lru_cache(maxsize=1024)
@@ -306,10 +343,10 @@ def has_committed_answer(text: str, options: Mapping[str, str]) -> bool:
     """
     if not text:
         return False
-    texts = tuple(v.strip() for v in options.values() if isinstance(v, str) and v.strip())
+    texts = tuple(unicodedata.normalize("NFKC", v).strip() for v in options.values() if isinstance(v, str) and v.strip())
     for m in _commit_regex(texts).finditer(unicodedata.normalize("NFKC", text)):
         clause = _clause_before(m.string, m.start())
-        line = m.string[m.string.rfind("\n", 0, m.start()) + 1 : m.start()]
+        line = _line_before(m.string, m.start())
         if _TENTATIVE.search(clause) or _NEGATED.search(clause) or _QUOTED.search(line):
             continue
         return True

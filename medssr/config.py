@@ -33,7 +33,6 @@ class ProjectCfg:
 
 @dataclass
 class DataCfg:
-    shared_dir: str = "../shared/data"  # where `medssr vendor` copies raw data from
     raw_dir: str = "data/raw"
     out_dir: str = "data/prepared"
     strict: bool = True  # false: quarantine malformed rows to a side file and count them
@@ -44,6 +43,10 @@ class DataCfg:
     category_classifier: Literal["rules", "llm"] = "rules"
     extra_raredis: list[str] = field(default_factory=list)  # e.g. a local ReDis-QA file
     min_entity_len: int = field(default=5, metadata=_range(1))
+    rare_scope: Literal["stem", "stem+answer", "all"] = "all"  # which parts of a question are searched for rare diseases
+    rare_gard: bool = True  # GARD focus names join the Orphanet list
+    rare_stoplist: list[str] = field(default_factory=list)  # extra names never counted as rare diseases
+    leakage_option_overlap: float = field(default=0.5, metadata=_range(0, 1))  # stem match counts as leakage only if options overlap this much
 
 
 @dataclass
@@ -178,6 +181,7 @@ class EvalCfg:
     checkpoints: list[str] = field(default_factory=lambda: ["base", "stage1", "stage2"])
     sampling: SamplingCfg = field(default_factory=SamplingCfg)
     constrained_pass: bool = True
+    family_defaults: bool = False  # use the model family's recommended decoding (eval/benchmarks.py FAMILY_SAMPLING)
     seed: int = 0
 
 

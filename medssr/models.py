@@ -18,6 +18,7 @@ from pathlib import Path
 from medssr.config import set_offline_env
 
 SMOLLM2 = "smollm2-135m"
+TINY = "tiny-random-llama"  # a 2-layer random Llama with SmolLM2's tokenizer: wiring tests, never for results
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 # Used only when a tokenizer ships no chat template (documented in README): plain role headers.
@@ -80,6 +81,15 @@ def resolve_model_dir(name_or_dir: str) -> str:
         out = _cache_root() / SMOLLM2
         if not (out / "config.json").exists():
             convert_gguf(smollm2_gguf_path(), out)
+        return str(out)
+    if name_or_dir == TINY:
+        out = _cache_root() / TINY
+        if not (out / "config.json").exists():
+            tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            save_tiny_llama(tmp)
+            shutil.rmtree(out, ignore_errors=True)
+            os.replace(tmp, out)
         return str(out)
     p = Path(name_or_dir)
     if p.exists():

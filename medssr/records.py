@@ -11,7 +11,7 @@ import json
 import os
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +57,7 @@ class Question:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict without the optional fields that are unset, so files stay small."""
-        d = asdict(self)
+        d = {f.name: getattr(self, f.name) for f in fields(self)}  # shallow: asdict deep-copies every row
         optional = {"seed_ids", "retrieved", "generator", "prompt_hash", "usage", "votes", "majority", "agreement", "n_valid"}
         return {k: v for k, v in d.items() if not (k in optional and v is None)}
 

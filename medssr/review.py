@@ -16,6 +16,7 @@ import csv
 import html
 import math
 import random
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -249,22 +250,26 @@ def format_review_table(stats: dict[str, GroupStats]) -> str:
     return "\n".join(lines)
 
 
+def _error_order(msg: str) -> tuple[str, int]:
+    m = re.match(r"(.*?):(\d+): ", msg)
+    return (m.group(1), int(m.group(2))) if m else (msg, 0)
+
+
 def import_review(paths: Sequence[str | Path], log_mlflow: bool = True, experiment: str | None = None) -> dict[str, Any]:
     """Read filled sheets, compute Table 4 figures, log them to MLflow; raises ReviewError listing every bad row."""
     errors: list[str] = []
     ratings = [r for p in paths for r in read_sheet(p, errors)]
-    if errors:
-        raise ReviewError(errors)
-    if not ratings:
-        raise ReviewError([f"{', '.join(str(p) for p in paths)}: no rated rows (fill correct, harmful, plausibility, reviewer, group)"])
     seen: dict[tuple[str, str], str] = {}
     for r in ratings:
         key = (r.reviewer, r.id)
         if key in seen:
             errors.append(f"{r.file}:{r.row}: id: reviewer {r.reviewer!r} already rated {r.id!r} ({seen[key]})")
-        seen[key] = f"{r.file}:{r.row}"
+        else:
+            seen[key] = f"{r.file}:{r.row}"
     if errors:
-        raise ReviewError(errors)
+        raise ReviewError(sorted(errors, key=_error_order))
+    if not ratings:
+        raise ReviewError([f"{', '.join(str(p) for p in paths)}: no rated rows (fill correct, harmful, plausibility, reviewer, group)"])
     stats = review_stats(ratings)
     result: dict[str, Any] = {g: {k: v for k, v in vars(s).items()} for g, s in stats.items()}
     metrics = review_metrics(stats)

@@ -11,11 +11,11 @@ import gzip
 import json
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from medssr.records import ID_RE, LETTERS, Question, RecordError, validate_question
+from medssr.records import ID_RE, LETTERS, Question, RecordError, iter_jsonl, validate_question
 
 BENCHMARKS: dict[str, str] = {
     "medqa": "benchmarks/test_short_medqa.json.gz",
@@ -43,16 +43,25 @@ _KEEP_META = ("long", "is_reasoning", "reasoning_prob")
 
 
 class BenchmarkRecordError(RecordError):
-    """A bad record in a benchmark JSON list; ``line`` is the 1-based record index, so the message says 'record N'."""
+    """A bad record in a benchmark JSON list: ``path:LINE: record N: field: problem`` (LINE where the record starts)."""
 
-    def __init__(self, path: str | os.PathLike | None, record: int | None, field_name: str, problem: str):
-        super().__init__(path, record, field_name, problem)
-        where = f"{self.path}: " if self.path else ""
+    def __init__(self, path: str | os.PathLike | None, record: int | None, field_name: str, problem: str, line: int | None = None):
+        super().__init__(path, line, field_name, problem)
+        self.record = record
+        where = (f"{self.path}:{line}: " if line else f"{self.path}: ") if self.path else ""
         where += f"record {record}: " if record else ""
         self.args = (f"{where}{field_name}: {problem}",)
 
     def __str__(self) -> str:
         return self.args[0]
+
+
+def _reject(err: RecordError, strict: bool, rejected: list[dict] | None) -> None:
+    """Raise in strict mode; otherwise record the problem for the quarantine count."""
+    if strict:
+        raise err
+    if rejected is not None:
+        rejected.append({"file": str(err.path), "record": getattr(err, "record", err.line), "line": err.line, "error": str(err)})
 
 
 def split_options(text: str) -> tuple[str, dict[str, str]]:
@@ -86,33 +95,81 @@ def split_options(text: str) -> tuple[str, dict[str, str]]:
     raise ValueError("no option block ('A. ...', 'B. ...' lines) at the end of the question")
 
 
-def _read_json(path: Path) -> Any:
-    """Decode a gz or plain JSON file, turning decode errors into RecordErrors that name the file."""
+def _read_text(path: Path) -> str:
+    """A gz or plain file as UTF-8 text; bad bytes raise a RecordError naming the line."""
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
-    raw = gzip.open(path, "rb").read() if path.suffix == ".gz" else path.read_bytes()
     try:
-        text = raw.decode("utf-8")
+        raw = gzip.open(path, "rb").read() if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError) as e:
+        raise RecordError(path, None, "<file>", f"cannot read ({e})") from None
+    try:
+        return raw.decode("utf-8")
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
-        raise RecordError(path, line, "<file>", f"not valid UTF-8 (byte {e.start})") from None
+        raise RecordError(path, line, "<file>", f"not valid UTF-8 (byte offset {e.start})") from None
+
+
+def _json_error(path: Path, e: json.JSONDecodeError) -> RecordError:
+    return RecordError(path, e.lineno, "<file>", f"invalid JSON ({e.msg} at column {e.colno})")
+
+
+def _read_json(path: Path) -> Any:
+    """Decode a gz or plain JSON file, turning decode errors into RecordErrors that name the file and line."""
+    text = _read_text(path)
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise RecordError(path, e.lineno, "<file>", f"invalid JSON ({e.msg} at column {e.colno})") from None
+        raise _json_error(path, e) from None
 
 
-def _read_jsonl(path: Path) -> list[tuple[int, Any]]:
-    from medssr.records import iter_jsonl
+def _skip_ws(text: str, i: int) -> int:
+    while i < len(text) and text[i] in " \t\r\n":
+        i += 1
+    return i
 
-    return list(iter_jsonl(path))
+
+def iter_json_list(path: str | os.PathLike) -> Iterator[tuple[int, int, Any]]:
+    """Yield ``(record_index, start_line, object)`` for each element of a JSON list file, so errors can name lines."""
+    path = Path(path)
+    text = _read_text(path)
+    decoder = json.JSONDecoder()
+    try:
+        i = _skip_ws(text, 0)
+        if not text.startswith("[", i):
+            obj = json.loads(text)  # valid JSON that is not a list, or a decode error with its position
+            raise RecordError(path, None, "<file>", f"expected a JSON list of records, got {type(obj).__name__}")
+        i = _skip_ws(text, i + 1)
+        line, pos, record = 1, 0, 0
+        if text.startswith("]", i):
+            i += 1
+        else:
+            while True:
+                obj, end = decoder.raw_decode(text, i)
+                record += 1
+                line += text.count("\n", pos, i)
+                pos = i
+                yield record, line, obj
+                i = _skip_ws(text, end)
+                if text.startswith(",", i):
+                    i = _skip_ws(text, i + 1)
+                elif text.startswith("]", i):
+                    i += 1
+                    break
+                else:
+                    raise json.JSONDecodeError("Expecting ',' delimiter", text, i)
+        if _skip_ws(text, i) != len(text):
+            raise json.JSONDecodeError("Extra data", text, _skip_ws(text, i))
+    except json.JSONDecodeError as e:
+        raise _json_error(path, e) from None
 
 
-def benchmark_row_to_question(row: Any, name: str, path: str | os.PathLike | None = None, record: int | None = None) -> Question:
+def benchmark_row_to_question(row: Any, name: str, path: str | os.PathLike | None = None, record: int | None = None,
+                              line: int | None = None) -> Question:
     """One benchmark JSON object -> Question (stem and options split, gold checked); raises BenchmarkRecordError."""
 
     def fail(field_name: str, problem: str) -> BenchmarkRecordError:
-        return BenchmarkRecordError(path, record, field_name, problem)
+        return BenchmarkRecordError(path, record, field_name, problem, line)
 
     if not isinstance(row, dict):
         raise fail("<record>", f"expected a JSON object, got {type(row).__name__}")
@@ -137,6 +194,11 @@ def benchmark_row_to_question(row: Any, name: str, path: str | os.PathLike | Non
     if row.get("name") and row["name"] != name:
         meta["name"] = row["name"]
     d = {"id": rid, "source": name, "split": "test", "question": stem, "options": options, "answer": gold, "meta": meta}
+    # optional annotations a rare-disease benchmark file (e.g. a local ReDis-QA copy) may carry
+    if isinstance(row.get("rare_disease"), str) and row["rare_disease"].strip():
+        d["rare_disease"] = row["rare_disease"].strip()
+    if row.get("category") is not None:
+        d["category"] = row["category"]
     try:
         return validate_question(d)
     except RecordError as e:
@@ -159,20 +221,17 @@ def load_benchmark_file(path: str | os.PathLike, name: str | None = None, strict
     """
     path = Path(path)
     name = name or benchmark_name_for(path)
-    data = _read_json(path)
-    if not isinstance(data, list):
-        raise RecordError(path, None, "<file>", f"expected a JSON list of records, got {type(data).__name__}")
     out: list[Question] = []
     seen: dict[str, int] = {}
-    for i, row in enumerate(data, 1):
+    for record, line, row in iter_json_list(path):
         try:
-            q = benchmark_row_to_question(row, name, path, i)
+            q = benchmark_row_to_question(row, name, path, record, line)
             if q.id in seen:
-                raise BenchmarkRecordError(path, i, "id", f"duplicate id {q.id!r} (first at record {seen[q.id]})")
+                raise BenchmarkRecordError(path, record, "id", f"duplicate id {q.id!r} (first at record {seen[q.id]})", line)
         except RecordError as e:
             _reject(e, strict, rejected)
             continue
-        seen[q.id] = i
+        seen[q.id] = record
         out.append(q)
     return out
 
@@ -195,14 +254,6 @@ def load_benchmarks(raw_dir: str | os.PathLike, names: list[str] | None = None, 
 # row as part of a MedSSR test set; leakage.remove_leakage drops those (and text/id matches) and counts them.
 
 
-def _reject(err: RecordError, strict: bool, rejected: list[dict] | None) -> None:
-    """Raise in strict mode; otherwise record the problem for the quarantine count."""
-    if strict:
-        raise err
-    if rejected is not None:
-        rejected.append({"file": str(err.path), "record": err.line, "error": str(err)})
-
-
 def _train_question(d: dict, path: Path, record: int, rejected: list[dict] | None, strict: bool) -> Question | None:
     try:
         return validate_question(d, path, record)
@@ -215,7 +266,7 @@ def load_medmcqa(raw_dir: str | os.PathLike, strict: bool = True, rejected: list
     """MedMCQA dev (JSONL): ``cop`` is 1-based (1 = A); ``choice_type`` kept in meta."""
     path = Path(raw_dir) / TRAINING_FILES["medmcqa"][0]
     out = []
-    for lineno, r in _read_jsonl(path):
+    for lineno, r in iter_jsonl(path):
         try:
             cop = int(r["cop"])
             d = {"id": f"medmcqa-{r['id']}", "source": "medmcqa", "split": "train", "question": (r.get("question") or "").strip(),
@@ -282,11 +333,12 @@ def load_bioasq(raw_dir: str | os.PathLike, strict: bool = True, rejected: list[
     path = Path(raw_dir) / TRAINING_FILES["bioasq"][0]
     inverse = {v: k for k, v in YES_NO.items()}
     out = []
-    for lineno, r in _read_jsonl(path):
+    for lineno, r in iter_jsonl(path):
         answer = str(r.get("answer", "")).strip().lower()
         d = {"id": f"bioasq-{r.get('id')}", "source": "bioasq", "split": "train", "question": (r.get("question") or "").strip(),
              "options": dict(YES_NO), "answer": inverse.get(answer, answer or None),
-             "meta": {"orig_split": "golden", "source_file": r.get("source_file"), "known_test": bool(r.get("in_medssr_test_short_bioasq"))}}
+             "meta": {"orig_split": "golden", "source_file": r.get("source_file"),
+                      "known_test": bool(r.get("in_medssr_test_short_bioasq"))}}
         q = _train_question(d, path, lineno, rejected, strict)
         if q is not None:
             out.append(q)

@@ -16,13 +16,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from medssr.records import Question
+
 ORPHANET_FILE = "rare_disease/orphanet_diseases.jsonl.gz"
 GARD_FILE = "corpus/medquad_gard_ghr.jsonl.gz"
 
-# Orphanet disorder types that name one disorder; "Category" and "Clinical group" are grouping nodes
-# ("Rare genetic disease", "Vasculitis"), "Particular clinical situation..." is poisoning/trauma/sepsis.
-DISEASE_TYPES = ("Disease", "Malformation syndrome", "Clinical subtype", "Etiological subtype", "Histopathological subtype", "Clinical group",
-                 "Clinical syndrome", "Morphological anomaly", "Biological anomaly")
+# Orphanet disorder types that name one disorder or a named family (Clinical group: Hemophilia, Ehlers-Danlos
+# syndrome, Porphyria); "Category" nodes are classification headings ("Rare genetic disease", "Syndrome with a
+# Dandy-Walker malformation as a major feature") and "Particular clinical situation..." is poisoning/trauma/sepsis.
+DISEASE_TYPES = ("Disease", "Malformation syndrome", "Clinical subtype", "Etiological subtype", "Histopathological subtype",
+                 "Clinical group", "Clinical syndrome", "Morphological anomaly", "Biological anomaly")
 
 # Names Orphanet (or GARD) lists that are common in the exam sets' population, or everyday words; a question
 # that mentions only these is not a rare-disease question. Chosen by reading the most frequent matches over
@@ -79,6 +82,11 @@ leukoplakia
 atrial septal defect
 interatrial communication
 abdominal aortic aneurysm
+osgood schlatter disease
+hairy tongue
+meconium aspiration syndrome
+monoclonal gammopathy of undetermined significance
+myocarditis
 # common cancers and benign tumours
 squamous cell carcinoma
 bladder cancer
@@ -106,6 +114,7 @@ nephrocalcinosis
 microcephaly
 polycythemia
 rickets
+exertional heat stroke
 # infections with a large global burden (common in the MedMCQA/HEAD-QA populations)
 tuberculosis
 malaria
@@ -137,15 +146,19 @@ _APOSTROPHE_S = re.compile(r"['’`´]s\b")
 _TOKEN = re.compile(r"[^\W_]+")
 _GREEK = {"α": "alpha", "β": "beta", "γ": "gamma", "δ": "delta", "κ": "kappa", "λ": "lambda", "μ": "mu"}
 _BREAK = re.compile(r"[.,;:?!]\s|[.,;:?!]$|[\n()\[\]]")  # "22q11.2" keeps its dot; "midline. Heart" breaks
+# "tetanus vaccination", "rabies immunoglobulin": the vaccine or product, not the disease
+_VACCINE_WORDS = frozenset("vaccine vaccines vaccination vaccinations vaccinated toxoid booster boosters immunization immunisation "
+                           "immunoglobulin antitoxin antiserum shot shots".split())
 _PARENS = re.compile(r"\s*\((?:formerly|obsolete)\)|,?\s*formerly\b", re.IGNORECASE)
 
 
 def _prepare(text: str) -> str:
     """NFKC, Greek letters spelled out, possessive 's dropped (Down's -> Down): the text tokens are cut from."""
-    text = unicodedata.normalize("NFKC", text)
-    for g, name in _GREEK.items():
-        text = text.replace(g, f" {name} ")
-    return _APOSTROPHE_S.sub("", text)
+    if not text.isascii():
+        text = unicodedata.normalize("NFKC", text)
+        for g, name in _GREEK.items():
+            text = text.replace(g, f" {name} ")
+    return _APOSTROPHE_S.sub("", text) if "s" in text else text
 
 
 def _tokens(text: str, lower: bool = True) -> list[str]:
@@ -155,10 +168,10 @@ def _tokens(text: str, lower: bool = True) -> list[str]:
 
 
 def _inside_compound(text: str, pos: int, before: bool) -> bool:
-    """Whether a token boundary at ``pos`` is really inside a hyphen- or slash-joined word."""
+    """Whether a token boundary at ``pos`` is really inside a hyphen-joined word (a slash separates alternatives)."""
     if before:
-        return pos >= 2 and text[pos - 1] in "-‐‑–/" and text[pos - 2].isalnum()
-    return pos + 1 < len(text) and text[pos] in "-‐‑–/" and text[pos + 1].isalnum()
+        return pos >= 2 and text[pos - 1] in "-‐‑–" and text[pos - 2].isalnum()
+    return pos + 1 < len(text) and text[pos] in "-‐‑–" and text[pos + 1].isalnum()
 
 
 def _breaks(separator: str) -> bool:
@@ -202,7 +215,7 @@ class Entity:
 
 def _read_jsonl_gz(path: Path) -> Iterable[dict]:
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file (run `medssr vendor` or check data.raw_dir)")
+        raise FileNotFoundError(f"{path}: no such file (check data.raw_dir; the repository ships the real data under data/raw)")
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", encoding="utf-8") as fh:
         for line in fh:
@@ -291,7 +304,7 @@ class Tagger:
                             if case_tokens is None or case_tokens == orig[i:j]:
                                 best = (j, entity)
                                 break
-            if best is not None:
+            if best is not None and not (best[0] < len(low) and low[best[0]] in _VACCINE_WORDS):
                 out.append(Match(best[1], " ".join(low[i:best[0]]), i, best[0]))
                 i = best[0]
             else:
@@ -352,9 +365,32 @@ def build_tagger(entities: Iterable[Entity], min_len: int = 5, stoplist: Iterabl
     return Tagger(trie, n, dropped)
 
 
-def tag_question_text(q_text: str, options: dict[str, str], answer: str | None, tagger: Tagger) -> list[Match]:
-    """Rare-disease mentions in the stem, else in the correct option: what makes a question 'about' a rare disease."""
-    found = tagger.find(q_text)
-    if not found and answer and answer in options:
-        found = tagger.find(options[answer])
-    return found
+TAG_SCOPES = ("stem", "stem+answer", "all")
+
+
+@dataclass
+class RareTag:
+    """The rare disease a question is about: first mention in the stem, else the answer, else another option."""
+
+    name: str | None
+    where: str | None  # "stem", "answer" or "options"
+    names: list[str] = field(default_factory=list)  # every distinct disease found, in that order
+
+
+def tag_question(q: Question, tagger: Tagger, scope: str = "all") -> RareTag:
+    """Tag a question within ``scope``: "stem", "stem+answer", or "all" (stem and every option, as the benchmarks render it)."""
+    if scope not in TAG_SCOPES:
+        raise ValueError(f"tag scope must be one of {', '.join(TAG_SCOPES)}, got {scope!r}")
+    parts = [("stem", q.question)]
+    if scope != "stem" and q.answer in q.options:
+        parts.append(("answer", q.options[q.answer]))
+    if scope == "all":
+        parts += [("options", v) for k, v in q.options.items() if k != q.answer]
+    names: list[str] = []
+    where = None
+    for part, text in parts:
+        for m in tagger.find(text):
+            if m.entity.name not in names:
+                names.append(m.entity.name)
+                where = where or part
+    return RareTag(names[0] if names else None, where, names)

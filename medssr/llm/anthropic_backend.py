@@ -2,7 +2,8 @@
 
 Structured output is a single forced tool whose ``input_schema`` is the request's schema; the response text is
 ``json.dumps`` of the tool input. A forced tool and an assistant prefill don't mix, so with a schema the prefix
-is not sent; without one it is sent as the trailing assistant turn and prepended to the returned text.
+is not sent; without one it is sent as the trailing assistant turn and prepended to the returned text (models
+that don't support prefill answer 400, which becomes that request's error). cfg.temperature is not sent.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from medssr.config import GeneratorCfg, PriceCfg
-from medssr.llm.base import AsyncAPIGenerator, LLMError, LLMRequest, LLMResponse, MalformedResponse
+from medssr.llm.base import AsyncAPIGenerator, LLMError, LLMRequest, LLMResponse, MalformedResponse, shared_ssl_context
 from medssr.llm.ledger import Ledger
 
 KEY_ENV = "ANTHROPIC_API_KEY"
@@ -30,11 +31,11 @@ class AnthropicGenerator(AsyncAPIGenerator):
         self._secrets.append(key)
 
     def _make_client(self) -> Any:
-        from anthropic import AsyncAnthropic
+        from anthropic import AsyncAnthropic, DefaultAsyncHttpxClient
 
         # An explicit timeout also switches off the client's "streaming required" guess for large max_tokens.
         return AsyncAnthropic(api_key=self._api_key, base_url=self.cfg.base_url, max_retries=self.cfg.max_retries,
-                              timeout=self.cfg.timeout_s)
+                              timeout=self.cfg.timeout_s, http_client=DefaultAsyncHttpxClient(verify=shared_ssl_context()))
 
     def _structured(self, request: LLMRequest) -> bool:
         return self.cfg.structured and request.json_schema is not None
@@ -50,7 +51,8 @@ class AnthropicGenerator(AsyncAPIGenerator):
         messages = [{"role": r, "content": c} for r, c in request.messages if r != "system"]
         if prefix := self._prefix(request):
             messages.append({"role": "assistant", "content": prefix})
-        body: dict[str, Any] = {"model": cfg.model, "max_tokens": cfg.max_tokens, "temperature": cfg.temperature, "messages": messages}
+        # No temperature: anthropic 2.x's messages.create has no such parameter (current models sample at their default).
+        body: dict[str, Any] = {"model": cfg.model, "max_tokens": cfg.max_tokens, "messages": messages}
         if system:
             body["system"] = system
         if self._structured(request):

@@ -8,6 +8,7 @@ never raises for a single failed request: the response carries ``error`` instead
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import threading
@@ -24,6 +25,7 @@ from medssr.llm.ledger import Ledger, LedgerEntry
 log = logging.getLogger("medssr.llm")
 
 ROLES = ("system", "user", "assistant")
+BUDGET_ERROR = "budget exhausted"  # prefix of the error for requests never sent because max_usd was reached
 BACKENDS = ("openai", "anthropic", "openai_compatible", "local")
 
 OnDone = Callable[[int, "LLMResponse"], None]
@@ -127,7 +129,7 @@ class Generator:
 
     def _budget_error(self, max_usd: float | None) -> str | None:
         if max_usd is not None and self.ledger.spend_usd >= max_usd:
-            return f"budget exhausted: spent ${self.ledger.spend_usd:.4f} of max_usd ${max_usd:.4f}; request not sent"
+            return f"{BUDGET_ERROR}: spent ${self.ledger.spend_usd:.4f} of max_usd ${max_usd:.4f}; request not sent"
         return None
 
     # -- the run loop -----------------------------------------------------------------------------
@@ -160,7 +162,7 @@ class Generator:
             k = self.key(req)
             if k in served:
                 self._record_hit(k, served[k])
-                deliver(i, served[k])
+                deliver(i, replace(served[k]))
             elif k in groups:
                 groups[k].append(i)
             elif (hit := self.cache.get(k)) is not None:
@@ -174,10 +176,11 @@ class Generator:
             if resp.error is None:
                 self.cache.put(key, {"text": resp.text, "input_tokens": resp.input_tokens, "output_tokens": resp.output_tokens,
                                      "cost_usd": resp.cost_usd, "finish_reason": resp.finish_reason, "generator": self.name})
-            else:
+            elif not resp.error.startswith(BUDGET_ERROR):  # unsent requests are neither logged one by one nor counted
                 log.warning("%s: request %d failed: %s", self.name, i, resp.error)
-            self.ledger.record(LedgerEntry(key, self.cfg.model, resp.input_tokens, resp.output_tokens, resp.cost_usd,
-                                           cached=False, latency_s=resp.latency_s, failed=resp.error is not None))
+            if resp.error is None or not resp.error.startswith(BUDGET_ERROR):
+                self.ledger.record(LedgerEntry(key, self.cfg.model, resp.input_tokens, resp.output_tokens, resp.cost_usd,
+                                               cached=False, latency_s=resp.latency_s, failed=resp.error is not None))
             deliver(i, resp)
             for j in groups[key][1:]:
                 dup = replace(resp, cached=resp.error is None, latency_s=0.0)
@@ -194,9 +197,11 @@ class Generator:
         missing = [i for i, r in enumerate(out) if r is None]
         if missing:  # a backend bug, not a request failure
             raise RuntimeError(f"{self.name}: backend returned no response for requests {missing[:10]}")
-        s = self.ledger
-        log.info("%s: %d requests, %d cache hits, %d failed; total spend $%.4f", self.name, len(todo),
-                 len(requests) - len(todo), errors, s.spend_usd)
+        unsent = sum(1 for r in out if r is not None and r.error is not None and r.error.startswith(BUDGET_ERROR))
+        if unsent:
+            log.warning("%s: %d requests not sent: max_usd $%.4f reached", self.name, unsent, max_usd or 0.0)
+        log.info("%s: %d requests, %d cache hits, %d failed; total spend $%.4f", self.name, len(todo) - unsent,
+                 len(requests) - len(todo), errors - unsent, self.ledger.spend_usd)
         return out  # type: ignore[return-value]
 
     def _from_cache(self, entry: dict[str, Any]) -> LLMResponse:
@@ -297,6 +302,15 @@ class AsyncAPIGenerator(Generator):
         else:
             note = "not retried"
         return self._scrub(f"{type(e).__name__}: {msg[:1500]} ({note})")
+
+
+@functools.cache
+def shared_ssl_context() -> Any:
+    """One verified SSL context per process (httpx2's defaults, env-aware): building one per client cost
+    80-180 ms here (CA bundle parsing), paid on every ``run()`` since each run opens a fresh async client."""
+    import httpx2
+
+    return httpx2.create_ssl_context()
 
 
 def _is_malformed(e: BaseException) -> bool:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from medssr.config import GeneratorCfg, PriceCfg
-from medssr.llm.base import AsyncAPIGenerator, LLMError, LLMRequest, LLMResponse, MalformedResponse, seed_from_key
+from medssr.llm.base import AsyncAPIGenerator, LLMError, LLMRequest, LLMResponse, MalformedResponse, seed_from_key, shared_ssl_context
 from medssr.llm.ledger import Ledger
 
 KEY_ENV = "OPENAI_API_KEY"
@@ -32,10 +32,10 @@ class OpenAIGenerator(AsyncAPIGenerator):
             self._secrets.append(key)
 
     def _make_client(self) -> Any:
-        from openai import AsyncOpenAI
+        from openai import AsyncOpenAI, DefaultAsyncHttpxClient
 
         return AsyncOpenAI(api_key=self._api_key, base_url=self.cfg.base_url, max_retries=self.cfg.max_retries,
-                           timeout=self.cfg.timeout_s)
+                           timeout=self.cfg.timeout_s, http_client=DefaultAsyncHttpxClient(verify=shared_ssl_context()))
 
     def request_body(self, request: LLMRequest, key: str) -> dict[str, Any]:
         """The chat.completions arguments for one request (assistant_prefix is not supported by the API: ignored)."""

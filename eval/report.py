@@ -1,0 +1,494 @@
+"""reports/report.md and PNG figures from the MLflow runs of one experiment (paper Tables 1-4, Figs. 4 and 6).
+
+Reads every pipeline parent run (tag ``medssr_role=pipeline``) with its nested stage runs (tag ``medssr_stage``):
+params from the parent, metrics from the parent merged with its latest stage runs, per-step training histories
+(``train/<stage>/reward_mean`` ...) from the stage runs, and physician review runs (tag ``medssr_role=review``).
+Which ``eval/<x>/...`` prefixes are checkpoints is read from the tags the evaluate stage sets
+(``medssr_eval_checkpoints``, ``medssr_eval_final``). Missing pieces become a sentence, never an error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from eval.scoring import category_key, is_rare_benchmark
+from medssr.config import set_offline_env
+from medssr.records import CATEGORIES
+
+# paper Table 1 column order
+TABLE1_ORDER = ("Symptoms", "Causes", "Diagnosis", "Others", "Related disorders", "Treatment", "Affects")
+CURVE_KEYS = ("reward_mean", "kl", "distinct_answers", "answer_entropy")
+MAX_FIG_ROWS = 8
+FIG_DIR = "figures"  # under the report's directory; report.md links figures/<name>.png
+FIGURES = ("table2_benchmarks.png", "table1_raredis.png", "fig4_rare_ratio.png", "fig6_training.png")
+
+
+@dataclass
+class Cell:
+    acc: float
+    std: float = 0.0
+
+
+@dataclass
+class PipelineRun:
+    run_id: str
+    name: str
+    start_time: int
+    params: dict[str, str]
+    metrics: dict[str, float]
+    checkpoints: list[str]
+    final: str
+    histories: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    label: str = ""
+
+    @property
+    def strategy(self) -> str:
+        return self.params.get("train.strategy", "?")
+
+    @property
+    def rare_ratio(self) -> float | None:
+        try:
+            return float(self.params["synth.rare_ratio"])
+        except (KeyError, ValueError):
+            return None
+
+    def prefix(self, ckpt: str) -> str:
+        return "eval" if ckpt == self.final else f"eval/{ckpt}"
+
+    def benchmarks(self, ckpt: str) -> dict[str, Cell]:
+        """{benchmark: Cell} of one checkpoint, plus 'avg' when logged."""
+        pre = re.escape(self.prefix(ckpt))
+        out = {}
+        for k, v in self.metrics.items():
+            m = re.fullmatch(rf"{pre}/([^/]+)/acc", k)
+            if m and m.group(1) != "raredis":
+                out[m.group(1)] = Cell(v, self.metrics.get(f"{self.prefix(ckpt)}/{m.group(1)}/std", 0.0))
+        if f"{self.prefix(ckpt)}/avg" in self.metrics:
+            out["avg"] = Cell(self.metrics[f"{self.prefix(ckpt)}/avg"], self.metrics.get(f"{self.prefix(ckpt)}/avg_std", 0.0))
+        return out
+
+    def categories(self, ckpt: str) -> dict[str, Cell]:
+        """{category key: Cell} of RareDis-Sub for one checkpoint, plus 'avg' (macro over categories)."""
+        pre = re.escape(self.prefix(ckpt))
+        out = {}
+        for k, v in self.metrics.items():
+            m = re.fullmatch(rf"{pre}/raredis/([^/]+)/acc", k)
+            if m:
+                out[m.group(1)] = Cell(v, self.metrics.get(f"{self.prefix(ckpt)}/raredis/{m.group(1)}/std", 0.0))
+        if f"{self.prefix(ckpt)}/raredis/avg" in self.metrics:
+            out["avg"] = Cell(self.metrics[f"{self.prefix(ckpt)}/raredis/avg"], self.metrics.get(f"{self.prefix(ckpt)}/raredis/avg_std", 0.0))
+        return out
+
+    @property
+    def evaluated(self) -> bool:
+        return any(self.benchmarks(c) or self.categories(c) for c in self.checkpoints)
+
+
+def _experiment_from_params() -> str:
+    from medssr.tracking import project_root
+
+    for p in (Path("params.yaml"), project_root() / "params.yaml"):
+        if p.exists():
+            from medssr.config import load_params
+
+            return load_params(p).project.experiment
+    return "medssr"
+
+
+def collect_runs(experiment: str) -> tuple[list[PipelineRun], list[Any]]:
+    """Pipeline runs (oldest first) with merged metrics and training histories, and the review runs (newest first)."""
+    set_offline_env()
+    from mlflow.tracking import MlflowClient
+
+    from medssr.tracking import tracking_uri
+
+    client = MlflowClient(tracking_uri=tracking_uri())
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return [], []
+    runs, token = [], None
+    while True:
+        page = client.search_runs([exp.experiment_id], max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            break
+    children: dict[str, list[Any]] = {}
+    for r in runs:
+        pid = r.data.tags.get("mlflow.parentRunId")
+        if pid:
+            children.setdefault(pid, []).append(r)
+    out = []
+    for r in runs:
+        if r.data.tags.get("medssr_role") != "pipeline":
+            continue
+        latest: dict[str, Any] = {}
+        for c in sorted(children.get(r.info.run_id, []), key=lambda c: c.info.start_time):
+            latest[c.data.tags.get("medssr_stage", c.info.run_name)] = c  # a re-run stage replaces the earlier one
+        metrics = dict(r.data.metrics)
+        tags = dict(r.data.tags)
+        for c in latest.values():
+            metrics.update(c.data.metrics)
+            for t in ("medssr_eval_checkpoints", "medssr_eval_final"):
+                if t in c.data.tags:
+                    tags[t] = c.data.tags[t]
+        try:
+            ckpts = json.loads(tags.get("medssr_eval_checkpoints", "[]"))
+        except json.JSONDecodeError:
+            ckpts = []
+        final = tags.get("medssr_eval_final") or (ckpts[-1] if ckpts else "final")
+        if final not in ckpts:
+            ckpts.append(final)
+        histories: dict[str, list[tuple[int, float]]] = {}
+        for c in latest.values():
+            for key in c.data.metrics:
+                if key.startswith("train/") and (key.rsplit("/", 1)[-1] in CURVE_KEYS or "acc" in key.rsplit("/", 1)[-1]):
+                    hist = client.get_metric_history(c.info.run_id, key)
+                    histories[key] = sorted((h.step, h.value) for h in hist)
+        out.append(PipelineRun(run_id=r.info.run_id, name=tags.get("dvc_exp_name") or r.info.run_name or r.info.run_id[:8],
+                               start_time=r.info.start_time or 0, params=dict(r.data.params), metrics=metrics, checkpoints=ckpts,
+                               final=final, histories=histories))
+    out.sort(key=lambda p: p.start_time)
+    names = [p.name for p in out]
+    for p in out:
+        p.label = p.name if names.count(p.name) == 1 else f"{p.name}-{p.run_id[:6]}"
+    reviews = sorted((r for r in runs if r.data.tags.get("medssr_role") == "review"), key=lambda r: -(r.info.start_time or 0))
+    return out, reviews
+
+
+# --------------------------------------------------------------------------------------------------------------
+# markdown
+
+
+def _pct(c: Cell | None, with_std: bool) -> str:
+    if c is None:
+        return "-"
+    return f"{100 * c.acc:.2f}" + (f" ± {100 * c.std:.2f}" if with_std and c.std >= 5e-5 else "")
+
+
+def md_table(rows: Sequence[tuple[str, Mapping[str, Cell]]], cols: Sequence[str], headers: Sequence[str] | None = None,
+             first: str = "Model") -> str:
+    """A markdown table of accuracies in percent (± std where k > 1)."""
+    with_std = any(c.std >= 5e-5 for _, r in rows for c in r.values())
+    lines = ["| " + " | ".join([first, *(headers or cols)]) + " |", "|" + "---|" * (len(cols) + 1)]
+    for label, r in rows:
+        lines.append("| " + " | ".join([label, *(_pct(r.get(c), with_std) for c in cols)]) + " |")
+    return "\n".join(lines)
+
+
+def _bench_cols(rows: Sequence[tuple[str, Mapping[str, Cell]]]) -> list[str]:
+    cols: list[str] = []
+    for _, r in rows:
+        cols += [b for b in r if b != "avg" and not is_rare_benchmark(b) and b not in cols]
+    return cols + (["avg"] if any("avg" in r for _, r in rows) else [])
+
+
+def _bench_headers(cols: Sequence[str]) -> list[str]:
+    return ["Avg" if c == "avg" else c for c in cols]
+
+
+def _cat_cols(rows: Sequence[tuple[str, Mapping[str, Cell]]]) -> list[str]:
+    present = {k for _, r in rows for k in r}
+    order = [category_key(c) for c in TABLE1_ORDER] + [category_key(c) for c in CATEGORIES if c not in TABLE1_ORDER]
+    cols = [c for c in order if c in present] + sorted(k for k in present if k not in order and k != "avg")
+    return cols + (["avg"] if "avg" in present else [])
+
+
+_CAT_HEADERS = {category_key(c): ("RDs" if c == "Related disorders" else c) for c in CATEGORIES} | {"avg": "Avg"}
+
+
+def _checkpoint_rows(runs: Sequence[PipelineRun], kind: str) -> list[tuple[str, dict[str, Cell]]]:
+    rows = []
+    for r in runs:
+        for c in r.checkpoints:
+            cells = r.benchmarks(c) if kind == "bench" else r.categories(c)
+            if cells:
+                rows.append((f"{r.label} · {c}", cells))
+    return rows
+
+
+def _mean_cells(cells: Sequence[Mapping[str, Cell]]) -> dict[str, Cell]:
+    """Mean over runs of the same setting (std across those runs when there are several, else the logged std)."""
+    out = {}
+    for k in dict.fromkeys(k for c in cells for k in c):
+        vals = [c[k] for c in cells if k in c]
+        m = sum(v.acc for v in vals) / len(vals)
+        sd = (sum((v.acc - m) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5 if len(vals) > 1 else vals[0].std
+        out[k] = Cell(m, sd)
+    return out
+
+
+def sweep_groups(runs: Sequence[PipelineRun]) -> dict[str, dict[float, list[PipelineRun]]]:
+    """{strategy: {rare ratio: runs}} for the strategies evaluated at two or more rare ratios."""
+    groups: dict[str, dict[float, list[PipelineRun]]] = {}
+    for r in runs:
+        if r.evaluated and r.rare_ratio is not None:
+            groups.setdefault(r.strategy, {}).setdefault(r.rare_ratio, []).append(r)
+    return {s: dict(sorted(g.items())) for s, g in groups.items() if len(g) >= 2}
+
+
+def strategy_rows(runs: Sequence[PipelineRun]) -> list[tuple[str, dict[str, Cell]]]:
+    """Table 3: per strategy (and α when runs differ in it), stage I (the stage1 checkpoint) and stage II (the final one),
+    averaged over its runs; a stage the strategy passes through untrained gets no row of its own."""
+    ev = [r for r in runs if r.evaluated]
+    mixed = len({r.rare_ratio for r in ev}) > 1  # keep settings apart: never average runs of different α
+    by: dict[tuple[str, str], list[PipelineRun]] = {}
+    for r in ev:
+        by.setdefault((r.strategy, f" (α={r.rare_ratio:g})" if mixed and r.rare_ratio is not None else ""), []).append(r)
+    rows = []
+    for (name, alpha), rs in sorted(by.items()):
+        strat = name + alpha
+        stage1 = [r.benchmarks("stage1") for r in rs if "stage1" in r.checkpoints and r.benchmarks("stage1")]
+        if stage1 and rs[-1].final != "stage1" and _trained(name, "stage1") and _trained(name, "stage2"):
+            rows.append((f"{strat} · stage I", _mean_cells(stage1)))
+            rows.append((f"{strat} · stage II", _mean_cells([r.benchmarks(r.final) for r in rs])))
+        else:
+            rows.append((strat, _mean_cells([r.benchmarks(r.final) for r in rs])))
+    return rows
+
+
+def _trained(strategy: str, stage: str) -> bool:
+    """False when the strategy passes the stage through untrained (supervised: stage1; one_stage: stage2)."""
+    from medssr.rl.strategies import plan
+
+    try:
+        return plan(strategy)[stage].data is not None
+    except Exception:  # an unknown strategy name from an older run: show both stages
+        return True
+
+
+def _review_section(reviews: Sequence[Any]) -> str:
+    if not reviews:
+        return "No physician review imported yet: `medssr review export --n 200`, fill the sheet, then `medssr review import FILE...`."
+    m = reviews[0].data.metrics
+    groups = [g for g in ("senior", "junior", "overall") if f"review/{g}/n_questions" in m]
+    lines = ["| Group | # Questions | Incorrect | Harmful | Plausibility (SD) |", "|---|---|---|---|---|"]
+    for g in groups:
+        nq = int(m[f"review/{g}/n_questions"])
+        lines.append(f"| {g.capitalize()} | {nq} | {int(m.get(f'review/{g}/n_incorrect', 0))}/{nq} ({m[f'review/{g}/incorrect_pct']:.2f}%) | "
+                     f"{int(m.get(f'review/{g}/n_harmful', 0))}/{nq} ({m[f'review/{g}/harmful_pct']:.2f}%) | "
+                     f"{m[f'review/{g}/plausibility_mean']:.2f}/5 ({m[f'review/{g}/plausibility_sd']:.2f}) |")
+    return f"Latest review run `{reviews[0].info.run_id[:8]}` ({len(reviews)} in total).\n\n" + "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# figures
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def bar_figure(rows: Sequence[tuple[str, Mapping[str, Cell]]], cols: Sequence[str], headers: Sequence[str], title: str, path: Path) -> Path:
+    """Grouped bars: one group per column, one bar per row (accuracy %), error bars from std."""
+    plt = _plt()
+    rows = list(rows)[-MAX_FIG_ROWS:]
+    width = 0.8 / max(1, len(rows))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(cols) + 2), 4.2))
+    for i, (label, r) in enumerate(rows):
+        xs = [j + (i - (len(rows) - 1) / 2) * width for j in range(len(cols))]
+        ys = [100 * r[c].acc if c in r else 0.0 for c in cols]
+        err = [100 * r[c].std if c in r else 0.0 for c in cols]
+        ax.bar(xs, ys, width, yerr=err if any(err) else None, label=label, capsize=2)
+    ax.set_xticks(range(len(cols)))
+    ax.set_xticklabels(headers, rotation=20, ha="right")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def sweep_figure(groups: Mapping[str, Mapping[float, Sequence[PipelineRun]]], path: Path) -> Path:
+    """Fig. 4: average accuracy on general benchmarks and on RareDis-Sub against the rare-disease ratio α."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
+    for strat, g in groups.items():
+        xs = list(g)
+        for ax, kind in zip(axes, ("bench", "cat"), strict=True):
+            ys = []
+            for ratio in xs:
+                cells = [(r.benchmarks(r.final) if kind == "bench" else r.categories(r.final)).get("avg") for r in g[ratio]]
+                cells = [c.acc for c in cells if c is not None]
+                ys.append(100 * sum(cells) / len(cells) if cells else float("nan"))
+            ax.plot([100 * x for x in xs], ys, marker="o", label=strat)
+    axes[0].set_title("General benchmarks (avg)")
+    axes[1].set_title("RareDis-Sub (avg over categories)")
+    for ax in axes:
+        ax.set_xlabel("rare-disease ratio α (%)")
+        ax.set_ylabel("accuracy (%)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def curves_figure(runs: Sequence[PipelineRun], path: Path) -> Path | None:
+    """Fig. 6: reward per training step (left) and accuracy, or answer diversity when no accuracy was logged (right)."""
+    series = [(r, k, h) for r in runs for k, h in sorted(r.histories.items()) if h]
+    if not series:
+        return None
+    acc_keys = [s for s in series if "acc" in s[1].rsplit("/", 1)[-1]]
+    right = acc_keys or [s for s in series if s[1].endswith("/distinct_answers")]
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for r, k, h in series:
+        if k.endswith("/reward_mean"):
+            axes[0].plot([s for s, _ in h], [v for _, v in h], label=f"{r.label} ({r.strategy}) {k.split('/')[1]}")
+    for r, k, h in right:
+        axes[1].plot([s for s, _ in h], [v for _, v in h], label=f"{r.label} ({r.strategy}) {k.split('/')[1]}")
+    axes[0].set_title("mean reward")
+    axes[1].set_title("accuracy" if acc_keys else "distinct answers per group (collapse signal)")
+    for ax in axes:
+        ax.set_xlabel("training step")
+        if ax.lines:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# --------------------------------------------------------------------------------------------------------------
+
+
+def build_report(runs: Sequence[PipelineRun], reviews: Sequence[Any], out_dir: str | os.PathLike, experiment: str) -> tuple[str, list[Path]]:
+    """The markdown text and the figures written next to it."""
+    out = Path(out_dir)
+    fig_dir = out / FIG_DIR
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    for name in FIGURES:  # a figure of a section that has no data any more must not linger
+        (fig_dir / name).unlink(missing_ok=True)
+    figs: list[Path] = []
+    ev = [r for r in runs if r.evaluated]
+    md = [f"# MedSSR report — experiment `{experiment}`", "",
+          f"{len(runs)} pipeline run(s), {len(ev)} evaluated. Accuracy in percent (± standard deviation over the k evaluation "
+          "runs where k > 1). Rows are `<run> · <checkpoint>`; the last checkpoint of a run is its final model.", ""]
+
+    md += ["## Runs", ""]
+    if runs:
+        md += ["| Run | Strategy | Rare ratio α | Policy | Checkpoints | Avg | RareDis avg | Invalid before → after |", "|---|---|---|---|---|---|---|---|"]
+        for r in runs:
+            b, c = r.benchmarks(r.final).get("avg"), r.categories(r.final).get("avg")
+            inv = (f"{100 * r.metrics['eval/invalid_before']:.1f}% → {100 * r.metrics.get('eval/invalid_after', 0):.1f}%"
+                   if "eval/invalid_before" in r.metrics else "-")
+            md.append(f"| {r.label} | {r.strategy} | {r.params.get('synth.rare_ratio', '-')} | {r.params.get('model.policy', '-')} | "
+                      f"{', '.join(r.checkpoints) if r.evaluated else '-'} | {_pct(b, False)} | {_pct(c, False)} | {inv} |")
+    else:
+        md.append("No pipeline runs in this experiment yet: run `dvc repro` (or `dvc exp run`) first.")
+    md.append("")
+
+    rows2 = _checkpoint_rows(ev, "bench")
+    md += ["## General medical benchmarks (Table 2 style)", ""]
+    if rows2:
+        cols = _bench_cols(rows2)
+        md += [md_table(rows2, cols, _bench_headers(cols)), ""]
+        figs.append(bar_figure(_fig_rows(ev, "bench"), cols, _bench_headers(cols), "General medical benchmarks",
+                               fig_dir / "table2_benchmarks.png"))
+        md += [f"![benchmarks]({FIG_DIR}/{figs[-1].name})", ""]
+    else:
+        md += ["No evaluation results yet.", ""]
+
+    rows1 = _checkpoint_rows(ev, "cat")
+    md += ["## RareDis-Sub by category (Table 1 style)", ""]
+    if rows1:
+        cols = _cat_cols(rows1)
+        heads = [_CAT_HEADERS.get(c, c) for c in cols]
+        counts = {}
+        for k, v in ev[-1].metrics.items():
+            m = re.fullmatch(r"eval/raredis/([^/]+)/n", k)
+            if m:
+                counts[m.group(1)] = int(v)
+        md += [md_table(rows1, cols, heads), ""]
+        if counts:
+            md += ["Questions per category (latest run): " + ", ".join(f"{_CAT_HEADERS.get(k, k)} {counts[k]}" for k in cols if k in counts), ""]
+        figs.append(bar_figure(_fig_rows(ev, "cat"), cols, heads, "RareDis-Sub by category", fig_dir / "table1_raredis.png"))
+        md += [f"![raredis]({FIG_DIR}/{figs[-1].name})", ""]
+    else:
+        md += ["No RareDis-Sub results yet (declare `raredis_sub` under eval.benchmarks).", ""]
+
+    md += ["## Rare-disease ratio sweep (Fig. 4, Tables 10-11 style)", ""]
+    groups = sweep_groups(ev)
+    if groups:
+        figs.append(sweep_figure(groups, fig_dir / "fig4_rare_ratio.png"))
+        md += [f"![rare ratio sweep]({FIG_DIR}/{figs[-1].name})", ""]
+        for strat, g in groups.items():
+            b_rows = [(f"{100 * ratio:g}%", _mean_cells([r.benchmarks(r.final) for r in rs])) for ratio, rs in g.items()]
+            c_rows = [(f"{100 * ratio:g}%", _mean_cells([r.categories(r.final) for r in rs])) for ratio, rs in g.items()]
+            md += [f"Strategy `{strat}`, general benchmarks:", "", md_table(b_rows, _bench_cols(b_rows), _bench_headers(_bench_cols(b_rows)), "Ratio"), ""]
+            if any(c for _, c in c_rows):
+                cols = _cat_cols(c_rows)
+                md += ["RareDis-Sub:", "", md_table(c_rows, cols, [_CAT_HEADERS.get(c, c) for c in cols], "Ratio"), ""]
+    else:
+        md += ["No sweep runs yet: evaluated runs differ in `synth.rare_ratio` fewer than twice. Queue one with "
+               "`dvc exp run --queue -S synth.rare_ratio=0,0.13,0.25,0.33,0.5 && dvc queue start`.", ""]
+
+    md += ["## Training strategies (Table 3 style)", ""]
+    strategies = {r.strategy for r in ev}
+    if len(strategies) >= 2:
+        rows3 = strategy_rows(ev)
+        cols = _bench_cols(rows3)
+        md += [md_table(rows3, cols, _bench_headers(cols), "Strategy"), ""]
+    else:
+        md += [f"Only one training strategy evaluated so far ({', '.join(sorted(strategies)) or 'none'}); set `train.strategy` "
+               "to two_stage, supervised, one_stage, reverse or online_vote in further runs to compare.", ""]
+
+    md += ["## Training curves (Fig. 6 style)", ""]
+    fig6 = curves_figure(runs, fig_dir / "fig6_training.png")
+    if fig6:
+        figs.append(fig6)
+        md += [f"![training curves]({FIG_DIR}/{fig6.name})", ""]
+        md += ["| Run | Series | Steps | First | Last |", "|---|---|---|---|---|"]
+        for r in runs:
+            for k, h in sorted(r.histories.items()):
+                if h and k.rsplit("/", 1)[-1] in CURVE_KEYS:
+                    md.append(f"| {r.label} | `{k}` | {len(h)} | {h[0][1]:.4g} | {h[-1][1]:.4g} |")
+        md.append("")
+    else:
+        md += ["No training metrics logged yet (`train/<stage>/reward_mean` ...).", ""]
+
+    md += ["## Physician review (Table 4 style)", "", _review_section(reviews), ""]
+    return "\n".join(md), figs
+
+
+def _fig_rows(ev: Sequence[PipelineRun], kind: str) -> list[tuple[str, dict[str, Cell]]]:
+    """Figure rows: the base model of the latest run, then the final checkpoint of each run (latest last)."""
+    rows = []
+    if ev and "base" in ev[-1].checkpoints and ev[-1].final != "base":
+        cells = ev[-1].benchmarks("base") if kind == "bench" else ev[-1].categories("base")
+        if cells:
+            rows.append((f"{ev[-1].label} · base", cells))
+    for r in ev:
+        cells = r.benchmarks(r.final) if kind == "bench" else r.categories(r.final)
+        if cells:
+            alpha = f", α={r.rare_ratio:g}" if r.rare_ratio is not None else ""
+            rows.append((f"{r.label} · {r.final} ({r.strategy}{alpha})", cells))
+    return rows[:1] + rows[1:][-(MAX_FIG_ROWS - 1):]
+
+
+def main_report(out_dir: str = "reports", experiment: str | None = None) -> int:
+    """`medssr report`: write <out_dir>/report.md and its PNG figures from the experiment's MLflow runs."""
+    set_offline_env()
+    experiment = experiment or _experiment_from_params()
+    runs, reviews = collect_runs(experiment)
+    text, figs = build_report(runs, reviews, out_dir, experiment)
+    path = Path(out_dir) / "report.md"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    print(f"[report] {path}: {len(runs)} pipeline run(s), {sum(r.evaluated for r in runs)} evaluated, {len(figs)} figure(s)")
+    return 0

@@ -1,0 +1,290 @@
+"""Evaluate checkpoints on the declared benchmarks: prompt F.4, k runs, a constrained second pass, scores, MLflow.
+
+For each checkpoint: one ``Sampler.sample`` call per benchmark draws k samples per question (sample j is run j;
+each question's random streams are keyed by ``<benchmark>:<id>`` and the eval seed, so every checkpoint sees the
+same random numbers). Outputs with no valid letter get the paper's second pass: ``Sampler.constrained_choice``
+restricts the next token after ``<prompt><output>\\nThe answer is`` to the option letters (allowed_token_ids on
+vLLM). Sampled outputs are appended to ``.cache/eval_progress/<checkpoint>-<fingerprint>.jsonl`` as they finish,
+so a killed run resumes where it stopped (outside data/eval, which DVC clears before the stage runs).
+
+Outputs: ``data/eval/predictions_<checkpoint>.jsonl``, ``metrics/eval.json`` ({checkpoint: {benchmark: {acc, std,
+n, invalid_before, invalid_after}, avg, avg_std, raredis: {category: {acc, std, n}, avg}, invalid_before,
+invalid_after}}), and MLflow metrics: unprefixed ``eval/<benchmark>/acc``, ``eval/avg``, ``eval/raredis/<category>/acc``
+for the final checkpoint (the last listed), ``eval/<checkpoint>/...`` for the others.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from eval.benchmarks import load_declared, sampling_for_family
+from eval.scoring import Prediction, checkpoint_json, checkpoint_metrics, format_table, metric_prefix, score_checkpoint
+from medssr.answers import ANSWER_SUFFIX, extract_answer
+from medssr.config import SamplingCfg, set_offline_env, to_flat_dict
+from medssr.records import Question, append_jsonl, read_partial_jsonl, write_jsonl
+
+CHECKPOINT_DIRS = {"stage1": "checkpoints/stage1", "stage2": "checkpoints/stage2"}  # "base" is params model.dir
+PROGRESS_DIR = ".cache/eval_progress"
+EVAL_PROMPT = "eval_f4"
+
+# stage reports whose numeric headline values are copied onto the pipeline parent run, under these prefixes
+STAGE_REPORTS = {"prepare": "prepare.json", "corpus": "corpus.json", "synth": "synth.json", "label": "label.json",
+                 "train/stage1": "train_stage1.json", "train/stage2": "train_stage2.json"}
+
+# report entries that are settings or histograms, not results
+HEADLINE_SKIP = frozenset({"seed", "sampling", "prompt", "params", "agreement_histogram", "finish_reasons", "buckets", "min_agreement"})
+
+
+class EvalError(RuntimeError):
+    """An evaluation that cannot run: a missing checkpoint, no benchmark, a bad checkpoint name."""
+
+
+def _safe_name(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", s).strip("_.") or "checkpoint"
+
+
+def resolve_checkpoints(names: Sequence[str], base_dir: str, skip_missing: bool = True) -> dict[str, str]:
+    """``eval.checkpoints`` entries -> {name: model dir}: 'base', 'stage1', 'stage2', a directory, or 'name=directory'.
+
+    A missing standard checkpoint (not trained yet) is skipped with a warning when ``skip_missing``; a missing
+    explicit directory is always an error.
+    """
+    out: dict[str, str] = {}
+    for entry in names:
+        explicit = True
+        if "=" in entry:
+            name, path = (s.strip() for s in entry.split("=", 1))
+        elif entry == "base":
+            name, path, explicit = "base", base_dir, False
+        elif entry in CHECKPOINT_DIRS:
+            name, path, explicit = entry, CHECKPOINT_DIRS[entry], False
+        else:
+            name, path = Path(entry.rstrip("/")).name, entry
+        name = _safe_name(name)
+        if name in out:
+            raise EvalError(f"eval.checkpoints: two checkpoints are named {name!r}; write one as 'name=path'")
+        if not (Path(path) / "config.json").exists():
+            if explicit or not skip_missing:
+                raise EvalError(f"eval.checkpoints: {entry!r}: {path} is not a model directory (no config.json)")
+            print(f"[evaluate] warning: checkpoint {name!r} not found at {path}; skipped")
+            continue
+        out[name] = str(path)
+    if not out:
+        raise EvalError(f"eval.checkpoints: none of {list(names)} exists yet (train first, or list a model directory)")
+    return out
+
+
+def load_eval_prompt():
+    """Prompt F.4 from prompts/eval_f4.txt (placeholder {question}: the stem with 'A. ...' option lines)."""
+    from medssr.synth.prompts import load_prompt
+
+    return load_prompt(EVAL_PROMPT)
+
+
+def _fingerprint(model_dir: str, sampling: SamplingCfg, runs: int, seed: int, prompt_hash: str) -> str:
+    """Changes whenever a saved sample could differ: weights, decoding, k, seed, prompt."""
+    files = sorted(p for p in Path(model_dir).iterdir() if p.suffix in (".safetensors", ".bin", ".json")) if Path(model_dir).is_dir() else []
+    stat = [(p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in files]
+    blob = json.dumps({"files": stat, "sampling": vars(sampling), "runs": runs, "seed": seed, "prompt": prompt_hash}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def evaluate_model(sampler: Any, benchmarks: Mapping[str, Sequence[Question]], sampling: SamplingCfg, runs: int, seed: int,
+                   template: Any, constrained_pass: bool = True, progress_path: str | os.PathLike | None = None,
+                   progress: bool = True) -> list[Prediction]:
+    """Predictions of one loaded model: k samples per question, answer extraction, constrained pass for invalid ones."""
+    done: dict[str, list[list[Any]]] = {}
+    if progress_path is not None:
+        done = {r["key"]: r["outputs"] for r in read_partial_jsonl(progress_path) if len(r.get("outputs", [])) == runs}
+    preds: list[Prediction] = []
+    for bench, questions in benchmarks.items():
+        prompts = [template.render(question=q.render()) for q in questions]
+        keys = [f"{bench}:{q.id}" for q in questions]
+        todo = [i for i, k in enumerate(keys) if k not in done]
+        if todo:
+            def saved(i: int, comps: list, todo=todo, keys=keys) -> None:
+                row = {"key": keys[todo[i]], "outputs": [[c.text, c.n_tokens, c.finish_reason] for c in comps]}
+                done[row["key"]] = row["outputs"]
+                if progress_path is not None:
+                    append_jsonl(progress_path, row)
+
+            if progress:
+                print(f"[evaluate] {bench}: sampling {len(todo)} questions x {runs} run(s) ({len(questions) - len(todo)} resumed)")
+            results = sampler.sample([prompts[i] for i in todo], n=runs, temperature=sampling.temperature, top_p=sampling.top_p,
+                           top_k=sampling.top_k, max_new_tokens=sampling.max_new_tokens, options=[questions[i].options for i in todo],
+                           seed=seed, progress=progress, keys=[keys[i] for i in todo], stop_at_answer=sampling.stop_at_answer,
+                           on_prompt_done=saved)
+            for i, comps in enumerate(results):  # a backend that reports nothing per prompt is still complete
+                if keys[todo[i]] not in done:
+                    saved(i, comps)
+        for q, key in zip(questions, keys, strict=True):
+            for run, (text, n_tokens, reason) in enumerate(done[key]):
+                letter = extract_answer(text, q.options)
+                preds.append(Prediction(id=q.id, benchmark=bench, run=run, gold=q.answer or "", output=text, extracted=letter,
+                                        constrained=None, final=letter, correct=letter == q.answer, category=q.category,
+                                        n_tokens=n_tokens, finish_reason=reason))
+    if constrained_pass:
+        _constrained_pass(sampler, benchmarks, preds, template)
+    return preds
+
+
+def _constrained_pass(sampler: Any, benchmarks: Mapping[str, Sequence[Question]], preds: list[Prediction], template: Any) -> None:
+    """Force one option letter after '<prompt><output>\\nThe answer is' for every prediction with no valid letter."""
+    qmap = {(b, q.id): q for b, qs in benchmarks.items() for q in qs}
+    todo = [p for p in preds if p.extracted is None]
+    if not todo:
+        return
+    rendered: dict[tuple[str, str], str] = {}
+    texts, letters = [], []
+    for p in todo:
+        q = qmap[(p.benchmark, p.id)]
+        if (p.benchmark, p.id) not in rendered:
+            rendered[(p.benchmark, p.id)] = sampler.render(template.render(question=q.render()))
+        texts.append(rendered[(p.benchmark, p.id)] + p.output.rstrip() + "\n" + ANSWER_SUFFIX)
+        letters.append(list(q.options))
+    for p, letter in zip(todo, sampler.constrained_choice(texts, letters), strict=True):
+        p.constrained = letter
+        p.final = letter
+        p.correct = letter == p.gold
+
+
+def _free(sampler: Any) -> None:
+    """Release a model before loading the next checkpoint."""
+    del sampler
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass
+
+
+def stage_headlines(reports_dir: str | os.PathLike = "reports") -> dict[str, float]:
+    """Numeric headline values of every stage report present (top level and one level down), prefixed by stage."""
+    out: dict[str, float] = {}
+    for prefix, fname in STAGE_REPORTS.items():
+        path = Path(reports_dir) / fname
+        if not path.exists():
+            continue
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            print(f"[evaluate] warning: {path} is not valid JSON; its headline metrics are not copied")
+            continue
+        if not isinstance(data, dict):
+            continue
+        for k, v in data.items():
+            if k in HEADLINE_SKIP:
+                continue
+            items = [(k2, v2) for k2, v2 in v.items() if k2 not in HEADLINE_SKIP] if isinstance(v, dict) else [(None, v)]
+            for k2, v2 in items:
+                if isinstance(v2, (int, float)) and not isinstance(v2, bool):
+                    name = f"{prefix}/{k}" + (f"/{k2}" if k2 is not None else "")
+                    out[re.sub(r"[^A-Za-z0-9_./ -]", "_", name)] = float(v2)
+    return out
+
+
+def run_evaluate(params: Any, checkpoints: Mapping[str, str] | None = None, metrics_path: str | os.PathLike = "metrics/eval.json",
+                 predictions_dir: str | os.PathLike = "data/eval", reports_dir: str | os.PathLike = "reports",
+                 family_defaults: bool | None = None, sampler_factory: Callable[..., Any] | None = None,
+                 log_mlflow: bool = True, progress: bool = True, progress_dir: str | os.PathLike = PROGRESS_DIR) -> dict[str, Any]:
+    """Evaluate every checkpoint (``checkpoints`` {name: dir}, default from params eval.checkpoints) and return eval.json.
+
+    The last checkpoint is the final one: its MLflow metrics are unprefixed and copied onto the pipeline parent run
+    together with the headline metrics of every stage report, so the compare view shows a whole sweep.
+    """
+    set_offline_env()
+    from medssr.sampling import make_sampler
+
+    cfg = params.eval
+    if family_defaults is None:
+        family_defaults = bool(getattr(cfg, "family_defaults", False))  # proposed param eval.family_defaults
+    factory = sampler_factory or make_sampler
+    ckpts = dict(checkpoints) if checkpoints is not None else resolve_checkpoints(cfg.checkpoints, params.model.dir)
+    benchmarks = load_declared(cfg.benchmarks, cfg.max_per_benchmark, cfg.seed)
+    clash = sorted(set(benchmarks) & set(ckpts))
+    if clash:
+        raise EvalError(f"eval: {clash[0]!r} names both a benchmark and a checkpoint; metric names eval/<checkpoint>/... would be ambiguous")
+    template = load_eval_prompt()
+    final = list(ckpts)[-1]
+    results: dict[str, Any] = {}
+    metrics: dict[str, float] = {}
+    used: dict[str, dict[str, Any]] = {}
+    pred_dir = Path(predictions_dir)
+    for name, model_dir in ckpts.items():
+        sampler = factory(model_dir, backend=cfg.sampling.backend, dtype=params.model.dtype, batch_size=cfg.sampling.batch_size, seed=cfg.seed)
+        family = params.model.family if params.model.family != "auto" else getattr(sampler, "family", None)
+        sampling = sampling_for_family(cfg.sampling, family, family_defaults)
+        used[name] = {"dir": model_dir, "family": family, "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": sampling.top_k}
+        prog = Path(progress_dir) / f"{_safe_name(name)}-{_fingerprint(model_dir, sampling, cfg.runs, cfg.seed, template.sha256)}.jsonl"
+        print(f"[evaluate] {name}: {model_dir} (family {family}, T={sampling.temperature}, top_p={sampling.top_p}, "
+              f"top_k={sampling.top_k}, k={cfg.runs})")
+        preds = evaluate_model(sampler, benchmarks, sampling, cfg.runs, cfg.seed, template, cfg.constrained_pass, prog, progress)
+        _free(sampler)
+        write_jsonl(pred_dir / f"predictions_{_safe_name(name)}.jsonl", (p.to_dict() for p in preds))
+        score = score_checkpoint(preds)
+        results[name] = checkpoint_json(score)
+        metrics.update(checkpoint_metrics(score, metric_prefix(name, name == final)))
+        prog.unlink(missing_ok=True)
+    _write_json(metrics_path, results)
+    if log_mlflow:
+        _log(params, metrics, ckpts, final, used, reports_dir)
+    return results
+
+
+def _write_json(path: str | os.PathLike, data: Any) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _log(params: Any, metrics: dict[str, float], ckpts: Mapping[str, str], final: str, used: Mapping[str, Mapping[str, Any]],
+         reports_dir: str | os.PathLike) -> None:
+    from medssr import tracking
+
+    section = to_flat_dict(params.eval, "eval.")
+    for name, u in used.items():
+        section.update({f"eval.used.{name}.{k}": v for k, v in u.items()})
+    with tracking.stage_run("evaluate", params, section) as mlflow:
+        mlflow.set_tags({"medssr_eval_checkpoints": json.dumps(list(ckpts)), "medssr_eval_final": final})
+        mlflow.log_metrics(metrics)
+    summary = {k: v for k, v in metrics.items() if k.startswith(("eval/avg", "eval/raredis/avg", "eval/invalid")) or
+               re.fullmatch(r"eval/[^/]+/acc|eval/raredis/[^/]+/acc|eval/[^/]+/avg|eval/[^/]+/raredis/avg", k)}
+    summary.update(stage_headlines(reports_dir))
+    tracking.log_summary_to_parent(params, summary)
+    _tag_parent(params, ckpts, final)
+
+
+def _tag_parent(params: Any, ckpts: Mapping[str, str], final: str) -> None:
+    """The report reads which metric prefixes are checkpoints from these tags."""
+    from mlflow.tracking import MlflowClient
+
+    from medssr import tracking
+
+    parent = tracking.parent_run_id(params.project.experiment, to_flat_dict(params))
+    client = MlflowClient(tracking_uri=tracking.tracking_uri())
+    client.set_tag(parent, "medssr_eval_checkpoints", json.dumps(list(ckpts)))
+    client.set_tag(parent, "medssr_eval_final", final)
+
+
+def print_summary(results: Mapping[str, Any]) -> None:
+    """The evaluation table (benchmarks x checkpoints, accuracy %) and a one-line summary."""
+    print(format_table(results))
+    final = list(results)[-1] if results else None
+    if final:
+        r = results[final]
+        avg = f"{100 * r['avg']:.2f}%" if r.get("avg") is not None else "-"
+        rare = f"{100 * r['raredis']['avg']:.2f}%" if r.get("raredis") else "-"
+        print(f"[evaluate] {len(results)} checkpoint(s); final {final}: avg {avg}, raredis avg {rare}, "
+              f"invalid {100 * r['invalid_before']:.1f}% -> {100 * r['invalid_after']:.1f}% after the constrained pass")

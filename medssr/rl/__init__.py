@@ -1,0 +1,1 @@
+"""GRPO training: rewards, dataset export, trainer backends (TRL on CPU, OpenRLHF at scale) and strategies."""

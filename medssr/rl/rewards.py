@@ -1,0 +1,177 @@
+"""Reward functions shared by every trainer backend: TRL calls them directly, OpenRLHF through openrlhf_reward.py.
+
+The reward is exact match between the answer read by ``medssr.answers.extract_answer`` and the label (the
+offline majority vote in stage I, the gold answer in stage II), so training, voting and evaluation read answers
+the same way. Only the standard library and medssr.answers are imported: OpenRLHF loads this in its own env.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from medssr.answers import extract_answer, letters_for
+
+
+def correctness(completion: str, options: Mapping[str, str], label: str) -> float:
+    """1.0 when the answer read from the completion is the label, else 0.0 (no answer, wrong, or two answers)."""
+    return 1.0 if label and extract_answer(completion, options) == label else 0.0
+
+
+def encode_label(label: str, options: Mapping[str, str]) -> str:
+    """The label field of an OpenRLHF JSONL row: letter plus option texts, so answers given by text can be scored."""
+    opts = {str(k): str(v) for k, v in options.items()}
+    if label not in letters_for(opts):
+        raise ValueError(f"label {label!r} is not among the option letters {letters_for(opts)}")
+    return json.dumps({"label": label, "options": opts}, ensure_ascii=False, separators=(",", ":"))
+
+
+def decode_label(s: str) -> tuple[str, dict[str, str]]:
+    """Inverse of encode_label; raises ValueError saying what is wrong with the field."""
+    if not isinstance(s, str):
+        raise ValueError(f"label field must be a JSON string made by encode_label, got {type(s).__name__}")
+    try:
+        d = json.loads(s)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"label field is not JSON ({e.msg} at char {e.pos}): {s[:80]!r}") from None
+    if not isinstance(d, dict) or "label" not in d or "options" not in d:
+        raise ValueError(f'label field must be an object with "label" and "options", got: {s[:80]!r}')
+    label, options = d["label"], d["options"]
+    if not isinstance(options, dict) or not options or not all(isinstance(k, str) and isinstance(v, str) for k, v in options.items()):
+        raise ValueError(f'label field "options" must be a non-empty object of letter -> text strings, got: {str(options)[:80]!r}')
+    if not isinstance(label, str) or label not in letters_for(options):
+        raise ValueError(f'label field "label" {label!r} is not among the option letters {letters_for(options)}')
+    return label, options
+
+
+def completion_text(completion: Any) -> str:
+    """The generated text of a TRL completion: a plain string, or chat messages [{"role", "content"}, ...]."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, Mapping):
+        return _content_text(completion.get("content"))
+    if isinstance(completion, Sequence):
+        msgs = [m for m in completion if isinstance(m, Mapping)]
+        said = [m for m in msgs if m.get("role", "assistant") == "assistant"] or msgs
+        return "\n".join(_content_text(m.get("content")) for m in said)
+    return ""
+
+
+def _content_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # content blocks: [{"type": "text", "text": "..."}]
+        return "".join(b.get("text", "") for b in content if isinstance(b, Mapping) and isinstance(b.get("text"), str))
+    return ""
+
+
+def _options_of(options: Any) -> dict[str, str]:
+    """A dataset column value as an options dict (datasets may hand it over as a dict or a JSON string)."""
+    if isinstance(options, Mapping):
+        return {str(k): str(v) for k, v in options.items() if v is not None}
+    if isinstance(options, str):
+        try:
+            d = json.loads(options)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"options column is not a JSON object: {options[:80]!r}") from e
+        if isinstance(d, dict):
+            return {str(k): str(v) for k, v in d.items() if v is not None}
+    raise ValueError(f"options column must be a dict or a JSON object string, got {type(options).__name__}")
+
+
+def group_stats(answers: Sequence[str | None]) -> dict[str, Any]:
+    """Agreement among one prompt's rollouts, the collapse signal: distinct answers, entropy, all_agree, valid share.
+
+    Keys: n, valid_share, distinct (valid answers), entropy (nats over valid answers), all_agree (1.0 when every
+    rollout gave the same valid answer), majority (letter or None) and majority_share (its share of all rollouts).
+    """
+    n = len(answers)
+    valid = [a for a in answers if a is not None]
+    counts = Counter(valid)
+    entropy = -sum(c / len(valid) * math.log(c / len(valid)) for c in counts.values()) if valid else 0.0
+    major = majority(answers)
+    return {
+        "n": n,
+        "valid_share": len(valid) / n if n else 0.0,
+        "distinct": len(counts),
+        "entropy": entropy + 0.0,  # +0.0 turns -0.0 into 0.0
+        "all_agree": 1.0 if n and len(valid) == n and len(counts) == 1 else 0.0,
+        "majority": major,
+        "majority_share": counts[major] / n if major else 0.0,
+    }
+
+
+def majority(answers: Sequence[str | None]) -> str | None:
+    """Most frequent valid answer; ties go to the alphabetically smallest letter (deterministic); None if none valid."""
+    counts = Counter(a for a in answers if a is not None)
+    if not counts:
+        return None
+    top = max(counts.values())
+    return min(a for a, c in counts.items() if c == top)
+
+
+def prompt_groups(prompts: Sequence[Any]) -> list[range]:
+    """Index ranges of consecutive equal prompts: TRL repeats each prompt once per generation, side by side."""
+    groups: list[range] = []
+    start = 0
+    for i in range(1, len(prompts) + 1):
+        if i == len(prompts) or prompts[i] != prompts[start]:
+            groups.append(range(start, i))
+            start = i
+    return groups
+
+
+def _log_diversity(prompts: Sequence[Any], answers: Sequence[str | None], log_metric: Callable[[str, float], None] | None) -> None:
+    """Mean per-group answer diversity through TRL's log_metric (names: answers/distinct, answers/entropy, ...)."""
+    if not callable(log_metric) or not answers:
+        return
+    stats = [group_stats([answers[i] for i in g]) for g in prompt_groups(prompts)]
+    for key in ("distinct", "entropy", "all_agree", "valid_share", "majority_share"):
+        log_metric(f"answers/{key}", sum(float(s[key]) for s in stats) / len(stats))
+
+
+def trl_reward(prompts: Sequence[Any], completions: Sequence[Any], label: Sequence[str], options: Sequence[Any] | None = None,
+               **kwargs: Any) -> list[float]:
+    """TRL GRPOTrainer reward: 1.0 per completion whose answer is its row's `label`, using that row's `options`.
+
+    `label` and `options` are dataset columns repeated per generation; `label` may also be an encode_label string
+    (then `options` may be omitted). Logs answer diversity per prompt group when TRL passes `log_metric`.
+    """
+    rewards: list[float] = []
+    answers: list[str | None] = []
+    for i, completion in enumerate(completions):
+        letter, opts = label[i], (options[i] if options is not None else None)
+        if opts is None:
+            letter, opts = decode_label(letter)
+        opts = _options_of(opts)
+        answer = extract_answer(completion_text(completion), opts)
+        answers.append(answer)
+        rewards.append(1.0 if letter and answer == letter else 0.0)
+    _log_diversity(prompts, answers, kwargs.get("log_metric"))
+    return rewards
+
+
+trl_reward.__name__ = "correctness"  # TRL logs rewards/correctness/mean
+
+
+def online_vote_reward(prompts: Sequence[Any], completions: Sequence[Any], options: Sequence[Any], **kwargs: Any) -> list[float]:
+    """TTRL-style ablation (paper Fig. 6): the label is the majority answer of the prompt's own rollouts, voted online.
+
+    Rollouts of one prompt are the consecutive completions with an equal prompt (TRL's layout). Ties go to the
+    smallest letter; a group with no valid answer gets 0 everywhere. With several processes TRL hands each one
+    only its share of a group, so the vote is over that share: run this ablation on one process.
+    """
+    answers = [extract_answer(completion_text(c), _options_of(options[i])) for i, c in enumerate(completions)]
+    rewards = [0.0] * len(completions)
+    for g in prompt_groups(prompts):
+        vote = majority([answers[i] for i in g])
+        for i in g:
+            rewards[i] = 1.0 if vote is not None and answers[i] == vote else 0.0
+    _log_diversity(prompts, answers, kwargs.get("log_metric"))
+    return rewards
+
+
+online_vote_reward.__name__ = "online_vote"  # TRL logs rewards/online_vote/mean

@@ -1,0 +1,387 @@
+"""Loopback HTTP servers that speak the OpenAI chat-completions and Anthropic messages wire formats.
+
+Real sockets on 127.0.0.1 (port 0), one thread per connection, so the official clients run unmodified:
+their retries, Retry-After handling and timeouts are exercised for real. Faults are scripted per request
+(a queue for the next N requests, or a rule on the request), every request is logged (path, headers, body),
+and a responder callback decides the model text from the request.
+
+    with FakeOpenAIServer(latency_s=0.2) as srv:
+        srv.script(rate_limited(0.1), server_error())   # the next two requests fail, then normal answers
+        cfg = GeneratorCfg(backend="openai_compatible", base_url=srv.base_url, ...)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+__all__ = ["Fault", "FakeAnthropicServer", "FakeOpenAIServer", "LoggedRequest", "auth_error", "count_tokens", "malformed",
+           "question_json", "question_responder", "rate_limited", "reply", "server_error", "slow"]
+
+
+@dataclass
+class Fault:
+    """What to do to one request instead of (or on top of) a normal answer."""
+
+    status: int | None = None  # answer with this HTTP error status (429, 500, 401, ...)
+    retry_after: float | None = None  # Retry-After header, seconds
+    delay_s: float = 0.0  # sleep before answering (longer than the client timeout = a timeout)
+    malformed: bool = False  # 200 with a truncated JSON body
+    message: str = "fault injected by the test server"  # error message; may use {authorization} / {x-api-key}
+    content: str | None = None  # a normal 200, but with this model text (e.g. a truncated question)
+
+
+def rate_limited(retry_after: float = 0.1) -> Fault:
+    return Fault(status=429, retry_after=retry_after, message="Rate limit reached; retry later")
+
+
+def server_error(status: int = 500) -> Fault:
+    return Fault(status=status, message="The server had an error while processing your request")
+
+
+def slow(delay_s: float) -> Fault:
+    return Fault(delay_s=delay_s)
+
+
+def malformed() -> Fault:
+    return Fault(malformed=True)
+
+
+def reply(content: str) -> Fault:
+    return Fault(content=content)
+
+
+def auth_error(echo_key: bool = True) -> Fault:
+    """401 whose message echoes the credential the client sent, like a careless proxy would."""
+    return Fault(status=401, message="Incorrect API key provided: {authorization}{x-api-key}" if echo_key else "Invalid API key")
+
+
+@dataclass
+class LoggedRequest:
+    """One request as the server received it."""
+
+    path: str
+    headers: dict[str, str]  # lower-cased names
+    raw: str
+    body: dict[str, Any] | None
+    messages: list[tuple[str, str]] = field(default_factory=list)  # (role, text), system first
+    fault: Fault | None = None
+    t: float = 0.0
+
+    @property
+    def prompt(self) -> str:
+        return "\n".join(c for _, c in self.messages)
+
+    @property
+    def last_user(self) -> str:
+        return next((c for r, c in reversed(self.messages) if r == "user"), "")
+
+    @property
+    def schema(self) -> dict | None:
+        """The JSON schema asked for (OpenAI response_format or Anthropic forced tool), if any."""
+        b = self.body or {}
+        rf = b.get("response_format") or {}
+        if rf.get("type") == "json_schema":
+            return rf["json_schema"].get("schema")
+        tools = b.get("tools") or []
+        return tools[0].get("input_schema") if tools else None
+
+
+def count_tokens(text: str) -> int:
+    """The fake servers' tokenizer: whitespace words (deterministic, good enough for usage accounting tests)."""
+    return len(text.split())
+
+
+def question_json(stem: str, answer: str = "A") -> str:
+    """A valid four-option question in the shape the synthesis prompts ask for."""
+    return json.dumps({"question": stem, "options": {"A": "Option one", "B": "Option two", "C": "Option three", "D": "Option four"},
+                       "answer": answer, "explanation": "Because the test server says so."})
+
+
+def question_responder(req: LoggedRequest) -> str:
+    """Default responder: a valid question echoing the start of the last user message."""
+    return question_json("Echo: " + req.last_user[:80])
+
+
+Responder = Callable[[LoggedRequest], str]
+FaultRule = Callable[[LoggedRequest], "Fault | None"]
+
+
+class _FakeLLMServer:
+    """Shared machinery; subclasses define the paths and the wire format."""
+
+    path = ""
+
+    def __init__(self, responder: Responder = question_responder, latency_s: float = 0.0, faults: Iterable[Fault | None] = (),
+                 rule: FaultRule | None = None, model: str = "fake-model"):
+        self.responder = responder
+        self.latency_s = latency_s
+        self.rule = rule
+        self.model = model
+        self.requests: list[LoggedRequest] = []
+        self._faults: deque[Fault | None] = deque(faults)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._n = 0
+        self.in_flight = 0
+        self.max_in_flight = 0  # most requests handled at once (concurrency tests)
+
+    # -- lifecycle ------------------------------------------------------------------------------------------
+    def start(self) -> _FakeLLMServer:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # else headers and body in two writes meet delayed ACK: +40 ms a request
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                server._handle(self)
+
+            def do_GET(self) -> None:  # noqa: N802
+                if self.path == "/_stats":  # for callers in another process (the benchmark)
+                    server._send(self, 200, json.dumps(server.stats()))
+                elif self.path == "/_reset":
+                    server.reset_stats()
+                    server._send(self, 200, "{}")
+                else:
+                    server._send(self, 404, server._error_body(404, f"no route {self.path}"))
+
+            def log_message(self, format: str, *args: Any) -> None:  # keep pytest output clean
+                pass
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True,
+                                        name=f"{type(self).__name__}")
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()  # wakes handlers sleeping in a delay
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> _FakeLLMServer:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        assert self._httpd is not None, "server not started"
+        return self._httpd.server_address[1]
+
+    @property
+    def root_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    # -- scripting and inspection ----------------------------------------------------------------------------
+    def script(self, *faults: Fault | None) -> None:
+        """Apply these to the next requests, in arrival order (None = answer normally)."""
+        with self._lock:
+            self._faults.extend(faults)
+
+    def calls(self, text: str | None = None) -> int:
+        """Requests seen so far (whose prompt contains ``text``, if given)."""
+        with self._lock:
+            return sum(1 for r in self.requests if text is None or text in r.prompt)
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            return {"calls": len(self.requests), "max_in_flight": self.max_in_flight, "in_flight": self.in_flight}
+
+    def reset_stats(self) -> None:
+        with self._lock:
+            self.requests.clear()
+            self.max_in_flight = self.in_flight
+
+    def log_text(self) -> str:
+        """Everything the server received except the credential headers (for secret-leak checks)."""
+        with self._lock:
+            return "\n".join(r.raw + json.dumps({k: v for k, v in r.headers.items() if k not in ("authorization", "x-api-key")})
+                             for r in self.requests)
+
+    # -- request handling -----------------------------------------------------------------------------------
+    def _handle(self, h: BaseHTTPRequestHandler) -> None:
+        with self._lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            self._answer(h)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    def _answer(self, h: BaseHTTPRequestHandler) -> None:
+        raw = h.rfile.read(int(h.headers.get("content-length") or 0)).decode("utf-8", "replace")
+        headers = {k.lower(): v for k, v in h.headers.items()}
+        if h.path.rstrip("/") != self.path:
+            self._send(h, 404, self._error_body(404, f"no route {h.path}"))
+            return
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        req = LoggedRequest(h.path, headers, raw, body, self._messages(body or {}), t=time.time())
+        with self._lock:
+            fault = self._faults.popleft() if self._faults else None
+            self._n += 1
+            n = self._n
+        if fault is None and self.rule is not None:
+            fault = self.rule(req)
+        req.fault = fault
+        with self._lock:
+            self.requests.append(req)
+        if body is None:
+            self._send(h, 400, self._error_body(400, "request body is not JSON"))
+            return
+        delay = self.latency_s + (fault.delay_s if fault else 0.0)
+        if delay and self._stop.wait(delay):
+            h.close_connection = True  # shutting down: drop the request
+            return
+        if fault is not None and fault.status is not None:
+            msg = re.sub(r"\{([a-z-]+)\}", lambda m: headers.get(m.group(1), ""), fault.message)
+            extra = {"retry-after": f"{fault.retry_after:g}"} if fault.retry_after is not None else {}
+            self._send(h, fault.status, self._error_body(fault.status, msg), extra)
+            return
+        content = fault.content if fault is not None and fault.content is not None else self.responder(req)
+        payload = json.dumps(self._ok_body(req, content, n))
+        if fault is not None and fault.malformed:
+            payload = payload[: len(payload) // 2]
+        self._send(h, 200, payload)
+
+    def _send(self, h: BaseHTTPRequestHandler, status: int, payload: str, headers: dict[str, str] | None = None) -> None:
+        data = payload.encode("utf-8")
+        try:
+            h.send_response(status)
+            h.send_header("content-type", "application/json")
+            h.send_header("content-length", str(len(data)))
+            for k, v in (headers or {}).items():
+                h.send_header(k, v)
+            h.end_headers()
+            h.wfile.write(data)
+            h.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up (timeout) before we answered
+
+    def _messages(self, body: dict) -> list[tuple[str, str]]:
+        raise NotImplementedError
+
+    def _ok_body(self, req: LoggedRequest, content: str, n: int) -> dict:
+        raise NotImplementedError
+
+    def _error_body(self, status: int, message: str) -> str:
+        raise NotImplementedError
+
+
+def _text_of(content: Any) -> str:
+    """Message content as text: a string, or the text parts of a list of content blocks."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(b.get("text", "") for b in content if isinstance(b, dict))
+    return ""
+
+
+_OPENAI_ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 429: "rate_limit_exceeded"}
+
+
+class FakeOpenAIServer(_FakeLLMServer):
+    """POST /v1/chat/completions; ``base_url`` is what AsyncOpenAI wants."""
+
+    path = "/v1/chat/completions"
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.root_url}/v1"
+
+    def _messages(self, body: dict) -> list[tuple[str, str]]:
+        return [(m.get("role", ""), _text_of(m.get("content"))) for m in body.get("messages") or []]
+
+    def _ok_body(self, req: LoggedRequest, content: str, n: int) -> dict:
+        body = req.body or {}
+        limit = body.get("max_completion_tokens") or body.get("max_tokens")
+        words = content.split(" ")
+        finish = "stop"
+        if limit is not None and count_tokens(content) > limit:
+            content, finish = " ".join(words[:limit]), "length"
+        n_in, n_out = count_tokens(req.prompt), count_tokens(content)
+        return {"id": f"chatcmpl-fake{n}", "object": "chat.completion", "created": int(time.time()), "model": body.get("model", self.model),
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": content, "refusal": None},
+                             "logprobs": None, "finish_reason": finish}],
+                "usage": {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out}}
+
+    def _error_body(self, status: int, message: str) -> str:
+        kind = _OPENAI_ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+        return json.dumps({"error": {"message": message, "type": kind, "param": None, "code": None}})
+
+
+_ANTHROPIC_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+                          429: "rate_limit_error", 529: "overloaded_error"}
+
+
+class FakeAnthropicServer(_FakeLLMServer):
+    """POST /v1/messages; ``base_url`` is what AsyncAnthropic wants. With a forced tool, a JSON responder text
+    becomes the tool_use input (non-JSON text comes back as a text block, like a model that ignored the tool)."""
+
+    path = "/v1/messages"
+
+    @property
+    def base_url(self) -> str:
+        return self.root_url
+
+    def _messages(self, body: dict) -> list[tuple[str, str]]:
+        msgs = [("system", _text_of(body["system"]))] if body.get("system") else []
+        return msgs + [(m.get("role", ""), _text_of(m.get("content"))) for m in body.get("messages") or []]
+
+    def _ok_body(self, req: LoggedRequest, content: str, n: int) -> dict:
+        body = req.body or {}
+        choice = body.get("tool_choice") or {}
+        block: dict[str, Any] = {"type": "text", "text": content}
+        stop = "end_turn"
+        if choice.get("type") == "tool":
+            try:
+                block = {"type": "tool_use", "id": f"toolu_fake{n}", "name": choice.get("name"), "input": json.loads(content)}
+                stop = "tool_use"
+            except ValueError:
+                pass
+        n_in, n_out = count_tokens(req.prompt), count_tokens(content)
+        return {"id": f"msg_fake{n}", "type": "message", "role": "assistant", "model": body.get("model", self.model),
+                "content": [block], "stop_reason": stop, "stop_sequence": None,
+                "usage": {"input_tokens": n_in, "output_tokens": n_out}}
+
+    def _error_body(self, status: int, message: str) -> str:
+        kind = _ANTHROPIC_ERROR_TYPES.get(status, "api_error")
+        return json.dumps({"type": "error", "error": {"type": kind, "message": message}})
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve until stdin closes: ``python -m tests.llm_servers openai --latency 0.2`` prints the base URL first."""
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("api", choices=["openai", "anthropic"])
+    ap.add_argument("--latency", type=float, default=0.0)
+    args = ap.parse_args(argv)
+    cls = FakeOpenAIServer if args.api == "openai" else FakeAnthropicServer
+    with cls(latency_s=args.latency) as srv:
+        print(srv.base_url, flush=True)
+        sys.stdin.read()
+
+
+if __name__ == "__main__":
+    main()

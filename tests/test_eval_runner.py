@@ -1,0 +1,227 @@
+"""The evaluation runner on the tiny random model with real benchmark rows (4- and 5-option, yes/no/maybe, a user file)."""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from eval.benchmarks import BenchmarkError, load_declared, sampling_for_family, seeded_slice
+from eval.runner import EvalError, evaluate_model, load_eval_prompt, resolve_checkpoints, run_evaluate
+from medssr.config import Params, SamplingCfg
+from medssr.data.loaders import load_benchmark_file
+from medssr.records import CATEGORIES, RecordError, append_jsonl, read_partial_jsonl, write_jsonl
+
+RAW = Path(__file__).resolve().parents[1] / "data" / "raw" / "benchmarks"
+
+
+def _raw_rows(name: str, n: int, start: int = 0) -> list[dict]:
+    with gzip.open(RAW / f"test_short_{name}.json.gz", "rt", encoding="utf-8") as fh:
+        return json.load(fh)[start : start + n]
+
+
+def _bench_files(d: Path) -> dict[str, str]:
+    """medqa as prepared Question JSONL, medbullets/pubmedqa as the raw gz lists, raredis_sub with categories, a user file."""
+    medqa = load_benchmark_file(RAW / "test_short_medqa.json.gz")
+    write_jsonl(d / "medqa.jsonl", medqa[:3])
+    rare = []
+    for i, q in enumerate(medqa[10:14]):
+        rare.append(dataclasses.replace(q, id=f"raredis-{q.id}", source="raredis_sub", rare_disease="Fabry disease",
+                                        category=CATEGORIES[i % 3]))
+    write_jsonl(d / "raredis_sub.jsonl", rare)
+    user = [{"id": f"mine-{i}", "question": r["question"], "gold": r["gold"]} for i, r in enumerate(_raw_rows("bioasq", 2))]
+    (d / "my_new_bench.json").write_text(json.dumps(user), encoding="utf-8")
+    return {"medqa": str(d / "medqa.jsonl"), "medbullets": str(RAW / "test_short_medbullets.json.gz"),
+            "pubmedqa": str(RAW / "test_short_pubmedqa.json.gz"), "my_bench": str(d / "my_new_bench.json"),
+            "raredis_sub": str(d / "raredis_sub.jsonl")}
+
+
+def _params(d: Path) -> Params:
+    p = Params()
+    p.project.experiment = "eval-test"
+    p.eval.benchmarks = _bench_files(d)
+    p.eval.max_per_benchmark = 3
+    p.eval.runs = 2
+    p.eval.sampling = SamplingCfg(max_new_tokens=8, batch_size=16, temperature=1.0)
+    return p
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """A tiny model gains nothing from threads; on a busy 2-core machine two OpenMP threads make it ~20x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory, tiny_model_dir):
+    """One evaluation of two checkpoints (both the tiny model) over five benchmarks, logged to a fresh MLflow store."""
+    d = tmp_path_factory.mktemp("evalrun")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{d}/mlflow.db")
+        params = _params(d)
+        (d / "reports").mkdir()
+        (d / "reports" / "synth.json").write_text(json.dumps({"accepted": 12, "rare_ratio_achieved": 0.25, "cost_usd": 0.0,
+                                                              "by_source": {"rare": 3}, "name": "x", "seed": 5,
+                                                              "sampling": {"temperature": 1.0}}))
+        results = run_evaluate(params, checkpoints={"base": str(tiny_model_dir), "stage2": str(tiny_model_dir)},
+                               metrics_path=d / "metrics" / "eval.json", predictions_dir=d / "eval", reports_dir=d / "reports",
+                               progress=False, progress_dir=d / "progress")
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=f"sqlite:///{d}/mlflow.db")
+        exp = client.get_experiment_by_name("eval-test")
+        runs = client.search_runs([exp.experiment_id])
+    return {"dir": d, "results": results, "params": params, "runs": runs}
+
+
+def _preds(evaluated, ckpt: str) -> list[dict]:
+    return [json.loads(line) for line in (evaluated["dir"] / "eval" / f"predictions_{ckpt}.jsonl").read_text().splitlines()]
+
+
+def test_predictions_have_one_row_per_question_and_run(evaluated):
+    rows = _preds(evaluated, "stage2")
+    assert len(rows) == 3 * 4 * 2 + 2 * 2  # 3 per sliced benchmark x 4, the 2-row user file; 2 runs
+    assert set(rows[0]) >= {"id", "benchmark", "run", "output", "extracted", "constrained", "final", "gold", "correct"}
+    assert {r["run"] for r in rows} == {0, 1}
+    assert all(r["correct"] == (r["final"] == r["gold"]) for r in rows)
+
+
+def test_eval_json_has_checkpoints_benchmarks_average_and_raredis_categories(evaluated):
+    data = json.loads((evaluated["dir"] / "metrics" / "eval.json").read_text())
+    assert data == evaluated["results"]
+    assert list(data) == ["base", "stage2"]
+    s2 = data["stage2"]
+    for b in ("medqa", "medbullets", "pubmedqa", "my_bench", "raredis_sub"):
+        assert set(s2[b]) == {"acc", "std", "n", "invalid_before", "invalid_after"}
+    assert s2["medqa"]["n"] == 3 and s2["my_bench"]["n"] == 2
+    main = [s2[b]["acc"] for b in ("medqa", "medbullets", "pubmedqa", "my_bench")]
+    assert s2["avg"] == pytest.approx(sum(main) / 4, abs=1e-5)
+    cats = {k for k in s2["raredis"] if k not in ("avg", "avg_std")}
+    assert cats and cats <= {"symptoms", "causes", "affects"}
+    assert sum(s2["raredis"][c]["n"] for c in cats) == 3
+
+
+def test_constrained_pass_brings_invalid_rate_to_zero(evaluated):
+    s2 = evaluated["results"]["stage2"]
+    assert s2["invalid_before"] > 0.5  # a random model almost never writes a letter
+    assert s2["invalid_after"] == 0.0
+    rows = _preds(evaluated, "stage2")
+    assert all(r["constrained"] is not None for r in rows if r["extracted"] is None)
+
+
+def test_five_option_and_yes_no_maybe_questions_get_letters_from_their_own_options(evaluated):
+    rows = _preds(evaluated, "stage2")
+    bullets = [r for r in rows if r["benchmark"] == "medbullets"]
+    pubmed = [r for r in rows if r["benchmark"] == "pubmedqa"]
+    assert bullets and all(r["final"] in "ABCDE" for r in bullets)
+    assert pubmed and all(r["final"] in "ABC" for r in pubmed)
+
+
+def test_same_seed_gives_every_checkpoint_the_same_samples(evaluated):
+    base, s2 = _preds(evaluated, "base"), _preds(evaluated, "stage2")
+    assert [r["output"] for r in base] == [r["output"] for r in s2]
+
+
+def test_mlflow_stage_run_has_final_unprefixed_and_other_checkpoints_prefixed(evaluated):
+    stage = [r for r in evaluated["runs"] if r.data.tags.get("medssr_stage") == "evaluate"]
+    assert len(stage) == 1
+    m = stage[0].data.metrics
+    for name in ("eval/medqa/acc", "eval/avg", "eval/raredis/avg", "eval/invalid_before", "eval/invalid_after",
+                 "eval/base/medqa/acc", "eval/base/avg", "eval/my_bench/acc"):
+        assert name in m, name
+    assert any(k.startswith("eval/raredis/") and k.endswith("/acc") for k in m)
+    assert m["eval/invalid_after"] == 0.0
+    assert stage[0].data.tags["medssr_eval_final"] == "stage2"
+
+
+def test_parent_run_gets_headline_metrics_of_eval_and_stage_reports(evaluated):
+    parent = [r for r in evaluated["runs"] if r.data.tags.get("medssr_role") == "pipeline"]
+    assert len(parent) == 1
+    m = parent[0].data.metrics
+    assert m["synth/accepted"] == 12 and m["synth/rare_ratio_achieved"] == 0.25 and m["synth/by_source/rare"] == 3
+    assert "synth/seed" not in m and "synth/sampling/temperature" not in m  # settings are params, not headline metrics
+    assert "eval/avg" in m and "eval/medqa/acc" in m and "eval/base/avg" in m
+    assert parent[0].data.params["synth.rare_ratio"] == "0.25"
+
+
+def test_progress_file_is_removed_after_a_finished_run(evaluated):
+    assert not list((evaluated["dir"] / "progress").glob("*.jsonl"))
+
+
+def test_resume_reuses_saved_samples_and_samples_only_the_rest(tmp_path, tiny_model_dir):
+    from medssr.sampling import make_sampler
+
+    qs = load_benchmark_file(RAW / "test_short_medqa.json.gz")[:3]
+    prog = tmp_path / "progress.jsonl"
+    for q in qs[:2]:
+        append_jsonl(prog, {"key": f"medqa:{q.id}", "outputs": [["Reasoning... The answer is B.", 9, "answer"]]})
+    sampler = make_sampler(str(tiny_model_dir), batch_size=4)
+    preds = evaluate_model(sampler, {"medqa": qs}, SamplingCfg(max_new_tokens=4), runs=1, seed=0, template=load_eval_prompt(),
+                           progress_path=prog, progress=False)
+    assert [p.extracted for p in preds[:2]] == ["B", "B"]
+    assert preds[2].output != "Reasoning... The answer is B."
+    assert sampler.last_stats.sequences == 1
+    assert len(read_partial_jsonl(prog)) == 3
+
+
+def test_missing_standard_checkpoint_is_skipped_but_missing_explicit_dir_is_an_error(tmp_path, tiny_model_dir, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    got = resolve_checkpoints(["base", "stage1", f"mine={tiny_model_dir}"], base_dir=str(tiny_model_dir))
+    assert got == {"base": str(tiny_model_dir), "mine": str(tiny_model_dir)}
+    with pytest.raises(EvalError, match="nowhere"):
+        resolve_checkpoints(["base", str(tmp_path / "nowhere")], base_dir=str(tiny_model_dir))
+
+
+def test_declared_benchmarks_accept_json_list_question_jsonl_and_raw_jsonl(tmp_path):
+    files = _bench_files(tmp_path)
+    raw_jsonl = tmp_path / "raw_rows.jsonl"
+    raw_jsonl.write_text("\n".join(json.dumps(r) for r in _raw_rows("pubmedqa", 2)) + "\n")
+    got = load_declared({"medqa": files["medqa"], "mine": files["my_bench"], "pq": str(raw_jsonl), "mb": files["medbullets"]})
+    assert [len(v) for v in got.values()] == [3, 2, 2, 308]
+    assert got["pq"][0].options == {"A": "yes", "B": "no", "C": "maybe"}
+    assert got["mine"][0].source == "mine"
+    assert len(got["mb"][0].options) == 5
+
+
+def test_missing_benchmark_file_names_the_params_key(tmp_path):
+    with pytest.raises(BenchmarkError, match=r"eval\.benchmarks\.medqa: .*nope\.jsonl: no such file"):
+        load_declared({"medqa": str(tmp_path / "nope.jsonl")})
+
+
+def test_malformed_benchmark_row_names_file_and_record(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"id": "x1", "question": "Q?\nA. a\nB. b", "gold": "C"}]))
+    with pytest.raises(RecordError, match=r"bad\.json:\d+: record 1: gold: 'C' is not among options A-B"):
+        load_declared({"bad": str(bad)})
+
+
+def test_seeded_slice_is_reproducible_and_keeps_file_order(tmp_path):
+    qs = load_benchmark_file(RAW / "test_short_pubmedqa.json.gz")
+    a, b = seeded_slice(qs, 20, seed=3), seeded_slice(qs, 20, seed=3)
+    assert [q.id for q in a] == [q.id for q in b]
+    assert [q.id for q in a] == [q.id for q in qs if q.id in {x.id for x in a}]
+    assert [q.id for q in seeded_slice(qs, 20, seed=4)] != [q.id for q in a]
+
+
+def test_family_defaults_replace_decoding_only_when_asked():
+    cfg = SamplingCfg(temperature=1.0, top_p=1.0, top_k=-1, max_new_tokens=77)
+    assert sampling_for_family(cfg, "qwen", family_defaults=False) == cfg
+    q = sampling_for_family(cfg, "qwen", family_defaults=True)
+    assert (q.temperature, q.top_p, q.top_k, q.max_new_tokens) == (0.6, 0.95, 20, 77)
+    assert sampling_for_family(cfg, "llama", True).top_p == 0.9
+
+
+def test_benchmark_names_that_would_clash_with_eval_json_keys_are_rejected(tmp_path):
+    files = _bench_files(tmp_path)
+    with pytest.raises(BenchmarkError, match=r"eval\.benchmarks\.avg: a benchmark name must match"):
+        load_declared({"avg": files["medqa"]})
+    with pytest.raises(BenchmarkError, match=r"eval\.benchmarks\.med/qa"):
+        load_declared({"med/qa": files["medqa"]})

@@ -1,0 +1,226 @@
+"""Leakage removal, RareDis-Sub categories, the seed filter, and the prepare stage end to end on data/raw."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from medssr.config import load_params
+from medssr.data.categories import classify_text, focus_sentence
+from medssr.data.leakage import build_index, leak_reason, normalize_text, remove_leakage
+from medssr.data.loaders import BENCHMARKS, load_benchmark, load_training_source
+from medssr.data.prepare import run_prepare, stratified_cap, summary_line
+from medssr.data.reasoning import is_reasoning_heavy, reasoning_score, select_seeds
+from medssr.data.validate import validate_files
+from medssr.records import CATEGORIES, RecordError, read_questions
+
+RAW = Path(__file__).resolve().parents[1] / "data" / "raw"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return {name: load_benchmark(name, RAW) for name in BENCHMARKS}
+
+
+@pytest.fixture(scope="module")
+def index(bench):
+    return build_index(q for rows in bench.values() for q in rows)
+
+
+@pytest.fixture(scope="module")
+def medmcqa():
+    return {q.id: q for q in load_training_source("medmcqa", RAW)}
+
+
+# --- leakage ---------------------------------------------------------------------------------------
+
+def test_normalize_text_folds_case_unicode_and_punctuation():
+    assert normalize_text("  Is Verubecestat effective for Alzheimer’s Disease?? ") == "is verubecestat effective for alzheimer s disease"
+    assert normalize_text("Ｈ２Ｏ\u00a0level") == "h2o level"  # NFKC folds full-width forms
+
+
+def test_benchmark_id_overlap_is_leakage(medmcqa, index):
+    assert leak_reason(medmcqa["medmcqa-76eb0208-23fa-422d-aa0b-c4d5ec0fc3b5"], index) == "id"
+
+
+def test_same_question_under_another_id_is_removed(medmcqa, index):
+    # the benchmark holds it as medmcqa-c836b9a4-... with "Cold H2SO4" / "Sandblasting" spelled differently
+    q = medmcqa["medmcqa-51baa169-5c84-4d0e-94fb-d21279cea570"]
+    assert q.question == "Cleaning of base metal alloy is done by"
+    assert leak_reason(q, index) == "text"
+
+
+def test_generic_stem_with_other_options_is_kept(medmcqa, index):
+    q = medmcqa["medmcqa-c02f03a6-ff92-4236-9883-f9e7bf1e02df"]  # "Which of the following is true?" as in two MMLU items
+    assert normalize_text(q.question) in index.stems
+    assert leak_reason(q, index) is None
+
+
+def test_medmcqa_dev_leaves_the_manifests_usable_count(medmcqa, index):
+    kept, removed = remove_leakage(medmcqa.values(), index)
+    assert 2975 <= len(kept) <= 2983
+    assert removed == {"medmcqa": {"id": 1200, "text": 7}}
+
+
+def test_source_flags_count_as_leakage(index):
+    kept, removed = remove_leakage(load_training_source("bioasq", RAW), index)
+    assert len(kept) == 291 and removed["bioasq"]["id"] == 325  # 2 more share a stem and yes/no options
+    kept, _ = remove_leakage(load_training_source("pubmedqa", RAW), index)
+    assert len(kept) == 500
+
+
+# --- categories --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("stem, category", [
+    ("A 6-month-old boy ... Which of the following is the most likely diagnosis?", "Diagnosis"),
+    ("Is golodirsen effective for the treatment of Duchenne muscular dystrophy?", "Treatment"),
+    ("A 17-year-old boy presents with ... Which of the following is the most appropriate next step in management?", "Treatment"),
+    ("Mutations that cause achondroplasia exert an effect which can be classified as:", "Causes"),
+    ("Which of the following is the most likely cause of this patient's symptoms?", "Causes"),
+    ("Which of the following is a renal complication of sickle cell disease?", "Symptoms"),
+    ("Regional Odontodysplasia is most common in", "Affects"),
+    ("Is peripheral neuroepithelioma related to Ewing sarcoma?", "Related disorders"),
+    ("Which of the following is true of Systemic Sclerosis?", "Others"),
+])
+def test_category_rules_on_real_stems(stem, category):
+    assert classify_text(stem) == category
+
+
+def test_focus_is_the_sentence_that_asks():
+    stem = "A boy presents with fever and symptoms of weakness. He was treated last year. What is the most likely diagnosis?"
+    assert focus_sentence(stem) == "What is the most likely diagnosis?"
+    assert classify_text(stem) == "Diagnosis"
+
+
+# --- reasoning filter --------------------------------------------------------------------------------
+
+def test_clinical_vignette_is_reasoning_heavy(bench):
+    q = next(q for q in bench["medqa"] if q.id == "medqa-000853")  # 22-year-old man, vitals, "most likely diagnosis"
+    s = reasoning_score(q)
+    assert s.heavy and "vignette" in s.cues and "asks_most_likely" in s.cues
+
+
+def test_fact_recall_is_not_reasoning_heavy(medmcqa):
+    q = next(q for q in medmcqa.values() if q.question == "Benzodiazepine antagonist is")
+    assert not is_reasoning_heavy(q)
+
+
+def test_heuristic_separates_vignette_sets_from_yes_no_sets(bench):
+    share = {n: sum(map(is_reasoning_heavy, bench[n])) / len(bench[n]) for n in ("medqa", "medbullets", "bioasq", "pubmedqa")}
+    assert share["medqa"] > 0.9 and share["medbullets"] > 0.9
+    assert share["bioasq"] < 0.05 and share["pubmedqa"] < 0.05
+
+
+def test_seed_cap_is_a_seeded_sample(medmcqa):
+    rows = list(medmcqa.values())
+    a = select_seeds(rows, max_seeds=20, seed=1)
+    assert len(a) == 20 and a == select_seeds(rows, max_seeds=20, seed=1)
+    assert [q.id for q in a] != [q.id for q in select_seeds(rows, max_seeds=20, seed=2)]
+    assert select_seeds(rows, classifier=lambda q: q.answer == "A", max_seeds=None) == [q for q in rows if q.answer == "A"]
+
+
+def test_stratified_cap_keeps_each_sources_share(medmcqa):
+    rows = list(medmcqa.values())[:300] + load_training_source("bioasq", RAW)[:100]
+    capped = stratified_cap(rows, 40, seed=0)
+    assert Counter(q.source for q in capped) == {"medmcqa": 30, "bioasq": 10}
+    assert stratified_cap(rows, None, seed=0) == rows
+
+
+# --- the stage ---------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("prepare")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp}/mlflow.db")
+    (tmp / "params.yaml").write_text(f"data:\n  raw_dir: {RAW}\n  out_dir: {tmp}/prepared\n  max_seeds: 300\n", encoding="utf-8")
+    params = load_params(tmp / "params.yaml")
+    summary = run_prepare(params, report_path=tmp / "reports" / "prepare.json")
+    yield tmp, summary
+    mp.undo()
+
+
+def test_prepare_writes_every_output(prepared):
+    tmp, _ = prepared
+    out = tmp / "prepared"
+    for rel in ["train.jsonl", "seeds.jsonl", "raredis_sub.jsonl", "entities.jsonl", *[f"benchmarks/{n}.jsonl" for n in BENCHMARKS]]:
+        assert (out / rel).stat().st_size > 0, rel
+    ok, report = validate_files([out / "train.jsonl", out / "seeds.jsonl", out / "raredis_sub.jsonl",
+                                 *[out / "benchmarks" / f"{n}.jsonl" for n in BENCHMARKS]])
+    assert ok, report
+
+
+def test_prepare_train_rows_are_leakage_free(prepared):
+    tmp, summary = prepared
+    train = read_questions(tmp / "prepared" / "train.jsonl")
+    assert summary["train_by_source"] == {"medmcqa": 2976, "headqa": 6600, "pubmedqa": 500, "bioasq": 291}
+    bench_ids = {q.id for n in BENCHMARKS for q in read_questions(tmp / "prepared" / "benchmarks" / f"{n}.jsonl")}
+    assert not bench_ids & {q.id for q in train}
+    assert summary["leakage_removed"] == {"medmcqa": 1207, "headqa": 0, "pubmedqa": 500, "bioasq": 327}
+
+
+def test_prepare_seeds_are_reasoning_heavy_training_rows(prepared):
+    tmp, summary = prepared
+    seeds = read_questions(tmp / "prepared" / "seeds.jsonl")
+    train_ids = {q.id for q in read_questions(tmp / "prepared" / "train.jsonl")}
+    assert len(seeds) == summary["seeds"] == 300  # data.max_seeds
+    assert all(q.id in train_ids and is_reasoning_heavy(q) for q in seeds)
+
+
+def test_prepare_raredis_sub_rows_carry_disease_and_category(prepared):
+    tmp, summary = prepared
+    sub = read_questions(tmp / "prepared" / "raredis_sub.jsonl")
+    assert len(sub) == summary["raredis_sub"] > 300
+    assert all(q.rare_disease and q.category in CATEGORIES and q.split == "test" for q in sub)
+    assert sum(summary["categories"].values()) == len(sub)
+    assert {n: r["paper"] for n, r in summary["rare"].items()} == {
+        "medqa": 154, "medmcqa": 45, "mmlu": 57, "pubmedqa": 63, "bioasq": 144, "medbullets": 52}
+
+
+def test_prepare_report_and_mlflow_metrics(prepared):
+    tmp, summary = prepared
+    assert json.loads((tmp / "reports" / "prepare.json").read_text()) == summary
+    import mlflow
+
+    runs = mlflow.search_runs(experiment_names=["medssr"], filter_string="tags.medssr_stage = 'prepare'")
+    assert len(runs) == 1
+    row = runs.iloc[0]
+    assert row["metrics.prepare/train_rows"] == summary["train_rows"]
+    assert row["metrics.prepare/rare/medqa"] == summary["rare"]["medqa"]["ours"]
+    assert row["metrics.prepare/leakage_removed/medmcqa"] == 1207
+    assert "prepare:" in summary_line(summary) and "RareDis-Sub" in summary_line(summary)
+
+
+def test_prepare_caps_train_rows_by_source_share(tmp_path):
+    (tmp_path / "params.yaml").write_text(f"data:\n  raw_dir: {RAW}\n  out_dir: {tmp_path}/p\n  max_train: 100\n"
+                                          "  train_sources: [pubmedqa, bioasq]\n", encoding="utf-8")
+    summary = run_prepare(load_params(tmp_path / "params.yaml"), report_path=tmp_path / "r.json", log_mlflow=False)
+    assert summary["train_rows"] == 100 and summary["train_pool_rows"] == 500 + 291
+    assert summary["train_by_source"] == {"pubmedqa": 63, "bioasq": 37}
+
+
+def test_extra_raredis_rows_join_raredis_sub_leave_training_and_bad_rows_are_quarantined(tmp_path):
+    bioasq = load_training_source("bioasq", RAW, drop_known_test=True)[:5]
+    extra = [{"id": f"redisqa-{i}", "question": q.render(), "gold": q.answer} for i, q in enumerate(bioasq)]
+    extra[4]["gold"] = "C"  # not among A-B: quarantined when data.strict is false
+    (tmp_path / "redisqa.json").write_text(json.dumps(extra, indent=1), encoding="utf-8")
+    (tmp_path / "params.yaml").write_text(
+        f"data:\n  raw_dir: {RAW}\n  out_dir: {tmp_path}/p\n  strict: false\n  train_sources: [bioasq]\n"
+        f"  extra_raredis: [{tmp_path}/redisqa.json]\n", encoding="utf-8")
+    summary = run_prepare(load_params(tmp_path / "params.yaml"), report_path=tmp_path / "r.json", log_mlflow=False)
+    assert summary["extra_raredis"] == {"redisqa": 4} and summary["quarantined"] == 1
+    assert "record 5: gold: 'C' is not among options A-B" in (tmp_path / "p" / "rejected.jsonl").read_text()
+    assert summary["leakage_removed_by_reason"]["bioasq"]["text"] == 2 + 4  # the 4 extra rows left training
+    sub = {q.id: q for q in read_questions(tmp_path / "p" / "raredis_sub.jsonl")}
+    assert all(f"redisqa-{i}" in sub and sub[f"redisqa-{i}"].category in CATEGORIES for i in range(4))
+
+
+def test_strict_mode_stops_at_the_first_bad_row(tmp_path):
+    (tmp_path / "bad.json").write_text('[{"id": "x-1", "question": "Is it?\\nA. yes\\nB. no", "gold": "E"}]', encoding="utf-8")
+    (tmp_path / "params.yaml").write_text(
+        f"data:\n  raw_dir: {RAW}\n  out_dir: {tmp_path}/p\n  extra_raredis: [{tmp_path}/bad.json]\n", encoding="utf-8")
+    with pytest.raises(RecordError, match=r"bad.json:1: record 1: gold: 'E' is not among options A-B"):
+        run_prepare(load_params(tmp_path / "params.yaml"), report_path=tmp_path / "r.json", log_mlflow=False)

@@ -1,0 +1,122 @@
+"""The report stage: runs in a temp sqlite MLflow store (made by the real tracking helpers) -> report.md + valid PNGs."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from eval.report import collect_runs, main_report
+from eval.runner import _log
+from eval.scoring import Prediction, checkpoint_metrics, metric_prefix, score_checkpoint
+from medssr import tracking
+from medssr.config import Params
+from medssr.review import import_review
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+EXP = "report-test"
+
+
+def _preds(skill: float, run_count: int = 2) -> list[Prediction]:
+    """Deterministic predictions whose accuracy grows with ``skill`` (0..1)."""
+    out = []
+    cats = ["Symptoms", "Causes", "Treatment", "Related disorders"]
+    for run in range(run_count):
+        for bench, n in (("medqa", 10), ("pubmedqa", 10), ("raredis_sub", 12)):
+            for i in range(n):
+                ok = (i + run) % 10 < round(10 * skill)
+                out.append(Prediction(id=f"{bench}-{i}", benchmark=bench, run=run, gold="A", output="", extracted="A" if ok else None,
+                                      constrained=None if ok else "B", final="A" if ok else "B", correct=ok,
+                                      category=cats[i % 4] if bench == "raredis_sub" else None))
+    return out
+
+
+def _pipeline(tmp_path, rare_ratio: float, strategy: str, skill: float, experiment: str = EXP) -> None:
+    """One pipeline execution as the stages log it: training curves on stage runs, then the evaluate stage."""
+    p = Params()
+    p.project.experiment = experiment
+    p.synth.rare_ratio = rare_ratio
+    p.train.strategy = strategy
+    for stage in ("stage1", "stage2"):
+        with tracking.stage_run(stage, p, {"train.strategy": strategy}) as mlflow:
+            for step in range(4):
+                mlflow.log_metrics({f"train/{stage}/reward_mean": skill * step / 3, f"train/{stage}/kl": 0.01 * step,
+                                    f"train/{stage}/distinct_answers": 3 - step * skill}, step=step)
+    metrics = {}
+    ckpts = {"base": "artifacts/models/policy", "stage1": "checkpoints/stage1", "stage2": "checkpoints/stage2"}
+    for name, s in (("base", 0.3), ("stage1", (0.3 + skill) / 2), ("stage2", skill)):
+        metrics.update(checkpoint_metrics(score_checkpoint(_preds(s)), metric_prefix(name, name == "stage2")))
+    _log(p, metrics, ckpts, "stage2", {}, tmp_path / "no-reports")
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """One sqlite store for the module: a three-run sweep (two ratios, two strategies) and a review in EXP."""
+    d = tmp_path_factory.mktemp("report")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{d}/mlflow.db")
+        _pipeline(d, 0.13, "two_stage", 0.6)
+        _pipeline(d, 0.25, "two_stage", 0.7)
+        _pipeline(d, 0.25, "supervised", 0.5)
+        sheet = d / "sheet.csv"
+        with open(sheet, "w", newline="") as fh:
+            csv.writer(fh).writerows([["id", "correct", "harmful", "plausibility", "reviewer", "group"],
+                                      ["q1", "y", "n", "5", "A", "senior"], ["q1", "n", "y", "4", "B", "junior"]])
+        import_review([sheet], experiment=EXP)
+        yield d
+
+
+@pytest.fixture
+def store(sweep, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{sweep}/mlflow.db")
+    return sweep
+
+
+def test_collect_runs_reads_parents_with_merged_stage_metrics_and_histories(store):
+    runs, reviews = collect_runs(EXP)
+    assert len(runs) == 3 and len(reviews) == 1
+    r = runs[0]
+    assert r.checkpoints == ["base", "stage1", "stage2"] and r.final == "stage2"
+    assert r.benchmarks("stage2")["medqa"].acc == pytest.approx(0.6)
+    assert r.benchmarks("base")["medqa"].acc == pytest.approx(0.3)
+    assert set(r.categories("stage2")) >= {"symptoms", "related_disorders", "avg"}
+    assert [v for _, v in r.histories["train/stage1/reward_mean"]] == pytest.approx([0, 0.2, 0.4, 0.6])
+
+
+def test_report_has_every_section_and_valid_pngs(store):
+    out = store / "reports"
+    assert main_report(out_dir=str(out), experiment=EXP) == 0
+    md = (out / "report.md").read_text()
+    for heading in ("## Runs", "## General medical benchmarks (Table 2 style)", "## RareDis-Sub by category (Table 1 style)",
+                    "## Rare-disease ratio sweep (Fig. 4", "## Training strategies (Table 3 style)", "## Training curves (Fig. 6 style)",
+                    "## Physician review (Table 4 style)"):
+        assert heading in md
+    assert "| Symptoms | Causes |" in md and "RDs" in md
+    assert "| two_stage (α=0.25) · stage I |" in md and "two_stage (α=0.13) · stage II" in md and "| supervised (α=0.25) |" in md
+    assert "supervised (α=0.25) · stage I" not in md
+    assert "| 13% |" in md and "| 25% |" in md
+    assert "| Senior | 1 | 0/1 (0.00%)" in md and "| Junior | 1 | 1/1 (100.00%)" in md
+    for png in ("table2_benchmarks.png", "table1_raredis.png", "fig4_rare_ratio.png", "fig6_training.png"):
+        assert f"](figures/{png})" in md
+        data = (out / "figures" / png).read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 2000
+        import matplotlib.image
+
+        assert matplotlib.image.imread(out / "figures" / png).ndim == 3
+
+
+def test_report_on_an_empty_experiment_says_so(tmp_path, store):
+    assert main_report(out_dir=str(tmp_path / "r"), experiment="nothing-here") == 0
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "No pipeline runs in this experiment yet" in md
+    assert "No sweep runs yet" in md
+    assert not list((tmp_path / "r").rglob("*.png"))
+
+
+def test_single_run_reports_no_sweep_and_one_strategy(tmp_path, store):
+    _pipeline(tmp_path, 0.25, "two_stage", 0.7, experiment="single-run")
+    assert main_report(out_dir=str(tmp_path / "r"), experiment="single-run") == 0
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "No sweep runs yet" in md
+    assert "Only one training strategy evaluated so far (two_stage)" in md
+    assert (tmp_path / "r" / "figures" / "table2_benchmarks.png").exists()
