@@ -141,13 +141,13 @@ class OpenRLHFCfg:
     working_dir: str = "."
     num_nodes: int = field(default=1, metadata=_range(1))
     gpus_per_node: int = field(default=8, metadata=_range(1))
-    vllm_num_engines: int = field(default=4, metadata=_range(1))
+    vllm_num_engines: int = field(default=8, metadata=_range(1))
     vllm_tensor_parallel_size: int = field(default=1, metadata=_range(1))
     vllm_gpu_memory_utilization: float = field(default=0.6, metadata=_range(0.05, 1))
     zero_stage: int = field(default=3, metadata=_range(0, 3))
-    reward_port: int = field(default=5000, metadata=_range(1, 65535))
     colocate: bool = True
     extra_args: list[str] = field(default_factory=list)
+    python: str = "python3"  # the OpenRLHF environment's interpreter (it cannot share our venv: transformers pin)
 
 
 @dataclass

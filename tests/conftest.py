@@ -11,6 +11,8 @@ from medssr.config import set_offline_env
 
 set_offline_env()
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# torch's OpenMP threads busy-wait by default: on a shared 2-core box that made subprocess tests ~9x slower
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 ROOT = Path(__file__).resolve().parents[1]
 RAW = ROOT / "data" / "raw"
@@ -32,9 +34,24 @@ def smol_model_dir() -> Path:
     return Path(resolve_model_dir("smollm2-135m"))
 
 
+@pytest.fixture(scope="session")
+def _mlflow_template(tmp_path_factory) -> Path:
+    """One sqlite store with MLflow's tables already created (creating them costs seconds per store)."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    db = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    mlflow.set_tracking_uri(f"sqlite:///{db}")
+    MlflowClient().search_experiments()
+    return db
+
+
 @pytest.fixture
-def mlflow_store(tmp_path, monkeypatch) -> str:
-    """A fresh sqlite MLflow store for one test; returns its tracking URI."""
+def mlflow_store(tmp_path, monkeypatch, _mlflow_template) -> str:
+    """A fresh sqlite MLflow store for one test (a copy of the template); returns its tracking URI."""
+    import shutil
+
+    shutil.copy(_mlflow_template, tmp_path / "mlflow.db")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     return uri

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import re
 import zipfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -101,21 +102,16 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
     opener = gzip.open if path.suffix == ".gz" else open
     n = 0
     try:
-        fh = opener(path, "rt", encoding="utf-8")
-        lineno = 0
-        with fh:
-            while True:
+        with opener(path, "rb") as fh:  # bytes, decoded line by line, so a bad byte is reported on its own line
+            for lineno, raw in enumerate(fh, 1):
                 try:
-                    raw = fh.readline()
+                    text = raw.decode("utf-8")
                 except UnicodeDecodeError as e:
-                    raise CorpusError(f"{path}:{lineno + 1}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
-                if not raw:
-                    break
-                lineno += 1
-                if not raw.strip():
+                    raise CorpusError(f"{path}:{lineno}: not valid UTF-8 ({e.reason} at byte {e.start} of the line)") from None
+                if not text.strip():
                     continue
                 try:
-                    obj = json.loads(raw)
+                    obj = json.loads(text)
                 except json.JSONDecodeError as e:
                     raise CorpusError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
                 if not isinstance(obj, dict):
@@ -148,9 +144,25 @@ def read_medquad(path: Path, skipped: Counter | None = None) -> Iterator[Documen
                        aliases=_str_list(obj.get("focus_synonyms")))
 
 
-def nord_title(member: str) -> str:
-    """``train/Winchester-Syndrome.txt`` -> ``Winchester Syndrome``."""
-    return Path(member).stem.replace("-", " ").strip()
+_LEAD_END = re.compile(r"\s+(?:is|are|was|were|affects?|refers?|has|have|occurs?|may|can|belongs?|describes?)\b|\s*[(,.;:]")
+
+
+def nord_title(member: str, text: str = "") -> str:
+    """Disease name from a RareDis file name: ``train/Winchester-Syndrome.txt`` -> ``Winchester Syndrome``.
+
+    The corpus files replaced apostrophes by ``_`` (``Bell_s-Palsy``) and cut names at their first hyphen
+    (``Haim.txt`` holds "Haim-Munk syndrome is ..."); such cut names are completed from the text's opening words.
+    """
+    stem = Path(member).stem
+    title = re.sub(r"_s\b", "'s", stem).replace("_", "").replace("-", " ").strip()
+    if "-" not in stem and "_" not in stem and text:
+        m = re.match(rf"\W*({re.escape(stem)}-[\w-]+)", text, flags=re.IGNORECASE)
+        if m:
+            rest = text[m.end() :]
+            end = _LEAD_END.search(rest)
+            tail = rest[: end.start()] if end else ""
+            title = m.group(1) + (tail if end and len(tail.split()) <= 5 else "")
+    return " ".join(title.split())
 
 
 def read_nord(path: Path, skipped: Counter | None = None) -> Iterator[Document]:
@@ -176,7 +188,7 @@ def read_nord(path: Path, skipped: Counter | None = None) -> Iterator[Document]:
                     raise CorpusError(f"{zpath}:{m}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
                 if not text.strip():
                     raise CorpusError(f"{zpath}:{m}: empty text")
-                yield Document(doc_id=f"nord:{m.removesuffix('.txt')}", title=nord_title(m), text=text)
+                yield Document(doc_id=f"nord:{m.removesuffix('.txt')}", title=nord_title(m, text), text=text)
 
 
 def read_orphanet(path: Path, skipped: Counter | None = None) -> Iterator[Document]:

@@ -39,18 +39,20 @@ class RLExample:
 
 
 def load_prompt_template(path: str | os.PathLike = DEFAULT_PROMPT) -> str:
-    """Read the F.4 prompt; relative paths are taken from the project root."""
+    """The F.4 prompt body (header comments stripped by the project's prompt loader); relative paths from the project root."""
+    from medssr.synth.prompts import PromptError, load_prompt
     from medssr.tracking import project_root
 
     p = Path(path)
     if not p.is_absolute():
         p = project_root() / p
-    if not p.exists():
-        raise RLDataError(f"{p}: prompt template missing (the F.4 evaluation prompt written for the label stage)")
-    text = p.read_text(encoding="utf-8")
-    if PLACEHOLDER not in text:
+    try:
+        prompt = load_prompt(p.stem, p.parent)
+    except PromptError as e:
+        raise RLDataError(str(e)) from None
+    if PLACEHOLDER not in prompt.template:
         raise RLDataError(f"{p}: prompt template has no {PLACEHOLDER} placeholder")
-    return text
+    return prompt.template
 
 
 def render_prompt(question: str, template: str) -> str:
@@ -127,7 +129,7 @@ def drop_long_prompts(examples: Sequence[RLExample], template: str, tokenizer: A
     """Keep prompts whose chat-templated length fits ``train.max_prompt_length`` (TRL has no prompt cap of its own)."""
     kept, dropped = [], 0
     for ex in examples:
-        ids = tokenizer.apply_chat_template(chat_prompt(ex, template), add_generation_prompt=True, tokenize=True)
+        ids = tokenizer.apply_chat_template(chat_prompt(ex, template), add_generation_prompt=True, tokenize=True, return_dict=False)
         if hasattr(ids, "keys"):  # a BatchEncoding in newer transformers
             ids = ids["input_ids"]
         if len(ids) <= max_tokens:

@@ -13,29 +13,32 @@ Rules (each a reason in ``REASONS``): stem 40-2000 characters; 4 or 5 options A-
 most 300 characters and distinct after normalisation (case, punctuation, spacing); the generator's answer
 key present and among the options; no reference to the prompt ("the passage above", "according to the
 context", "seed question"); no leftover template placeholders ("{rare_disease}", "[LETTER]", "first option");
-no options inside the stem. "All of the above" is always rejected, and so are options built from other
+no options inside the stem; not degenerate (at least 3 distinct words of 3+ letters, no 6-word phrase repeated
+4 or more times: the loops small models fall into; 2 of 9,335 real benchmark/MedMCQA stems trip it). "All of the above" is always rejected, and so are options built from other
 options' letters ("Both A and B"): they hinge on the letters, which voting and evaluation may shuffle, and they
 reward test-taking tricks rather than medical reasoning. "None of the above" is accepted only as the last
 option and only as a distractor (not the generator's key): a question whose key is "none" asserts that every
-listed option is wrong, which majority voting cannot check and which was the commonest flaw in our samples of
-small-model output.
+listed option is wrong, a claim majority voting cannot confirm (a vote for "none" is indistinguishable from a
+model that found no option it liked), while as a distractor it is an ordinary wrong option.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from dataclasses import dataclass
 
 from medssr.records import LETTERS
 
 MIN_STEM, MAX_STEM, MAX_OPTION = 40, 2000, 300
 MIN_OPTIONS, MAX_OPTIONS = 4, 5
+TRUNCATED_FINISH = ("length", "max_tokens")  # OpenAI/vLLM/local, Anthropic
 
 REASONS = (
     "empty", "truncated", "bad_json", "no_question_format", "missing_answer", "bad_answer", "option_count",
     "empty_option", "duplicate_options", "stem_too_short", "stem_too_long", "option_too_long", "options_in_stem",
-    "not_self_contained", "placeholder", "all_of_the_above", "none_of_the_above", "combination_option",
+    "not_self_contained", "placeholder", "all_of_the_above", "none_of_the_above", "combination_option", "degenerate",
 )
 
 _OPTION_PROPS = {k: {"type": "string"} for k in "ABCD"} | {"E": {"type": ["string", "null"]}}
@@ -115,6 +118,8 @@ def _from_json(obj: dict) -> ParsedQuestion:
     stem = obj.get("question")
     if not isinstance(stem, str):
         raise InvalidQuestion("no_question_format", "JSON 'question' is not a string")
+    if normalize_option(stem) in _FORMAT_EXAMPLE:
+        raise InvalidQuestion("placeholder", "the format example was copied instead of a question")
     raw = obj.get("options")
     if isinstance(raw, list):
         raw = {LETTERS[i]: v for i, v in enumerate(raw[: len(LETTERS)])}
@@ -157,11 +162,14 @@ def _from_text(t: str) -> ParsedQuestion:
         nxt = LETTERS[len(options)]
         if om and om.group(1) == nxt:
             options[nxt] = om.group(2) or ""
+        elif om:
+            raise InvalidQuestion("option_count", f"option {om.group(1)} out of order after {', '.join(options)}")
         elif line.strip() and options:
             last = next(reversed(options))
             options[last] = (options[last] + " " + line.strip()).strip()
     stem = "\n".join(lines[:a]).strip()
     stem = _QUESTION_LABEL.sub("", stem, count=1).strip()
+    stem = re.sub(r"\n\s*(?:options|choices|answer choices)\s*:?\s*$", "", stem, flags=re.I).strip()
     if answer is None:
         raise InvalidQuestion("missing_answer", "no 'Answer: X' line after the options")
     return ParsedQuestion(stem, options, answer, "text")
@@ -175,7 +183,8 @@ _NOT_SELF_CONTAINED = re.compile(
     r"|\baccording\s+to\s+the\s+(?:text|context|passage|article|excerpt|paragraph|document|(?:medical\s+)?knowledge|information\s+(?:provided|given|above))\b"
     r"|\bseed\s+questions?\b|\bmedical\s+knowledge\s+context\b"
     r"|\b(?:described|mentioned|stated)\s+in\s+the\s+(?:text|passage|context|excerpt|article)\b"
-    r"|\b(?:previous|preceding|above)\s+question\b",
+    r"|\b(?:previous|preceding|above)\s+question\b"
+    r"|\b(?:medical\s+)?knowledge\s+(?:provided|given)\b",
     re.I,
 )
 # Only phrases that point back at the prompt count: "in the context of sepsis", "passage of meconium" or
@@ -189,7 +198,9 @@ _FORMAT_EXAMPLE = {"the question stem", "first option", "second option", "third 
                    "the letter of the correct option"} | {f"option {c}" for c in "abcde12345"} | {f"option {c} text" for c in "abcde"}
 _ALL = re.compile(r"^(?:all|each)\s+of\s+(?:the\s+)?(?:above|these|those|the\s+options|the\s+choices)\b|^all\s+the\s+above\b|^all\s+(?:are|of\s+them\s+are)\s+(?:correct|true)\b")
 _NONE = re.compile(r"^none\s+of\s+(?:the\s+)?(?:above|these|those|the\s+options|the\s+choices|the\s+above\s+options)\b|^none\s+(?:are|is|of\s+them\s+(?:are|is))\s+(?:correct|true)\b")
-_COMBO = re.compile(r"^(?:both\s+|either\s+|neither\s+|only\s+)?(?:options?\s+|choices?\s+)?[a-e](?:\s*(?:,|and|or|nor|&|\+)?\s*(?:option\s+)?[a-e]\b)+(?:\s+(?:are|is)\s+(?:correct|true|right))?(?:\s+only)?$")
+_COMBO = re.compile(
+    r"^(?:(?:both|either|neither|only)\s+)?(?:(?:options?|choices?)\s+)?[a-e](?:(?:\s*,\s*|\s+(?:and|or|nor)\s+|\s+)(?:(?:options?|choices?)\s+)?[a-e])+"
+    r"(?:\s+(?:are|is)\s+(?:correct|true|right))?(?:\s+only)?$|^(?:both|either|neither)\s+[a-e]{2,3}$")
 _OPTIONS_IN_STEM = re.compile(r"(?:^|\n)\s*\(?[A-E][.)]\s+\S")
 
 
@@ -236,6 +247,12 @@ def validate(pq: ParsedQuestion) -> ParsedQuestion:
     for t in texts:
         if m := _NOT_SELF_CONTAINED.search(t):
             raise InvalidQuestion("not_self_contained", f"refers to the prompt: {m.group(0)!r}")
+    words = re.findall(r"[a-z0-9]+", stem.lower())
+    if len({w for w in words if len(w) >= 3 and w.isalpha()}) < 3:
+        raise InvalidQuestion("degenerate", "the stem has fewer than 3 distinct words")
+    loops = Counter(tuple(words[i : i + 6]) for i in range(len(words) - 5)).most_common(1)
+    if loops and loops[0][1] >= 4:
+        raise InvalidQuestion("degenerate", f"the phrase {' '.join(loops[0][0])!r} repeats {loops[0][1]} times")
     if len(_OPTIONS_IN_STEM.findall(stem)) >= 2:
         raise InvalidQuestion("options_in_stem", "the stem repeats lettered options")
     for k, n in norm.items():
@@ -254,6 +271,6 @@ def parse_question(text: str, finish_reason: str | None = None) -> ParsedQuestio
     try:
         return validate(parse_reply(text))
     except InvalidQuestion as e:
-        if finish_reason == "length" and e.reason in ("bad_json", "no_question_format", "missing_answer", "option_count", "empty"):
+        if finish_reason in TRUNCATED_FINISH and e.reason in ("bad_json", "no_question_format", "missing_answer", "option_count", "empty"):
             raise InvalidQuestion("truncated", f"hit max_tokens ({e.reason})") from None
         raise

@@ -1,7 +1,9 @@
 """Versioned prompt files (``prompts/*.txt``, DVC deps of the stages that use them) and their rendering.
 
 A prompt file starts with ``#`` comment lines (name, version, source, placeholders) that are never sent; the
-rest is the user message. Placeholders are ``{name}`` and are filled in one pass, so braces inside seed
+rest is the user message. Header lines ``# key: value`` are kept in ``Prompt.meta``: the synthesis prompts use
+``seed_format`` (``text`` | ``json``: how seed questions are shown), ``assistant_prefix`` (the start of the
+reply, prefilled where the backend allows) and ``max_passage_chars``, so a prompt's layout travels with it. Placeholders are ``{name}`` and are filled in one pass, so braces inside seed
 questions or passages are left alone and a filled value is never re-expanded.
 """
 
@@ -10,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 PROMPT_NAMES = {"F1": "synth_f1", "F2": "synth_f2", "F3": "reasoning_f3", "category": "category"}
@@ -28,6 +30,7 @@ class Prompt:
     template: str  # the message body (header comments removed)
     path: str
     sha256: str  # of the whole file: the prompt_hash recorded on every synthetic question
+    meta: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property
     def placeholders(self) -> set[str]:
@@ -67,10 +70,16 @@ def load_prompt(name: str, prompt_dir: str | os.PathLike | None = None) -> Promp
     header = []
     while lines and lines[0].startswith("#"):
         header.append(lines.pop(0))
-    version = next((h.split(":", 1)[1].strip() for h in header if h.lstrip("# ").startswith("version:")), None)
+    meta = {}
+    for h in header:
+        key, sep, value = h[1:].strip().partition(":")
+        if sep and re.fullmatch(r"[a-z_]+", key.strip()):
+            meta[key.strip()] = value.strip()
+    version = meta.get("version")
     if not version:
         raise PromptError(f"{path}: header needs a '# version: N' line")
     body = "\n".join(lines).strip("\n")
     if not body.strip():
         raise PromptError(f"{path}: prompt body is empty")
-    return Prompt(name=name, version=version, template=body, path=str(path), sha256=hashlib.sha256(raw.encode("utf-8")).hexdigest())
+    return Prompt(name=name, version=version, template=body, path=str(path), sha256=hashlib.sha256(raw.encode("utf-8")).hexdigest(),
+                  meta=meta)

@@ -58,7 +58,7 @@ def entity_pool(entities: Sequence[str], coverage: Mapping[str, Sequence[str]] |
     corpus without coverage data; retrieval then returns the nearest passages, as in the paper.
     """
     names = list(dict.fromkeys(entities))
-    if not prefer_covered:
+    if not prefer_covered or not names:
         return names
     covered = [e for e in names if coverage and coverage.get(e)]
     if not covered:

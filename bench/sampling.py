@@ -1,0 +1,173 @@
+"""Benchmark: our batched, stop-at-answer sampler vs a naive loop of ``model.generate`` calls, one sequence at a time.
+
+Variants: ``ours`` (continuous batching + stop at answer), ``ours_static`` (static batches: finished rows are only
+marked and ride along until the whole batch ends, as with generate()'s stopping criteria), ``ours_no_stop`` (continuous
+batching, no early stop), ``naive`` (one model.generate call per sequence, no early stop).
+
+Same model, same F.4 prompts on real MedQA questions, same sampling settings (T=1.0, top-p 1.0, top-k off), same
+thread count. Each variant runs in its own subprocess so its peak RSS (``ru_maxrss``) is its own. Votes/s is the
+headline (a vote = one completion); the naive loop's cost per vote does not depend on G, so it is measured on
+``--naive-n`` samples per question to keep the run short. Not a timed test: timings on a shared machine are noisy.
+
+    python bench/sampling.py                   # SmolLM2-135M, 8 questions x G=8, 256 new tokens, 2 threads
+    python bench/sampling.py --model tiny      # the tiny random Llama (plumbing check, seconds)
+    python bench/sampling.py --profile         # adds a cProfile summary of our sampler
+
+Writes bench/results/sampling.json and prints a table with the ratio (goal: >= 4x votes/s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def _model_dir(name: str) -> str:
+    from medssr.models import resolve_model_dir, save_tiny_llama
+
+    if name == "tiny":
+        d = ROOT / ".cache" / "models" / "tiny-random-llama"
+        if not (d / "config.json").exists():
+            save_tiny_llama(d)
+        return str(d)
+    return resolve_model_dir(name)
+
+
+def _questions(k: int):
+    from medssr.data.loaders import load_benchmark_file
+    from medssr.synth.prompts import load_prompt
+
+    qs = load_benchmark_file(ROOT / "data" / "raw" / "benchmarks" / "test_short_medqa.json.gz")[:k]
+    tpl = load_prompt("eval_f4")
+    return qs, [tpl.render(question=q.render()) for q in qs]
+
+
+def worker(args: argparse.Namespace) -> dict:
+    """One variant in this process; returns its numbers (peak RSS included)."""
+    import torch
+
+    from medssr.answers import extract_answer
+    from medssr.config import set_offline_env
+
+    set_offline_env()
+    torch.set_num_threads(args.threads)
+    from medssr.sampling import HFSampler
+
+    qs, prompts = _questions(args.questions)
+    sampler = HFSampler(_model_dir(args.model), batch_size=args.batch_size, seed=args.seed)
+    opts = [q.options for q in qs]
+    out: dict = {"variant": args.worker, "threads": args.threads}
+    if args.worker in ("ours", "ours_no_stop", "ours_static"):
+        stop_at_answer = args.worker != "ours_no_stop"
+        if args.worker == "ours_static":
+            sampler.admit_fraction = 2.0  # finished rows stay in the batch until all its rows end (what generate() does)
+        sampler.sample(prompts[:1], n=1, temperature=1.0, max_new_tokens=4, progress=False)  # warm-up
+        prof = None
+        if args.profile and args.worker == "ours":
+            import cProfile
+
+            prof = cProfile.Profile()
+            prof.enable()
+        t0, c0 = time.perf_counter(), time.process_time()
+        res = sampler.sample(prompts, n=args.g, temperature=1.0, top_p=1.0, top_k=-1, max_new_tokens=args.max_new_tokens, options=opts,
+                             keys=[q.id for q in qs], stop_at_answer=stop_at_answer, progress=False)
+        secs, cpu = time.perf_counter() - t0, time.process_time() - c0
+        if prof is not None:
+            import io
+            import pstats
+
+            prof.disable()
+            buf = io.StringIO()
+            pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(14)
+            out["profile"] = buf.getvalue()
+        st = sampler.last_stats
+        texts, per_q = [c.text for cs in res for c in cs], args.g
+        out.update(votes=len(texts), tokens=st.tokens, seconds=secs, cpu_seconds=cpu, forward_passes=st.forward_passes, rebuilds=st.rebuilds,
+                   prefill_tokens=st.prefill_tokens, finish=st.finish, mean_batch=st.tokens / max(1, st.forward_passes - len(qs)))
+    else:
+        model, tok = sampler.model, sampler.tok
+        torch.manual_seed(args.seed)
+        ids = [tok(sampler.render(p), add_special_tokens=False, return_tensors="pt") for p in prompts]
+        with torch.inference_mode():
+            model.generate(**ids[0], max_new_tokens=4, do_sample=True)  # warm-up
+            texts, tokens, per_q = [], 0, args.naive_n
+            t0, c0 = time.perf_counter(), time.process_time()
+            for q_ids in ids:
+                for _ in range(args.naive_n):
+                    o = model.generate(**q_ids, max_new_tokens=args.max_new_tokens, do_sample=True, temperature=1.0, top_p=1.0, top_k=0)
+                    gen = o[0, q_ids["input_ids"].shape[1]:]
+                    tokens += int(gen.shape[0])
+                    texts.append(tok.decode(gen, skip_special_tokens=True))
+            secs, cpu = time.perf_counter() - t0, time.process_time() - c0
+        out.update(votes=len(texts), tokens=tokens, seconds=secs, cpu_seconds=cpu)
+    valid = sum(extract_answer(t, qs[i // per_q].options) is not None for i, t in enumerate(texts))
+    out.update(votes_per_s=out["votes"] / out["seconds"], tokens_per_s=out["tokens"] / out["seconds"],
+               votes_per_cpu_s=out["votes"] / out["cpu_seconds"],
+               mean_tokens_per_vote=out["tokens"] / out["votes"], valid_vote_rate=valid / len(texts),
+               peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m", help="'smollm2-135m' (default), 'tiny', or a model directory")
+    ap.add_argument("--questions", type=int, default=8)
+    ap.add_argument("--g", type=int, default=8, help="votes per question for our sampler")
+    ap.add_argument("--naive-n", type=int, default=2, help="samples per question for the naive loop")
+    ap.add_argument("--max-new-tokens", type=int, default=256)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--variants", default="ours,naive", help="comma list of ours, ours_static, ours_no_stop, naive")
+    ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "sampling.json"))
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(args)))
+        return 0
+    base = [f"--model={args.model}", f"--questions={args.questions}", f"--g={args.g}", f"--naive-n={args.naive_n}",
+            f"--max-new-tokens={args.max_new_tokens}", f"--batch-size={args.batch_size}", f"--threads={args.threads}", f"--seed={args.seed}"]
+    base += ["--profile"] if args.profile else []
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
+    results = {}
+    for v in args.variants.split(","):
+        print(f"[bench] running {v} ...", flush=True)
+        p = subprocess.run([sys.executable, __file__, *base, "--worker", v], capture_output=True, text=True, env=env, cwd=ROOT)
+        if p.returncode != 0:
+            print(p.stderr[-3000:], file=sys.stderr)
+            return 1
+        results[v] = json.loads(p.stdout.strip().splitlines()[-1])
+        if "profile" in results[v]:
+            print(results[v]["profile"])
+    cfg = {k: getattr(args, k) for k in ("model", "questions", "g", "naive_n", "max_new_tokens", "batch_size", "threads", "seed")}
+    summary = {"config": cfg, "cpu_count": os.cpu_count(), "load_avg_at_end": os.getloadavg(), "results": results}
+    if "ours" in results and "naive" in results:
+        summary["votes_per_s_ratio"] = results["ours"]["votes_per_s"] / results["naive"]["votes_per_s"]
+        summary["votes_per_cpu_s_ratio"] = results["ours"]["votes_per_cpu_s"] / results["naive"]["votes_per_cpu_s"]
+        summary["goal"] = ">= 4x votes/s"
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"\n{'variant':<14}{'votes':>6}{'votes/s':>9}{'votes/cpu-s':>12}{'tokens/s':>9}{'tok/vote':>9}{'valid':>6}{'peak MiB':>9}"
+          f"{'wall s':>8}{'cpu s':>8}")
+    for v, r in results.items():
+        print(f"{v:<14}{r['votes']:>6}{r['votes_per_s']:>9.3f}{r['votes_per_cpu_s']:>12.3f}{r['tokens_per_s']:>9.1f}"
+              f"{r['mean_tokens_per_vote']:>9.1f}{r['valid_vote_rate']:>6.0%}{r['peak_rss_mib']:>9.0f}{r['seconds']:>8.1f}{r['cpu_seconds']:>8.1f}")
+    if "votes_per_s_ratio" in summary:
+        print(f"ratio ours/naive: {summary['votes_per_s_ratio']:.2f}x votes/s, {summary['votes_per_cpu_s_ratio']:.2f}x votes/cpu-s "
+              f"(goal >= 4x); load average {summary['load_avg_at_end'][0]:.1f} on {os.cpu_count()} cores")
+    print(f"-> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

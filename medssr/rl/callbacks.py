@@ -1,0 +1,139 @@
+"""Per-step training metrics under stable MLflow names ``train/<stage>/<name>``, collapse signals included.
+
+TRL logs its own keys (``reward``, ``kl``, ``completions/mean_length`` ...); the reward wrapper in
+``trl_backend`` adds group statistics of the extracted answers through TRL's ``log_metric`` hook under
+``medssr/<name>``. ``step_metrics`` maps both to our names; ``MLflowStepCallback`` logs them each step.
+The collapse signals (paper Fig. 6: online voting drives every rollout to the same answer):
+``distinct_answers`` and ``answer_entropy`` (per group of G rollouts, averaged), ``all_agree_share`` (groups
+whose G rollouts all give the same valid answer), ``valid_answer_share``, and ``pseudo_label_agreement``.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from transformers import TrainerCallback
+
+OWN_PREFIX = "medssr/"  # keys our reward wrapper logs through TRL's log_metric
+
+# TRL 1.16 log key -> our stable name
+TRL_KEYS = {
+    "reward": "reward_mean",
+    "reward_std": "reward_std",
+    "kl": "kl",
+    "loss": "loss",
+    "learning_rate": "learning_rate",
+    "completions/mean_length": "completion_length",
+    "completions/clipped_ratio": "clipped_ratio",
+    "entropy": "token_entropy",
+    "grad_norm": "grad_norm",
+    "frac_reward_zero_std": "zero_std_group_share",
+    "step_time": "step_time_s",
+}
+
+GROUP_KEYS = ("distinct_answers", "answer_entropy", "all_agree_share", "valid_answer_share")
+MEAN_KEYS = ("reward_mean", "step_time_s", "generation_s", "update_s", "tokens_per_s", *GROUP_KEYS, "pseudo_label_agreement",
+             "offline_label_agreement", "accuracy", "kl")
+
+
+def group_metrics(answers: Sequence[str | None], num_generations: int, targets: Sequence[str | None] | None = None) -> dict[str, float]:
+    """Collapse signals of one generation batch: ``answers`` hold G consecutive rollouts per prompt (TRL's order).
+
+    ``targets`` (one per rollout) is the label the reward compared against; ``pseudo_label_agreement`` is the share
+    of rollouts whose answer equals it.
+    """
+    from medssr.rl.rewards import group_stats
+
+    if num_generations < 1 or len(answers) % num_generations:
+        raise ValueError(f"{len(answers)} answers do not split into groups of {num_generations}")
+    groups = [list(answers[i : i + num_generations]) for i in range(0, len(answers), num_generations)]
+    stats = [group_stats(g) for g in groups]
+    n = len(stats)
+    out = {
+        "distinct_answers": sum(float(s["distinct"]) for s in stats) / n,
+        "answer_entropy": sum(float(s["entropy"]) for s in stats) / n,
+        "all_agree_share": sum(float(bool(s["all_agree"])) for s in stats) / n,
+        "valid_answer_share": sum(float(s["valid_share"]) for s in stats) / n,
+    }
+    if targets is not None:
+        out["pseudo_label_agreement"] = sum(a is not None and a == t for a, t in zip(answers, targets, strict=True)) / len(answers)
+    return out
+
+
+def step_metrics(logs: Mapping[str, Any]) -> dict[str, float]:
+    """One TRL ``on_log`` dict -> our metric names (without the ``train/<stage>/`` prefix); non-numbers dropped."""
+    out: dict[str, float] = {}
+    for key, value in logs.items():
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            continue
+        if key in TRL_KEYS:
+            out[TRL_KEYS[key]] = float(value)
+        elif key.startswith(OWN_PREFIX):
+            out[key[len(OWN_PREFIX) :]] = float(value)
+    tokens = out.pop("completion_tokens", None)
+    if tokens is not None and out.get("step_time_s"):
+        out["tokens_per_s"] = tokens / out["step_time_s"]
+    if "generation_s" in out and "step_time_s" in out:
+        out["update_s"] = max(0.0, out["step_time_s"] - out["generation_s"])
+    return out
+
+
+def peak_memory_mb() -> dict[str, float]:
+    """Peak resident memory of this process (and of the GPU when one is used), in MiB."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out = {"peak_rss_mb": rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024}
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def metric_name(stage: str, name: str) -> str:
+    """``train/<stage>/<name>``, through tracking.metric so tracking.py stays the one place that names metrics."""
+    from medssr.tracking import metric
+
+    return metric(f"train/{stage}", name)
+
+
+class MLflowStepCallback(TrainerCallback):
+    """Logs each TRL log event to the active MLflow run (if any) and keeps the history for the stage report."""
+
+    def __init__(self, stage: str, mlflow: Any | None = None):
+        self.stage = stage
+        self.mlflow = mlflow
+        self.history: list[dict[str, float]] = []
+        self.final: dict[str, float] = {}
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        if "train_runtime" in logs:  # the end-of-training summary, not a step
+            self.final = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float))}
+            return
+        m = step_metrics(logs)
+        if not m:
+            return
+        m.update(peak_memory_mb())
+        step = int(state.global_step)
+        self.history.append({"step": step, **m})
+        if self.mlflow is not None:
+            self.mlflow.log_metrics({metric_name(self.stage, k): v for k, v in m.items()}, step=step)
+
+
+def summarize(history: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """Stage summary: last value of every metric, plus means of reward, step time and the collapse signals."""
+    if not history:
+        return {}
+    out: dict[str, float] = {"steps_logged": float(len(history)), "last_step": float(history[-1]["step"])}
+    keys = sorted({k for h in history for k in h if k != "step"})
+    for k in keys:
+        vals = [h[k] for h in history if k in h]
+        out[f"{k}_last"] = vals[-1]
+        if k in MEAN_KEYS:
+            out[f"{k}_mean"] = sum(vals) / len(vals)
+        if k in ("peak_rss_mb", "peak_gpu_mb"):
+            out[f"{k}_max"] = max(vals)
+    return out

@@ -1,0 +1,300 @@
+"""The GPU-cluster GRPO trainer: OpenRLHF 0.11.2 ``train_ppo_ray`` (Ray + DeepSpeed + vLLM), launched from params.
+
+This module never imports OpenRLHF (it does not import without a GPU, flash-attn and vLLM): it writes the
+prompt/label JSONL, builds the ``ray job submit ... -- python3 -m openrlhf.cli.train_ppo_ray`` command with
+OpenRLHF's dotted flags, runs it as a subprocess, and copies the TensorBoard scalars it writes into MLflow
+(OpenRLHF has no MLflow logger). ``tests/test_openrlhf_command.py`` checks every emitted flag against the
+argparse source of the 0.11.2 wheel.
+
+GPU environment (separate from the CPU venv: OpenRLHF pins transformers==5.15.0, the CPU stack uses 5.23):
+
+    python3.11 -m venv .venv-openrlhf && . .venv-openrlhf/bin/activate
+    pip install torch==2.13.0                       # the torch vllm 0.29.0 pins; install it first
+    pip install "openrlhf[vllm]==0.11.2"            # transformers 5.15.0, deepspeed 0.19.6, ray[default] 2.55.0,
+                                                    # vllm 0.29.0, flash-attn 2.8.3 (sdist: needs nvcc; if its build
+                                                    # fails, `pip install --no-build-isolation flash-attn==2.8.3` first)
+    pip install --no-deps -e . && pip install mlflow==3.17.2 pyyaml tqdm   # our launcher + MLflow bridge
+    ray start --head --num-gpus 8                   # or point train.openrlhf.ray_address at a running cluster
+
+Then ``python stages/train.py stage1`` (``train.backend: openrlhf``) submits the job and waits. Models,
+checkpoints and TensorBoard logs are passed as absolute paths: on several nodes they must sit on a shared
+filesystem. The dataset JSONL and the reward file travel with the Ray ``working_dir`` (the project root).
+An empty ``train.openrlhf.ray_address`` runs ``python3 -m openrlhf.cli.train_ppo_ray`` directly (one node;
+OpenRLHF starts Ray itself); ``MEDSSR_OPENRLHF_PYTHON=.venv-openrlhf/bin/python`` picks that environment's interpreter.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medssr.config import ConfigError, StageTrainCfg, TrainCfg
+
+ENTRYPOINT = "openrlhf.cli.train_ppo_ray"
+REWARD_FILE = "medssr/rl/openrlhf_reward.py"
+# Never uploaded to the Ray cluster with the working_dir (gitignore syntax).
+RUNTIME_EXCLUDES = [".git", ".venv*", ".dvc/cache", ".dvc/tmp", ".cache", "mlflow.db", "mlruns", "artifacts", "checkpoints",
+                    "data/raw", "data/prepared", "data/synthetic", "data/labeled", "logs", "reports", "*.whl"]
+
+# train.loss_type (TRL's names) -> OpenRLHF (advantage estimator, loss aggregation)
+LOSS_MAP = {
+    "grpo": ("group_norm", "seq-mean-token-mean"),  # per-sequence token mean, then mean (original GRPO)
+    "dapo": ("group_norm", "token-mean"),
+    "bnpo": ("group_norm", "token-mean"),
+    "dr_grpo": ("dr_grpo", "token-mean"),  # OpenRLHF's Dr.GRPO is the advantage change (no std division)
+}
+
+
+@dataclass
+class RunPaths:
+    """Where one OpenRLHF stage reads and writes; see the module docstring for which must be absolute."""
+
+    model: str  # --actor.model_name_or_path: HF dir (or hub id in paper profiles)
+    dataset: str  # --data.prompt_dataset: JSONL from data.write_openrlhf_jsonl, relative to the working_dir
+    output_dir: str  # --ckpt.output_dir: final HF weights (the stage's DVC out)
+    ckpt_path: str  # --ckpt.path: DeepSpeed checkpoints, for --ckpt.load_enable resume
+    tensorboard_dir: str  # --logger.tensorboard_dir
+    reward_file: str = REWARD_FILE  # --reward.remote_url: a .py file OpenRLHF imports
+
+
+def _num(x: float) -> str:
+    """Floats as OpenRLHF users write them (2e-06 -> '2e-06', 1.0 -> '1.0')."""
+    return repr(float(x))
+
+
+def episodes_and_samples(max_steps: int, prompts_per_update: int, n_prompts: int) -> tuple[int, int]:
+    """(``--train.num_episodes``, ``--data.max_samples``) giving ``max_steps`` updates: OpenRLHF has no max-steps flag."""
+    wanted = max_steps * prompts_per_update
+    if wanted <= n_prompts:
+        return 1, wanted
+    return math.ceil(wanted / n_prompts), n_prompts
+
+
+def check_openrlhf_params(train: TrainCfg, stage_cfg: StageTrainCfg, n_prompts: int) -> None:
+    """The asserts train_ppo_ray and DeepSpeed would hit on the cluster, as ConfigErrors naming the param."""
+    o = train.openrlhf
+    gpus = o.num_nodes * o.gpus_per_node
+    if train.loss_type not in LOSS_MAP:
+        raise ConfigError(f"train.loss_type: the openrlhf backend supports {', '.join(LOSS_MAP)}, got {train.loss_type!r}")
+    if train.kl_estimator not in ("k1", "k2", "k3"):
+        raise ConfigError(f"train.kl_estimator: expected k1, k2 or k3, got {train.kl_estimator!r}")
+    if o.colocate and gpus != o.vllm_num_engines * o.vllm_tensor_parallel_size:
+        raise ConfigError(
+            f"train.openrlhf.vllm_num_engines: with colocate, num_nodes x gpus_per_node ({gpus}) must equal "
+            f"vllm_num_engines x vllm_tensor_parallel_size ({o.vllm_num_engines} x {o.vllm_tensor_parallel_size})"
+        )
+    samples = train.global_batch_size * train.num_generations
+    if samples % (train.micro_batch_size * gpus):
+        raise ConfigError(
+            f"train.global_batch_size: {train.global_batch_size} prompts x {train.num_generations} rollouts = {samples} samples "
+            f"must split into micro batches of train.micro_batch_size ({train.micro_batch_size}) on {gpus} GPUs"
+        )
+    if train.rollout_batch_size * train.num_generations // train.micro_batch_size < gpus:
+        raise ConfigError(f"train.rollout_batch_size: {train.rollout_batch_size} prompts give fewer micro batches than the {gpus} actor GPUs")
+    episodes, max_samples = episodes_and_samples(stage_cfg.max_steps, train.global_batch_size, n_prompts)
+    if max_samples < train.rollout_batch_size:
+        raise ConfigError(
+            f"train.rollout_batch_size: {train.rollout_batch_size} prompts per rollout but the stage only has {max_samples} "
+            f"(train.<stage>.max_steps x train.global_batch_size, or the dataset size): lower train.rollout_batch_size"
+        )
+
+
+def train_flags(train: TrainCfg, stage_cfg: StageTrainCfg, paths: RunPaths, *, n_prompts: int, run_name: str) -> list[str]:
+    """The ``train_ppo_ray`` arguments of one stage (paper Table 8 settings come from params).
+
+    Batch semantics (verl's, the paper's trainer): ``train.rollout_batch_size`` prompts per rollout ("global batch
+    size"), ``train.global_batch_size`` prompts per optimizer update ("PPO mini batch size"; OpenRLHF's
+    ``--train.batch_size`` counts samples, so it is multiplied by G), ``train.micro_batch_size`` samples per GPU.
+    """
+    check_openrlhf_params(train, stage_cfg, n_prompts)
+    o = train.openrlhf
+    estimator, agg = LOSS_MAP[train.loss_type]
+    episodes, max_samples = episodes_and_samples(stage_cfg.max_steps, train.global_batch_size, n_prompts)
+    f = [
+        "--actor.model_name_or_path", paths.model,
+        "--data.prompt_dataset", paths.dataset,
+        "--data.input_key", "prompt",
+        "--data.label_key", "label",
+        "--data.apply_chat_template",
+        "--data.max_len", str(train.max_prompt_length + train.max_completion_length),
+        "--data.max_samples", str(max_samples),
+        "--rollout.max_new_tokens", str(train.max_completion_length),
+        "--rollout.n_samples_per_prompt", str(train.num_generations),
+        "--rollout.batch_size", str(train.rollout_batch_size),
+        "--rollout.micro_batch_size", str(train.micro_batch_size),
+        "--rollout.temperature", _num(train.temperature),
+        "--rollout.top_p", _num(train.top_p),
+        "--train.batch_size", str(train.global_batch_size * train.num_generations),
+        "--train.micro_batch_size", str(train.micro_batch_size),
+        "--train.num_episodes", str(episodes),
+        "--train.max_epochs", "1",
+        "--train.seed", str(train.seed),
+        "--algo.advantage.estimator", estimator,
+        "--actor.loss_agg_mode", agg,
+        "--actor.adam.lr", _num(stage_cfg.learning_rate),
+        "--actor.lr_scheduler", "constant",
+        "--actor.lr_warmup_ratio", "0.0",
+    ]
+    if stage_cfg.beta > 0:  # Table 8 "KL loss enabled": KL as a loss term, k3 by default
+        f += ["--algo.kl.init_coef", _num(stage_cfg.beta), "--algo.kl.use_loss", "--algo.kl.estimator", train.kl_estimator]
+    else:  # coefficient 0: OpenRLHF creates no reference model at all
+        f += ["--algo.kl.init_coef", "0.0"]
+    f += [
+        "--actor.num_nodes", str(o.num_nodes),
+        "--actor.num_gpus_per_node", str(o.gpus_per_node),
+    ]
+    if stage_cfg.beta > 0:
+        f += ["--ref.num_nodes", str(o.num_nodes), "--ref.num_gpus_per_node", str(o.gpus_per_node)]
+    f += [
+        "--vllm.num_engines", str(o.vllm_num_engines),
+        "--vllm.tensor_parallel_size", str(o.vllm_tensor_parallel_size),
+        "--vllm.gpu_memory_utilization", _num(o.vllm_gpu_memory_utilization),
+    ]
+    if o.colocate:
+        f += ["--train.colocate_all", "--vllm.enable_sleep", "--ds.enable_sleep"]
+    f += [
+        "--ds.zero_stage", str(o.zero_stage),
+        "--ds.param_dtype", "bf16",
+        "--actor.gradient_checkpointing_enable",
+        "--reward.remote_url", paths.reward_file,
+        "--ckpt.output_dir", paths.output_dir,
+        "--ckpt.path", paths.ckpt_path,
+        "--ckpt.save_steps", str(train.save_steps),
+        "--ckpt.max_num", "2",
+        "--ckpt.load_enable",
+        "--logger.logging_steps", "1",
+        "--logger.tensorboard_dir", paths.tensorboard_dir,
+        "--logger.wandb.run_name", run_name,
+    ]
+    return f + list(o.extra_args)
+
+
+def runtime_env(working_dir: str) -> dict[str, Any]:
+    """Ray runtime env: ship the code (medssr, the reward file, the stage JSONL), not the data or the venv."""
+    return {"working_dir": working_dir, "excludes": RUNTIME_EXCLUDES, "env_vars": {"TOKENIZERS_PARALLELISM": "true"}}
+
+
+def build_command(train: TrainCfg, stage_cfg: StageTrainCfg, paths: RunPaths, *, n_prompts: int, run_name: str,
+                  working_dir: str | None = None, python: str = "python3") -> list[str]:
+    """The full argv: ``ray job submit ... -- python3 -m openrlhf.cli.train_ppo_ray <flags>`` (or the bare module
+    when ``train.openrlhf.ray_address`` is empty)."""
+    o = train.openrlhf
+    inner = [python, "-m", ENTRYPOINT, *train_flags(train, stage_cfg, paths, n_prompts=n_prompts, run_name=run_name)]
+    if not o.ray_address:
+        return inner
+    wd = working_dir if working_dir is not None else o.working_dir
+    return ["ray", "job", "submit", "--address", o.ray_address, "--runtime-env-json", json.dumps(runtime_env(wd), sort_keys=True),
+            "--", *inner]
+
+
+def format_command(cmd: Sequence[str]) -> str:
+    """Shell form with one flag per line, for --dry-run and the README (pastes back into a shell unchanged)."""
+    lines: list[list[str]] = [[]]
+    for tok in cmd:
+        if tok.startswith("--") and lines[-1]:
+            lines.append([])
+        lines[-1].append(shlex.quote(tok))
+    return " \\\n    ".join(" ".join(line) for line in lines)
+
+
+def launch(cmd: Sequence[str], log_path: str | os.PathLike, cwd: str | os.PathLike | None = None) -> int:
+    """Run the command, teeing its output to ``log_path``; returns the exit code (the caller raises on failure)."""
+    log_path = Path(log_path)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a", encoding="utf-8") as log:
+        log.write(f"$ {shlex.join(cmd)}\n")
+        log.flush()
+        try:
+            # Ray skips .gitignore'd files when uploading the working_dir, and DVC gitignores its outs (data/rl may be one):
+            # our RUNTIME_EXCLUDES decide what is shipped instead.
+            env = {**os.environ, "RAY_RUNTIME_ENV_IGNORE_GITIGNORE": "1"}
+            proc = subprocess.Popen(list(cmd), cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        except FileNotFoundError:
+            raise ConfigError(f"train.backend: cannot run {cmd[0]!r}: install the OpenRLHF environment described in "
+                              "medssr/rl/openrlhf_backend.py (the `ray` CLI must be on PATH)") from None
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            log.write(line)
+        return proc.wait()
+
+
+# OpenRLHF TensorBoard tag -> our stable name (TensorboardLogger writes status keys as ``train/<key>``)
+TB_TAGS = {
+    "train/rollout/reward_mean": "reward_mean",
+    "train/rollout/reward_std": "reward_std",
+    "train/kl": "kl",
+    "train/policy_loss": "loss",
+    "train/actor_lr": "learning_rate",
+    "train/rollout/response_length_mean": "completion_length",
+    "train/rollout/truncated_rate": "clipped_ratio",
+    "train/actor_grad_norm": "grad_norm",
+    "train/timing/generation": "generation_s",
+    "train/timing/ppo_train": "update_s",
+    "train/timing/step_total": "step_time_s",
+    # per-sample extra_logs of medssr/rl/openrlhf_reward.py, averaged by OpenRLHF over the batch
+    "train/valid_answer": "valid_answer_share",
+    "train/valid": "valid_answer_share",
+    "train/pseudo_label_agreement": "pseudo_label_agreement",
+}
+
+
+def read_tensorboard(tb_dir: str | os.PathLike) -> dict[str, dict[int, float]]:
+    """All scalar series under ``tb_dir`` (every run subdir): tag -> {step: value}; a later value for a step wins
+    (a resumed run rewrites the steps after its checkpoint)."""
+    from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
+
+    tb_dir = Path(tb_dir)
+    dirs = sorted({p.parent for p in tb_dir.rglob("events.out.tfevents.*")})
+    series: dict[str, dict[int, float]] = {}
+    for d in dirs:
+        acc = EventAccumulator(str(d), size_guidance={SCALARS: 0})
+        acc.Reload()
+        for tag in acc.Tags().get(SCALARS, []):
+            for ev in acc.Scalars(tag):
+                series.setdefault(tag, {})[int(ev.step)] = float(ev.value)
+    return series
+
+
+def tensorboard_history(series: Mapping[str, Mapping[int, float]], samples_per_step: int | None = None) -> list[dict[str, float]]:
+    """Per-step rows in our names; unmapped ``train/`` scalars are kept as ``orl_<key>``, eval ones as ``eval_<key>``."""
+    rows: dict[int, dict[str, float]] = {}
+    for tag, points in series.items():
+        if tag in TB_TAGS:
+            name = TB_TAGS[tag]
+        elif tag.startswith("train/"):
+            name = "orl_" + tag[len("train/") :].replace("/", "_")
+        elif tag.startswith("eval/"):
+            name = "eval_" + tag[len("eval/") :].replace("/", "_")
+        else:
+            continue
+        for step, value in points.items():
+            if math.isfinite(value):
+                rows.setdefault(step, {})[name] = value
+    out = []
+    for step in sorted(rows):
+        r = rows[step]
+        if samples_per_step and r.get("step_time_s") and "completion_length" in r:
+            r["tokens_per_s"] = r["completion_length"] * samples_per_step / r["step_time_s"]
+        out.append({"step": step, **r})
+    return out
+
+
+def tensorboard_to_mlflow(tb_dir: str | os.PathLike, stage: str, mlflow: Any | None, samples_per_step: int | None = None) -> list[dict[str, float]]:
+    """Copy OpenRLHF's TensorBoard scalars into the active MLflow run as ``train/<stage>/<name>``; returns the rows."""
+    from medssr.rl.callbacks import metric_name
+
+    history = tensorboard_history(read_tensorboard(tb_dir), samples_per_step)
+    if mlflow is not None:
+        for row in history:
+            step = int(row["step"])
+            mlflow.log_metrics({metric_name(stage, k): v for k, v in row.items() if k != "step"}, step=step)
+    return history

@@ -1,0 +1,326 @@
+"""One training stage end to end: plan -> data -> trainer backend -> checkpoint, MLflow metrics, report.
+
+``run_train_stage(params, "stage1" | "stage2")`` is what ``stages/train.py`` calls. Layout (all relative to the
+project root unless given):
+
+* ``checkpoints/<stage>``: the finished policy (``save_pretrained``), the stage's DVC out. Stage II starts
+  from ``checkpoints/stage1``; stage I from ``model.dir`` (the ``model`` stage's out).
+* ``.cache/train/<stage>``: the resumable run dir (TRL ``checkpoint-N`` dirs, or OpenRLHF's DeepSpeed
+  checkpoints and TensorBoard logs). It lives outside the out because DVC deletes outs before rerunning a
+  stage. A fingerprint of the stage's params, data and start model is kept there; a different fingerprint
+  discards the old run instead of resuming it.
+* ``reports/train_<stage>.json`` (summary) and ``reports/train_<stage>_steps.json`` (per-step rows, for
+  ``dvc plots``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medssr.config import Params, set_offline_env
+from medssr.rl import strategies
+from medssr.rl.data import RLExample, load_examples, load_prompt_template
+
+MODEL_KEYS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+              "intermediate_size", "architectures")
+PASSTHROUGH_MARKER = "medssr_passthrough.json"
+
+
+class TrainError(RuntimeError):
+    """A training stage that cannot start or finish; the message names the file or param to fix."""
+
+
+@dataclass
+class StagePaths:
+    """Inputs and outputs of the training stages (defaults: the DVC layout)."""
+
+    synthetic: str = "data/labeled/synthetic.jsonl"
+    real: str = "data/prepared/train.jsonl"
+    prompt: str = "prompts/eval_f4.txt"
+    policy: str | None = None  # stage I start model; default params.model.dir
+    checkpoints: str = "checkpoints"
+    runs: str = ".cache/train"
+    reports: str = "reports"
+    rl_data: str = "data/rl"  # OpenRLHF prompt JSONL (shipped to the Ray cluster with the working_dir)
+    root: str | None = None  # base for relative paths; default the project root
+
+    def base(self) -> Path:
+        from medssr.tracking import project_root
+
+        return Path(self.root) if self.root else project_root()
+
+    def abs(self, p: str | os.PathLike) -> Path:
+        p = Path(p)
+        return p if p.is_absolute() else self.base() / p
+
+
+def model_signature(model_dir: str | os.PathLike) -> dict[str, Any]:
+    """The architecture fields of a model dir's config.json (what must match between policy and checkpoint)."""
+    cfg_path = Path(model_dir) / "config.json"
+    if not cfg_path.exists():
+        raise TrainError(f"{model_dir}: not a model directory (no config.json)")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise TrainError(f"{cfg_path}: invalid JSON ({e.msg})") from None
+    return {k: cfg.get(k) for k in MODEL_KEYS}
+
+
+def check_compatible(candidate: str | os.PathLike, policy: str | os.PathLike) -> None:
+    """Refuse a checkpoint built from another model (vocab or architecture differ from the configured policy)."""
+    a, b = model_signature(candidate), model_signature(policy)
+    diffs = [f"{k} {a[k]!r} != {b[k]!r}" for k in MODEL_KEYS if a[k] != b[k]]
+    if diffs:
+        raise TrainError(
+            f"{Path(candidate) / 'config.json'}: checkpoint does not match the policy {Path(policy) / 'config.json'} "
+            f"({'; '.join(diffs)}): it was trained from another model.policy; delete it and rerun the earlier stage"
+        )
+
+
+def passthrough(src: str | os.PathLike, dst: str | os.PathLike, reason: str) -> Path:
+    """Materialise an untrained stage: its out is its input model, hard-linked (copied across filesystems)."""
+    src, dst = Path(src), Path(dst)
+    tmp = dst.with_name(dst.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+
+    def link(s: str, d: str) -> None:
+        try:
+            os.link(s, d)
+        except OSError:
+            shutil.copy2(s, d)
+
+    shutil.copytree(src, tmp, copy_function=link, ignore=shutil.ignore_patterns(PASSTHROUGH_MARKER, "*.tmp*"))
+    (tmp / PASSTHROUGH_MARKER).write_text(json.dumps({"source": str(src), "reason": reason}, indent=2))
+    shutil.rmtree(dst, ignore_errors=True)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, dst)
+    return dst
+
+
+def examples_hash(examples: Sequence[RLExample]) -> str:
+    h = hashlib.sha256()
+    for e in examples:
+        h.update(json.dumps([e.id, e.label, e.question, e.options], ensure_ascii=False).encode())
+    return h.hexdigest()[:16]
+
+
+def run_fingerprint(params: Params, stage: str, init_model: str, examples: Sequence[RLExample], prompt: str) -> str:
+    """Identity of a stage run: a resumable checkpoint is reused only if all of this is unchanged."""
+    train = dataclasses.asdict(params.train)
+    stage_cfg = train.pop(stage)
+    train.pop("stage1" if stage == "stage2" else "stage2")
+    train.pop("save_steps")  # checkpoint cadence does not change what is trained
+    init_sig = model_signature(init_model) if Path(init_model, "config.json").exists() else init_model
+    blob = json.dumps({"stage": stage, "train": train, "stage_cfg": stage_cfg, "init": str(init_model), "init_sig": init_sig,
+                       "data": examples_hash(examples), "prompt": hashlib.sha256(prompt.encode()).hexdigest()[:16],
+                       "dtype": params.model.dtype}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def prepare_run_dir(run_dir: Path, fingerprint: str) -> bool:
+    """Keep ``run_dir`` for resuming if its fingerprint matches, else wipe it; True when it was kept."""
+    marker = run_dir / "medssr_run.json"
+    if marker.exists():
+        try:
+            same = json.loads(marker.read_text()).get("fingerprint") == fingerprint
+        except json.JSONDecodeError:
+            same = False
+        if same:
+            return True
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"fingerprint": fingerprint}))
+    return False
+
+
+def stage_input_model(params: Params, stage: str, paths: StagePaths) -> str:
+    """Stage I starts from ``model.dir`` (or ``model.policy`` for OpenRLHF hub ids); stage II from checkpoints/stage1."""
+    if stage == "stage2":
+        p = paths.abs(paths.checkpoints) / "stage1"
+        if not (p / "config.json").exists():
+            raise TrainError(f"{p}: stage I checkpoint missing: run `python stages/train.py stage1` first")
+        return str(p)
+    p = paths.abs(paths.policy or params.model.dir)
+    if (p / "config.json").exists():
+        return str(p)
+    if params.train.backend == "openrlhf" and not params.model.policy.startswith((".", "/")) and "/" in params.model.policy:
+        return params.model.policy  # a hub id the cluster has cached (paper profiles)
+    raise TrainError(f"{p}: policy dir missing (model.dir): run the model stage first (`python stages/model.py`)")
+
+
+def _section(params: Params, stage: str, plan: strategies.StagePlan) -> dict[str, Any]:
+    from medssr.config import to_flat_dict
+
+    flat = to_flat_dict(params.train, "train.")
+    other = "stage1" if stage == "stage2" else "stage2"
+    out = {k: v for k, v in flat.items() if not k.startswith(f"train.{other}.") and not k.startswith("train.openrlhf.")}
+    if params.train.backend == "openrlhf":
+        out.update({k: v for k, v in flat.items() if k.startswith("train.openrlhf.")})
+    out.update({"model.policy": params.model.policy, "stage.data": plan.data, "stage.reward": plan.reward})
+    return out
+
+
+def _write_reports(paths: StagePaths, stage: str, report: dict[str, Any], history: list[dict[str, Any]]) -> Path:
+    rdir = paths.abs(paths.reports)
+    rdir.mkdir(parents=True, exist_ok=True)
+    out = rdir / f"train_{stage}.json"
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(report, indent=2, default=str))
+    os.replace(tmp, out)
+    steps = rdir / f"train_{stage}_steps.json"
+    steps.write_text(json.dumps(history, indent=1, default=str))
+    return out
+
+
+def run_train_stage(params: Params, stage: str, *, paths: StagePaths | None = None, dry_run: bool = False,
+                    callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+    """Run training stage ``stage`` ('stage1' | 'stage2') as ``params.train.strategy`` plans it; returns the report."""
+    set_offline_env()
+    paths = paths or StagePaths()
+    plan = strategies.stage_plan(params.train.strategy, stage)
+    strategies.check_backend(params.train.strategy, params.train.backend)
+    init_model = stage_input_model(params, stage, paths)
+    policy_dir = paths.abs(paths.policy or params.model.dir)
+    if stage == "stage2" and (policy_dir / "config.json").exists():
+        check_compatible(init_model, policy_dir)
+    out_dir = paths.abs(paths.checkpoints) / stage
+    report: dict[str, Any] = {"stage": stage, "strategy": params.train.strategy, "backend": params.train.backend,
+                              "data": plan.data, "reward": plan.reward, "init_model": init_model, "out": str(out_dir)}
+    t0 = time.time()
+
+    if plan.data is None:
+        reason = f"strategy {params.train.strategy!r} does not train {stage}"
+        report.update(skipped=True, reason=reason)
+        if dry_run:
+            print(f"[train] {stage}: pass-through ({reason}): {init_model} -> {out_dir}")
+            return report
+        passthrough(init_model, out_dir, reason)
+        from medssr import tracking
+
+        with tracking.stage_run(stage, params, _section(params, stage, plan)) as mlflow:
+            mlflow.set_tags({"passthrough": "true", "strategy": params.train.strategy})
+        _write_reports(paths, stage, report, [])
+        print(f"[train] {stage}: pass-through ({reason}); {out_dir} links {init_model}")
+        return report
+
+    stage_cfg = getattr(params.train, stage)
+    template = load_prompt_template(paths.abs(paths.prompt))
+    examples, stats = load_examples(plan.data, paths.abs(paths.synthetic), paths.abs(paths.real),
+                                    max_samples=stage_cfg.max_samples, seed=params.train.seed)
+    report["dataset"] = stats
+    run_dir = paths.abs(paths.runs) / stage
+
+    if params.train.backend == "trl":
+        result = _run_trl(params, stage, plan, stage_cfg, init_model, examples, template, run_dir, out_dir, report, dry_run, callbacks, paths)
+    else:
+        result = _run_openrlhf(params, stage, plan, stage_cfg, init_model, examples, template, run_dir, out_dir, report, dry_run, paths)
+    if dry_run:
+        return report
+    history = result.pop("history", [])
+    report.update(result)
+    report["wall_s"] = round(time.time() - t0, 2)
+    _write_reports(paths, stage, report, history)
+    s = report.get("summary", {})
+    print(f"[train] {stage}: {params.train.strategy}/{plan.data}/{plan.reward} on {params.train.backend}: "
+          f"{report.get('global_step')} steps, {stats['examples']} prompts, reward {s.get('reward_mean_mean', float('nan')):.3f} "
+          f"(last {s.get('reward_mean_last', float('nan')):.3f}), distinct answers {s.get('distinct_answers_mean', float('nan')):.2f}, "
+          f"{report['wall_s']:.1f}s -> {out_dir}")
+    return report
+
+
+def _log_summary(mlflow: Any, params: Params, stage: str, summary: dict[str, float], extra: dict[str, float]) -> None:
+    from medssr import tracking
+    from medssr.rl.callbacks import metric_name
+
+    values = {metric_name(stage, k): float(v) for k, v in {**summary, **extra}.items() if isinstance(v, (int, float))}
+    if values:
+        mlflow.log_metrics(values)
+    headline = {k: v for k, v in values.items() if k.endswith(("reward_mean_last", "reward_mean_mean", "distinct_answers_mean",
+                                                                "all_agree_share_mean", "/global_step", "/train_s"))}
+    tracking.log_summary_to_parent(params, headline)
+
+
+def _run_trl(params, stage, plan, stage_cfg, init_model, examples, template, run_dir, out_dir, report, dry_run, callbacks, paths) -> dict:
+    from medssr import tracking
+    from medssr.models import load_tokenizer
+    from medssr.rl import trl_backend
+    from medssr.rl.data import drop_long_prompts, to_trl_dataset
+
+    trl_backend.check_trl_params(params.train)
+    tok = load_tokenizer(init_model)
+    examples, dropped = drop_long_prompts(examples, template, tok, params.train.max_prompt_length)
+    report["dataset"]["dropped_long_prompts"] = dropped
+    if not examples:
+        raise TrainError(f"train.max_prompt_length: all {dropped} prompts of {stage} are longer than {params.train.max_prompt_length} tokens")
+    fp = run_fingerprint(params, stage, init_model, examples, template)
+    if dry_run:
+        cfg = trl_backend.grpo_config(params.train, stage_cfg, run_dir, dtype=params.model.dtype)
+        print(f"[train] {stage} dry run (trl): {plan.data}/{plan.reward}, {len(examples)} prompts from {init_model}; "
+              f"G={cfg.num_generations} steps={cfg.max_steps} lr={cfg.learning_rate} beta={cfg.beta} loss={cfg.loss_type} "
+              f"batch={cfg.per_device_train_batch_size}x{cfg.gradient_accumulation_steps} completions, "
+              f"max_completion_length={cfg.max_completion_length}, use_cpu={cfg.use_cpu}; run dir {run_dir}, out {out_dir}")
+        report["fingerprint"] = fp
+        return {}
+    kept = prepare_run_dir(run_dir, fp)
+    resume = trl_backend.last_checkpoint(run_dir) if kept else None
+    if resume is not None:
+        print(f"[train] {stage}: resuming from {resume}")
+    dataset = to_trl_dataset(examples, template)
+    with tracking.stage_run(stage, params, _section(params, stage, plan)) as mlflow:
+        mlflow.set_tags({"strategy": params.train.strategy, "backend": "trl", "stage_data": plan.data, "stage_reward": plan.reward,
+                         "resumed_from": resume.name if resume else "none"})
+        result = trl_backend.train(init_model, dataset, plan.reward, params.train, stage_cfg, stage=stage, run_dir=run_dir, out_dir=out_dir,
+                                   mlflow=mlflow, dtype=params.model.dtype, resume_from=resume, callbacks=callbacks,
+                                   meta={"stage": stage, "strategy": params.train.strategy, "init": init_model, "fingerprint": fp})
+        _log_summary(mlflow, params, stage, result["summary"], {"global_step": result["global_step"], "train_s": result["train_s"]})
+    return result
+
+
+def _run_openrlhf(params, stage, plan, stage_cfg, init_model, examples, template, run_dir, out_dir, report, dry_run, paths) -> dict:
+    from medssr import tracking
+    from medssr.rl import openrlhf_backend as orl
+    from medssr.rl.data import write_openrlhf_jsonl
+
+    data_rel = Path(paths.rl_data) / f"{stage}.jsonl"
+    n = write_openrlhf_jsonl(examples, template, paths.abs(data_rel))
+    run_paths = orl.RunPaths(model=init_model, dataset=str(data_rel), output_dir=str(out_dir), ckpt_path=str(run_dir / "ckpt"),
+                             tensorboard_dir=str(run_dir / "tb"))
+    wd = params.train.openrlhf.working_dir
+    wd = str(paths.abs(wd).resolve())
+    # the interpreter of the separate OpenRLHF environment (used when train.openrlhf.ray_address is empty)
+    python = os.environ.get("MEDSSR_OPENRLHF_PYTHON", params.train.openrlhf.python)
+    cmd = orl.build_command(params.train, stage_cfg, run_paths, n_prompts=n, run_name=f"medssr-{stage}", working_dir=wd, python=python)
+    report["command"] = cmd
+    if dry_run:
+        print(orl.format_command(cmd))
+        return {}
+    fp = run_fingerprint(params, stage, init_model, examples, template)
+    prepare_run_dir(run_dir, fp)
+    with tracking.stage_run(stage, params, _section(params, stage, plan)) as mlflow:
+        mlflow.set_tags({"strategy": params.train.strategy, "backend": "openrlhf", "stage_data": plan.data, "stage_reward": plan.reward})
+        mlflow.log_text(orl.format_command(cmd), f"openrlhf_{stage}_command.sh")
+        t0 = time.time()
+        rc = orl.launch(cmd, run_dir / "openrlhf.log", cwd=paths.base())
+        train_s = time.time() - t0
+        history = orl.tensorboard_to_mlflow(run_dir / "tb", stage, mlflow, params.train.rollout_batch_size * params.train.num_generations)
+        if rc != 0:
+            raise TrainError(f"{run_dir / 'openrlhf.log'}: OpenRLHF exited with status {rc}")
+        if not (out_dir / "config.json").exists():
+            raise TrainError(f"{out_dir}: OpenRLHF finished but wrote no HF model (see {run_dir / 'openrlhf.log'})")
+        from medssr.rl.callbacks import summarize
+
+        summary = summarize(history)
+        _log_summary(mlflow, params, stage, summary, {"global_step": history[-1]["step"] if history else 0, "train_s": train_s})
+    return {"history": history, "summary": summary, "global_step": int(history[-1]["step"]) if history else 0, "train_s": train_s}
+
+
+__all__ = ["StagePaths", "TrainError", "check_compatible", "passthrough", "run_train_stage"]

@@ -1,0 +1,213 @@
+"""The embedded GRPO trainer: TRL ``GRPOTrainer`` (trl 1.16) on CPU or one GPU, configured from params.
+
+Batch semantics follow TRL: ``train.per_device_batch_size`` counts *completions* per device and micro-step, so
+a step sees ``per_device_batch_size * gradient_accumulation_steps / num_generations`` prompts. The reference
+model (``beta > 0``) is reloaded by TRL from the model path, so the policy is always passed as a directory.
+Checkpoints (``save_steps``) go to a run dir outside the DVC out; the finished policy is written with
+``save_pretrained`` (model + tokenizer) so transformers and vLLM load it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from medssr.config import ConfigError, StageTrainCfg, TrainCfg, set_offline_env
+from medssr.rl.callbacks import OWN_PREFIX, MLflowStepCallback, group_metrics, summarize
+
+TRL_LOSS_TYPES = ("grpo", "dapo", "dr_grpo", "bnpo", "cispo", "sapo", "luspo", "vespo")
+
+
+def check_trl_params(train: TrainCfg) -> None:
+    """Batch/loss settings TRL cannot run, as ConfigErrors naming the param."""
+    per_step = train.per_device_batch_size * train.gradient_accumulation_steps
+    if per_step % train.num_generations:
+        raise ConfigError(
+            f"train.per_device_batch_size: {train.per_device_batch_size} x train.gradient_accumulation_steps "
+            f"{train.gradient_accumulation_steps} = {per_step} completions per step must be a multiple of "
+            f"train.num_generations ({train.num_generations}): TRL counts completions, and every prompt needs its whole group"
+        )
+    if train.loss_type not in TRL_LOSS_TYPES:
+        raise ConfigError(f"train.loss_type: TRL supports {', '.join(TRL_LOSS_TYPES)}, got {train.loss_type!r}")
+    if train.kl_estimator != "k3":
+        raise ConfigError(f"train.kl_estimator: TRL's GRPO KL term is fixed to k3, got {train.kl_estimator!r} (k1/k2 need train.backend: openrlhf)")
+
+
+def grpo_config(train: TrainCfg, stage_cfg: StageTrainCfg, output_dir: str | os.PathLike, *, use_cpu: bool | None = None,
+                dtype: str = "float32"):
+    """The GRPOConfig of one stage: sampling, batch, KL, lr, checkpointing; logging only through our callback."""
+    set_offline_env()
+    import torch
+    from trl import GRPOConfig
+
+    check_trl_params(train)
+    if use_cpu is None:
+        use_cpu = not torch.cuda.is_available()
+    bf16 = (not use_cpu) and torch.cuda.is_bf16_supported()
+    return GRPOConfig(
+        output_dir=str(output_dir),
+        max_steps=stage_cfg.max_steps,
+        learning_rate=stage_cfg.learning_rate,
+        lr_scheduler_type="constant",  # verl's (the paper's trainer) default: no decay, no warmup
+        warmup_steps=0,
+        beta=stage_cfg.beta,
+        num_generations=train.num_generations,
+        temperature=train.temperature,
+        top_p=train.top_p,
+        max_completion_length=train.max_completion_length,
+        per_device_train_batch_size=train.per_device_batch_size,
+        gradient_accumulation_steps=train.gradient_accumulation_steps,
+        loss_type=train.loss_type,
+        seed=train.seed,
+        data_seed=train.seed,
+        use_cpu=use_cpu,
+        bf16=bf16,
+        fp16=False,
+        gradient_checkpointing=not use_cpu,  # saves GPU memory; on CPU it only costs time
+        model_init_kwargs={"dtype": dtype},
+        logging_steps=1,
+        report_to="none",
+        save_strategy="steps",
+        save_steps=train.save_steps,
+        save_total_limit=1,
+        save_only_model=False,  # optimizer + RNG state: needed to resume after a kill
+        log_completions=False,
+        dataloader_num_workers=0,
+    )
+
+
+def _options(o: Any) -> dict[str, str]:
+    return json.loads(o) if isinstance(o, str) else dict(o)
+
+
+def make_reward_fn(kind: str, num_generations: int):
+    """The TRL reward callable of a stage ('majority' | 'gold' | 'online_vote') that also logs the collapse signals.
+
+    'majority' and 'gold' are the same indicator reward against the row's ``label`` column (offline vote or gold
+    answer); 'online_vote' votes within each group of rollouts at every step. For online voting the reward's own
+    target is the group's current majority, so ``pseudo_label_agreement`` is measured against it and
+    ``offline_label_agreement`` against the offline vote, for comparison.
+    """
+    from medssr.answers import extract_answer
+    from medssr.rl import rewards
+
+    if kind not in ("majority", "gold", "online_vote"):
+        raise ConfigError(f"reward: expected majority, gold or online_vote, got {kind!r}")
+
+    def reward(prompts, completions, label=None, options=None, completion_ids=None, log_metric=None, **kwargs) -> list[float]:
+        # the reward functions get no log_metric: the collapse signals are logged once, here, under our names
+        if kind == "online_vote":
+            scores = rewards.online_vote_reward(prompts, completions, options=options, **kwargs)
+        else:
+            scores = rewards.trl_reward(prompts, completions, label=label, options=options, **kwargs)
+        if log_metric is not None:
+            answers = [extract_answer(rewards.completion_text(c), _options(o)) for c, o in zip(completions, options, strict=True)]
+            if kind == "online_vote":  # the target is the group's current vote, as online_vote_reward computes it
+                targets: list[str | None] = []
+                for i in range(0, len(answers), num_generations):
+                    group = answers[i : i + num_generations]
+                    targets += [rewards.majority(group)] * len(group)
+            else:
+                targets = list(label)
+            m = group_metrics(answers, num_generations, targets if kind != "gold" else None)
+            if kind == "online_vote" and label is not None:
+                m["offline_label_agreement"] = sum(a is not None and a == t for a, t in zip(answers, label, strict=True)) / len(answers)
+            if kind == "gold":
+                m["accuracy"] = sum(a is not None and a == t for a, t in zip(answers, label, strict=True)) / len(answers)
+            if completion_ids is not None:
+                m["completion_tokens"] = float(sum(len(ids) for ids in completion_ids))
+            for k, v in m.items():
+                log_metric(OWN_PREFIX + k, v)
+        return scores
+
+    reward.__name__ = f"medssr_{kind}"
+    return reward
+
+
+def _trainer_class():
+    """GRPOTrainer that also times generation, so a step splits into generation vs policy update."""
+    from trl import GRPOTrainer
+
+    class TimedGRPOTrainer(GRPOTrainer):
+        def _generate(self, prompts: list):
+            t0 = time.perf_counter()
+            out = super()._generate(prompts)
+            mode = "train" if self.model.training else "eval"
+            self._metrics[mode][OWN_PREFIX + "generation_s"].append(time.perf_counter() - t0)
+            return out
+
+    return TimedGRPOTrainer
+
+
+def _no_final_save_callback():
+    """Transformers saves a checkpoint at the last step whatever save_steps says; skip it (the policy is saved next)."""
+    from transformers import TrainerCallback
+
+    class NoFinalSave(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step >= state.max_steps and state.global_step % args.save_steps:
+                control.should_save = False
+
+    return NoFinalSave()
+
+
+def complete_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    """``checkpoint-N`` dirs that finished saving (trainer_state.json is written last), oldest first."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    found = []
+    for p in run_dir.glob("checkpoint-*"):
+        tail = p.name.split("-", 1)[1]
+        if p.is_dir() and tail.isdigit() and (p / "trainer_state.json").exists():
+            found.append((int(tail), p))
+    return [p for _, p in sorted(found)]
+
+
+def last_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    ckpts = complete_checkpoints(run_dir)
+    return ckpts[-1] if ckpts else None
+
+
+def save_policy(model: Any, tokenizer: Any, out_dir: str | os.PathLike, meta: dict[str, Any] | None = None) -> Path:
+    """``save_pretrained`` model + tokenizer into ``out_dir`` atomically (temp dir, then rename)."""
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if meta is not None:
+        (tmp / "medssr_source.json").write_text(json.dumps(meta, indent=2, default=str))
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, out_dir)
+    return out_dir
+
+
+def train(model_dir: str | os.PathLike, dataset: Any, reward_kind: str, train_cfg: TrainCfg, stage_cfg: StageTrainCfg, *, stage: str,
+          run_dir: str | os.PathLike, out_dir: str | os.PathLike, mlflow: Any | None = None, dtype: str = "float32",
+          resume_from: str | os.PathLike | None = None, callbacks: Sequence[Any] = (), meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run GRPO on ``dataset`` from ``model_dir``; save the policy to ``out_dir``; return history and summary."""
+    set_offline_env()
+    from medssr.models import load_tokenizer
+
+    config = grpo_config(train_cfg, stage_cfg, run_dir, dtype=dtype)
+    tokenizer = load_tokenizer(str(model_dir))
+    step_cb = MLflowStepCallback(stage, mlflow)
+    trainer = _trainer_class()(model=str(model_dir), reward_funcs=[make_reward_fn(reward_kind, train_cfg.num_generations)],
+                               args=config, train_dataset=dataset, processing_class=tokenizer, callbacks=[step_cb, _no_final_save_callback(), *callbacks])
+    t0 = time.time()
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    train_s = time.time() - t0
+    policy = trainer.accelerator.unwrap_model(trainer.model)
+    save_policy(policy, tokenizer, out_dir, {**(meta or {}), "global_step": trainer.state.global_step})
+    for ckpt in complete_checkpoints(run_dir):  # the run is done and saved: free the optimizer states
+        shutil.rmtree(ckpt, ignore_errors=True)
+    return {"history": step_cb.history, "summary": summarize(step_cb.history), "final": step_cb.final,
+            "global_step": int(trainer.state.global_step), "train_s": train_s,
+            "resumed_from": Path(resume_from).name if resume_from else None}

@@ -1,0 +1,671 @@
+"""The sampler: G completions per prompt from the policy, shared by the label stage (votes) and evaluation.
+
+One interface, two backends, picked by ``sampling.backend``:
+
+``hf`` (CPU, embedded default) — transformers with our own decode loop, because ``model.generate`` can mark a
+row finished but keeps computing it until the whole batch ends. The loop does continuous batching: up to
+``batch_size`` sequences share one forward pass over a preallocated, left-padded KV cache; a row leaves the
+batch as soon as it emits EOS, a stop string, or (with ``options`` and ``stop_at_answer``) a committed answer
+(``medssr.answers.has_committed_answer``), and waiting rows take its place. Each prompt is prefilled once and its
+KV copied to its n rows. Every row draws its randomness from its own generator seeded by
+``(seed, key, sample index)``, so a question's samples do not depend on which other prompts share the batch
+(up to float rounding; identical batch composition gives bit-identical results). An out-of-memory forward
+halves the batch (the youngest rows go back to the queue and restart from their seed) and carries on.
+
+``vllm`` (GPU extra, not installed here) — vLLM's offline engine. Run it with::
+
+    pip install -e '.[gpu]'            # vllm==0.32.0 in its own CUDA environment
+    python stages/label.py             # with label.sampling.backend: vllm in params.yaml
+    # or in Python:
+    from medssr.sampling import make_sampler
+    s = make_sampler("artifacts/models/policy", backend="vllm", dtype="bfloat16")
+    s.sample(["What is 2+2?"], n=8, temperature=1.0, max_new_tokens=4096)
+
+It calls ``LLM(model=dir).generate([{"prompt_token_ids": ...}], [SamplingParams(**kwargs)])`` with the kwargs
+from ``build_sampling_params_kwargs`` (one seeded SamplingParams per prompt); the early stop at the answer
+becomes stop strings ``"The answer is X."`` etc. kept in the output. ``constrained_choice`` uses
+``SamplingParams(max_tokens=1, temperature=0, allowed_token_ids=[letter ids])`` — vLLM removed per-request
+logits processors, so the paper's logit-bias pass is an allowed-token restriction.
+
+Prompts that are plain strings become one user message wrapped in the policy's own chat template (or the
+documented fallback template of ``medssr.models`` when the tokenizer has none); callers build the F.4 / voting
+prompt text themselves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from medssr.answers import ANSWER_SUFFIX, has_committed_answer
+from medssr.config import set_offline_env
+
+FinishReason = Literal["answer", "eos", "length", "stop"]
+Prompt = str | list[dict]
+
+# A commit can only become detectable when one of these arrives (has_committed_answer needs a boundary after
+# the letter), so the per-token answer check runs only then.
+_BOUNDARY_CHARS = frozenset(".,;:!?)]}*\"'<\n")
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One sampled continuation: ``n_tokens`` counts generated tokens (EOS included when it ended the row)."""
+
+    text: str
+    n_tokens: int
+    finish_reason: FinishReason
+
+
+@dataclass
+class SampleStats:
+    """What the last ``sample`` call cost: for votes/s and tokens/s in the label stage and the bench."""
+
+    sequences: int = 0
+    tokens: int = 0
+    forward_passes: int = 0
+    prefill_tokens: int = 0
+    rebuilds: int = 0
+    oom_halvings: int = 0
+    seconds: float = 0.0
+    finish: dict[str, int] = field(default_factory=dict)
+
+
+class Sampler(Protocol):
+    model_dir: str
+    family: str
+    last_stats: SampleStats
+
+    def render(self, prompt: Prompt) -> str: ...
+
+    def sample(self, prompts: Sequence[Prompt], n: int, temperature: float, top_p: float = 1.0, top_k: int = -1,
+               max_new_tokens: int = 4096, stop: Sequence[str] | None = None, options: Sequence[Mapping[str, str]] | None = None,
+               seed: int | None = None, progress: bool = True, *, keys: Sequence[str] | None = None, stop_at_answer: bool = True,
+               on_prompt_done: Callable[[int, list[Completion]], None] | None = None) -> list[list[Completion]]: ...
+
+    def constrained_choice(self, prompts_with_partial: Sequence[str], letters: Sequence[Sequence[str]]) -> list[str]: ...
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# pure pieces (tested without a model)
+
+
+def row_seed(seed: int, key: str, j: int) -> int:
+    """The seed of sample ``j`` of the prompt keyed ``key``: independent of batch position and call order."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{key}:{j}".encode()).digest()[:8], "big") >> 1
+
+
+def is_oom(exc: BaseException) -> bool:
+    """True for the allocation failures we recover from by halving the batch."""
+    import torch
+
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    if isinstance(exc, MemoryError):
+        return True
+    msg = str(exc)
+    return isinstance(exc, RuntimeError) and ("out of memory" in msg.lower() or "unable to allocate" in msg.lower())
+
+
+def sample_tokens(logits, uniforms, temperature: float, top_p: float = 1.0, top_k: int = -1):
+    """Next token per row by inverse-CDF sampling with one uniform per row (its own stream); greedy at T=0.
+
+    top-k is applied before top-p, as in vLLM and transformers; top_k <= 0 and top_p >= 1 disable them.
+    """
+    import torch
+
+    if temperature <= 0:
+        return logits.argmax(-1)
+    scores = logits.float() / temperature
+    idx = None
+    if 0 < top_k < scores.shape[-1]:
+        scores, idx = scores.topk(top_k, dim=-1)
+    if top_p < 1.0:
+        if idx is None:
+            scores, idx = scores.sort(dim=-1, descending=True)
+        probs = scores.softmax(-1)
+        before = probs.cumsum(-1) - probs
+        scores = scores.masked_fill(before >= top_p, float("-inf"))
+    cdf = scores.softmax(-1).double().cumsum(-1)
+    target = uniforms.double().to(cdf.device).unsqueeze(-1) * cdf[:, -1:]
+    choice = torch.searchsorted(cdf, target, right=True).clamp_(max=cdf.shape[-1] - 1)
+    return (idx.gather(-1, choice) if idx is not None else choice).squeeze(-1)
+
+
+def find_stop(text: str, stop: Sequence[str]) -> int:
+    """Index of the earliest stop string in ``text``, or -1."""
+    best = -1
+    for s in stop:
+        if s:
+            i = text.find(s)
+            if i >= 0 and (best < 0 or i < best):
+                best = i
+    return best
+
+
+def answer_stop_strings(letters: Sequence[str]) -> list[str]:
+    """Stop strings that approximate has_committed_answer for engines that only take strings (vLLM)."""
+    out = []
+    for L in letters:
+        out += [f"{ANSWER_SUFFIX} {L}.", f"{ANSWER_SUFFIX} {L}\n", f"{ANSWER_SUFFIX} {L})", f"{ANSWER_SUFFIX} ({L})",
+                f"{ANSWER_SUFFIX}: {L}.", f"{ANSWER_SUFFIX} **{L}"]
+    return out
+
+
+def letter_token_ids(tok, letters: Sequence[str]) -> dict[str, list[int]]:
+    """Single-token encodings of each letter after 'The answer is' (" A" and "A" variants)."""
+    out = {}
+    for L in letters:
+        ids = []
+        for s in (" " + L, L):
+            enc = tok.encode(s, add_special_tokens=False)
+            if len(enc) == 1 and enc[0] not in ids:
+                ids.append(enc[0])
+        if not ids:
+            raise ValueError(f"option letter {L!r} is not a single token for this tokenizer")
+        out[L] = ids
+    return out
+
+
+def render_prompt(tok, prompt: Prompt) -> str:
+    """The prompt as the policy sees it: a plain string is one user message in the chat template."""
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    return tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# hf backend
+
+
+def _kv_cache_classes():
+    """A KV cache layer with capacity: writes in place instead of torch.cat-ing the whole cache every token."""
+    from transformers.cache_utils import Cache, DynamicLayer
+
+    class BufferLayer(DynamicLayer):
+        def __init__(self, k=None, v=None, length: int = 0):
+            super().__init__()
+            self.kbuf, self.vbuf, self.length = k, v, length
+            if k is not None:
+                self.is_initialized = True
+                self.dtype, self.device = k.dtype, k.device
+                self.keys, self.values = k[:, :, :length], v[:, :, :length]
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            import torch
+
+            q = key_states.shape[-2]
+            need = self.length + q
+            if self.kbuf is None or need > self.kbuf.shape[-2]:
+                cap = max(need, int(self.kbuf.shape[-2] * 1.5) if self.kbuf is not None else need + 64)
+                b, h, _, d = key_states.shape
+                k = torch.zeros(b, h, cap, d, dtype=key_states.dtype, device=key_states.device)
+                v = torch.zeros_like(k)
+                if self.kbuf is not None:
+                    k[:, :, : self.length] = self.kbuf[:, :, : self.length]
+                    v[:, :, : self.length] = self.vbuf[:, :, : self.length]
+                self.kbuf, self.vbuf = k, v
+                self.is_initialized = True
+                self.dtype, self.device = k.dtype, k.device
+            self.kbuf[:, :, self.length : need] = key_states
+            self.vbuf[:, :, self.length : need] = value_states
+            self.length = need
+            self.keys, self.values = self.kbuf[:, :, :need], self.vbuf[:, :, :need]
+            return self.keys, self.values
+
+        def get_seq_length(self) -> int:
+            return self.length
+
+        def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+            return self.length + query_length, 0
+
+    return Cache, BufferLayer
+
+
+@dataclass
+class _Row:
+    p: int  # prompt index
+    j: int  # sample index within the prompt
+    gen: Any  # torch.Generator
+    tokens: list[int]
+    pos: int  # position id of tokens[-1]
+    text: str = ""
+    prefix_offset: int = 0
+    read_offset: int = 0
+    reason: str | None = None
+
+
+class HFSampler:
+    """Batched sampling with transformers on CPU (or one GPU), continuous batching and early stop."""
+
+    def __init__(self, model_dir: str, dtype: str = "float32", batch_size: int = 16, seed: int = 0, model=None, tok=None):
+        set_offline_env()
+        import torch
+
+        from medssr.models import load_causal_lm, model_family
+
+        if batch_size < 1:
+            raise ValueError(f"sampling.batch_size: expected >= 1, got {batch_size}")
+        self.model_dir, self.batch_size, self.seed = str(model_dir), batch_size, seed
+        if model is None or tok is None:
+            model, tok = load_causal_lm(self.model_dir, dtype=dtype)
+        self.model, self.tok = model, tok
+        self.family = model_family(self.model_dir)
+        self.device = next(model.parameters()).device
+        eos = {tok.eos_token_id}
+        gc_eos = getattr(model.generation_config, "eos_token_id", None)
+        eos |= set(gc_eos) if isinstance(gc_eos, (list, tuple)) else {gc_eos}
+        self.eos_ids = frozenset(int(e) for e in eos if e is not None)
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else min(self.eos_ids)
+        self.n_layers = model.config.num_hidden_layers
+        self.last_stats = SampleStats()
+        self.admit_fraction = 0.25  # rebuild the batch once this share of its rows has finished
+        self._torch = torch
+
+    # -- prompts -------------------------------------------------------------------------------------------------
+    def render(self, prompt: Prompt) -> str:
+        return render_prompt(self.tok, prompt)
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    # -- model calls (one place, so OOM handling and tests can hook them) -----------------------------------------
+    def _forward(self, input_ids, attention_mask, position_ids, cache):
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, past_key_values=cache,
+                         use_cache=cache is not None, logits_to_keep=1)
+        return out.logits[:, -1, :]
+
+    # -- sampling ------------------------------------------------------------------------------------------------
+    def sample(self, prompts: Sequence[Prompt], n: int, temperature: float, top_p: float = 1.0, top_k: int = -1,
+               max_new_tokens: int = 4096, stop: Sequence[str] | None = None, options: Sequence[Mapping[str, str]] | None = None,
+               seed: int | None = None, progress: bool = True, *, keys: Sequence[str] | None = None, stop_at_answer: bool = True,
+               on_prompt_done: Callable[[int, list[Completion]], None] | None = None) -> list[list[Completion]]:
+        """``n`` completions for each prompt, in prompt order; see the module docstring for the batching rules.
+
+        ``keys`` (e.g. question ids) name each prompt's random streams; by default the prompt's index in this call.
+        ``on_prompt_done(i, completions)`` is called as soon as all n samples of prompt i are finished.
+        """
+        torch = self._torch
+        if n < 1 or max_new_tokens < 1:
+            raise ValueError(f"n and max_new_tokens must be >= 1, got n={n}, max_new_tokens={max_new_tokens}")
+        if options is not None and len(options) != len(prompts):
+            raise ValueError(f"options: expected one mapping per prompt ({len(prompts)}), got {len(options)}")
+        keys = [str(i) for i in range(len(prompts))] if keys is None else [str(k) for k in keys]
+        if len(keys) != len(prompts):
+            raise ValueError(f"keys: expected one per prompt ({len(prompts)}), got {len(keys)}")
+        seed = self.seed if seed is None else seed
+        stop = [s for s in (stop or []) if s]
+        run = _Run(self, [self._encode(self.render(p)) for p in prompts], n, temperature, top_p, top_k, max_new_tokens, stop,
+                   options if stop_at_answer else None, seed, keys, on_prompt_done)
+        from tqdm.auto import tqdm
+
+        t0 = time.perf_counter()
+        with torch.inference_mode(), tqdm(total=len(prompts) * n, desc="sampling", unit="seq", disable=not progress, leave=False) as bar:
+            run.bar = bar
+            run.loop()
+        run.stats.seconds = time.perf_counter() - t0
+        self.last_stats = run.stats
+        return run.results
+
+    # -- constrained second pass -----------------------------------------------------------------------------------
+    def constrained_choice(self, prompts_with_partial: Sequence[str], letters: Sequence[Sequence[str]]) -> list[str]:
+        """For each full text (prompt + output + '\\nThe answer is'), the option letter with the highest next-token logit."""
+        torch = self._torch
+        if len(letters) != len(prompts_with_partial):
+            raise ValueError(f"letters: expected one list per prompt ({len(prompts_with_partial)}), got {len(letters)}")
+        ids = [self._encode(t) for t in prompts_with_partial]
+        out: list[str] = [""] * len(ids)
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths together: less padding
+        bs, i = self.batch_size, 0
+        with torch.inference_mode():
+            while i < len(order):
+                chunk = order[i : i + bs]
+                width = max(len(ids[k]) for k in chunk)
+                inp = torch.full((len(chunk), width), self.pad_id, dtype=torch.long)
+                mask = torch.zeros((len(chunk), width), dtype=torch.long)
+                for r, k in enumerate(chunk):
+                    inp[r, width - len(ids[k]) :] = torch.tensor(ids[k])
+                    mask[r, width - len(ids[k]) :] = 1
+                pos = (mask.cumsum(-1) - 1).clamp(min=0)
+                try:
+                    logits = self._forward(inp.to(self.device), mask.to(self.device), pos.to(self.device), None).float().cpu()
+                except Exception as e:
+                    if is_oom(e) and bs > 1:
+                        bs = max(1, bs // 2)
+                        continue
+                    raise
+                for r, k in enumerate(chunk):
+                    table = letter_token_ids(self.tok, letters[k])
+                    scores = {L: max(float(logits[r, t]) for t in tids) for L, tids in table.items()}
+                    out[k] = max(letters[k], key=lambda L: (scores[L], -list(letters[k]).index(L)))
+                i += len(chunk)
+        return out
+
+
+class _Run:
+    """The state of one ``HFSampler.sample`` call: queue, active rows, their KV cache and results."""
+
+    def __init__(self, s: HFSampler, prompt_ids: list[list[int]], n: int, temperature: float, top_p: float, top_k: int,
+                 max_new_tokens: int, stop: list[str], options, seed: int, keys: list[str], on_prompt_done):
+        self.s, self.torch = s, s._torch
+        self.prompt_ids, self.n, self.temperature, self.top_p, self.top_k = prompt_ids, n, temperature, top_p, top_k
+        self.max_new, self.stop, self.options, self.seed, self.keys = max_new_tokens, stop, options, seed, keys
+        self.on_prompt_done = on_prompt_done
+        self.cap = s.batch_size
+        self.pending: deque[tuple[int, int]] = deque((p, j) for p in range(len(prompt_ids)) for j in range(n))
+        self.results: list[list[Completion | None]] = [[None] * n for _ in prompt_ids]
+        self.left = [n] * len(prompt_ids)
+        self.rows: list[_Row] = []
+        self.layers: list = []  # BufferLayer per model layer, batch = len(self.rows)
+        self.mask = None  # (B, L) long
+        self.prefix: tuple[int, list, Any] | None = None  # (prompt index, [(k, v)] per layer, last logits)
+        self.stats = SampleStats()
+        self.bar = None
+        self.Cache, self.BufferLayer = _kv_cache_classes()
+
+    # -- bookkeeping ---------------------------------------------------------------------------------------------
+    def finished(self) -> int:
+        return sum(r.reason is not None for r in self.rows)
+
+    def loop(self) -> None:
+        while self.pending or self.rows:
+            done = self.finished()
+            if not self.rows or done == len(self.rows) or done >= max(1, int(self.cap * self.s.admit_fraction)):
+                self.rebuild()
+                if not self.rows:
+                    continue
+            self.step()
+
+    def new_row(self, p: int, j: int) -> _Row:
+        g = self.torch.Generator().manual_seed(row_seed(self.seed, self.keys[p], j))
+        return _Row(p, j, g, [], len(self.prompt_ids[p]) - 1)
+
+    def uniforms(self, rows: list[_Row]):
+        torch = self.torch
+        if self.temperature <= 0:
+            return torch.zeros(len(rows))
+        return torch.cat([torch.rand(1, generator=r.gen) if r.reason is None else torch.zeros(1) for r in rows])
+
+    def emit(self, r: _Row, tok: int) -> None:
+        """Append one sampled token to a row and decide whether the row is finished."""
+        r.tokens.append(tok)
+        r.pos += 1
+        if tok in self.s.eos_ids:
+            r.reason = "eos"
+            return
+        # incremental detokenisation (prefix/read offsets), so the per-token cost does not grow with length
+        tk = self.s.tok
+        prefix = tk.decode(r.tokens[r.prefix_offset : r.read_offset], skip_special_tokens=True)
+        new = tk.decode(r.tokens[r.prefix_offset :], skip_special_tokens=True)
+        added = ""
+        if len(new) > len(prefix) and not new.endswith("\ufffd"):
+            added = new[len(prefix) :]
+            r.text += added
+            r.prefix_offset, r.read_offset = r.read_offset, len(r.tokens)
+        if added and self.stop and find_stop(r.text[-(len(added) + max(map(len, self.stop))) :], self.stop) >= 0:
+            r.reason = "stop"
+        elif added and self.options is not None and _BOUNDARY_CHARS.intersection(added) \
+                and has_committed_answer(r.text, self.options[r.p]):
+            r.reason = "answer"
+        elif len(r.tokens) >= self.max_new:
+            r.reason = "length"
+
+    def finish(self, r: _Row) -> None:
+        toks = r.tokens[:-1] if r.reason == "eos" else r.tokens
+        text = self.s.tok.decode(toks, skip_special_tokens=True)
+        cut = find_stop(text, self.stop) if r.reason == "stop" else -1
+        if cut >= 0:
+            text = text[:cut]
+        c = Completion(text, len(r.tokens), r.reason)  # type: ignore[arg-type]
+        self.stats.sequences += 1
+        self.stats.tokens += len(r.tokens)
+        self.stats.finish[c.finish_reason] = self.stats.finish.get(c.finish_reason, 0) + 1
+        self.results[r.p][r.j] = c
+        self.left[r.p] -= 1
+        if self.bar is not None:
+            self.bar.update(1)
+        if self.left[r.p] == 0 and self.on_prompt_done is not None:
+            self.on_prompt_done(r.p, list(self.results[r.p]))  # type: ignore[arg-type]
+
+    # -- model work ----------------------------------------------------------------------------------------------
+    def prefill(self, p: int) -> None:
+        """Run prompt p once (batch 1) and keep its KV and last logits for its n rows."""
+        torch = self.torch
+        ids = self.prompt_ids[p]
+        cache = self.Cache(layers=[self.BufferLayer() for _ in range(self.s.n_layers)])
+        inp = torch.tensor([ids], device=self.s.device)
+        logits = self.s._forward(inp, torch.ones_like(inp), torch.arange(len(ids), device=self.s.device)[None], cache)
+        self.stats.forward_passes += 1
+        self.stats.prefill_tokens += len(ids)
+        self.prefix = (p, [(la.kbuf[:, :, : la.length], la.vbuf[:, :, : la.length]) for la in cache.layers], logits)
+
+    def rebuild(self) -> None:
+        """Drop finished rows, trim shared left padding and admit waiting rows: one copy of the cache."""
+        torch = self.torch
+        for r in self.rows:
+            if r.reason is not None:
+                self.finish(r)
+        keep = [i for i, r in enumerate(self.rows) if r.reason is None]
+        groups: list[tuple[int, list[_Row]]] = []  # (prompt, new rows) with the prefix KV of that prompt
+        prefixes: dict[int, tuple[list, Any]] = {}
+        free = self.cap - len(keep)
+        while free > 0 and self.pending:
+            p, j = self.pending[0]
+            if self.prefix is None or self.prefix[0] != p:
+                self.prefill(p)
+            _, kv, logits = self.prefix  # type: ignore[misc]
+            prefixes[p] = (kv, logits)
+            new: list[_Row] = []
+            while free > 0 and self.pending and self.pending[0][0] == p:
+                _, j = self.pending.popleft()
+                new.append(self.new_row(p, j))
+                free -= 1
+            toks = sample_tokens(logits.expand(len(new), -1), self.uniforms(new), self.temperature, self.top_p, self.top_k)
+            live = []
+            for r, t in zip(new, toks.tolist(), strict=True):
+                self.emit(r, int(t))
+                if r.reason is None:
+                    live.append(r)
+                else:
+                    self.finish(r)
+                    free += 1
+            if live:
+                groups.append((p, live))
+        old_rows = [self.rows[i] for i in keep]
+        L_old, start = 0, 0
+        if keep:
+            sub = self.mask[keep]
+            start = int(sub.any(0).long().argmax())
+            L_old = sub.shape[1] - start
+        L_new = max([L_old] + [len(self.prompt_ids[p]) for p, _ in groups])
+        B_new = len(old_rows) + sum(len(rs) for _, rs in groups)
+        self.rows = old_rows + [r for _, rs in groups for r in rs]
+        if B_new == 0:
+            self.layers, self.mask = [], None
+            return
+        self.stats.rebuilds += 1
+        cap_len = L_new + min(self.max_new, 128)
+        mask = torch.zeros((B_new, L_new), dtype=torch.long, device=self.s.device)
+        if keep:
+            mask[: len(keep), L_new - L_old :] = self.mask[keep, start:]
+        row = len(keep)
+        spans = []
+        for p, rs in groups:
+            P = len(self.prompt_ids[p])
+            mask[row : row + len(rs), L_new - P :] = 1
+            spans.append((row, len(rs), P, prefixes[p][0]))
+            row += len(rs)
+        layers = []
+        keep_t = torch.tensor(keep, dtype=torch.long, device=self.s.device)
+        for li in range(self.s.n_layers):
+            ref = self.layers[li].kbuf if keep else spans[0][3][li][0]
+            _, h, _, d = ref.shape
+            k = torch.zeros((B_new, h, cap_len, d), dtype=ref.dtype, device=ref.device)
+            v = torch.zeros_like(k)
+            if keep:
+                old = self.layers[li]
+                k[: len(keep), :, L_new - L_old : L_new] = old.kbuf.index_select(0, keep_t)[:, :, start : old.length]
+                v[: len(keep), :, L_new - L_old : L_new] = old.vbuf.index_select(0, keep_t)[:, :, start : old.length]
+            for r0, cnt, P, kv in spans:
+                k[r0 : r0 + cnt, :, L_new - P : L_new] = kv[li][0]
+                v[r0 : r0 + cnt, :, L_new - P : L_new] = kv[li][1]
+            layers.append(self.BufferLayer(k, v, L_new))
+        self.layers, self.mask = layers, mask
+        if self.prefix is not None and (not self.pending or self.pending[0][0] != self.prefix[0]):
+            self.prefix = None  # all rows of that prompt are admitted: free its KV
+
+    def step(self) -> None:
+        """One decode step for every row in the batch (finished rows ride along until the next rebuild)."""
+        torch = self.torch
+        dev = self.s.device
+        inp = torch.tensor([[r.tokens[-1] if r.reason is None else self.s.pad_id] for r in self.rows], device=dev)
+        pos = torch.tensor([[r.pos] for r in self.rows], device=dev)
+        mask = torch.cat([self.mask, torch.ones((len(self.rows), 1), dtype=self.mask.dtype, device=dev)], dim=1)
+        cache = self.Cache(layers=self.layers)
+        try:
+            logits = self.s._forward(inp, mask, pos, cache)
+        except Exception as e:
+            if not is_oom(e) or len(self.rows) <= 1:
+                raise
+            self.halve()
+            return
+        self.stats.forward_passes += 1
+        self.mask = mask
+        toks = sample_tokens(logits, self.uniforms(self.rows), self.temperature, self.top_p, self.top_k).tolist()
+        for r, t in zip(self.rows, toks, strict=True):
+            if r.reason is None:
+                self.emit(r, int(t))
+
+    def halve(self) -> None:
+        """Out of memory: halve the batch size; the youngest live rows go back to the queue and later restart from
+        their own seeds, finished rows are recorded and dropped."""
+        for la in self.layers:  # the failed step may have written some layers before failing: roll them back
+            la.length = self.mask.shape[1]
+        self.cap = max(1, len(self.rows) // 2)
+        self.stats.oom_halvings += 1
+        for r in self.rows:
+            if r.reason is not None:
+                self.finish(r)
+        live = [i for i, r in enumerate(self.rows) if r.reason is None]
+        youngest = sorted(live, key=lambda i: (len(self.rows[i].tokens), self.rows[i].p, self.rows[i].j))
+        evict = set(youngest[: max(0, len(live) - self.cap)])
+        for i in sorted(evict, key=lambda i: (self.rows[i].p, self.rows[i].j), reverse=True):
+            self.pending.appendleft((self.rows[i].p, self.rows[i].j))
+        idx = [i for i in live if i not in evict]
+        self._select(idx)
+        self.rows = [self.rows[i] for i in idx]
+        if not self.rows:
+            self.layers, self.mask = [], None
+
+    def _select(self, idx: list[int]) -> None:
+        torch = self.torch
+        t = torch.tensor(idx, dtype=torch.long, device=self.s.device)
+        self.layers = [self.BufferLayer(la.kbuf.index_select(0, t), la.vbuf.index_select(0, t), la.length) for la in self.layers]
+        self.mask = self.mask.index_select(0, t)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# vllm backend
+
+
+def build_sampling_params_kwargs(n: int, temperature: float, top_p: float = 1.0, top_k: int = -1, max_new_tokens: int = 4096,
+                                 stop: Sequence[str] | None = None, seed: int | None = None,
+                                 answer_letters: Sequence[str] | None = None) -> dict[str, Any]:
+    """The ``vllm.SamplingParams`` kwargs for one prompt (checked by tests without vLLM installed).
+
+    With ``answer_letters`` the early stop at a committed answer becomes stop strings kept in the output.
+    """
+    kw: dict[str, Any] = {"n": n, "temperature": temperature, "top_p": top_p, "top_k": top_k if top_k > 0 else -1,
+                          "max_tokens": max_new_tokens, "seed": seed}
+    stops = list(stop or [])
+    if answer_letters:
+        stops += answer_stop_strings(answer_letters)
+        kw["include_stop_str_in_output"] = True
+    if stops:
+        kw["stop"] = stops
+    return kw
+
+
+def build_constrained_params_kwargs(allowed_token_ids: Sequence[int]) -> dict[str, Any]:
+    """``SamplingParams`` kwargs for the letter-only second pass: one greedy token among the letters' ids."""
+    return {"n": 1, "temperature": 0.0, "max_tokens": 1, "allowed_token_ids": list(allowed_token_ids), "logprobs": len(allowed_token_ids)}
+
+
+class VLLMSampler:
+    """vLLM offline engine behind the same interface (GPU only; ``import vllm`` happens here and nowhere else)."""
+
+    def __init__(self, model_dir: str, dtype: str = "bfloat16", batch_size: int = 256, seed: int = 0, **engine_kwargs: Any):
+        set_offline_env()
+        try:
+            import vllm
+        except ImportError:
+            raise ImportError("sampling.backend 'vllm' needs the gpu extra: pip install -e '.[gpu]' (CUDA machine)") from None
+        from medssr.models import load_tokenizer, model_family
+
+        self.model_dir, self.seed, self.family = str(model_dir), seed, model_family(str(model_dir))
+        self.tok = load_tokenizer(self.model_dir)
+        self.llm = vllm.LLM(model=self.model_dir, dtype=dtype, seed=seed, max_num_seqs=batch_size, **engine_kwargs)
+        self._vllm = vllm
+        self.last_stats = SampleStats()
+
+    def render(self, prompt: Prompt) -> str:
+        return render_prompt(self.tok, prompt)
+
+    def sample(self, prompts: Sequence[Prompt], n: int, temperature: float, top_p: float = 1.0, top_k: int = -1,
+               max_new_tokens: int = 4096, stop: Sequence[str] | None = None, options: Sequence[Mapping[str, str]] | None = None,
+               seed: int | None = None, progress: bool = True, *, keys: Sequence[str] | None = None, stop_at_answer: bool = True,
+               on_prompt_done: Callable[[int, list[Completion]], None] | None = None) -> list[list[Completion]]:
+        seed = self.seed if seed is None else seed
+        keys = [str(i) for i in range(len(prompts))] if keys is None else [str(k) for k in keys]
+        inputs, params, answer_sets = [], [], []
+        for i, p in enumerate(prompts):
+            letters = list(options[i]) if options is not None and stop_at_answer else None
+            kw = build_sampling_params_kwargs(n, temperature, top_p, top_k, max_new_tokens, stop, row_seed(seed, keys[i], 0), letters)
+            answer_sets.append(set(answer_stop_strings(letters)) if letters else set())
+            inputs.append({"prompt_token_ids": self.tok(self.render(p), add_special_tokens=False)["input_ids"]})
+            params.append(self._vllm.SamplingParams(**kw))
+        t0 = time.perf_counter()
+        outs = self.llm.generate(inputs, params, use_tqdm=progress)
+        results = []
+        stats = SampleStats()
+        for i, o in enumerate(outs):
+            comps = []
+            for c in o.outputs:
+                text, reason = c.text, "length" if c.finish_reason == "length" else "eos"
+                if c.stop_reason in answer_sets[i]:
+                    reason = "answer"
+                elif isinstance(c.stop_reason, str):
+                    reason, cut = "stop", find_stop(text, stop or [])
+                    text = text[:cut] if cut >= 0 else text
+                comps.append(Completion(text, len(c.token_ids), reason))  # type: ignore[arg-type]
+                stats.tokens += len(c.token_ids)
+            stats.sequences += len(comps)
+            results.append(comps)
+            if on_prompt_done is not None:
+                on_prompt_done(i, comps)
+        stats.seconds = time.perf_counter() - t0
+        self.last_stats = stats
+        return results
+
+    def constrained_choice(self, prompts_with_partial: Sequence[str], letters: Sequence[Sequence[str]]) -> list[str]:
+        inputs, params, maps = [], [], []
+        for text, ls in zip(prompts_with_partial, letters, strict=True):
+            table = letter_token_ids(self.tok, ls)
+            back = {t: L for L, ids in table.items() for t in ids}
+            maps.append(back)
+            inputs.append({"prompt_token_ids": self.tok(text, add_special_tokens=False)["input_ids"]})
+            params.append(self._vllm.SamplingParams(**build_constrained_params_kwargs(sorted(back))))
+        outs = self.llm.generate(inputs, params, use_tqdm=False)
+        return [maps[i][o.outputs[0].token_ids[0]] for i, o in enumerate(outs)]
+
+
+def make_sampler(model_dir: str, backend: str = "hf", dtype: str = "float32", batch_size: int = 16, seed: int = 0) -> Sampler:
+    """The sampler for ``sampling.backend``: 'hf' (transformers, CPU default) or 'vllm' (GPU extra)."""
+    if backend == "hf":
+        return HFSampler(model_dir, dtype=dtype, batch_size=batch_size, seed=seed)
+    if backend == "vllm":
+        return VLLMSampler(model_dir, dtype=dtype, batch_size=batch_size, seed=seed)
+    raise ValueError(f"sampling.backend: expected 'hf' or 'vllm', got {backend!r}")

@@ -1,0 +1,407 @@
+"""The synthesize stage (paper §3.2, Eq. 2): plan attempts, build F.1/F.2 requests, generate in waves, parse,
+validate, filter contamination, and write the synthetic set in attempt order.
+
+Resumable at two levels. Every finished response is appended (fsync'd) to a progress file keyed by the
+request's cache key, so a rerun after a crash re-sends nothing that finished, even without the response
+cache; and the plan of attempt ``i`` is a pure function of ``(synth.seed, i)``, so the rerun builds the same
+requests. The output is rebuilt from scratch in attempt order on every run (parse, contamination and
+duplicate checks are cheap and deterministic), hence identical to an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from medssr.config import Params, to_flat_dict
+from medssr.records import Question, append_jsonl, iter_jsonl, read_partial_jsonl, read_questions, write_jsonl
+from medssr.synth.contamination import build_index, question_text
+from medssr.synth.parse import QUESTION_SCHEMA, InvalidQuestion, ParsedQuestion, parse_question
+from medssr.synth.prompts import PROMPT_NAMES, Prompt, load_prompt
+from medssr.synth.sampler import Attempt, entity_pool, plan_attempt
+
+log = logging.getLogger("medssr.synth")
+
+# A passage's text is cut at this many characters in the prompt (our corpus chunks are ~200 words).
+MAX_PASSAGE_CHARS = 1500
+NGRAM = 8  # contamination n-gram size; calibrated on the real benchmarks (see contamination.py)
+
+Retriever = Callable[[str, int], Sequence[Any]]  # (query, k) -> passages with .id, .title, .text
+
+
+class SynthError(RuntimeError):
+    """The stage cannot finish: requests failed after retries, or inputs are missing. Finished work is kept."""
+
+
+@dataclass
+class SynthInputs:
+    """Everything the stage reads besides params: seeds, E_rare, corpus coverage, and the evaluation sets."""
+
+    seeds: list[Question]
+    entities: list[str]
+    coverage: dict[str, list[str]] = field(default_factory=dict)
+    benchmarks: dict[str, list[Question]] = field(default_factory=dict)
+    raredis_sub: list[Question] = field(default_factory=list)
+
+
+def load_inputs(prepared_dir: str | os.PathLike = "data/prepared", corpus_dir: str | os.PathLike = "artifacts/corpus") -> SynthInputs:
+    """Read seeds.jsonl, entities.jsonl, benchmarks/*.jsonl, raredis_sub.jsonl and the corpus coverage.json."""
+    prepared = Path(prepared_dir)
+    seeds = read_questions(prepared / "seeds.jsonl")
+    entities = []
+    for line, row in iter_jsonl(prepared / "entities.jsonl"):
+        name = row.get("name") if isinstance(row, dict) else None
+        if not isinstance(name, str) or not name.strip():
+            raise SynthError(f"{prepared / 'entities.jsonl'}:{line}: name: expected a non-empty string")
+        entities.append(name)
+    benchmarks = {p.stem: read_questions(p) for p in sorted((prepared / "benchmarks").glob("*.jsonl"))}
+    raredis = read_questions(prepared / "raredis_sub.jsonl") if (prepared / "raredis_sub.jsonl").exists() else []
+    cov_path = Path(corpus_dir) / "coverage.json"
+    coverage = json.loads(cov_path.read_text(encoding="utf-8")) if cov_path.exists() else {}
+    return SynthInputs(seeds, entities, coverage, benchmarks, raredis)
+
+
+def format_knowledge(passages: Sequence[Any], max_chars: int = MAX_PASSAGE_CHARS) -> str:
+    """The {medical_knowledge} block: numbered passages with their titles."""
+    if not passages:
+        return "(no passages were found for this disease)"
+    blocks = []
+    for n, p in enumerate(passages, 1):
+        text = " ".join(str(p.text).split())
+        if len(text) > max_chars:
+            text = text[:max_chars].rsplit(" ", 1)[0] + " ..."
+        blocks.append(f"[{n}] {p.title}\n{text}")
+    return "\n\n".join(blocks)
+
+
+def render_seed(q: Question, seed_format: str = "text") -> str:
+    """A seed question as the prompt shows it: stem and ``A. option`` lines (``text``), the same with an
+    ``Answer: X`` line (``text_answer``), or the JSON layout we ask the generator for (``json``)."""
+    if seed_format == "json":
+        return json.dumps({"question": q.question, "options": q.options, "answer": q.answer}, ensure_ascii=False)
+    if seed_format == "text_answer":
+        return "Question: " + q.render() + (f"\nAnswer: {q.answer}" if q.answer else "")
+    if seed_format != "text":
+        raise SynthError(f"prompt header seed_format: expected 'text', 'text_answer' or 'json', got {seed_format!r}")
+    return q.render()
+
+
+def build_request(attempt: Attempt, seeds: Sequence[Question], prompts: Mapping[str, Prompt], retriever: Retriever | None,
+                  top_k: int, structured: bool, assistant_prefix: str | None = None):
+    """The LLMRequest of one attempt and the ids of the passages it quotes.
+
+    Seed layout, reply prefix and passage length come from the prompt file's header (``assistant_prefix``
+    overrides the header's)."""
+    from medssr.llm import LLMRequest
+
+    prompt = prompts[attempt.kind]
+    fmt = prompt.meta.get("seed_format", "text")
+    s1, s2 = (seeds[i] for i in attempt.seed_indices)
+    values = {"seed_question1": render_seed(s1, fmt), "seed_question2": render_seed(s2, fmt)}
+    retrieved: list[str] = []
+    if attempt.kind == "F2":
+        if retriever is None:
+            raise SynthError("synth.rare_ratio > 0 needs a retriever: build the corpus index first (stage 'corpus')")
+        passages = list(retriever(attempt.rare_disease, top_k))[:top_k]
+        retrieved = [str(p.id) for p in passages]
+        max_chars = int(prompt.meta.get("max_passage_chars", MAX_PASSAGE_CHARS))
+        values |= {"rare_disease": attempt.rare_disease, "medical_knowledge": format_knowledge(passages, max_chars)}
+    text = prompt.render(**values)
+    prefix = assistant_prefix if assistant_prefix is not None else (prompt.meta.get("assistant_prefix") or None)
+    req = LLMRequest(messages=(("user", text),), json_schema=QUESTION_SCHEMA if structured else None, schema_name="question",
+                     assistant_prefix=prefix, nonce=f"synth-attempt-{attempt.index}")
+    return req, retrieved
+
+
+def synth_prompts(variant: str = "", prompt_dir: str | os.PathLike | None = None) -> dict[str, Prompt]:
+    """The F.1/F.2 prompt files: ``synth_f1.txt``/``synth_f2.txt``, or ``synth_f1_<variant>.txt``/..."""
+    suffix = f"_{variant}" if variant else ""
+    return {k: load_prompt(PROMPT_NAMES[k] + suffix, prompt_dir) for k in ("F1", "F2")}
+
+
+def redact_url(url: str | None) -> str | None:
+    """A base_url without user:password@ (never log credentials that ride in a URL)."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        netloc = host + (f":{parts.port}" if parts.port else "")
+        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    return url
+
+
+def synth_section(params: Params) -> dict[str, Any]:
+    """The flat synth.* params logged on the stage's MLflow run (base_url redacted)."""
+    flat = to_flat_dict(params.synth, "synth.")
+    if "synth.generator.base_url" in flat:
+        flat["synth.generator.base_url"] = redact_url(flat["synth.generator.base_url"])
+    return flat
+
+
+@dataclass
+class _Finished:
+    attempt: int
+    text: str
+    finish_reason: str | None
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+    cached: bool
+
+
+def run_synthesize(params: Params, inputs: SynthInputs, out_path: str | os.PathLike, report_path: str | os.PathLike | None = None,
+                   progress_path: str | os.PathLike | None = None, retriever: Retriever | None = None, generator: Any = None,
+                   prompt_dir: str | os.PathLike | None = None, assistant_prefix: str | None = None, prompt_variant: str | None = None,
+                   track: bool = True, show_progress: bool = True) -> dict[str, Any]:
+    """Synthesize ``synth.n`` questions; writes ``out_path`` (JSONL) and ``report_path`` (JSON); returns the report.
+
+    ``generator`` defaults to ``make_generator(synth.generator)``; ``retriever(query, k)`` to the corpus index
+    (needed only when synth.rare_ratio > 0). ``prompt_variant`` 'small' picks ``prompts/synth_f{1,2}_small.txt``
+    (the layout for small local generators); default: ``synth.prompt_variant`` when params has it, else the paper's. Raises SynthError when requests fail after their retries; every
+    finished response is kept in the progress file (default ``<out>.progress.jsonl``) for the rerun.
+    """
+    cfg = params.synth
+    t0 = time.time()
+    out_path = Path(out_path)
+    progress_path = Path(progress_path) if progress_path else out_path.with_name(out_path.stem + ".progress.jsonl")
+    max_attempts = cfg.max_attempts or 8 * cfg.n
+    if generator is None:
+        from medssr.llm import make_generator
+
+        generator = make_generator(cfg.generator, cfg.cache_dir, cfg.prices)
+    if cfg.rare_ratio > 0 and retriever is None:
+        retriever = default_retriever(params)
+    if prompt_variant is None:
+        prompt_variant = getattr(cfg, "prompt_variant", "") or ""  # proposed param; until it exists, the paper's prompts
+    prompts = synth_prompts(prompt_variant, prompt_dir)
+    seeds = inputs.seeds
+    # E_rare as drawn from (α = 0 never draws: skip the coverage check and its warning)
+    pool = entity_pool(inputs.entities, inputs.coverage, cfg.prefer_covered) if cfg.rare_ratio > 0 else list(inputs.entities)
+    index = build_index(inputs.benchmarks, inputs.raredis_sub, seeds, n=NGRAM, threshold=cfg.contamination_threshold)
+    done: dict[str, _Finished] = {}
+    for row in read_partial_jsonl(progress_path):
+        if isinstance(row, dict) and "key" in row and "text" in row:
+            done[row["key"]] = _Finished(row["attempt"], row["text"], row.get("finish_reason"), row.get("input_tokens", 0),
+                                         row.get("output_tokens", 0), row.get("cost_usd", 0.0), True)
+
+    accepted: list[Question] = []
+    rejected: Counter[str] = Counter()
+    dropped: Counter[str] = Counter()
+    dropped_by_group: Counter[str] = Counter()
+    kinds: Counter[str] = Counter()
+    examples: dict[str, str] = {}
+    tokens_in = tokens_out = 0
+    dataset_cost = 0.0
+    reused = valid = attempts = 0
+    stopped = "max_attempts"
+    errors: list[str] = []
+    spend0 = generator.ledger.spend_usd
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=cfg.n, desc="synthesize", unit="q", disable=not show_progress, dynamic_ncols=True)
+
+    def consume(a: Attempt, fin: _Finished, retrieved: list[str], prompt: Prompt) -> None:
+        nonlocal tokens_in, tokens_out, dataset_cost, valid, attempts
+        attempts += 1
+        kinds[a.kind] += 1
+        tokens_in += fin.input_tokens
+        tokens_out += fin.output_tokens
+        dataset_cost += fin.cost_usd
+        try:
+            pq = parse_question(fin.text, fin.finish_reason)
+        except InvalidQuestion as e:
+            rejected[e.reason] += 1
+            examples.setdefault(e.reason, f"attempt {a.index}: {e.detail}"[:300])
+            return
+        valid += 1
+        q = _to_question(a, pq, fin, seeds, retrieved, generator.name, prompt, cfg.seed)
+        m = index.match(question_text(q))
+        if m is not None:
+            dropped[m.kind] += 1
+            dropped_by_group[m.group] += 1
+            return
+        index.add("synthetic", q.id, question_text(q))
+        accepted.append(q)
+        if len(accepted) <= cfg.n:
+            bar.update(1)
+
+    next_attempt = 0
+    try:
+        while len(accepted) < cfg.n:
+            if next_attempt >= max_attempts:
+                stopped = "max_attempts"
+                break
+            size = min(cfg.generator.concurrency, max_attempts - next_attempt)
+            if cfg.max_usd is not None:
+                if dataset_cost >= cfg.max_usd:
+                    stopped = "budget"
+                    break
+                per = dataset_cost / attempts if attempts else 0.0
+                if per > 0:
+                    size = max(1, min(size, int((cfg.max_usd - dataset_cost) / per)))
+            wave = [plan_attempt(i, cfg.seed, cfg.rare_ratio, len(seeds), pool) for i in range(next_attempt, next_attempt + size)]
+            next_attempt += size
+            built = [build_request(a, seeds, prompts, retriever, cfg.top_k, cfg.generator.structured, assistant_prefix) for a in wave]
+            keys = [generator.key(req) for req, _ in built]
+            results: dict[int, _Finished] = {}
+            todo = []
+            for j, k in enumerate(keys):
+                if k in done:
+                    results[j] = done[k]
+                    reused += 1
+                else:
+                    todo.append(j)
+
+            def on_done(t: int, resp: Any, todo=todo, wave=wave, keys=keys, results=results) -> None:
+                j = todo[t]
+                if resp.error is not None:
+                    return
+                fin = _Finished(wave[j].index, resp.text, resp.finish_reason, resp.input_tokens, resp.output_tokens, resp.cost_usd, resp.cached)
+                results[j] = fin
+                append_jsonl(progress_path, {"key": keys[j], "attempt": fin.attempt, "text": fin.text, "finish_reason": fin.finish_reason,
+                                             "input_tokens": fin.input_tokens, "output_tokens": fin.output_tokens, "cost_usd": fin.cost_usd})
+                done[keys[j]] = fin
+
+            if todo:
+                allowance = None
+                if cfg.max_usd is not None:
+                    allowance = generator.ledger.spend_usd + max(0.0, cfg.max_usd - dataset_cost)
+                responses = generator.run([built[j][0] for j in todo], on_done=on_done, progress=False, max_usd=allowance)
+                for t, resp in enumerate(responses):
+                    if resp.error is not None:
+                        if resp.error.startswith("budget exhausted"):
+                            stopped = "budget"
+                        else:
+                            errors.append(f"attempt {wave[todo[t]].index}: {resp.error}")
+            for j, a in enumerate(wave):
+                if j in results:
+                    consume(a, results[j], built[j][1], prompts[a.kind])
+            bar.set_postfix_str(f"attempts={attempts} valid={valid} ${dataset_cost:.4f}", refresh=False)
+            if errors:
+                raise SynthError(
+                    f"synthesize: {len(errors)} request(s) failed (retryable errors were retried synth.generator.max_retries={cfg.generator.max_retries} "
+                    f"times); "
+                    f"{len(done)} finished responses are kept in {progress_path} (rerun to resume). First: {errors[0]}")
+            if stopped == "budget":
+                break
+        else:
+            stopped = "done"
+    finally:
+        bar.close()
+
+    final = accepted[: cfg.n]
+    write_jsonl(out_path, final)
+    n_rare = sum(q.rare_disease is not None for q in final)
+    ledger = generator.ledger.to_dict()
+    report = {
+        "accepted": len(final),
+        "target_n": cfg.n,
+        "surplus": len(accepted) - len(final),
+        "attempts": attempts,
+        "max_attempts": max_attempts,
+        "stopped": stopped,
+        "valid": valid,
+        "acceptance_rate": round((valid - sum(dropped.values())) / attempts, 4) if attempts else 0.0,
+        "rejected": dict(sorted(rejected.items())),
+        "rejected_examples": dict(sorted(examples.items())),
+        "contamination_dropped": sum(dropped.values()),
+        "contamination": {"by_kind": dict(dropped), "by_group": dict(dropped_by_group), "ngram": NGRAM,
+                          "threshold": cfg.contamination_threshold},
+        "rare_ratio_target": cfg.rare_ratio,
+        "rare_ratio_achieved": round(n_rare / len(final), 4) if final else 0.0,
+        "prompt_kinds": dict(sorted(kinds.items())),
+        "entity_pool": len(pool),
+        "tokens": {"input": tokens_in, "output": tokens_out,
+                   "per_question": round((tokens_in + tokens_out) / len(final), 1) if final else 0.0},
+        "cost_usd": round(dataset_cost, 6),
+        "spend_usd_this_run": round(generator.ledger.spend_usd - spend0, 6),
+        "cache_hits": ledger.get("cache_hits", 0),
+        "resumed_from_progress": reused,
+        "generator": generator.name,
+        "prompt_variant": prompt_variant,
+        "prompts": {k: {"file": Path(p.path).name, "version": p.version, "hash": p.hash} for k, p in prompts.items()},
+        "ledger": ledger,
+        "elapsed_s": round(time.time() - t0, 2),
+    }
+    if report_path:
+        write_json(report_path, report)
+    if report["stopped"] != "done":
+        log.warning("synthesize: stopped by %s with %d of %d questions", stopped, len(final), cfg.n)
+    if track:
+        log_to_mlflow(params, report)
+    return report
+
+
+def _to_question(a: Attempt, pq: ParsedQuestion, fin: _Finished, seeds: Sequence[Question], retrieved: list[str],
+                 generator_name: str, prompt: Prompt, seed: int) -> Question:
+    return Question(
+        id=f"synth-s{seed}-{a.index:06d}", source="synthetic", split="train", question=pq.question, options=pq.options, answer=None,
+        rare_disease=a.rare_disease, meta={"generator_answer": pq.answer, "attempt": a.index, "prompt_kind": a.kind,
+                                           "rho": round(a.rho, 6), "layout": pq.layout, "prompt_version": prompt.version},
+        seed_ids=[seeds[i].id for i in a.seed_indices], retrieved=retrieved, generator=generator_name, prompt_hash=prompt.hash,
+        usage={"input_tokens": fin.input_tokens, "output_tokens": fin.output_tokens},
+    )
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Atomic JSON write (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def log_to_mlflow(params: Params, report: Mapping[str, Any]) -> None:
+    """Stage metrics under the stable ``synth/...`` names, plus the report as an artifact."""
+    from medssr.tracking import log_summary_to_parent, metric, stage_run
+
+    metrics = {
+        metric("synth", "accepted"): report["accepted"],
+        metric("synth", "attempts"): report["attempts"],
+        metric("synth", "acceptance_rate"): report["acceptance_rate"],
+        metric("synth", "rare_ratio_achieved"): report["rare_ratio_achieved"],
+        metric("synth", "rare_ratio_target"): report["rare_ratio_target"],
+        metric("synth", "tokens_per_question"): report["tokens"]["per_question"],
+        metric("synth", "cost_usd"): report["cost_usd"],
+        metric("synth", "contamination_dropped"): report["contamination_dropped"],
+        metric("synth", "cache_hits"): report["cache_hits"],
+    }
+    for reason, c in report["rejected"].items():
+        metrics[metric("synth", f"rejected/{reason}")] = c
+    with stage_run("synthesize", params, synth_section(params)) as mlflow:
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+        mlflow.log_dict(dict(report), "synth_report.json")
+    log_summary_to_parent(params, {k: metrics[k] for k in (metric("synth", "accepted"), metric("synth", "rare_ratio_achieved"),
+                                                           metric("synth", "cost_usd"))})
+
+
+def default_retriever(params: Params) -> Retriever:
+    """The corpus index built by the `corpus` stage (medssr.knowledge.retrieve)."""
+    from medssr.knowledge import retrieve
+
+    index_dir = params.corpus.index_dir
+
+    def _retrieve(query: str, k: int) -> Sequence[Any]:
+        return retrieve(query, k=k, index_dir=index_dir)
+
+    return _retrieve
+
+
+def summary_line(report: Mapping[str, Any]) -> str:
+    """The one line the stage prints."""
+    rej = sum(report["rejected"].values())
+    return (f"synthesize: {report['accepted']}/{report['target_n']} questions from {report['attempts']} attempts "
+            f"(acceptance {report['acceptance_rate']:.0%}, {rej} rejected, {report['contamination_dropped']} contamination/duplicate drops), "
+            f"rare {report['rare_ratio_achieved']:.2f} vs α={report['rare_ratio_target']}, "
+            f"{report['tokens']['per_question']:.0f} tok/q, ${report['cost_usd']:.4f}, stopped: {report['stopped']}")

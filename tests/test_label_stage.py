@@ -1,0 +1,284 @@
+"""The label stage end to end on the tiny model with real MedQA questions: output, report, plot, MLflow, resume, bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from medssr.config import LabelCfg, Params, ProjectCfg, SamplingCfg
+from medssr.label.run import progress_path_for, reliability_sample, reliability_table, run_label
+from medssr.label.vote import majority_vote
+from medssr.records import Question, RecordError, read_questions, write_jsonl
+
+ROOT = Path(__file__).resolve().parents[1]
+MEDQA = ROOT / "data" / "raw" / "benchmarks" / "test_short_medqa.json.gz"
+MEDMCQA = ROOT / "data" / "raw" / "benchmarks" / "test_short_medmcqa.json.gz"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _params(n: int = 4, reliability_n: int = 2, **label: object) -> Params:
+    sampling = SamplingCfg(n=n, temperature=1.0, max_new_tokens=12, batch_size=4)
+    return Params(project=ProjectCfg(experiment="label-test"), label=LabelCfg(sampling=sampling, reliability_n=reliability_n, **label))
+
+
+def _real(path: Path, k: int, skip: int = 0) -> list[Question]:
+    from medssr.data.loaders import load_benchmark_file
+
+    return load_benchmark_file(path)[skip : skip + k]
+
+
+def _write_inputs(tmp: Path, n_syn: int) -> tuple[Path, Path]:
+    """Synthetic questions made from real MedQA rows (gold removed) and a prepared-benchmarks dir with gold answers."""
+    syn = [dataclasses.replace(q, id=f"syn-{i:04d}", source="synthetic", split="train", answer=None, meta={})
+           for i, q in enumerate(_real(MEDQA, n_syn))]
+    write_jsonl(tmp / "synthetic" / "questions.jsonl", syn)
+    write_jsonl(tmp / "benchmarks" / "medqa.jsonl", _real(MEDQA, 4, skip=100))
+    write_jsonl(tmp / "benchmarks" / "medmcqa.jsonl", _real(MEDMCQA, 4))
+    return tmp / "synthetic" / "questions.jsonl", tmp / "benchmarks"
+
+
+def force_letter_answers(sampler, slow_s: float = 0.0) -> None:
+    """Bias the real tiny model's logits so it 'writes' ``Well( so)* The answer is <A-D or unclear>.`` then EOS.
+
+    A random model never commits to an answer; this small Markov chain over the last token lets the stage see
+    real disagreement (letters drawn by each row's own seeded stream), unanswered samples and rows that finish
+    at different steps, while the real model, KV cache, batching and early stop run underneath.
+    """
+    tok = sampler.tok
+
+    def one(s: str) -> int:
+        ids = tok.encode(s, add_special_tokens=False)
+        assert len(ids) == 1, s
+        return ids[0]
+
+    well, so, the, answer, is_, unclear, dot = (one(s) for s in ("Well", " so", " The", " answer", " is", " unclear", "."))
+    letters = [one(f" {L}") for L in "ABCD"]
+    eos = tok.eos_token_id
+    prompt_end = tok.encode(sampler.render("x"), add_special_tokens=False)[-1]
+    chain = {prompt_end: [well], well: [so, the], so: [so, the], the: [answer], answer: [is_], is_: letters + [unclear],
+             unclear: [eos], dot: [eos], **{t: [dot] for t in letters}}
+    real = sampler._forward
+
+    def forward(input_ids, attention_mask, position_ids, cache):
+        if slow_s:
+            time.sleep(slow_s)
+        logits = real(input_ids, attention_mask, position_ids, cache)
+        for r, last in enumerate(input_ids[:, -1].tolist()):
+            allowed = chain.get(last, [eos])
+            logits[r] = -1e4
+            logits[r, allowed] = 0.0
+        return logits
+
+    sampler._forward = forward
+
+
+def _sampler(model_dir, slow_s: float = 0.0):
+    from medssr.sampling import HFSampler
+
+    s = HFSampler(str(model_dir), batch_size=4, seed=0)
+    force_letter_answers(s, slow_s)
+    return s
+
+
+def child_main(model_dir: str, tmp: str, out_name: str, slow_s: str) -> None:
+    """Entry point of the subprocess that the resume test kills: same params, same forced sampler."""
+    torch.set_num_threads(1)
+    t = Path(tmp)
+    run_label(_params(), model_dir, t / "synthetic" / "questions.jsonl", t / "benchmarks", t / out_name, t / "report.json",
+              t / "plot.png", sampler=_sampler(model_dir, float(slow_s)), chunk_size=3, progress=False, track=False)
+
+
+# --- end to end ------------------------------------------------------------------------------------------------
+
+
+def test_run_label_writes_voted_questions_report_plot_and_mlflow_metrics(tiny_model_dir, tmp_path, mlflow_store):
+    syn_path, bench = _write_inputs(tmp_path, 6)
+    out, report_p, plot = tmp_path / "labeled" / "synthetic.jsonl", tmp_path / "reports" / "label.json", tmp_path / "reports" / "label.png"
+    params = _params()
+    report = run_label(params, tiny_model_dir, syn_path, bench, out, report_p, plot, sampler=_sampler(tiny_model_dir), progress=False)
+
+    labeled = read_questions(out)
+    assert report["kept"] == len(labeled) > 0
+    assert report["kept"] + report["dropped_no_valid"] + report["dropped_ties"] + report["dropped_low_agreement"] == 6
+    for q in labeled:
+        assert len(q.votes) == 4 and q.majority in q.options and q.answer is None
+        assert q.agreement == pytest.approx(q.votes.count(q.majority) / 4)
+        assert q.n_valid == sum(v is not None for v in q.votes)
+        assert q.majority == majority_vote(q.votes, q.id, seed=0).majority
+        assert q.label == q.majority
+    assert [q.id for q in labeled] == sorted(q.id for q in labeled)  # input order
+
+    on_disk = json.loads(report_p.read_text())
+    assert on_disk["reliability"]["n"] == 2
+    assert sum(b["n"] for b in on_disk["reliability"]["buckets"]) == 2
+    assert on_disk["timing"]["votes"] == (6 + 2) * 4
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(mlflow_store)
+    exp = client.get_experiment_by_name("label-test")
+    (run,) = client.search_runs([exp.experiment_id], filter_string="tags.medssr_stage = 'label'")
+    m = run.data.metrics
+    for name in ("label/kept", "label/dropped_no_valid", "label/dropped_ties", "label/dropped_low_agreement", "label/agreement_mean",
+                 "label/reliability/majority_acc", "label/reliability/single_acc", "label/votes_per_s"):
+        assert name in m, name
+    assert m["label/kept"] == report["kept"]
+    assert any(k.startswith("label/reliability/bucket_") and k.endswith("_acc") for k in m)
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"label.json", "label.png"}
+
+
+def test_random_model_commits_to_no_answer_so_every_question_is_dropped_and_counted(tiny_model_dir, tmp_path):
+    from medssr.sampling import HFSampler
+
+    syn_path, bench = _write_inputs(tmp_path, 3)
+    out = tmp_path / "labeled.jsonl"
+    report = run_label(_params(n=2, reliability_n=0), tiny_model_dir, syn_path, bench, out, tmp_path / "r.json", tmp_path / "p.png",
+                       sampler=HFSampler(str(tiny_model_dir), batch_size=4), progress=False, track=False)
+    assert (report["kept"], report["dropped_no_valid"]) == (0, 3)
+    assert out.read_text() == ""
+    assert report["reliability"] == {"n": 0}
+
+
+def test_ties_drop_and_min_agreement_are_applied_and_counted(tiny_model_dir, tmp_path):
+    syn_path, bench = _write_inputs(tmp_path, 6)
+    kw = dict(sampler=_sampler(tiny_model_dir), progress=False, track=False)
+    base = run_label(_params(reliability_n=0), tiny_model_dir, syn_path, bench, tmp_path / "a.jsonl", tmp_path / "a.json", tmp_path / "a.png", **kw)
+    strict = run_label(_params(reliability_n=0, ties="drop", min_agreement=0.75), tiny_model_dir, syn_path, bench, tmp_path / "b.jsonl",
+                       tmp_path / "b.json", tmp_path / "b.png", **kw)
+    votes = [q.votes for q in read_questions(tmp_path / "a.jsonl")]
+    assert base["dropped_ties"] == 0 and base["dropped_low_agreement"] == 0
+    expected = [majority_vote(v, "x", ties="drop", min_agreement=0.75).status for v in votes]
+    assert strict["kept"] == expected.count("kept")
+    assert strict["dropped_ties"] == expected.count("tie")
+    assert strict["dropped_low_agreement"] == expected.count("low_agreement")
+    assert all(q.agreement >= 0.75 for q in read_questions(tmp_path / "b.jsonl"))
+
+
+def test_resume_after_sigkill_gives_a_byte_identical_labeled_file(tiny_model_dir, tmp_path):
+    _write_inputs(tmp_path, 9)
+    # uninterrupted reference, in this process (one thread, like the child)
+    ref_report = run_label(_params(), tiny_model_dir, tmp_path / "synthetic" / "questions.jsonl", tmp_path / "benchmarks",
+                           tmp_path / "ref.jsonl", tmp_path / "ref.json", tmp_path / "ref.png", sampler=_sampler(tiny_model_dir),
+                           chunk_size=3, progress=False, track=False)
+    assert ref_report["kept"] > 0
+    code = "import sys; from tests.test_label_stage import child_main; child_main(*sys.argv[1:])"
+    cmd = [sys.executable, "-c", code, str(tiny_model_dir), str(tmp_path), "killed.jsonl", "0.03"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    prog = progress_path_for(tmp_path / "killed.jsonl")
+    child = subprocess.Popen(cmd, cwd=ROOT, env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline and child.poll() is None:
+        if prog.exists() and len(prog.read_text().splitlines()) >= 4:  # chunk 0 done, chunk 1 under way
+            break
+        time.sleep(0.01)
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=30)
+    assert child.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    written = len(prog.read_text().splitlines())
+    assert 0 < written < 9 + 2 and not (tmp_path / "killed.jsonl").exists()
+
+    # the rerun (here in-process: same code, same single thread) skips what the killed run finished
+    report = run_label(_params(), tiny_model_dir, tmp_path / "synthetic" / "questions.jsonl", tmp_path / "benchmarks",
+                       tmp_path / "killed.jsonl", tmp_path / "report.json", tmp_path / "plot.png", sampler=_sampler(tiny_model_dir),
+                       chunk_size=3, progress=False, track=False)
+    assert (tmp_path / "killed.jsonl").read_bytes() == (tmp_path / "ref.jsonl").read_bytes()
+    assert report["timing"]["resumed_questions"] >= 3
+    assert report["reliability"] == ref_report["reliability"]
+
+
+def test_progress_rows_from_another_prompt_or_model_are_not_reused(tiny_model_dir, tmp_path):
+    syn_path, bench = _write_inputs(tmp_path, 3)
+    out = tmp_path / "labeled.jsonl"
+    stale = {"key": "syn-0000", "fp": "another-model", "prompt": "x", "votes": ["A"] * 4, "n_tokens": [1] * 4, "finish": ["eos"] * 4}
+    progress_path_for(out).write_text(json.dumps(stale) + "\n")
+    report = run_label(_params(reliability_n=0), tiny_model_dir, syn_path, bench, out, tmp_path / "r.json", tmp_path / "p.png",
+                       sampler=_sampler(tiny_model_dir), progress=False, track=False)
+    assert report["timing"]["resumed_questions"] == 0 and report["timing"]["sampled_questions"] == 3
+
+
+# --- bad input -------------------------------------------------------------------------------------------------
+
+
+def _bad_file(tmp_path: Path, bad_row: dict) -> Path:
+    good = dataclasses.replace(_real(MEDQA, 1)[0], id="syn-0000", source="synthetic", split="train", answer=None, meta={}).to_dict()
+    p = tmp_path / "questions.jsonl"
+    p.write_text(json.dumps(good) + "\n" + json.dumps(bad_row) + "\n")
+    return p
+
+
+def test_synthetic_row_without_options_is_an_error_naming_file_line_and_field(tmp_path):
+    p = _bad_file(tmp_path, {"id": "syn-0001", "source": "synthetic", "split": "train", "question": "Which?"})
+    with pytest.raises(RecordError, match=r"questions\.jsonl:2: options: missing"):
+        run_label(_params(), tmp_path / "no-model", p, tmp_path, tmp_path / "o.jsonl", tmp_path / "r.json", tmp_path / "p.png", track=False)
+
+
+def test_label_stage_prints_the_bad_row_and_exits_nonzero(tmp_path, capsys):
+    sys.path.insert(0, str(ROOT / "stages"))
+    try:
+        import label as stage
+    finally:
+        sys.path.remove(str(ROOT / "stages"))
+    p = _bad_file(tmp_path, {"id": "bad id!", "source": "synthetic", "split": "train", "question": "Which?", "options": {"A": "x", "B": "y"}})
+    (tmp_path / "params.yaml").write_text("label:\n  reliability_n: 0\n")
+    rc = stage.main(["--params", str(tmp_path / "params.yaml"), "--synthetic", str(p), "--model", str(tmp_path / "none"),
+                     "--out", str(tmp_path / "o.jsonl"), "--report", str(tmp_path / "r.json"), "--plot", str(tmp_path / "p.png")])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "questions.jsonl:2: id: malformed id 'bad id!'" in err
+
+
+def test_missing_model_dir_is_an_error_naming_the_param(tmp_path):
+    syn_path, bench = _write_inputs(tmp_path, 1)
+    from medssr.label.run import LabelError
+
+    with pytest.raises(LabelError, match="model.dir"):
+        run_label(_params(), tmp_path / "absent", syn_path, bench, tmp_path / "o.jsonl", tmp_path / "r.json", tmp_path / "p.png", track=False)
+
+
+# --- reliability pieces ----------------------------------------------------------------------------------------
+
+
+def test_reliability_sample_is_seeded_and_draws_across_benchmark_files(tmp_path):
+    _, bench = _write_inputs(tmp_path, 1)
+    a = reliability_sample(bench, 6, seed=0)
+    assert [q.id for q in a] == [q.id for q in reliability_sample(bench, 6, seed=0)]
+    assert {q.source for q in a} == {"medqa", "medmcqa"} and all(q.answer for q in a)
+    assert len(reliability_sample(bench, 100, seed=0)) == 8
+
+
+def test_reliability_without_benchmark_files_says_what_to_do(tmp_path):
+    from medssr.label.run import LabelError
+
+    with pytest.raises(LabelError, match="reliability_n"):
+        reliability_sample(tmp_path / "nothing", 4, seed=0)
+
+
+def test_reliability_table_compares_majority_with_first_sample_per_bucket():
+    qs = [Question(id=f"q{i}", source="medqa", split="test", question="?", options={"A": "a", "B": "b"}, answer="A") for i in range(3)]
+    rs = [majority_vote(["B", "A", "A", "A"], "q0"),  # agreement .75, majority right, first sample wrong
+          majority_vote(["A", "B", None, None], "q1"),  # tie -> seeded; agreement .25
+          majority_vote([None] * 4, "q2")]  # no answer counts as wrong
+    t = reliability_table(qs, rs)
+    assert t["n"] == 3 and t["no_valid"] == 1
+    assert t["single_acc"] == pytest.approx(1 / 3)
+    assert t["majority_acc"] == pytest.approx((1 + (rs[1].majority == "A")) / 3)
+    top = t["buckets"][-1]
+    assert (top["lo"], top["hi"], top["n"], top["majority_acc"], top["single_acc"]) == (0.75, 1.0, 1, 1.0, 0.0)
+    assert t["buckets"][0]["n"] == 2

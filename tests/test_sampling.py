@@ -1,0 +1,289 @@
+"""The sampler shared by voting and evaluation: a tiny random Llama with SmolLM2's real tokenizer stands in for the policy."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from medssr.sampling import (
+    Completion,
+    HFSampler,
+    answer_stop_strings,
+    build_constrained_params_kwargs,
+    build_sampling_params_kwargs,
+    find_stop,
+    is_oom,
+    make_sampler,
+    row_seed,
+    sample_tokens,
+)
+
+PROMPTS = ["What is the most common cause of community-acquired pneumonia?", "Hi", "Name one symptom of anemia, briefly."]
+OPTIONS = {"A": "Streptococcus pneumoniae", "B": "Haemophilus influenzae", "C": "Mycoplasma", "D": "Legionella"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The tiny model is faster on one thread, and the 2-core box is shared: avoid thread oversubscription."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def sampler(tiny_model_dir) -> HFSampler:
+    return HFSampler(str(tiny_model_dir), batch_size=4, seed=0)
+
+
+def _texts(results: list[list[Completion]]) -> list[list[str]]:
+    return [[c.text for c in comps] for comps in results]
+
+
+# --- pure pieces -----------------------------------------------------------------------------------------------
+
+
+def test_sample_tokens_at_temperature_zero_is_argmax():
+    logits = torch.tensor([[0.0, 3.0, 1.0], [5.0, 0.0, 0.0]])
+    assert sample_tokens(logits, torch.tensor([0.99, 0.01]), 0.0).tolist() == [1, 0]
+
+
+def test_sample_tokens_follows_the_softmax_distribution():
+    logits = torch.log(torch.tensor([[0.25, 0.75]])).expand(1000, -1)
+    u = (torch.arange(1000) + 0.5) / 1000  # evenly spread uniforms: counts equal the probabilities
+    picks = sample_tokens(logits, u, 1.0)
+    assert int((picks == 1).sum()) == 750
+
+
+def test_sample_tokens_top_k_and_top_p_cut_the_tail():
+    logits = torch.log(torch.tensor([[0.1, 0.6, 0.3]])).expand(100, -1)
+    u = (torch.arange(100) + 0.5) / 100
+    assert set(sample_tokens(logits, u, 1.0, top_k=1).tolist()) == {1}
+    assert set(sample_tokens(logits, u, 1.0, top_k=2).tolist()) == {1, 2}
+    assert set(sample_tokens(logits, u, 1.0, top_p=0.5).tolist()) == {1}
+    assert set(sample_tokens(logits, u, 1.0, top_p=0.8).tolist()) == {1, 2}
+
+
+def test_row_seed_depends_on_seed_key_and_index_only():
+    assert row_seed(0, "q1", 3) == row_seed(0, "q1", 3)
+    assert len({row_seed(0, "q1", 0), row_seed(0, "q1", 1), row_seed(0, "q2", 0), row_seed(1, "q1", 0)}) == 4
+
+
+def test_find_stop_returns_the_earliest_stop_string():
+    assert find_stop("abc END xyz STOP", ["STOP", "END"]) == 4
+    assert find_stop("nothing here", ["STOP"]) == -1
+
+
+def test_oom_detection_covers_torch_and_allocator_messages():
+    assert is_oom(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert is_oom(RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: Unable to allocate 123 bytes"))
+    assert is_oom(torch.OutOfMemoryError("out of memory"))
+    assert not is_oom(RuntimeError("shape mismatch"))
+
+
+# --- hf backend on the tiny model ----------------------------------------------------------------------------
+
+
+def test_sample_returns_n_completions_per_prompt_in_order(sampler):
+    res = sampler.sample(PROMPTS, n=3, temperature=1.0, max_new_tokens=12, progress=False)
+    assert [len(c) for c in res] == [3, 3, 3]
+    for comps in res:
+        for c in comps:
+            assert isinstance(c.text, str)
+            assert 1 <= c.n_tokens <= 12
+            assert c.finish_reason in ("eos", "length")
+    assert sampler.last_stats.sequences == 9
+    assert sampler.last_stats.tokens == sum(c.n_tokens for comps in res for c in comps)
+
+
+def test_same_seed_gives_same_completions_and_another_seed_differs(sampler):
+    a = sampler.sample(PROMPTS, n=2, temperature=1.0, max_new_tokens=10, seed=7, progress=False)
+    b = sampler.sample(PROMPTS, n=2, temperature=1.0, max_new_tokens=10, seed=7, progress=False)
+    c = sampler.sample(PROMPTS, n=2, temperature=1.0, max_new_tokens=10, seed=8, progress=False)
+    assert _texts(a) == _texts(b)
+    assert _texts(a) != _texts(c)
+
+
+def test_samples_of_a_prompt_do_not_depend_on_the_other_prompts_in_the_call(sampler):
+    alone = sampler.sample([PROMPTS[1]], n=3, temperature=1.0, max_new_tokens=10, keys=["q-hi"], progress=False)
+    mixed = sampler.sample([PROMPTS[0], PROMPTS[1], PROMPTS[2]], n=3, temperature=1.0, max_new_tokens=10,
+                           keys=["q-pneumonia", "q-hi", "q-anemia"], progress=False)
+    assert _texts(alone)[0] == _texts(mixed)[1]
+
+
+def test_greedy_continuous_batching_matches_model_generate_one_prompt_at_a_time(sampler):
+    # batch_size 4 < 3 prompts x 2 samples, prompts of different lengths: rows leave, new rows join mid-way
+    res = sampler.sample(PROMPTS, n=2, temperature=0.0, max_new_tokens=16, progress=False)
+    assert sampler.last_stats.rebuilds >= 2
+    for p, comps in zip(PROMPTS, res, strict=True):
+        ids = sampler.tok(sampler.render(p), add_special_tokens=False, return_tensors="pt")
+        with torch.inference_mode():
+            out = sampler.model.generate(**ids, max_new_tokens=16, do_sample=False)
+        ref = sampler.tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+        assert [c.text for c in comps] == [ref, ref]
+
+
+def test_stop_string_ends_the_row_and_is_cut_from_the_text(sampler):
+    free = sampler.sample([PROMPTS[0]], n=1, temperature=1.0, max_new_tokens=24, seed=3, progress=False)[0][0]
+    assert len(free.text) > 12
+    stop = free.text[6:10]
+    stopped = sampler.sample([PROMPTS[0]], n=1, temperature=1.0, max_new_tokens=24, seed=3, stop=[stop], progress=False)[0][0]
+    assert stopped.finish_reason == "stop"
+    assert stopped.text == free.text[: free.text.find(stop)]
+    assert stopped.n_tokens < free.n_tokens
+
+
+def _forcing(sampler: HFSampler, script: list[int], start: int, batch_log: list[int]):
+    """Wrap the real forward with a logit bias that writes `script` for rows whose next position is `start` + t.
+
+    It plays the model saying '... The answer is C. ...' (a random model never would) while the real model,
+    KV cache and batching run underneath.
+    """
+    real = sampler._forward
+
+    def forward(input_ids, attention_mask, position_ids, cache):
+        logits = real(input_ids, attention_mask, position_ids, cache)
+        batch_log.append(input_ids.shape[0])
+        nxt = position_ids[:, -1] + 1 - start
+        for r in range(logits.shape[0]):
+            t = int(nxt[r])
+            if 0 <= t < len(script):
+                logits[r] = -1e4
+                logits[r, script[t]] = 1e4
+        return logits
+
+    return forward
+
+
+def test_stop_at_answer_ends_each_row_right_after_the_committed_answer(sampler, monkeypatch):
+    short, long = "Q?", "Please answer this question in great detail. " * 8
+    script = sampler.tok.encode("Let us see. The answer is C. Then more words follow after it", add_special_tokens=False)
+    upto = len(sampler.tok.encode("Let us see. The answer is C.", add_special_tokens=False))
+    start = len(sampler.tok(sampler.render(short), add_special_tokens=False)["input_ids"])
+    assert len(sampler.tok(sampler.render(long), add_special_tokens=False)["input_ids"]) > start + 40  # never forced
+    batches: list[int] = []
+    monkeypatch.setattr(sampler, "_forward", _forcing(sampler, script, start, batches))
+    res = sampler.sample([short, long], n=2, temperature=1.0, max_new_tokens=40, options=[OPTIONS, OPTIONS], progress=False)
+    for c in res[0]:
+        assert (c.text, c.n_tokens, c.finish_reason) == ("Let us see. The answer is C.", upto, "answer")
+    for c in res[1]:
+        assert c.finish_reason != "answer" and c.n_tokens > upto
+    # after the answered rows left, the decode batch holds only the two long-prompt rows: no compute spent on them
+    assert batches[-1] == 2 and max(batches) == 4
+    off = sampler.sample([short], n=2, temperature=1.0, max_new_tokens=40, options=[OPTIONS], stop_at_answer=False, progress=False)
+    for c in off[0]:
+        assert c.text.startswith("Let us see. The answer is C. Then more words") and c.n_tokens > upto
+
+
+def test_out_of_memory_halves_the_batch_and_gives_the_same_samples(sampler, monkeypatch):
+    ref = sampler.sample(PROMPTS, n=2, temperature=1.0, max_new_tokens=10, progress=False)
+    real = sampler._forward
+    seen: list[int] = []
+
+    def small_memory(input_ids, attention_mask, position_ids, cache):
+        seen.append(input_ids.shape[0])
+        if input_ids.shape[0] > 2:
+            raise RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 1 GB. Buy new RAM! (out of memory)")
+        return real(input_ids, attention_mask, position_ids, cache)
+
+    monkeypatch.setattr(sampler, "_forward", small_memory)
+    got = sampler.sample(PROMPTS, n=2, temperature=1.0, max_new_tokens=10, progress=False)
+    assert sampler.last_stats.oom_halvings >= 1
+    assert 4 in seen and max(seen[seen.index(4) + 1 :]) <= 2
+    assert _texts(got) == _texts(ref)  # evicted rows restarted from their own seeds
+
+
+def test_errors_other_than_out_of_memory_propagate(sampler, monkeypatch):
+    def broken(*a, **k):
+        raise RuntimeError("shape mismatch in layer 3")
+
+    monkeypatch.setattr(sampler, "_forward", broken)
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        sampler.sample(PROMPTS[:1], n=2, temperature=1.0, max_new_tokens=4, progress=False)
+
+
+def test_sampler_works_with_a_tokenizer_whose_chat_template_was_removed(tiny_model_dir, tmp_path):
+    d = tmp_path / "notemplate"
+    shutil.copytree(tiny_model_dir, d)
+    (d / "chat_template.jinja").unlink(missing_ok=True)
+    cfg = json.loads((d / "tokenizer_config.json").read_text())
+    cfg.pop("chat_template", None)
+    (d / "tokenizer_config.json").write_text(json.dumps(cfg))
+    s = HFSampler(str(d), batch_size=2)
+    assert s.render("Hi") == "<|user|>\nHi\n<|assistant|>\n"  # medssr.models.FALLBACK_CHAT_TEMPLATE
+    res = s.sample(["Hi"], n=2, temperature=1.0, max_new_tokens=5, progress=False)
+    assert [c.n_tokens > 0 for c in res[0]] == [True, True]
+
+
+def test_constrained_choice_returns_an_option_letter_deterministically(sampler):
+    base = [sampler.render(p) + "Some reasoning.\n" + "The answer is" for p in PROMPTS]
+    letters = [["A", "B", "C", "D"], ["A", "B"], ["A", "B", "C", "D", "E"]]
+    first = sampler.constrained_choice(base, letters)
+    assert [x in ls for x, ls in zip(first, letters, strict=True)] == [True, True, True]
+    assert sampler.constrained_choice(base, letters) == first
+    assert sampler.constrained_choice(base[:1], letters[:1]) == first[:1]  # padding in a batch does not change it
+    if first[0] in ("A", "B"):  # restricting the choice to a subset that holds the winner keeps the winner
+        assert sampler.constrained_choice(base[:1], [["A", "B"]]) == first[:1]
+
+
+# --- vllm backend (not installed here): the kwargs it would build ----------------------------------------------
+
+
+def test_vllm_sampling_params_kwargs_follow_the_paper_settings():
+    kw = build_sampling_params_kwargs(n=8, temperature=1.0, top_p=1.0, top_k=-1, max_new_tokens=4096, stop=None, seed=123)
+    assert kw == {"n": 8, "temperature": 1.0, "top_p": 1.0, "top_k": -1, "max_tokens": 4096, "seed": 123}
+
+
+def test_vllm_stop_at_answer_becomes_stop_strings_kept_in_the_output():
+    kw = build_sampling_params_kwargs(n=4, temperature=0.6, top_p=0.95, top_k=20, max_new_tokens=512, stop=["</s>"], seed=1,
+                                      answer_letters=["A", "B"])
+    assert kw["stop"][0] == "</s>" and "The answer is A." in kw["stop"] and "The answer is B\n" in kw["stop"]
+    assert kw["stop"][1:] == answer_stop_strings(["A", "B"])
+    assert kw["include_stop_str_in_output"] is True
+    assert kw["top_k"] == 20
+
+
+def test_vllm_constrained_pass_allows_only_the_letter_tokens():
+    assert build_constrained_params_kwargs([330, 389]) == {"n": 1, "temperature": 0.0, "max_tokens": 1, "allowed_token_ids": [330, 389],
+                                                           "logprobs": 2}
+
+
+def test_vllm_backend_without_vllm_says_how_to_install_it(tiny_model_dir):
+    pytest.importorskip("torch")
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match=r"\.\[gpu\]"):
+            make_sampler(str(tiny_model_dir), backend="vllm")
+    else:
+        pytest.skip("vllm is installed here")
+
+
+def test_unknown_backend_is_an_error_naming_the_param(tiny_model_dir):
+    with pytest.raises(ValueError, match="sampling.backend"):
+        make_sampler(str(tiny_model_dir), backend="tgi")
+
+
+# --- the real policy (slow) ------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_smollm2_votes_on_real_medqa_questions(smol_model_dir, raw_dir):
+    from medssr.answers import has_committed_answer
+    from medssr.data.loaders import load_benchmark_file
+    from medssr.synth.prompts import load_prompt
+
+    qs = load_benchmark_file(raw_dir / "benchmarks" / "test_short_medqa.json.gz")[:2]
+    tpl = load_prompt("eval_f4")
+    s = HFSampler(str(smol_model_dir), batch_size=8)
+    res = s.sample([tpl.render(question=q.render()) for q in qs], n=4, temperature=1.0, max_new_tokens=128,
+                   options=[q.options for q in qs], keys=[q.id for q in qs], progress=False)
+    assert [len(c) for c in res] == [4, 4]
+    for q, comps in zip(qs, res, strict=True):
+        for c in comps:
+            assert len(c.text.split()) >= 1 and c.n_tokens >= 1
+            if c.finish_reason == "answer":  # the incrementally decoded text it stopped on is the text returned
+                assert has_committed_answer(c.text, q.options)

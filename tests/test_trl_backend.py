@@ -1,0 +1,309 @@
+"""TRL GRPO backend on the tiny random Llama: config from params, per-step MLflow metrics, strategies, resume, bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from medssr.config import ConfigError, load_params
+from medssr.records import Question, write_jsonl
+from medssr.rl.callbacks import step_metrics
+from medssr.rl.run import PASSTHROUGH_MARKER, TrainError, run_train_stage
+from medssr.rl.strategies import STRATEGIES, plan
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Tiny and fast: 1 prompt x 2 rollouts per step, 8 new tokens, no reference model (one test turns KL on).
+TINY = {
+    "train.num_generations": 2, "train.per_device_batch_size": 2, "train.max_completion_length": 8, "train.save_steps": 100,
+    "train.stage1": {"max_steps": 1, "learning_rate": 1e-3, "beta": 0.0, "max_samples": 8},
+    "train.stage2": {"max_steps": 1, "learning_rate": 1e-3, "beta": 0.0, "max_samples": 8},
+}
+
+
+@pytest.fixture(scope="module")
+def mlflow_uri(tmp_path_factory):
+    """One sqlite store for the module (creating its tables costs ~8 s); each test reads its own runs."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        yield uri
+
+
+@pytest.fixture(scope="module")
+def medmcqa() -> list[Question]:
+    from medssr.data.loaders import load_medmcqa
+    from tests.conftest import RAW
+
+    return load_medmcqa(RAW)[:24]
+
+
+@pytest.fixture
+def project(tmp_path, tiny_model_dir, medmcqa, mlflow_uri, monkeypatch) -> Path:
+    """A project root in tmp: F.4 prompt, labeled synthetic + real sets from MedMCQA rows, the tiny policy as model.dir."""
+    root = tmp_path / "proj"
+    (root / "prompts").mkdir(parents=True)
+    shutil.copy(ROOT / "prompts" / "eval_f4.txt", root / "prompts" / "eval_f4.txt")
+    syn = [dataclasses.replace(q, id=f"syn-{i}", source="synthetic", split="synthetic", votes=["B", "B", "C", None],
+                               majority="B", agreement=0.5, n_valid=3) for i, q in enumerate(medmcqa[:12])]
+    write_jsonl(root / "data/labeled/synthetic.jsonl", syn)
+    write_jsonl(root / "data/prepared/train.jsonl", medmcqa[12:24])
+    shutil.copytree(tiny_model_dir, root / "artifacts/models/policy")
+    monkeypatch.setenv("MEDSSR_ROOT", str(root))
+    return root
+
+
+def _params(**over):
+    return load_params(ROOT / "params.yaml", {**TINY, **over})
+
+
+def _metric(run_id: str, name: str) -> list[tuple[int, float]]:
+    from mlflow.tracking import MlflowClient
+
+    return sorted((m.step, m.value) for m in MlflowClient().get_metric_history(run_id, name))
+
+
+def _stage_run_id(stage: str) -> str:
+    import mlflow
+
+    runs = mlflow.search_runs(search_all_experiments=True, filter_string=f"tags.medssr_stage = '{stage}'",
+                              order_by=["attributes.start_time DESC"], output_format="list")
+    return runs[0].info.run_id
+
+
+# ---- config -------------------------------------------------------------------------------------------------
+
+def test_grpo_config_follows_params(tmp_path):
+    from medssr.rl.trl_backend import grpo_config
+
+    p = _params(**{"train.per_device_batch_size": 4, "train.stage1": {**TINY["train.stage1"], "beta": 0.001}})
+    cfg = grpo_config(p.train, p.train.stage1, tmp_path, use_cpu=True)
+    assert (cfg.num_generations, cfg.max_completion_length, cfg.temperature, cfg.top_p) == (2, 8, 1.0, 1.0)
+    assert (cfg.learning_rate, cfg.beta, cfg.max_steps, cfg.loss_type) == (1e-3, 0.001, 1, "grpo")
+    assert cfg.per_device_train_batch_size == 4 and cfg.generation_batch_size == 4
+    assert cfg.bf16 is False and cfg.use_cpu is True and cfg.report_to == []
+    assert cfg.save_steps == 100 and cfg.save_only_model is False and cfg.lr_scheduler_type == "constant"
+
+
+def test_batch_that_splits_a_group_names_the_params():
+    from medssr.rl.trl_backend import check_trl_params
+
+    with pytest.raises(ConfigError, match=r"train.per_device_batch_size: 3 x train.gradient_accumulation_steps 1 = 3 .* train.num_generations \(2\)"):
+        check_trl_params(_params(**{"train.per_device_batch_size": 3}).train)
+
+
+def test_kl_estimator_other_than_k3_is_rejected_for_trl():
+    from medssr.rl.trl_backend import check_trl_params
+
+    with pytest.raises(ConfigError, match="train.kl_estimator"):
+        check_trl_params(_params(**{"train.kl_estimator": "k1"}).train)
+
+
+# ---- reward wrapper and metric names (no model) ---------------------------------------------------------------
+
+OPTS = json.dumps({"A": "aspirin", "B": "heparin", "C": "warfarin", "D": "insulin"})
+
+
+def _done(letter: str | None) -> list[dict]:
+    return [{"role": "assistant", "content": f"Reasoning... The answer is {letter}." if letter else "I cannot tell."}]
+
+
+def test_offline_reward_logs_group_diversity_and_label_agreement():
+    from medssr.rl.trl_backend import make_reward_fn
+
+    logged: dict[str, float] = {}
+    fn = make_reward_fn("majority", num_generations=4)
+    answers = ["A", "A", "A", "A", "A", "B", None, "C"]
+    labels = ["A"] * 4 + ["B"] * 4
+    scores = fn(prompts=["p"] * 8, completions=[_done(a) for a in answers], label=labels, options=[OPTS] * 8,
+                completion_ids=[[1] * 5] * 8, log_metric=lambda k, v: logged.__setitem__(k, v))
+    assert scores == [1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 0.0, 0.0]
+    assert logged["medssr/distinct_answers"] == pytest.approx((1 + 3) / 2)
+    assert logged["medssr/all_agree_share"] == 0.5
+    assert logged["medssr/valid_answer_share"] == pytest.approx((1 + 0.75) / 2)
+    assert logged["medssr/pseudo_label_agreement"] == pytest.approx(5 / 8)
+    assert logged["medssr/answer_entropy"] > 0 and logged["medssr/completion_tokens"] == 40
+
+
+def test_online_vote_agreement_is_measured_against_the_group_majority():
+    from medssr.rl.trl_backend import make_reward_fn
+
+    logged: dict[str, float] = {}
+    fn = make_reward_fn("online_vote", num_generations=4)
+    answers = ["C", "C", "C", "A", "B", "B", None, "D"]
+    prompts = ["p1"] * 4 + ["p2"] * 4
+    scores = fn(prompts=prompts, completions=[_done(a) for a in answers], label=["A"] * 8, options=[OPTS] * 8,
+                log_metric=lambda k, v: logged.__setitem__(k, v))
+    assert scores[:4] == [1.0, 1.0, 1.0, 0.0] and scores[4:6] == [1.0, 1.0]
+    assert logged["medssr/pseudo_label_agreement"] == pytest.approx(5 / 8)
+    assert logged["medssr/offline_label_agreement"] == pytest.approx(1 / 8)
+
+
+def test_trl_log_keys_map_to_stable_names():
+    m = step_metrics({"reward": 0.5, "reward_std": 0.1, "kl": 0.01, "loss": 0.2, "learning_rate": 1e-6, "step_time": 4.0,
+                      "completions/mean_length": 30.0, "medssr/generation_s": 3.0, "medssr/completion_tokens": 120.0,
+                      "medssr/distinct_answers": 2.0, "epoch": 0.1, "rewards/medssr_majority/mean": 0.5})
+    assert m == {"reward_mean": 0.5, "reward_std": 0.1, "kl": 0.01, "loss": 0.2, "learning_rate": 1e-6, "step_time_s": 4.0,
+                 "completion_length": 30.0, "generation_s": 3.0, "distinct_answers": 2.0, "tokens_per_s": 30.0, "update_s": 1.0}
+
+
+# ---- end to end on the tiny model ----------------------------------------------------------------------------
+
+def test_stage1_logs_per_step_metrics_to_mlflow_and_saves_a_loadable_policy(project):
+    from transformers import AutoModelForCausalLM
+
+    # KL on: TRL rebuilds the reference model from the policy's path
+    report = run_train_stage(_params(**{"train.stage1": {**TINY["train.stage1"], "max_steps": 2, "beta": 0.001}}), "stage1")
+    run_id = _stage_run_id("stage1")
+    for name in ("reward_mean", "reward_std", "kl", "loss", "learning_rate", "completion_length", "distinct_answers",
+                 "answer_entropy", "all_agree_share", "valid_answer_share", "pseudo_label_agreement", "step_time_s",
+                 "tokens_per_s", "generation_s", "update_s"):
+        assert [s for s, _ in _metric(run_id, f"train/stage1/{name}")] == [1, 2], name
+    assert _metric(run_id, "train/stage1/completion_length")[0][1] <= 8
+    assert report["global_step"] == 2 and report["data"] == "synthetic" and report["reward"] == "majority"
+    saved = json.loads((project / "reports/train_stage1.json").read_text())
+    assert saved["summary"]["steps_logged"] == 2
+    assert [r["step"] for r in json.loads((project / "reports/train_stage1_steps.json").read_text())] == [1, 2]
+    model = AutoModelForCausalLM.from_pretrained(project / "checkpoints/stage1")
+    assert model.config.vocab_size == 49152 and (project / "checkpoints/stage1/tokenizer.json").exists()
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_every_strategy_runs_both_stages(project, strategy):
+    p = _params(**{"train.strategy": strategy})
+    reports = [run_train_stage(p, s) for s in ("stage1", "stage2")]
+    for stage, report in zip(("stage1", "stage2"), reports, strict=True):
+        data, reward = plan(strategy)[stage]
+        marker = project / "checkpoints" / stage / PASSTHROUGH_MARKER
+        assert (project / "checkpoints" / stage / "config.json").exists()
+        assert marker.exists() == (data is None)
+        if data is not None:
+            assert report["global_step"] == 1 and report["data"] == data and report["reward"] == reward
+    if strategy == "one_stage":
+        assert reports[0]["dataset"]["by_kind"].keys() == {"synthetic", "real"}
+
+
+class _Crash(RuntimeError):
+    pass
+
+
+def _crash_at(step: int):
+    from transformers import TrainerCallback
+
+    class Crash(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == step:
+                raise _Crash(f"killed at step {step}")
+
+    return Crash()
+
+
+def test_a_killed_run_resumes_from_its_last_checkpoint(project):
+    p = _params(**{"train.stage1": {**TINY["train.stage1"], "max_steps": 3}, "train.save_steps": 2})
+    with pytest.raises(_Crash):
+        run_train_stage(p, "stage1", callbacks=[_crash_at(3)])  # checkpoint-2 is on disk, step 3 is lost
+    assert (project / ".cache/train/stage1/checkpoint-2/trainer_state.json").exists()
+    report = run_train_stage(p, "stage1")
+    assert report["resumed_from"] == "checkpoint-2" and report["global_step"] == 3
+    assert [r["step"] for r in json.loads((project / "reports/train_stage1_steps.json").read_text())] == [3]
+
+
+def test_changed_params_discard_the_old_run_instead_of_resuming(tmp_path, tiny_model_dir, medmcqa):
+    from medssr.rl.data import examples_from_questions
+    from medssr.rl.run import prepare_run_dir, run_fingerprint
+
+    examples, _ = examples_from_questions(medmcqa[:4], "real")
+    fp = run_fingerprint(_params(), "stage1", str(tiny_model_dir), examples, "T {question}")
+    assert fp == run_fingerprint(_params(**{"train.save_steps": 7, "train.stage2": {"max_steps": 9}}), "stage1", str(tiny_model_dir),
+                                 examples, "T {question}")  # checkpoint cadence and the other stage do not matter
+    run_dir = tmp_path / "run"
+    assert prepare_run_dir(run_dir, fp) is False
+    (run_dir / "checkpoint-1").mkdir()
+    assert prepare_run_dir(run_dir, fp) is True and (run_dir / "checkpoint-1").exists()
+    for changed in (run_fingerprint(_params(**{"train.temperature": 0.7}), "stage1", str(tiny_model_dir), examples, "T {question}"),
+                    run_fingerprint(_params(), "stage1", str(tiny_model_dir), examples[:3], "T {question}"),
+                    run_fingerprint(_params(), "stage1", str(tiny_model_dir), examples, "U {question}")):
+        assert changed != fp
+    assert prepare_run_dir(run_dir, "other") is False and not (run_dir / "checkpoint-1").exists()
+
+
+def test_stage2_refuses_a_stage1_checkpoint_of_another_model(project, tiny_model_dir):
+    from medssr.models import save_tiny_llama
+
+    save_tiny_llama(project / "checkpoints/stage1", tokenizer_source=str(tiny_model_dir), hidden=32)
+    with pytest.raises(TrainError, match=r"checkpoints/stage1/config\.json: checkpoint does not match the policy .*hidden_size 32 != 64"):
+        run_train_stage(_params(), "stage2")
+
+
+def test_stage2_without_stage1_says_what_to_run(project):
+    with pytest.raises(TrainError, match="stage I checkpoint missing: run `python stages/train.py stage1`"):
+        run_train_stage(_params(), "stage2")
+
+
+def test_online_vote_on_openrlhf_is_a_config_error(project):
+    with pytest.raises(ConfigError, match="train.strategy: 'online_vote'"):
+        run_train_stage(_params(**{"train.strategy": "online_vote", "train.backend": "openrlhf"}), "stage1")
+
+
+def _stage_script():
+    spec = importlib.util.spec_from_file_location("stage_train", ROOT / "stages" / "train.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_stage_script_trains_stage1_from_params_file(project, capsys):
+    params_file = project / "params.yaml"
+    raw = (ROOT / "params.yaml").read_text()
+    params_file.write_text(raw.replace("max_completion_length: 64", "max_completion_length: 8")
+                              .replace("stage1: {max_steps: 4,", "stage1: {max_steps: 1,"))
+    assert _stage_script().main(["stage1", "--params", str(params_file)]) == 0
+    assert "[train] stage1: two_stage/synthetic/majority on trl: 1 steps" in capsys.readouterr().out
+    assert (project / "checkpoints/stage1/model.safetensors").exists()
+
+
+def test_openrlhf_dry_run_prints_the_command_and_writes_the_prompt_file(project, capsys):
+    p = _params(**{"train.backend": "openrlhf", "train.global_batch_size": 4, "train.rollout_batch_size": 4, "train.micro_batch_size": 1,
+                   "train.openrlhf": {"gpus_per_node": 1, "vllm_num_engines": 1}})
+    run_train_stage(p, "stage1", dry_run=True)
+    out = capsys.readouterr().out
+    assert "-- python3 -m openrlhf.cli.train_ppo_ray" in out and "--data.prompt_dataset data/rl/stage1.jsonl" in out
+    assert f"--actor.model_name_or_path {project / 'artifacts/models/policy'}" in out
+    assert len((project / "data/rl/stage1.jsonl").read_text().splitlines()) == 8
+    assert not (project / "checkpoints/stage1").exists()
+
+
+def test_stage_script_exits_2_with_the_param_to_fix(project, capsys):
+    params_file = project / "params.yaml"
+    import yaml
+
+    from medssr.config import set_dotted
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text().replace("backend: trl", "backend: openrlhf"))
+    # 8 GPUs per node with 4 colocated vLLM engines is an invalid layout
+    set_dotted(raw, "train.openrlhf.vllm_num_engines", 4)
+    params_file.write_text(yaml.safe_dump(raw))
+    assert _stage_script().main(["stage1", "--dry-run", "--params", str(params_file)]) == 2
+    assert "train.openrlhf.vllm_num_engines" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_smollm2_stage1_reward_and_diversity_curves_land_in_mlflow(smol_model_dir, project):
+    """The embedded policy (SmolLM2-135M-Instruct), 2 stage-I steps of G=4 rollouts x 16 tokens, KL on."""
+    from medssr.rl.run import StagePaths
+
+    p = _params(**{"train.num_generations": 4, "train.per_device_batch_size": 4, "train.max_completion_length": 16,
+                   "train.stage1": {"max_steps": 2, "learning_rate": 2e-6, "beta": 0.001, "max_samples": 8}})
+    report = run_train_stage(p, "stage1", paths=StagePaths(policy=str(smol_model_dir)))
+    run_id = _stage_run_id("stage1")
+    for name in ("reward_mean", "distinct_answers", "answer_entropy", "all_agree_share", "valid_answer_share",
+                 "pseudo_label_agreement", "kl", "step_time_s", "generation_s", "tokens_per_s"):
+        points = _metric(run_id, f"train/stage1/{name}")
+        assert [s for s, _ in points] == [1, 2], name
+    assert all(0.0 <= v <= 4.0 for _, v in _metric(run_id, "train/stage1/distinct_answers"))
+    assert report["global_step"] == 2 and (project / "checkpoints/stage1/model.safetensors").stat().st_size > 100e6
