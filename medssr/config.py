@@ -102,7 +102,8 @@ class SynthCfg:
     max_attempts: int | None = field(default=None, metadata=_range(1))  # default 8 * n
     prefer_covered: bool = True  # draw rare diseases only among those the corpus covers
     contamination_threshold: float = field(default=0.5, metadata=_range(0, 1))
-    cache_dir: str = ".cache/llm"
+    cache_dir: str = ".cache/llm"  # relative paths resolve against the project root (DVC queue copies share it)
+    prompt_variant: Literal["", "small", "small_json"] = ""  # "small": plain-text layout + "Question:" prefill for tiny local models
     prices: dict[str, PriceCfg] = field(default_factory=dict)
 
 

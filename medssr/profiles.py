@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from medssr.config import ConfigError, build, Params
+from medssr.config import ConfigError, Params, build
 
 
 def profiles_dir() -> Path:

@@ -17,7 +17,8 @@ from medssr.data.reasoning import is_reasoning_heavy, reasoning_score, select_se
 from medssr.data.validate import validate_files
 from medssr.records import CATEGORIES, RecordError, read_questions
 
-RAW = Path(__file__).resolve().parents[1] / "data" / "raw"
+ROOT = Path(__file__).resolve().parents[1]
+RAW = ROOT / "data" / "raw"
 
 
 @pytest.fixture(scope="module")
@@ -224,3 +225,37 @@ def test_strict_mode_stops_at_the_first_bad_row(tmp_path):
         f"data:\n  raw_dir: {RAW}\n  out_dir: {tmp_path}/p\n  extra_raredis: [{tmp_path}/bad.json]\n", encoding="utf-8")
     with pytest.raises(RecordError, match=r"bad.json:1: record 1: gold: 'E' is not among options A-B"):
         run_prepare(load_params(tmp_path / "params.yaml"), report_path=tmp_path / "r.json", log_mlflow=False)
+
+
+def test_llm_reasoning_and_category_classifiers_run_through_the_generator_backend(tmp_path, monkeypatch, mlflow_store):
+    """data.reasoning_filter/category_classifier: llm send prompt F.3 and the category prompt to synth.generator."""
+    import importlib.util
+
+    from medssr.config import load_params
+    from tests.llm_servers import FakeOpenAIServer
+
+    def responder(req):
+        text = req.prompt
+        if "MEMORIZATION" in text:
+            return "<Reasoning>" if "most likely" in text.lower() else "<Memorization>"
+        return "Diagnosis"
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    with FakeOpenAIServer(responder=responder) as srv:
+        params = load_params(ROOT / "params.yaml", overrides={
+            "data.raw_dir": str(ROOT / "data/raw"), "data.out_dir": str(tmp_path / "prepared"), "data.train_sources": ["bioasq"],
+            "data.reasoning_filter": "llm", "data.category_classifier": "llm", "synth.cache_dir": str(tmp_path / "cache"),
+            "synth.generator": {"backend": "openai_compatible", "model": "m", "base_url": srv.base_url, "concurrency": 8,
+                                "max_retries": 0, "timeout_s": 10.0, "structured": False}})
+        spec = importlib.util.spec_from_file_location("prepare_stage", ROOT / "stages/prepare.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        reasoning, category = mod.llm_classifiers(params)
+        from medssr.data.prepare import run_prepare
+
+        run_prepare(params, classifier=reasoning, category_classifier=category, report_path=tmp_path / "prepare.json")
+        n_calls = len(srv.requests)
+    raredis = [json.loads(x) for x in (tmp_path / "prepared/raredis_sub.jsonl").read_text().splitlines()]
+    assert raredis and all(r["category"] == "Diagnosis" for r in raredis)
+    assert n_calls >= len(raredis) + 291  # every BioASQ training row was classified by the LLM (F.3)
+    assert reasoning.fallbacks == 0 and category.fallbacks == 0

@@ -79,7 +79,8 @@ def run_prepare(params: Any, classifier: Callable[[Question], bool] | None = Non
         raise FileNotFoundError(f"data.raw_dir: {raw} is not a directory (the repository ships the real data under data/raw)")
     if classifier is None:
         if cfg.reasoning_filter != "heuristic":
-            raise ValueError(f"data.reasoning_filter={cfg.reasoning_filter!r} needs a classifier passed to run_prepare")
+            raise ValueError(f"data.reasoning_filter={cfg.reasoning_filter!r} needs a classifier passed to run_prepare "
+                             "(stages/prepare.py builds it from synth.generator)")
         classifier = is_reasoning_heavy
     if category_classifier is None:
         if cfg.category_classifier != "rules":
@@ -121,6 +122,7 @@ def run_prepare(params: Any, classifier: Callable[[Question], bool] | None = Non
     raredis: list[Question] = []
     seen_text: set[str] = set()
     rare_counts: dict[str, int] = {}
+    needs_category: list[Question] = []
     for name, rows in _progress(list(benchmarks.items()) + list(extras.items()), desc="tag benchmarks"):
         n_rare = 0
         for q in rows:
@@ -133,12 +135,16 @@ def run_prepare(params: Any, classifier: Callable[[Question], bool] | None = Non
             n_rare += 1
             q.rare_disease = q.rare_disease or "unspecified"  # an extra RareDis file is rare by construction
             if q.category not in CATEGORIES:
-                q.category = category_classifier(q)
+                needs_category.append(q)
             key = normalize_text(q.render())
             if key not in seen_text:
                 seen_text.add(key)
                 raredis.append(q)
         rare_counts[name] = n_rare
+    # one batch, so an LLM classifier (data.category_classifier: llm) runs its requests concurrently
+    many = getattr(category_classifier, "classify_many", None)
+    for q, c in zip(needs_category, many(needs_category) if many else [category_classifier(q) for q in needs_category], strict=True):
+        q.category = c
     for q in _progress(train_pool, desc="tag train"):
         tag = tag_question(q, tagger, tag_scope)
         if tag.name:

@@ -70,7 +70,10 @@ def is_reasoning_heavy(q: Question) -> bool:
 def select_seeds(rows: Iterable[Question], classifier: Callable[[Question], bool] = is_reasoning_heavy,
                  max_seeds: int | None = None, seed: int = 0) -> list[Question]:
     """Reasoning-heavy questions among real training rows, capped by a seeded sample (order kept)."""
-    chosen = [q for q in rows if classifier(q)]
+    rows = list(rows)
+    many = getattr(classifier, "classify_many", None)  # LLM classifiers batch their requests
+    flags = many(rows) if many else [classifier(q) for q in rows]
+    chosen = [q for q, keep in zip(rows, flags, strict=True) if keep]
     if max_seeds is not None and len(chosen) > max_seeds:
         keep = set(random.Random(seed).sample(range(len(chosen)), max_seeds))
         chosen = [q for i, q in enumerate(chosen) if i in keep]

@@ -67,3 +67,25 @@ def classify_category(questions: Sequence[Question], generator: Any, prompt_dir:
     """One of records.CATEGORIES per question, or None when the reply names none (or several)."""
     responses = generator.run(_requests(questions, "category", prompt_dir), progress=progress)
     return [None if r.error is not None else parse_category(r.text) for r in responses]
+
+
+class BatchedLLMClassifier:
+    """Adapter for the prepare stage: ``classify_many`` sends one concurrent batch; replies that parse to
+    nothing fall back to the transparent rule (heuristic reasoning filter / keyword categories), counted."""
+
+    def __init__(self, classify: Any, generator: Any, fallback: Any, prompt_dir: str | os.PathLike | None = None):
+        self.classify, self.generator, self.fallback, self.prompt_dir = classify, generator, fallback, prompt_dir
+        self.fallbacks = 0
+
+    def classify_many(self, questions: Sequence[Question]) -> list[Any]:
+        labels = self.classify(list(questions), self.generator, self.prompt_dir)
+        out = []
+        for q, label in zip(questions, labels, strict=True):
+            if label is None:
+                self.fallbacks += 1
+                label = self.fallback(q)
+            out.append(label)
+        return out
+
+    def __call__(self, q: Question) -> Any:
+        return self.classify_many([q])[0]

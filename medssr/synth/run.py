@@ -176,12 +176,14 @@ def run_synthesize(params: Params, inputs: SynthInputs, out_path: str | os.PathL
     max_attempts = cfg.max_attempts or 8 * cfg.n
     if generator is None:
         from medssr.llm import make_generator
+        from medssr.tracking import project_root
 
-        generator = make_generator(cfg.generator, cfg.cache_dir, cfg.prices)
+        cache_dir = Path(cfg.cache_dir) if Path(cfg.cache_dir).is_absolute() else project_root() / cfg.cache_dir
+        generator = make_generator(cfg.generator, cache_dir, cfg.prices)
     if cfg.rare_ratio > 0 and retriever is None:
         retriever = default_retriever(params)
     if prompt_variant is None:
-        prompt_variant = getattr(cfg, "prompt_variant", "") or ""  # proposed param; until it exists, the paper's prompts
+        prompt_variant = cfg.prompt_variant
     prompts = synth_prompts(prompt_variant, prompt_dir)
     seeds = inputs.seeds
     # E_rare as drawn from (α = 0 never draws: skip the coverage check and its warning)
