@@ -114,8 +114,8 @@ def corpus_bench(index_dir: Path, n_queries: int, k: int, seed: int) -> dict:
     return out
 
 
-def scaling_bench(sizes: list[int], dim: int, n_queries: int, k: int, seed: int) -> list[dict]:
-    """Grow one chromadb collection of random unit vectors and time top-k against exact search at each size."""
+def scaling_bench(sizes: list[int], dim: int, n_queries: int, k: int, seed: int, ef_search: list[int]) -> list[dict]:
+    """Grow chromadb collections (one per HNSW ef_search) of random unit vectors; time top-k against exact search at each size."""
     from medssr.knowledge.index import _chroma_client
 
     rng = np.random.default_rng(seed)
@@ -133,24 +133,28 @@ def scaling_bench(sizes: list[int], dim: int, n_queries: int, k: int, seed: int)
     rows = []
     try:
         client = _chroma_client(tmp)
-        col = client.create_collection("scale", embedding_function=None, configuration={"hnsw": {"space": "ip", "ef_construction": 200}})
+        # ef_search is fixed when a collection is created (collection.modify did not change results in chromadb 1.5.9)
+        cols = {ef: client.create_collection(f"scale-ef{ef}", embedding_function=None,
+                                             configuration={"hnsw": {"space": "ip", "ef_construction": 200, "ef_search": ef}})
+                for ef in ef_search}
         step, have = client.get_max_batch_size(), 0
         for size in sorted(sizes):
-            t = time.perf_counter()
-            for s in range(have, size, step):
-                e = min(s + step, size)
-                col.add(ids=[str(i) for i in range(s, e)], embeddings=data[s:e])
-            add_s = time.perf_counter() - t
-            added, have = size - have, size
             vecs = data[:size]
-            row = {"vectors": size, "add_vectors_per_s": added / add_s}
-            for label, qs in (("random", queries), ("near", near)):
-                t_h, hnsw = timed(lambda v: col.query(query_embeddings=v[None, :], n_results=k, include=["distances"])["ids"][0], qs)
-                t_x, exact = timed(lambda v, vecs=vecs: exact_top(vecs, v, k), qs)
-                row[label] = {"hnsw_p50_ms": pct(t_h, 50), "hnsw_p95_ms": pct(t_h, 95), "exact_p50_ms": pct(t_x, 50),
-                              "exact_p95_ms": pct(t_x, 95), "exact_over_hnsw_p50": pct(t_x, 50) / pct(t_h, 50),
-                              "top4_overlap": float(np.mean([overlap(h, [str(i) for i in e]) for h, e in zip(hnsw, exact, strict=True)]))}
-            rows.append(row)
+            exact = {label: timed(lambda v, vecs=vecs: exact_top(vecs, v, k), qs) for label, qs in (("random", queries), ("near", near))}
+            for ef, col in cols.items():
+                t = time.perf_counter()
+                for s in range(have, size, step):
+                    e = min(s + step, size)
+                    col.add(ids=[str(i) for i in range(s, e)], embeddings=data[s:e])
+                row = {"vectors": size, "ef_search": ef, "add_vectors_per_s": (size - have) / (time.perf_counter() - t)}
+                for label, qs in (("random", queries), ("near", near)):
+                    t_h, hnsw = timed(lambda v, col=col: col.query(query_embeddings=v[None, :], n_results=k, include=["distances"])["ids"][0], qs)
+                    t_x, top = exact[label]
+                    row[label] = {"hnsw_p50_ms": pct(t_h, 50), "hnsw_p95_ms": pct(t_h, 95), "exact_p50_ms": pct(t_x, 50),
+                                  "exact_p95_ms": pct(t_x, 95), "exact_over_hnsw_p50": pct(t_x, 50) / pct(t_h, 50),
+                                  "top4_overlap": float(np.mean([overlap(h, [str(i) for i in e]) for h, e in zip(hnsw, top, strict=True)]))}
+                rows.append(row)
+            have = size
             print(f"  scaling: {size} vectors done", flush=True)
         client.close()
     finally:
@@ -171,12 +175,12 @@ def print_tables(res: dict) -> None:
     rows = res.get("scaling")
     if rows:
         print(f"\nScaling, random unit vectors dim {res['scaling_dim']}, top-4 (HNSW = chromadb, exact = numpy)")
-        print(f"{'vectors':>8s} {'queries':>7s} {'HNSW p50':>9s} {'HNSW p95':>9s} {'exact p50':>10s} {'exact p95':>10s} {'exact/HNSW':>10s} "
+        print(f"{'vectors':>8s} {'ef':>4s} {'queries':>7s} {'HNSW p50':>9s} {'HNSW p95':>9s} {'exact p50':>10s} {'exact p95':>10s} {'exact/HNSW':>10s} "
               f"{'overlap':>8s} {'add/s':>8s}")
         for r in rows:
             for label in ("random", "near"):
                 v = r[label]
-                print(f"{r['vectors']:8d} {label:>7s} {v['hnsw_p50_ms']:9.2f} {v['hnsw_p95_ms']:9.2f} {v['exact_p50_ms']:10.2f} "
+                print(f"{r['vectors']:8d} {r['ef_search']:4d} {label:>7s} {v['hnsw_p50_ms']:9.2f} {v['hnsw_p95_ms']:9.2f} {v['exact_p50_ms']:10.2f} "
                       f"{v['exact_p95_ms']:10.2f} {v['exact_over_hnsw_p50']:9.2f}x {v['top4_overlap']:8.3f} {r['add_vectors_per_s']:8.0f}")
 
 
@@ -188,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sizes", default="10000,50000,200000")
     ap.add_argument("--dim", type=int, default=384)
+    ap.add_argument("--ef-search", default="100,400", help="HNSW ef_search values for the scaling run (index default: 100)")
     ap.add_argument("--no-scaling", action="store_true")
     ap.add_argument("--no-corpus", action="store_true")
     ap.add_argument("--out", default="bench/results/retrieval.json")
@@ -200,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
         res["corpus"] = corpus_bench(Path(args.index_dir), args.queries, args.k, args.seed)
     if not args.no_scaling:
         res["scaling_dim"] = args.dim
-        res["scaling"] = scaling_bench([int(s) for s in args.sizes.split(",")], args.dim, args.queries, args.k, args.seed)
+        res["scaling"] = scaling_bench([int(s) for s in args.sizes.split(",")], args.dim, args.queries, args.k, args.seed,
+                                       [int(e) for e in args.ef_search.split(",")])
     print_tables(res)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=2) + "\n")

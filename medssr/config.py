@@ -70,6 +70,7 @@ class CorpusCfg:
     index_dir: str = "artifacts/corpus"
     max_passages: int | None = field(default=None, metadata=_range(1))
     eval_embedders: list[str] = field(default_factory=lambda: ["minilm", "bm25", "hybrid"])
+    eval_sample: int | None = field(default=None, metadata=_range(1))  # entities queried for recall@4 (None = every covered one)
 
 
 @dataclass

@@ -166,9 +166,10 @@ def _add_dense(client, emb: Embedder, passages: Sequence[Passage], batch_size: i
                                    configuration={"hnsw": {"space": "ip", "ef_construction": 200, "ef_search": 100, "max_neighbors": 16}})
     max_add = client.get_max_batch_size()
     group = min(max_add, batch_size * 8)  # embed this many, then add them in one call (and tick the progress bar)
+    by_length = sorted(passages, key=lambda p: -len(p.text) - len(p.title))  # similar lengths share a batch: little padding
     with tqdm(total=len(passages), desc=f"embed+index {emb.name}", unit="passage", disable=not show_progress) as bar:
-        for s in range(0, len(passages), group):
-            chunk = passages[s : s + group]
+        for s in range(0, len(by_length), group):
+            chunk = by_length[s : s + group]
             vecs = emb.embed_passages(chunk)
             if vecs.shape != (len(chunk), emb.dim):
                 raise IndexBuildError(f"embedder {emb.name} returned shape {vecs.shape}, expected ({len(chunk)}, {emb.dim})")

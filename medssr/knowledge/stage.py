@@ -29,6 +29,7 @@ def run_corpus(params: Params, entities_path: str | os.PathLike = "data/prepared
     """Build the passage index for params.corpus, write coverage.json and the report, log them; returns the report."""
     set_offline_env()
     cfg = params.corpus
+    eval_sample = cfg.eval_sample if eval_sample is None else eval_sample
     check_embedder_name(cfg.embedder, "corpus.embedder")
     for name in cfg.eval_embedders:
         check_embedder_name(name, "corpus.eval_embedders")

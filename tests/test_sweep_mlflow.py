@@ -1,0 +1,105 @@
+"""A real α sweep: `dvc exp run --queue` over two rare ratios on the micro profile, logged to a real MLflow
+server on 127.0.0.1, then compared through `dvc exp show` and MLflow's REST API."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run(cmd, cwd, env, timeout=600):
+    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    return out.stdout
+
+
+@pytest.mark.slow
+def test_two_value_sweep_lands_side_by_side_in_dvc_and_the_mlflow_server(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "--null", "-T", "-", "-cf", str(tmp_path / "src.tar")], cwd=ROOT, input=files, check=True)
+    subprocess.run(["tar", "xf", str(tmp_path / "src.tar")], cwd=repo, check=True)
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "true", "HF_HUB_OFFLINE": "1",
+           "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "OMP_WAIT_POLICY": "PASSIVE",
+           "MEDSSR_MODEL_CACHE": str(ROOT / ".cache" / "models"), "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@localhost",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@localhost"}
+    env.pop("PYTEST_CURRENT_TEST", None)
+    _run([BIN / "medssr", "profile", "apply", "micro"], repo, env)
+    _run(["git", "init", "-q"], repo, env)
+    _run(["git", "add", "-A"], repo, env)
+    _run(["git", "commit", "-qm", "micro"], repo, env)
+
+    port = _free_port()
+    server = subprocess.Popen([BIN / "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                               "--backend-store-uri", f"sqlite:///{tmp_path}/mlflow.db", "--artifacts-destination", str(tmp_path / "art")],
+                              cwd=tmp_path, env=env, stdout=open(tmp_path / "server.log", "w"), stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                if urllib.request.urlopen(f"{base}/health", timeout=2).read() == b"OK":
+                    break
+            except OSError:
+                pass
+            assert time.time() < deadline, (tmp_path / "server.log").read_text()[-2000:]
+            time.sleep(0.5)
+        env["MLFLOW_TRACKING_URI"] = base
+
+        _run([BIN / "dvc", "exp", "run", "--queue", "-S", "synth.rare_ratio=0,0.5"], repo, env)
+        _run([BIN / "dvc", "queue", "start", "-j", "1"], repo, env)
+        deadline = time.time() + 1200
+        while True:
+            status = _run([BIN / "dvc", "queue", "status"], repo, env)
+            if "Queued" not in status and "Running" not in status:
+                break
+            assert time.time() < deadline, status
+            time.sleep(5)
+        assert "Failed" not in status, status + _run([BIN / "dvc", "queue", "logs", status.split()[-1]], repo, env)
+
+        shown = json.loads(_run([BIN / "dvc", "exp", "show", "--json"], repo, env))
+        exps = [e for commit in shown for e in (commit.get("experiments") or [])]
+        ratios = set()
+        for e in exps:
+            data = e["revs"][0]["data"]
+            ratios.add(data["params"]["params.yaml"]["data"]["synth"]["rare_ratio"])
+            assert "stage2" in data["metrics"]["metrics/eval.json"]["data"]
+        assert ratios == {0, 0.5}
+
+        req = urllib.request.Request(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=medssr")
+        exp_id = json.loads(urllib.request.urlopen(req, timeout=10).read())["experiment"]["experiment_id"]
+        body = json.dumps({"experiment_ids": [exp_id], "filter": "tags.medssr_role = 'pipeline'", "max_results": 50}).encode()
+        req = urllib.request.Request(f"{base}/api/2.0/mlflow/runs/search", data=body, headers={"Content-Type": "application/json"})
+        runs = json.loads(urllib.request.urlopen(req, timeout=10).read())["runs"]
+        evaluated = {}
+        for r in runs:
+            params = {p["key"]: p["value"] for p in r["data"].get("params", [])}
+            metrics = {m["key"]: m["value"] for m in r["data"].get("metrics", [])}
+            if "eval/avg" in metrics:
+                evaluated[params["synth.rare_ratio"]] = metrics
+        assert set(evaluated) == {"0.0", "0.5"}, sorted(evaluated)
+        for metrics in evaluated.values():
+            assert "synth/accepted" in metrics and "eval/medqa/acc" in metrics
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, 9)
