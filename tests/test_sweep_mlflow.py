@@ -72,7 +72,10 @@ def test_two_value_sweep_lands_side_by_side_in_dvc_and_the_mlflow_server(tmp_pat
                 break
             assert time.time() < deadline, status
             time.sleep(5)
-        assert "Failed" not in status, status + _run([BIN / "dvc", "queue", "logs", status.split()[-1]], repo, env)
+        failed = [line.split()[1] for line in status.splitlines() if line.rstrip().endswith("Failed")]
+        if failed:
+            logs = subprocess.run([BIN / "dvc", "queue", "logs", failed[0]], cwd=repo, env=env, capture_output=True, text=True)
+            pytest.fail(f"{status}\n{logs.stdout[-4000:]}{logs.stderr[-2000:]}")
 
         shown = json.loads(_run([BIN / "dvc", "exp", "show", "--json"], repo, env))
         exps = [e for commit in shown for e in (commit.get("experiments") or [])]

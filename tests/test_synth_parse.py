@@ -210,3 +210,15 @@ def test_reasoning_label_needs_exactly_one_tag(text, expected):
 def test_category_parse_is_strict(text, expected):
     assert parse_category(text) == expected
     assert expected is None or expected in CATEGORIES
+
+
+def test_a_reply_listing_more_options_than_letters_is_rejected_not_a_crash():
+    """Seen from SmolLM2 in a real sweep: a run-away list of options (A. … J. then K. …) once raised IndexError."""
+    from medssr.records import LETTERS
+
+    lines = ["Question: A 30-year-old man has fever and a rash. What is the most likely diagnosis?"]
+    lines += [f"{c}. Option number {i}" for i, c in enumerate(LETTERS)]
+    lines += ["A. Option number again", "Answer: A"]
+    with pytest.raises(InvalidQuestion) as e:
+        parse_question("\n".join(lines))
+    assert e.value.reason == "option_count"

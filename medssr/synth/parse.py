@@ -159,7 +159,9 @@ def _from_text(t: str) -> ParsedQuestion:
             answer = (am.group(1) or am.group(2)).upper()
             break
         om = _OPT_LINE.match(line)
-        nxt = LETTERS[len(options)]
+        if om and len(options) >= len(LETTERS):
+            raise InvalidQuestion("option_count", f"more than {len(LETTERS)} options")
+        nxt = LETTERS[len(options)] if len(options) < len(LETTERS) else None
         if om and om.group(1) == nxt:
             options[nxt] = om.group(2) or ""
         elif om:
