@@ -91,9 +91,9 @@ class PipelineRun:
 
 
 def _experiment_from_params() -> str:
-    from medssr.tracking import project_root
+    from medssr.tracking import workspace_root
 
-    for p in (Path("params.yaml"), project_root() / "params.yaml"):
+    for p in (Path("params.yaml"), workspace_root() / "params.yaml"):
         if p.exists():
             from medssr.config import load_params
 

@@ -13,9 +13,9 @@ from medssr.config import ConfigError, Params, build
 
 
 def profiles_dir() -> Path:
-    from medssr.tracking import project_root
+    from medssr.tracking import workspace_root
 
-    return project_root() / "params"
+    return workspace_root() / "params"
 
 
 def list_profiles() -> list[tuple[str, str]]:

@@ -280,9 +280,9 @@ def import_review(paths: Sequence[str | Path], log_mlflow: bool = True, experime
 
 
 def _default_experiment() -> str:
-    from medssr.tracking import project_root
+    from medssr.tracking import workspace_root
 
-    p = project_root() / "params.yaml"
+    p = workspace_root() / "params.yaml"
     if p.exists():
         from medssr.config import load_params
 

@@ -52,6 +52,21 @@ def project_root(start: str | os.PathLike | None = None) -> Path:
     return here
 
 
+def workspace_root(start: str | os.PathLike | None = None) -> Path:
+    """The checkout a stage runs in (a DVC queue copy included): home of params, prompts, data and checkpoints.
+
+    ``project_root`` is for state shared across experiments (the MLflow store, caches); this is for files.
+    ``MEDSSR_ROOT`` overrides both.
+    """
+    if os.environ.get("MEDSSR_ROOT"):
+        return Path(os.environ["MEDSSR_ROOT"]).resolve()
+    here = Path(start or os.getcwd()).resolve()
+    for p in (here, *here.parents):
+        if (p / "dvc.yaml").exists() or (p / ".git").exists():
+            return p
+    return here
+
+
 def tracking_uri() -> str:
     """``MLFLOW_TRACKING_URI`` if set, else an absolute sqlite URI to ``mlflow.db`` in the project root."""
     env = os.environ.get("MLFLOW_TRACKING_URI")

@@ -52,3 +52,14 @@ def test_metric_names_are_stable():
     assert tracking.eval_metric("medqa") == "eval/medqa/acc"
     assert tracking.raredis_metric("Related disorders") == "eval/raredis/related_disorders/acc"
     assert tracking.metric("label", "agreement_mean") == "label/agreement_mean"
+
+
+def test_workspace_root_stays_in_the_dvc_queue_copy(tmp_path, monkeypatch):
+    """Files (params, data, checkpoints) come from the copy a queued experiment runs in; only shared state
+    (the MLflow store, caches) goes to the real project root."""
+    monkeypatch.delenv("MEDSSR_ROOT", raising=False)
+    copy = tmp_path / "repo" / ".dvc" / "tmp" / "exps" / "tmpabc123"
+    (copy / "stages").mkdir(parents=True)
+    (copy / "dvc.yaml").write_text("stages: {}\n")
+    assert tracking.workspace_root(copy / "stages") == copy
+    assert tracking.project_root(copy / "stages") == tmp_path / "repo"

@@ -41,11 +41,11 @@ class RLExample:
 def load_prompt_template(path: str | os.PathLike = DEFAULT_PROMPT) -> str:
     """The F.4 prompt body (header comments stripped by the project's prompt loader); relative paths from the project root."""
     from medssr.synth.prompts import PromptError, load_prompt
-    from medssr.tracking import project_root
+    from medssr.tracking import workspace_root
 
     p = Path(path)
     if not p.is_absolute():
-        p = project_root() / p
+        p = workspace_root() / p
     try:
         prompt = load_prompt(p.stem, p.parent)
     except PromptError as e:

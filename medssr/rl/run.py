@@ -54,9 +54,9 @@ class StagePaths:
     root: str | None = None  # base for relative paths; default the project root
 
     def base(self) -> Path:
-        from medssr.tracking import project_root
+        from medssr.tracking import workspace_root
 
-        return Path(self.root) if self.root else project_root()
+        return Path(self.root) if self.root else workspace_root()
 
     def abs(self, p: str | os.PathLike) -> Path:
         p = Path(p)

@@ -53,9 +53,9 @@ def default_prompt_dir() -> Path:
     """``prompts/`` in the project root (through DVC experiment copies), else next to the package."""
     if os.environ.get("MEDSSR_PROMPT_DIR"):
         return Path(os.environ["MEDSSR_PROMPT_DIR"])
-    from medssr.tracking import project_root
+    from medssr.tracking import workspace_root
 
-    root = project_root() / "prompts"
+    root = workspace_root() / "prompts"
     return root if root.is_dir() else Path(__file__).resolve().parents[2] / "prompts"
 
 
