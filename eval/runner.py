@@ -168,6 +168,30 @@ def _free(sampler: Any) -> None:
         pass
 
 
+def eval_json_headlines(metrics_path: str | os.PathLike = "metrics/eval.json") -> dict[str, float]:
+    """The final checkpoint's accuracies from metrics/eval.json under the unprefixed MLflow names."""
+    path = Path(metrics_path)
+    if not path.exists():
+        return {}
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if not data:
+        return {}
+    final = data[list(data)[-1]]
+    out: dict[str, float] = {}
+    for bench, v in final.items():
+        if bench == "raredis" and isinstance(v, dict):
+            for cat, cv in v.items():
+                if isinstance(cv, dict) and "acc" in cv:
+                    out[f"eval/raredis/{cat}/acc"] = float(cv["acc"])
+                elif cat == "avg" and isinstance(cv, (int, float)):
+                    out["eval/raredis/avg"] = float(cv)
+        elif isinstance(v, dict) and "acc" in v:
+            out[f"eval/{bench}/acc"] = float(v["acc"])
+        elif bench in ("avg", "invalid_before", "invalid_after") and isinstance(v, (int, float)):
+            out[f"eval/{bench}"] = float(v)
+    return out
+
+
 def stage_headlines(reports_dir: str | os.PathLike = "reports") -> dict[str, float]:
     """Numeric headline values of every stage report present (top level and one level down), prefixed by stage."""
     out: dict[str, float] = {}

@@ -16,8 +16,14 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     set_offline_env()
     from eval.report import main_report
+    from eval.runner import eval_json_headlines, stage_headlines
+    from medssr.tracking import log_summary_to_parent
 
-    return main_report(out_dir=args.out, experiment=args.experiment or load_params(args.params).project.experiment)
+    params = load_params(args.params)
+    # This stage always runs: when DVC restored every other stage from its cache (a sweep value that changes
+    # nothing downstream), this is what still puts the headline numbers on this execution's parent run.
+    log_summary_to_parent(params, {**stage_headlines(args.out), **eval_json_headlines()})
+    return main_report(out_dir=args.out, experiment=args.experiment or params.project.experiment)
 
 
 if __name__ == "__main__":
