@@ -143,9 +143,9 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
                 raise RecordError(path, lineno, "<row>", f"invalid JSON ({e.msg} at column {e.colno})") from None
 
 
-def read_questions(path: str | os.PathLike, strict: bool = True) -> list[Question]:
-    """Read a Question JSONL file; non-strict mode quarantines bad rows to ``<path>.rejected.jsonl``."""
-    out, rejected = [], []
+def iter_questions(path: str | os.PathLike) -> Iterator[tuple[int, Any, Question | RecordError]]:
+    """Yield ``(line, raw object, Question or the RecordError for that row)``; the one row-checking loop that
+    `read_questions` and `medssr validate` share (duplicate ids included)."""
     path = Path(path)
     seen: dict[str, int] = {}
     rows = iter_jsonl(path)
@@ -153,24 +153,34 @@ def read_questions(path: str | os.PathLike, strict: bool = True) -> list[Questio
         try:
             lineno, obj = next(rows)
         except StopIteration:
-            break
+            return
         except RecordError as e:
-            if strict:
-                raise
-            rejected.append({"line": e.line, "error": str(e)})
+            yield e.line or 0, None, e
             if e.field == "<row>" and "UTF-8" in e.problem:
-                break  # the decoder cannot resync after bad bytes
+                return  # the decoder cannot resync after bad bytes
             continue
         try:
             q = validate_question(obj, path, lineno)
             if q.id in seen:
                 raise RecordError(path, lineno, "id", f"duplicate id {q.id!r} (first on line {seen[q.id]})")
-            seen[q.id] = lineno
-            out.append(q)
         except RecordError as e:
-            if strict:
-                raise
-            rejected.append({"line": lineno, "error": str(e), "row": obj})
+            yield lineno, obj, e
+            continue
+        seen[q.id] = lineno
+        yield lineno, obj, q
+
+
+def read_questions(path: str | os.PathLike, strict: bool = True) -> list[Question]:
+    """Read a Question JSONL file; non-strict mode quarantines bad rows to ``<path>.rejected.jsonl``."""
+    out, rejected = [], []
+    path = Path(path)
+    for lineno, obj, item in iter_questions(path):
+        if isinstance(item, Question):
+            out.append(item)
+        elif strict:
+            raise item
+        else:
+            rejected.append({"line": lineno, "error": str(item)} | ({"row": obj} if obj is not None else {}))
     if rejected:
         write_jsonl(path.with_name(path.name + ".rejected.jsonl"), rejected)
     read_questions.last_rejected = len(rejected)  # type: ignore[attr-defined]

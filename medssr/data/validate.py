@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medssr.data.loaders import load_benchmark_file
-from medssr.records import Question, RecordError, iter_jsonl, validate_question
+from medssr.records import Question, RecordError, iter_questions
 
 
 @dataclass
@@ -58,27 +58,11 @@ def _validate_benchmark(path: Path, rep: FileReport) -> None:
 
 
 def _validate_jsonl(path: Path, rep: FileReport) -> None:
-    seen: dict[str, int] = {}
-    rows = iter_jsonl(path)
-    while True:
-        try:
-            lineno, obj = next(rows)
-        except StopIteration:
-            break
-        except RecordError as e:
-            rep.errors.append(str(e))
-            if "UTF-8" in e.problem:
-                break  # the decoder cannot resync after bad bytes
-            continue
-        try:
-            q = validate_question(obj, path, lineno)
-            if q.id in seen:
-                raise RecordError(path, lineno, "id", f"duplicate id {q.id!r} (first on line {seen[q.id]})")
-        except RecordError as e:
-            rep.errors.append(str(e))
-            continue
-        seen[q.id] = lineno
-        rep.add(q)
+    for _, _, item in iter_questions(path):
+        if isinstance(item, RecordError):
+            rep.errors.append(str(item))
+        else:
+            rep.add(item)
 
 
 def validate_file(path: str | Path) -> FileReport:
