@@ -26,7 +26,7 @@ install: $(STAMP)
 
 repro: $(STAMP)
 	@test -d .git || (git init -q && git add -A && git -c user.name=medssr -c user.email=medssr@localhost commit -qm init)
-	source $(VENV)/bin/activate && dvc repro
+	source $(VENV)/bin/activate && dvc repro && medssr table
 
 test: $(STAMP)
 	$(VENV)/bin/pytest -q

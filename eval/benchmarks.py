@@ -22,6 +22,7 @@ from pathlib import Path
 
 from medssr.config import SamplingCfg
 from medssr.data.loaders import benchmark_row_to_question, load_benchmark_file
+from medssr.errors import MedssrError
 from medssr.records import Question, RecordError, iter_jsonl, validate_question
 
 # Each model's recommended decoding (paper §4.1 "recommended decoding hyperparameters for each model").
@@ -38,7 +39,7 @@ RESERVED_NAMES = frozenset({"avg", "avg_std", "raredis", "invalid_before", "inva
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
-class BenchmarkError(ValueError):
+class BenchmarkError(MedssrError, ValueError):
     """A declared benchmark that cannot be read; the message names the params key and the file."""
 
 

@@ -4,8 +4,10 @@ For each checkpoint: one ``Sampler.sample`` call per benchmark draws k samples p
 each question's random streams are keyed by ``<benchmark>:<id>`` and the eval seed, so every checkpoint sees the
 same random numbers). Outputs with no valid letter get the paper's second pass: ``Sampler.constrained_choice``
 restricts the next token after ``<prompt><output>\\nThe answer is`` to the option letters (allowed_token_ids on
-vLLM). Sampled outputs are appended to ``.cache/eval_progress/<checkpoint>-<fingerprint>.jsonl`` as they finish,
-so a killed run resumes where it stopped (outside data/eval, which DVC clears before the stage runs).
+vLLM). Sampled outputs are appended to ``.cache/eval_progress/<checkpoint>-<fingerprint>.jsonl`` in the project
+root as they finish, so a killed run resumes where it stopped (outside data/eval, which DVC clears before the stage
+runs), and the file is kept: the fingerprint is the weights' content, decoding, k, seed and prompt, so a later run
+of the same model reuses its samples (the base model in every value of a sweep, a DVC queue copy included).
 
 Outputs: ``data/eval/predictions_<checkpoint>.jsonl``, ``metrics/eval.json`` ({checkpoint: {benchmark: {acc, std,
 n, invalid_before, invalid_after}, avg, avg_std, raredis: {category: {acc, std, n}, avg}, invalid_before,
@@ -28,6 +30,7 @@ from eval.benchmarks import load_declared, sampling_for_family
 from eval.scoring import Prediction, checkpoint_json, checkpoint_metrics, format_table, metric_prefix, score_checkpoint
 from medssr.answers import ANSWER_SUFFIX, extract_answer
 from medssr.config import SamplingCfg, set_offline_env, to_flat_dict
+from medssr.errors import MedssrError
 from medssr.records import Question, append_jsonl, read_partial_jsonl, write_jsonl
 
 CHECKPOINT_DIRS = {"stage1": "checkpoints/stage1", "stage2": "checkpoints/stage2"}  # "base" is params model.dir
@@ -42,7 +45,7 @@ STAGE_REPORTS = {"prepare": "prepare.json", "corpus": "corpus.json", "synth": "s
 HEADLINE_SKIP = frozenset({"seed", "sampling", "prompt", "params", "agreement_histogram", "finish_reasons", "buckets", "min_agreement"})
 
 
-class EvalError(RuntimeError):
+class EvalError(MedssrError, RuntimeError):
     """An evaluation that cannot run: a missing checkpoint, no benchmark, a bad checkpoint name."""
 
 
@@ -89,10 +92,11 @@ def load_eval_prompt():
 
 
 def _fingerprint(model_dir: str, sampling: SamplingCfg, runs: int, seed: int, prompt_hash: str) -> str:
-    """Changes whenever a saved sample could differ: weights, decoding, k, seed, prompt."""
-    files = sorted(p for p in Path(model_dir).iterdir() if p.suffix in (".safetensors", ".bin", ".json")) if Path(model_dir).is_dir() else []
-    stat = [(p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in files]
-    blob = json.dumps({"files": stat, "sampling": vars(sampling), "runs": runs, "seed": seed, "prompt": prompt_hash}, sort_keys=True, default=str)
+    """Changes whenever a saved sample could differ: weights (by content, not path or mtime), decoding, k, seed, prompt."""
+    from medssr.models import weights_fingerprint
+
+    blob = json.dumps({"weights": weights_fingerprint(model_dir), "sampling": vars(sampling), "runs": runs, "seed": seed,
+                       "prompt": prompt_hash}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -239,6 +243,11 @@ def run_evaluate(params: Any, checkpoints: Mapping[str, str] | None = None, metr
     if clash:
         raise EvalError(f"eval: {clash[0]!r} names both a benchmark and a checkpoint; metric names eval/<checkpoint>/... would be ambiguous")
     template = load_eval_prompt()
+    progress_root = Path(progress_dir)
+    if not progress_root.is_absolute():
+        from medssr.tracking import project_root
+
+        progress_root = project_root() / progress_root
     final = list(ckpts)[-1]
     results: dict[str, Any] = {}
     metrics: dict[str, float] = {}
@@ -249,7 +258,7 @@ def run_evaluate(params: Any, checkpoints: Mapping[str, str] | None = None, metr
         family = params.model.family if params.model.family != "auto" else getattr(sampler, "family", None)
         sampling = sampling_for_family(cfg.sampling, family, family_defaults)
         used[name] = {"dir": model_dir, "family": family, "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": sampling.top_k}
-        prog = Path(progress_dir) / f"{_safe_name(name)}-{_fingerprint(model_dir, sampling, cfg.runs, cfg.seed, template.sha256)}.jsonl"
+        prog = progress_root / f"{_safe_name(name)}-{_fingerprint(model_dir, sampling, cfg.runs, cfg.seed, template.sha256)}.jsonl"
         print(f"[evaluate] {name}: {model_dir} (family {family}, T={sampling.temperature}, top_p={sampling.top_p}, "
               f"top_k={sampling.top_k}, k={cfg.runs})")
         preds = evaluate_model(sampler, benchmarks, sampling, cfg.runs, cfg.seed, template, cfg.constrained_pass, prog, progress)
@@ -258,7 +267,6 @@ def run_evaluate(params: Any, checkpoints: Mapping[str, str] | None = None, metr
         score = score_checkpoint(preds)
         results[name] = checkpoint_json(score)
         metrics.update(checkpoint_metrics(score, metric_prefix(name, name == final)))
-        prog.unlink(missing_ok=True)
     _write_json(metrics_path, results)
     if log_mlflow:
         _log(params, metrics, ckpts, final, used, reports_dir)

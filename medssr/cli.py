@@ -1,4 +1,4 @@
-"""The `medssr` command: inspect data and retrieval, apply profiles, review synthetic data, render reports."""
+"""The `medssr` command: inspect data and retrieval, apply profiles, review synthetic data, render reports and tables."""
 
 from __future__ import annotations
 
@@ -23,6 +23,21 @@ def _report(args: argparse.Namespace) -> int:
     from eval.report import main_report
 
     return main_report(out_dir=args.out, experiment=args.experiment)
+
+
+def _table(args: argparse.Namespace) -> int:
+    import json
+
+    from eval.scoring import format_table
+
+    path = Path(args.metrics)
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        print(f"medssr table: {path}:{e.lineno}: not valid JSON ({e.msg})", file=sys.stderr)
+        return 2
+    print(f"evaluation ({path}, accuracy %):\n{format_table(results)}")
+    return 0
 
 
 def _review(args: argparse.Namespace) -> int:
@@ -72,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--experiment", default=None)
     rep.set_defaults(fn=_report)
 
+    t = sub.add_parser("table", help="print the evaluation table (benchmarks x checkpoints) from metrics/eval.json")
+    t.add_argument("metrics", nargs="?", default="metrics/eval.json")
+    t.set_defaults(fn=_table)
+
     rev = sub.add_parser("review", help="physician review sheets: `review export --n 200` / `review import FILE...`")
     rev.add_argument("rest", nargs=argparse.REMAINDER)
     rev.set_defaults(fn=_review)
@@ -90,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from medssr.config import ConfigError, set_offline_env
+    from medssr.config import set_offline_env
+    from medssr.errors import MedssrError
 
     set_offline_env()
     args = build_parser().parse_args(argv)
@@ -99,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.fn(args) or 0)
-    except (ConfigError, FileNotFoundError) as e:
+    except (MedssrError, FileNotFoundError) as e:
         print(f"medssr {args.cmd}: {e}", file=sys.stderr)
         return 2
 

@@ -16,8 +16,10 @@ from typing import Any, Literal
 
 import yaml
 
+from medssr.errors import MedssrError
 
-class ConfigError(ValueError):
+
+class ConfigError(MedssrError, ValueError):
     """A params.yaml problem; the message starts with the dotted key path."""
 
 
@@ -84,6 +86,7 @@ class GeneratorCfg:
     temperature: float = field(default=0.7, metadata=_range(0, 2))
     max_tokens: int = field(default=1024, metadata=_range(1))
     structured: bool = True  # JSON schema / tool schema where the backend supports it
+    guided_layout: bool = False  # local backend: decode the plain-text question layout part by part (small models)
 
 
 @dataclass
@@ -338,10 +341,12 @@ def to_flat_dict(obj: Any, prefix: str = "") -> dict[str, Any]:
 
 
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
-               "DVC_NO_ANALYTICS": "true", "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
+               "DVC_NO_ANALYTICS": "true", "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+               # transformers' per-load "Loading weights" bars (a dozen per stage); our own progress bars stay
+               "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
 
 
 def set_offline_env() -> None:
-    """Switch off every hub download and telemetry call; stages call this before importing ML libraries."""
+    """Switch off every hub download, telemetry call and library loading bar; stages call this before importing ML libraries."""
     for k, v in OFFLINE_ENV.items():
         os.environ.setdefault(k, v)

@@ -8,6 +8,7 @@ TRL's reference model, loads the policy from that directory.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -16,6 +17,7 @@ import time
 from pathlib import Path
 
 from medssr.config import set_offline_env
+from medssr.errors import MedssrError
 
 SMOLLM2 = "smollm2-135m"
 TINY = "tiny-random-llama"  # a 2-layer random Llama with SmolLM2's tokenizer: wiring tests, never for results
@@ -28,7 +30,33 @@ FALLBACK_CHAT_TEMPLATE = (
 )
 
 
-class ModelError(RuntimeError):
+_FINGERPRINT_FILES = ("config.json", "tokenizer_config.json", "chat_template.jinja", "tokenizer.json")
+_HEAD = 8 << 20
+
+
+def weights_fingerprint(model_dir: str | os.PathLike) -> str:
+    """Cheap identity of a model directory (configs, tokenizer, weight sizes and their first/last 8 MiB), stable
+    across copies and mtimes, so a moved checkout or a DVC experiment copy keeps every cache keyed on it
+    (generator replies, votes, evaluation samples). Anything that is not a directory (a hub id) is its own identity."""
+    d = Path(model_dir)
+    if not d.is_dir():
+        return hashlib.sha256(str(model_dir).encode()).hexdigest()[:16]
+    h = hashlib.sha256()
+    for name in _FINGERPRINT_FILES:
+        if (d / name).exists():
+            h.update(name.encode() + b"\0" + (d / name).read_bytes())
+    for w in sorted(d.glob("*.safetensors")) + sorted(d.glob("*.bin")):
+        size = w.stat().st_size
+        h.update(f"{w.name}:{size}".encode())
+        with w.open("rb") as f:
+            h.update(f.read(_HEAD))
+            if size > 2 * _HEAD:
+                f.seek(size - _HEAD)
+                h.update(f.read(_HEAD))
+    return h.hexdigest()[:16]
+
+
+class ModelError(MedssrError, RuntimeError):
     """A policy that cannot be found, converted or loaded; the message says which param or path."""
 
 

@@ -15,13 +15,15 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from medssr.errors import MedssrError
+
 LETTERS = "ABCDEFGHIJ"
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/+-]{0,199}$")
 
 CATEGORIES = ("Symptoms", "Causes", "Affects", "Related disorders", "Diagnosis", "Treatment", "Others")
 
 
-class RecordError(ValueError):
+class RecordError(MedssrError, ValueError):
     """A malformed record; the message reads ``file:line: field: problem``."""
 
     def __init__(self, path: str | os.PathLike | None, line: int | None, field_name: str, problem: str):

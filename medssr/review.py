@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medssr.errors import MedssrError
 from medssr.records import LETTERS, Question, read_questions
 
 RATING_COLUMNS = ("correct", "harmful", "plausibility", "reviewer", "group")
@@ -31,7 +32,7 @@ _YES = {"y", "yes", "1", "true", "t", "x"}
 _NO = {"n", "no", "0", "false", "f"}
 
 
-class ReviewError(ValueError):
+class ReviewError(MedssrError, ValueError):
     """One or more malformed rows in review sheets; each line reads ``file:row: column: problem``."""
 
     def __init__(self, errors: Sequence[str]):

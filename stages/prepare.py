@@ -1,19 +1,17 @@
 """DVC stage `prepare`: real training rows, seeds, benchmarks, RareDis-Sub and E_rare (medssr.data.prepare)."""
 
-from __future__ import annotations
-
-import argparse
 import sys
+from pathlib import Path
 
-from medssr.config import ConfigError, load_params, set_offline_env
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run this checkout's code, also in a DVC queue copy
+
+from medssr.stage import run_stage  # noqa: E402
 
 
 def llm_classifiers(params):
     """The paper's LLM reasoning filter (prompt F.3) and category classifier, through synth.generator, when params ask."""
     if params.data.reasoning_filter != "llm" and params.data.category_classifier != "llm":
         return None, None
-    from pathlib import Path
-
     from medssr.data.categories import classify_category as rule_category
     from medssr.data.reasoning import is_reasoning_heavy
     from medssr.llm import make_generator
@@ -27,27 +25,23 @@ def llm_classifiers(params):
     return reasoning, category
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+def add_args(ap):
     ap.add_argument("--report", default="reports/prepare.json", help="where the JSON summary goes")
-    args = ap.parse_args(argv)
-    set_offline_env()
-    from medssr.data.prepare import run_prepare, summary_line
-    from medssr.records import RecordError
 
-    try:
-        params = load_params(args.params)
-        classifier, category = llm_classifiers(params)
-        summary = run_prepare(params, classifier=classifier, category_classifier=category, report_path=args.report)
-        for name, c in (("reasoning", classifier), ("category", category)):
-            if c is not None:
-                print(f"[prepare] LLM {name} classifier ({c.generator.name}): {c.fallbacks} replies fell back to the rule")
-        print(summary_line(summary))
-    except (ConfigError, RecordError, FileNotFoundError, ValueError) as e:
-        print(f"prepare: {e}", file=sys.stderr)
-        return 1
-    return 0
+
+def body(args, params):
+    from medssr.data.prepare import run_prepare, summary_line
+
+    classifier, category = llm_classifiers(params)
+    summary = run_prepare(params, classifier=classifier, category_classifier=category, report_path=args.report)
+    for name, c in (("reasoning", classifier), ("category", category)):
+        if c is not None:
+            print(f"[prepare] LLM {name} classifier ({c.generator.name}): {c.fallbacks} replies fell back to the rule")
+    return summary_line(summary)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_stage("prepare", __doc__, add_args, body, argv)
 
 
 if __name__ == "__main__":

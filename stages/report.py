@@ -1,29 +1,31 @@
 """DVC stage `report`: reports/report.md and PNG figures (paper Tables 1-4, Figs. 4 and 6) from the experiment's MLflow runs."""
 
-from __future__ import annotations
-
-import argparse
 import sys
+from pathlib import Path
 
-from medssr.config import load_params, set_offline_env
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run this checkout's code, also in a DVC queue copy
+
+from medssr.stage import run_stage  # noqa: E402
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--params", default="params.yaml")
+def add_args(ap):
     ap.add_argument("--out", default="reports")
     ap.add_argument("--experiment", default=None, help="MLflow experiment (default: project.experiment)")
-    args = ap.parse_args(argv)
-    set_offline_env()
+
+
+def body(args, params):
     from eval.report import main_report
     from eval.runner import eval_json_headlines, stage_headlines
     from medssr.tracking import log_summary_to_parent
 
-    params = load_params(args.params)
     # This stage always runs: when DVC restored every other stage from its cache (a sweep value that changes
     # nothing downstream), this is what still puts the headline numbers on this execution's parent run.
     log_summary_to_parent(params, {**stage_headlines(args.out), **eval_json_headlines()})
-    return main_report(out_dir=args.out, experiment=args.experiment or params.project.experiment)
+    main_report(out_dir=args.out, experiment=args.experiment or params.project.experiment)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_stage("report", __doc__, add_args, body, argv)
 
 
 if __name__ == "__main__":

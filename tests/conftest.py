@@ -57,6 +57,18 @@ def mlflow_store(tmp_path, monkeypatch, _mlflow_template) -> str:
     return uri
 
 
+@pytest.fixture(scope="module")
+def mlflow_module_store(tmp_path_factory, _mlflow_template):
+    """One store (a template copy) shared by a module's tests, for modules whose tests each read only their own runs."""
+    import shutil
+
+    db = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+    shutil.copy(_mlflow_template, db)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+        yield f"sqlite:///{db}"
+
+
 @pytest.fixture
 def raw_dir() -> Path:
     return RAW

@@ -152,8 +152,28 @@ def test_parent_run_gets_headline_metrics_of_eval_and_stage_reports(evaluated):
     assert parent[0].data.params["synth.rare_ratio"] == "0.25"
 
 
-def test_progress_file_is_removed_after_a_finished_run(evaluated):
-    assert not list((evaluated["dir"] / "progress").glob("*.jsonl"))
+def test_finished_samples_are_kept_and_the_same_weights_elsewhere_sample_nothing(evaluated, tiny_model_dir, tmp_path):
+    """A sweep re-evaluates the unchanged base model in every value (from a DVC queue copy): it must cost nothing."""
+    import shutil
+
+    from medssr.sampling import make_sampler
+
+    assert len(list((evaluated["dir"] / "progress").glob("*.jsonl"))) == 2
+    copy = shutil.copytree(tiny_model_dir, tmp_path / "copied-model")  # another path, new mtimes, same weights
+    samplers = []
+
+    def factory(*a, **kw):
+        samplers.append(make_sampler(*a, **kw))
+        return samplers[-1]
+
+    d = evaluated["dir"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{d}/mlflow.db")
+        again = run_evaluate(evaluated["params"], checkpoints={"base": str(copy), "stage2": str(tiny_model_dir)},
+                             metrics_path=tmp_path / "eval.json", predictions_dir=tmp_path / "eval", reports_dir=d / "reports",
+                             progress=False, progress_dir=d / "progress", sampler_factory=factory, log_mlflow=False)
+    assert again == evaluated["results"]
+    assert len(samplers) == 2 and all(s.last_stats.sequences == 0 for s in samplers)
 
 
 def test_resume_reuses_saved_samples_and_samples_only_the_rest(tmp_path, tiny_model_dir):
@@ -225,3 +245,18 @@ def test_benchmark_names_that_would_clash_with_eval_json_keys_are_rejected(tmp_p
         load_declared({"avg": files["medqa"]})
     with pytest.raises(BenchmarkError, match=r"eval\.benchmarks\.med/qa"):
         load_declared({"med/qa": files["medqa"]})
+
+
+def test_medssr_table_prints_the_evaluation_table_and_names_a_bad_file(evaluated, tmp_path, capsys):
+    from medssr.cli import main
+
+    assert main(["table", str(evaluated["dir"] / "metrics" / "eval.json")]) == 0
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if line.startswith("benchmark"))
+    assert header.split() == ["benchmark", "base", "stage2"] and "\nmedqa " in out and "\navg " in out
+    bad = tmp_path / "eval.json"
+    bad.write_text('{"base": {\n  "medqa": }\n')
+    assert main(["table", str(bad)]) == 2
+    assert f"{bad}:2: not valid JSON" in capsys.readouterr().err
+    assert main(["table", str(tmp_path / "missing.json")]) == 2
+    assert "missing.json" in capsys.readouterr().err

@@ -4,9 +4,11 @@ and the local transformers backend on a tiny random Llama."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -418,6 +420,55 @@ def test_local_cache_key_depends_on_the_weights(tiny_local, tmp_path):
 def test_local_missing_model_raises_llm_error(tmp_path):
     with pytest.raises(LLMError, match="model_dir"):
         local_gen(tmp_path / "nope", tmp_path / "c")
+
+
+LAYOUT = re.compile(r"Question:.+\nA\. \S.*\nB\. \S.*\nC\. \S.*\nD\. \S.*\nAnswer: [ABCD]", re.S)
+
+
+@pytest.fixture(scope="module")
+def tiny_guided(tiny_local) -> Generator:
+    """The tiny random Llama, steered through the question layout (its own replies never have it)."""
+    g = copy.copy(tiny_local)
+    g.cfg = dataclasses.replace(tiny_local.cfg, guided_layout=True, max_tokens=40)
+    return g
+
+
+def _layout_requests(n: int) -> list[LLMRequest]:
+    return [chat(f"Write one question about disease {i}.", assistant_prefix="Question:") for i in range(n)]
+
+
+def test_guided_layout_gives_every_reply_the_whole_question_layout(tiny_local, tiny_guided, tmp_path):
+    from medssr.synth.parse import InvalidQuestion, parse_reply
+
+    free = fresh(tiny_local, tmp_path / "free").run(_layout_requests(6), progress=False)
+    guided = fresh(tiny_guided, tmp_path / "guided").run(_layout_requests(6), progress=False)
+    for r in free:
+        with pytest.raises(InvalidQuestion):
+            parse_reply(r.text)
+    for r in guided:
+        assert r.ok and LAYOUT.fullmatch(r.text), r.text
+        pq = parse_reply(r.text)
+        assert list(pq.options) == list("ABCD") and pq.answer in "ABCD"
+        assert r.finish_reason in ("stop", "length") and r.output_tokens <= 40 + 5 + 3 * 5 + 2
+
+
+def test_guided_reply_does_not_depend_on_its_batch(tiny_guided, tmp_path):
+    reqs = _layout_requests(4)
+    alone = fresh(tiny_guided, tmp_path / "a").run(reqs[3:], progress=False)[0]
+    batched = fresh(tiny_guided, tmp_path / "b").run(reqs, progress=False)[3]
+    assert alone.text == batched.text and alone.finish_reason == batched.finish_reason
+
+
+def test_guided_and_free_replies_never_share_a_cache_entry(tiny_local, tiny_model_dir, tmp_path):
+    guided = make_generator(dataclasses.replace(tiny_local.cfg, guided_layout=True), tmp_path, model_dir=str(tiny_model_dir))
+    assert guided.key(chat("q")) != tiny_local.key(chat("q"))
+
+
+def test_guided_part_cut_at_its_budget_marks_the_reply_truncated(tiny_guided, tmp_path):
+    """A random model almost never ends a line by itself: its stem runs into the budget, so the reply is 'length'."""
+    out = fresh(tiny_guided, tmp_path).run(_layout_requests(4), progress=False)
+    assert all(LAYOUT.fullmatch(r.text) for r in out)
+    assert any(r.finish_reason == "length" for r in out)
 
 
 @pytest.mark.slow

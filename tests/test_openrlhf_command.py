@@ -70,15 +70,6 @@ LLAMA_STAGE2_FLAGS = """
 
 
 @pytest.fixture(scope="module")
-def mlflow_uri(tmp_path_factory):
-    """One sqlite store for the module (creating its tables costs ~8 s); each test reads its own runs."""
-    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        yield uri
-
-
-@pytest.fixture(scope="module")
 def specs():
     try:
         return load_specs()
@@ -207,7 +198,7 @@ def _write_events(log_dir: Path, scalars: dict[str, list[tuple[int, float]]]) ->
     w.close()
 
 
-def test_tensorboard_scalars_reach_mlflow_under_stage_names(tmp_path, mlflow_uri):
+def test_tensorboard_scalars_reach_mlflow_under_stage_names(tmp_path, mlflow_module_store):
     from mlflow.tracking import MlflowClient
 
     from medssr import tracking
@@ -225,7 +216,7 @@ def test_tensorboard_scalars_reach_mlflow_under_stage_names(tmp_path, mlflow_uri
     with tracking.stage_run("stage1", params) as mlflow:
         run_id = mlflow.active_run().info.run_id
         rows = orl.tensorboard_to_mlflow(tb, "stage1", mlflow, samples_per_step=1024)
-    client = MlflowClient(mlflow_uri)
+    client = MlflowClient(mlflow_module_store)
     reward = [(m.step, m.value) for m in client.get_metric_history(run_id, "train/stage1/reward_mean")]
     assert sorted(reward) == [(1, 0.25), (2, 0.5), (3, 0.75)]
     assert [m.value for m in client.get_metric_history(run_id, "train/stage1/loss")] == pytest.approx([0.1, 0.2, 0.3])
@@ -269,7 +260,7 @@ print(f"trained on {len(rows)} prompts")
 
 
 @pytest.fixture
-def orl_project(tmp_path, tiny_model_dir, mlflow_uri, monkeypatch):
+def orl_project(tmp_path, tiny_model_dir, mlflow_module_store, monkeypatch):
     """A project root using the openrlhf backend, with a stand-in train_ppo_ray module on PYTHONPATH."""
     import shutil
     import sys

@@ -336,8 +336,10 @@ def test_local_smollm2_generates_and_is_measured(tmp_path, smol_model_dir, seeds
     """The embedded default generator end to end with the small-model prompts (2 attempts; acceptance is measured
     by a script: too slow for a test on 2 shared cores)."""
     params = make_params(tmp_path, "local", None, n=2, max_attempts=2,
-                         generator={"model": "smollm2-135m", "max_tokens": 160, "concurrency": 2, "structured": False})
+                         generator={"model": "smollm2-135m", "max_tokens": 160, "concurrency": 2, "structured": False, "guided_layout": True})
     report = run(params, tmp_path, seeds[:20], {}, prompt_variant="small")
     assert report["attempts"] == 2 and report["tokens"]["output"] > 0
     assert report["generator"] == "local:smollm2-135m"
     assert sum(report["rejected"].values()) + report["valid"] == 2
+    # guided decoding: whatever is wrong with a reply, it is never its layout
+    assert not set(report["rejected"]) & {"no_question_format", "missing_answer", "option_count", "bad_json", "empty"}

@@ -27,15 +27,6 @@ TINY = {
 
 
 @pytest.fixture(scope="module")
-def mlflow_uri(tmp_path_factory):
-    """One sqlite store for the module (creating its tables costs ~8 s); each test reads its own runs."""
-    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        yield uri
-
-
-@pytest.fixture(scope="module")
 def medmcqa() -> list[Question]:
     from medssr.data.loaders import load_medmcqa
     from tests.conftest import RAW
@@ -44,7 +35,7 @@ def medmcqa() -> list[Question]:
 
 
 @pytest.fixture
-def project(tmp_path, tiny_model_dir, medmcqa, mlflow_uri, monkeypatch) -> Path:
+def project(tmp_path, tiny_model_dir, medmcqa, mlflow_module_store, monkeypatch) -> Path:
     """A project root in tmp: F.4 prompt, labeled synthetic + real sets from MedMCQA rows, the tiny policy as model.dir."""
     root = tmp_path / "proj"
     (root / "prompts").mkdir(parents=True)
@@ -278,7 +269,7 @@ def test_openrlhf_dry_run_prints_the_command_and_writes_the_prompt_file(project,
     assert not (project / "checkpoints/stage1").exists()
 
 
-def test_stage_script_exits_2_with_the_param_to_fix(project, capsys):
+def test_stage_script_exits_1_with_the_param_to_fix(project, capsys):
     params_file = project / "params.yaml"
     import yaml
 
@@ -288,7 +279,7 @@ def test_stage_script_exits_2_with_the_param_to_fix(project, capsys):
     # 8 GPUs per node with 4 colocated vLLM engines is an invalid layout
     set_dotted(raw, "train.openrlhf.vllm_num_engines", 4)
     params_file.write_text(yaml.safe_dump(raw))
-    assert _stage_script().main(["stage1", "--dry-run", "--params", str(params_file)]) == 2
+    assert _stage_script().main(["stage1", "--dry-run", "--params", str(params_file)]) == 1
     assert "train.openrlhf.vllm_num_engines" in capsys.readouterr().err
 
 

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from medssr.config import ConfigError
 from medssr.data.categories import classify_category
 from medssr.data.leakage import build_index, normalize_text, remove_leakage
 from medssr.data.loaders import BENCHMARKS, TRAINING_SOURCES, benchmark_name_for, load_benchmark, load_benchmark_file, load_training_source
@@ -79,16 +80,16 @@ def run_prepare(params: Any, classifier: Callable[[Question], bool] | None = Non
         raise FileNotFoundError(f"data.raw_dir: {raw} is not a directory (the repository ships the real data under data/raw)")
     if classifier is None:
         if cfg.reasoning_filter != "heuristic":
-            raise ValueError(f"data.reasoning_filter={cfg.reasoning_filter!r} needs a classifier passed to run_prepare "
+            raise ConfigError(f"data.reasoning_filter={cfg.reasoning_filter!r} needs a classifier passed to run_prepare "
                              "(stages/prepare.py builds it from synth.generator)")
         classifier = is_reasoning_heavy
     if category_classifier is None:
         if cfg.category_classifier != "rules":
-            raise ValueError(f"data.category_classifier={cfg.category_classifier!r} needs a classifier passed to run_prepare")
+            raise ConfigError(f"data.category_classifier={cfg.category_classifier!r} needs a classifier passed to run_prepare")
         category_classifier = classify_category
     unknown = [s for s in cfg.train_sources if s not in TRAINING_SOURCES]
     if unknown:
-        raise ValueError(f"data.train_sources: unknown source {unknown[0]!r}; known: {', '.join(TRAINING_SOURCES)}")
+        raise ConfigError(f"data.train_sources: unknown source {unknown[0]!r}; known: {', '.join(TRAINING_SOURCES)}")
     rejected: list[dict] = []
     seed = params.project.seed
 

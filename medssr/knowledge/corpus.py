@@ -19,12 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medssr.errors import MedssrError
+
 MEDQUAD_LICENSE = "CC BY 4.0 (MedQuAD)"
 NORD_LICENSE = "research-only (NORD text via the RareDis corpus; do not redistribute)"
 ORPHANET_LICENSE = "CC BY 4.0 (Orphanet)"
 
 
-class CorpusError(ValueError):
+class CorpusError(MedssrError, ValueError):
     """Bad corpus input; the message names the file (and line or member) and what to fix."""
 
 

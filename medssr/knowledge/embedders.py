@@ -19,6 +19,7 @@ from typing import Protocol
 import numpy as np
 
 from medssr.config import set_offline_env
+from medssr.errors import MedssrError
 from medssr.knowledge.corpus import Passage, passage_input
 
 EMBEDDERS = ("minilm", "bm25", "medcpt", "hybrid")
@@ -28,11 +29,11 @@ MEDCPT_QUERY_ID = "ncbi/MedCPT-Query-Encoder"
 MEDCPT_ARTICLE_ID = "ncbi/MedCPT-Article-Encoder"
 
 
-class UnknownEmbedderError(ValueError):
+class UnknownEmbedderError(MedssrError, ValueError):
     """An embedder name that is not one of EMBEDDERS."""
 
 
-class MissingWeightsError(FileNotFoundError):
+class MissingWeightsError(MedssrError, FileNotFoundError):
     """Model weights that must be downloaded by the user (MedCPT) are not where params say."""
 
 
@@ -86,13 +87,10 @@ def resolve_dtype(dtype: str, device: str):
 
 
 def _fingerprint(*dirs: Path) -> str:
-    """Cheap identity of model folders: config.json bytes plus weight file sizes."""
-    h = hashlib.sha256()
-    for d in dirs:
-        h.update((d / "config.json").read_bytes())
-        for f in sorted(d.glob("*.safetensors")) + sorted(d.glob("*.bin")):
-            h.update(f"{f.name}:{f.stat().st_size}".encode())
-    return h.hexdigest()[:16]
+    """Identity of the encoder folder(s) (query and article encoders for MedCPT), stored in the index manifest."""
+    from medssr.models import weights_fingerprint
+
+    return hashlib.sha256("|".join(weights_fingerprint(d) for d in dirs).encode()).hexdigest()[:16]
 
 
 SMALL_BATCH = 8  # query batches up to this size run on ``query_threads``

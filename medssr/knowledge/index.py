@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from medssr.config import set_offline_env
+from medssr.errors import MedssrError
 from medssr.knowledge.corpus import CorpusError, Passage, corpus_hash, passage_input
 from medssr.knowledge.embedders import DENSE, Embedder, check_embedder_name, load_embedder
 
@@ -37,15 +38,15 @@ RRF_K = 60  # reciprocal rank fusion constant (Cormack et al. 2009)
 HYBRID_DEPTH = 50  # candidates taken from each ranker before fusing
 
 
-class IndexNotFoundError(FileNotFoundError):
+class IndexNotFoundError(MedssrError, FileNotFoundError):
     """No complete index where one was asked for."""
 
 
-class IndexMismatchError(ValueError):
+class IndexMismatchError(MedssrError, ValueError):
     """The index on disk was built for another embedder, model or dimension than the one requested."""
 
 
-class IndexBuildError(RuntimeError):
+class IndexBuildError(MedssrError, RuntimeError):
     """The index could not be built or put in place."""
 
 

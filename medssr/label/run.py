@@ -29,7 +29,9 @@ from typing import Any
 
 from medssr.answers import extract_answer
 from medssr.config import Params, SamplingCfg, to_flat_dict
+from medssr.errors import MedssrError
 from medssr.label.vote import STATUSES, VoteResult, agreement_bucket, count_statuses, majority_vote
+from medssr.models import weights_fingerprint
 from medssr.records import Question, append_jsonl, read_partial_jsonl, read_questions, write_jsonl
 
 PROMPT_NAME = "eval_f4"
@@ -37,7 +39,7 @@ BUCKETS = (0.0, 0.5, 0.75, 1.0)
 DEFAULT_CHUNK = 32  # questions per fixed chunk: the unit re-sampled after a crash
 
 
-class LabelError(ValueError):
+class LabelError(MedssrError, ValueError):
     """The label stage cannot run; the message names the file or param to fix."""
 
 
@@ -54,14 +56,6 @@ class Voted:
 def progress_path_for(out_path: str | os.PathLike) -> Path:
     out = Path(out_path)
     return out.with_name(f".{out.name.removesuffix('.jsonl')}.progress.jsonl")
-
-
-def model_fingerprint(model_dir: str | os.PathLike) -> str:
-    """Changes when the weights change (file names, sizes, mtimes), so stale votes are never reused."""
-    p = Path(model_dir)
-    files = sorted(f for f in p.iterdir() if f.suffix in (".safetensors", ".bin", ".json")) if p.is_dir() else []
-    blob = json.dumps([(f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in files] or [str(model_dir)])
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def run_fingerprint(model_fp: str, sampling: SamplingCfg, seed: int, chunk_size: int) -> str:
@@ -223,7 +217,7 @@ def run_label(params: Params, model_dir: str | os.PathLike, synthetic_path: str 
         from medssr.sampling import make_sampler
 
         sampler = make_sampler(model_dir, backend=sampling.backend, dtype=params.model.dtype, batch_size=sampling.batch_size, seed=cfg.seed)
-    fp = run_fingerprint(model_fingerprint(model_dir), sampling, cfg.seed, chunk_size) + ":" + template.hash
+    fp = run_fingerprint(weights_fingerprint(model_dir), sampling, cfg.seed, chunk_size) + ":" + template.hash
     prog = progress_path_for(out_path)
 
     items_syn = [(q.id, q) for q in questions]

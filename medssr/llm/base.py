@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from medssr.config import GeneratorCfg, PriceCfg
+from medssr.errors import MedssrError
 from medssr.llm.cache import ResponseCache, request_key
 from medssr.llm.ledger import Ledger, LedgerEntry
 
@@ -32,7 +33,7 @@ OnDone = Callable[[int, "LLMResponse"], None]
 Finish = Callable[[int, str, "LLMResponse"], None]
 
 
-class LLMError(RuntimeError):
+class LLMError(MedssrError, RuntimeError):
     """A generator that cannot be configured: missing API key, unknown backend, missing local model."""
 
 

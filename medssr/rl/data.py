@@ -16,13 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from medssr.errors import MedssrError
 from medssr.records import Question, read_questions
 
 DEFAULT_PROMPT = "prompts/eval_f4.txt"
 PLACEHOLDER = "{question}"
 
 
-class RLDataError(ValueError):
+class RLDataError(MedssrError, ValueError):
     """Training data that cannot be used; the message names the file (and row id) and what to do."""
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from medssr.config import Params, set_offline_env
+from medssr.errors import MedssrError
 from medssr.rl import strategies
 from medssr.rl.data import RLExample, load_examples, load_prompt_template
 
@@ -35,7 +36,7 @@ MODEL_KEYS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "n
 PASSTHROUGH_MARKER = "medssr_passthrough.json"
 
 
-class TrainError(RuntimeError):
+class TrainError(MedssrError, RuntimeError):
     """A training stage that cannot start or finish; the message names the file or param to fix."""
 
 

@@ -15,11 +15,13 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from medssr.errors import MedssrError
+
 PROMPT_NAMES = {"F1": "synth_f1", "F2": "synth_f2", "F3": "reasoning_f3", "category": "category"}
 _PLACEHOLDER = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
 
 
-class PromptError(ValueError):
+class PromptError(MedssrError, ValueError):
     """A prompt file that is missing, unversioned, or filled with the wrong placeholders."""
 
 

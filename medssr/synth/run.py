@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from medssr.config import Params, to_flat_dict
+from medssr.errors import MedssrError
 from medssr.records import Question, append_jsonl, iter_jsonl, read_partial_jsonl, read_questions, write_jsonl
 from medssr.synth.contamination import build_index, question_text
 from medssr.synth.parse import QUESTION_SCHEMA, InvalidQuestion, ParsedQuestion, parse_question
@@ -37,7 +38,7 @@ NGRAM = 8  # contamination n-gram size; calibrated on the real benchmarks (see c
 Retriever = Callable[[str, int], Sequence[Any]]  # (query, k) -> passages with .id, .title, .text
 
 
-class SynthError(RuntimeError):
+class SynthError(MedssrError, RuntimeError):
     """The stage cannot finish: requests failed after retries, or inputs are missing. Finished work is kept."""
 
 
