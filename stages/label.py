@@ -20,9 +20,11 @@ def add_args(ap):
 
 def body(args, params):
     from medssr.label.run import run_label, summary_line
+    from medssr.tracking import project_root
 
     report = run_label(params, args.model or params.model.dir, args.synthetic, args.benchmarks or f"{params.data.out_dir}/benchmarks",
-                       args.out, args.report, args.plot, progress=not args.no_progress_bar)
+                       args.out, args.report, args.plot, progress=not args.no_progress_bar,
+                       reliability_cache=project_root() / ".cache" / "label_reliability")
     return summary_line(report)
 
 

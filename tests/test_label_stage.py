@@ -282,3 +282,19 @@ def test_reliability_table_compares_majority_with_first_sample_per_bucket():
     top = t["buckets"][-1]
     assert (top["lo"], top["hi"], top["n"], top["majority_acc"], top["single_acc"]) == (0.75, 1.0, 1, 1.0, 0.0)
     assert t["buckets"][0]["n"] == 2
+
+
+def test_reliability_votes_are_reused_by_a_run_on_another_synthetic_set(tiny_model_dir, tmp_path):
+    """Every value of an α sweep votes on the same real questions with the same model: only the first one pays."""
+    syn_a, bench = _write_inputs(tmp_path / "a", 3)
+    syn_b, _ = _write_inputs(tmp_path / "b", 5)
+    cache = tmp_path / "reliability-cache"
+    reports = []
+    for name, syn in (("a", syn_a), ("b", syn_b)):
+        out = tmp_path / name
+        reports.append(run_label(_params(), tiny_model_dir, syn, bench, out / "l.jsonl", out / "r.json", out / "p.png",
+                                 sampler=_sampler(tiny_model_dir), progress=False, track=False, reliability_cache=cache))
+    first, second = reports
+    assert first["timing"]["votes"] == (3 + 2) * 4 and second["timing"]["votes"] == 5 * 4  # real questions not re-voted
+    assert second["reliability"] == first["reliability"]
+    assert len(list(cache.glob("*.jsonl"))) == 1

@@ -201,8 +201,12 @@ def _metric_key(lo: float, hi: float) -> str:
 def run_label(params: Params, model_dir: str | os.PathLike, synthetic_path: str | os.PathLike, benchmarks_dir: str | os.PathLike,
               out_path: str | os.PathLike, report_path: str | os.PathLike, plot_path: str | os.PathLike, *, sampler: Any = None,
               chunk_size: int = DEFAULT_CHUNK, progress: bool = True, track: bool = True,
-              on_chunk: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Vote on every synthetic question, write the labeled set, the report, the plot, and log them to MLflow."""
+              on_chunk: Callable[[int], None] | None = None, reliability_cache: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Vote on every synthetic question, write the labeled set, the report, the plot, and log them to MLflow.
+
+    ``reliability_cache`` (a directory) keeps the votes on real questions after the run, keyed by the weights'
+    content, decoding, seed and prompt: they do not depend on the synthetic set, so every value of a sweep reuses
+    them. Without it they live in the stage's own progress file."""
     from medssr.synth.prompts import load_prompt
 
     cfg = params.label
@@ -224,12 +228,13 @@ def run_label(params: Params, model_dir: str | os.PathLike, synthetic_path: str 
     items_real = [(f"real:{q.source}:{q.id}", q) for q in real]
     all_stats = {"votes": 0, "tokens": 0, "seconds": 0.0, "resumed": 0, "sampled_questions": 0}
     voted: dict[str, Voted] = {}
-    for items, desc in ((items_syn, "voting on synthetic"), (items_real, "voting on real (reliability)")):
+    real_prog = prog if reliability_cache is None else Path(reliability_cache) / f"{hashlib.sha256(fp.encode()).hexdigest()[:16]}.jsonl"
+    for items, desc, path in ((items_syn, "voting on synthetic", prog), (items_real, "voting on real (reliability)", real_prog)):
         if not items:
             continue
         keys = [k for k, _ in items]
         qs = [q for _, q in items]
-        got, st = vote_questions(sampler, keys, qs, [template.render(question=q.render()) for q in qs], sampling, cfg.seed, prog, fp,
+        got, st = vote_questions(sampler, keys, qs, [template.render(question=q.render()) for q in qs], sampling, cfg.seed, path, fp,
                                  chunk_size, progress, on_chunk, desc)
         voted.update(got)
         for k in all_stats:
