@@ -58,8 +58,9 @@ class _LayoutVocab:
 class _LayoutGuide:
     """Logits processor: a per-row state machine that keeps each row inside the question layout.
 
-    Parts are the stem and the options; a part ends when the model writes a token containing a newline (not
-    before ``min`` tokens, and forced at its token budget, which marks the row truncated). Between parts the
+    Parts are the stem and the options; a part ends when the model writes a token ending in a newline (not
+    before a minimum of tokens; forced at the part's token budget, which marks the row truncated; tokens with
+    text after a newline are banned, and an option's first token must start with a space). Between parts the
     next lead (``A.`` ... ``D.``, then ``Answer:``) is forced token by token; after ``Answer:`` only the letter
     tokens are allowed, then EOS. EOS is banned everywhere else, so every reply has the whole layout.
     """
