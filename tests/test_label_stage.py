@@ -24,12 +24,7 @@ MEDQA = ROOT / "data" / "raw" / "benchmarks" / "test_short_medqa.json.gz"
 MEDMCQA = ROOT / "data" / "raw" / "benchmarks" / "test_short_medmcqa.json.gz"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _params(n: int = 4, reliability_n: int = 2, **label: object) -> Params:

@@ -373,15 +373,9 @@ def local_gen(model_dir: Path, cache: Path, **kw) -> Generator:
 
 
 @pytest.fixture(scope="module")
-def tiny_local(tiny_model_dir, tmp_path_factory) -> Generator:
-    """One loaded tiny-Llama generator for the module. One torch thread: on a shared, oversubscribed 2-core
-    machine two OpenMP threads made this tiny model ~15x slower (measured), and the tests check behaviour, not speed."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield local_gen(tiny_model_dir, tmp_path_factory.mktemp("unused"))
-    torch.set_num_threads(threads)
+def tiny_local(tiny_model_dir, tmp_path_factory, one_torch_thread) -> Generator:
+    """One loaded tiny-Llama generator for the module (on one torch thread: the tests check behaviour, not speed)."""
+    return local_gen(tiny_model_dir, tmp_path_factory.mktemp("unused"))
 
 
 def fresh(gen: Generator, cache_dir: Path) -> Generator:

@@ -25,13 +25,7 @@ PROMPTS = ["What is the most common cause of community-acquired pneumonia?", "Hi
 OPTIONS = {"A": "Streptococcus pneumoniae", "B": "Haemophilus influenzae", "C": "Mycoplasma", "D": "Legionella"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny model is faster on one thread, and the 2-core box is shared: avoid thread oversubscription."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
