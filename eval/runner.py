@@ -159,9 +159,15 @@ def _constrained_pass(sampler: Any, benchmarks: Mapping[str, Sequence[Question]]
         p.correct = letter == p.gold
 
 
-def _free(sampler: Any) -> None:
-    """Release a model before loading the next checkpoint."""
-    del sampler
+def _release(sampler: Any) -> None:
+    """Close a checkpoint's sampler (model or engine) before the next one is built.
+
+    The caller must also drop its own reference: deleting a parameter here would leave the caller's variable
+    holding the old engine, and vLLM refuses to start a second engine while the first holds the memory.
+    """
+    close = getattr(sampler, "close", None)
+    if callable(close):
+        close()
     gc.collect()
     try:
         import torch
@@ -261,8 +267,11 @@ def run_evaluate(params: Any, checkpoints: Mapping[str, str] | None = None, metr
         prog = progress_root / f"{_safe_name(name)}-{_fingerprint(model_dir, sampling, cfg.runs, cfg.seed, template.sha256)}.jsonl"
         print(f"[evaluate] {name}: {model_dir} (family {family}, T={sampling.temperature}, top_p={sampling.top_p}, "
               f"top_k={sampling.top_k}, k={cfg.runs})")
-        preds = evaluate_model(sampler, benchmarks, sampling, cfg.runs, cfg.seed, template, cfg.constrained_pass, prog, progress)
-        _free(sampler)
+        try:
+            preds = evaluate_model(sampler, benchmarks, sampling, cfg.runs, cfg.seed, template, cfg.constrained_pass, prog, progress)
+        finally:
+            _release(sampler)
+            sampler = None
         write_jsonl(pred_dir / f"predictions_{_safe_name(name)}.jsonl", (p.to_dict() for p in preds))
         score = score_checkpoint(preds)
         results[name] = checkpoint_json(score)

@@ -57,6 +57,7 @@ class ModelCfg:
     dir: str = "artifacts/models/policy"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     family: Literal["auto", "llama", "qwen", "smollm"] = "auto"
+    chat_template: Literal["auto", "always", "never"] = "auto"  # auto: instruct models get theirs, base models a plain prompt
 
 
 @dataclass
@@ -188,6 +189,8 @@ class EvalCfg:
     constrained_pass: bool = True
     family_defaults: bool = False  # use the model family's recommended decoding (eval/benchmarks.py FAMILY_SAMPLING)
     seed: int = 0
+    bootstrap: int = field(default=2000, metadata=_range(0))  # paired bootstrap resamples for checkpoint differences (0 = off)
+    confidence: float = field(default=0.95, metadata=_range(0.5, 0.999))  # level of the Wilson and bootstrap intervals
 
 
 @dataclass

@@ -171,9 +171,15 @@ def letter_token_ids(tok, letters: Sequence[str]) -> dict[str, list[int]]:
     return out
 
 
-def render_prompt(tok, prompt: Prompt) -> str:
-    """The prompt as the policy sees it: a plain string is one user message in the chat template."""
+def render_prompt(tok, prompt: Prompt, chat_template: bool = True) -> str:
+    """The prompt as the policy sees it: a plain string is one user message in the chat template.
+
+    ``chat_template=False`` (base models, as the official MedSSR evaluator treats them) gives the plain text:
+    the string itself, or the messages' contents joined by blank lines.
+    """
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    if not chat_template:
+        return "\n\n".join(str(m["content"]) for m in messages)
     return tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
@@ -241,7 +247,8 @@ class _Row:
 class HFSampler:
     """Batched sampling with transformers on CPU (or one GPU), continuous batching and early stop."""
 
-    def __init__(self, model_dir: str, dtype: str = "float32", batch_size: int = 16, seed: int = 0, model=None, tok=None):
+    def __init__(self, model_dir: str, dtype: str = "float32", batch_size: int = 16, seed: int = 0, model=None, tok=None,
+                 chat_template: bool = True):
         set_offline_env()
         import torch
 
@@ -250,6 +257,7 @@ class HFSampler:
         if batch_size < 1:
             raise ValueError(f"sampling.batch_size: expected >= 1, got {batch_size}")
         self.model_dir, self.batch_size, self.seed = str(model_dir), batch_size, seed
+        self.chat_template = chat_template
         if model is None or tok is None:
             model, tok = load_causal_lm(self.model_dir, dtype=dtype)
         self.model, self.tok = model, tok
@@ -267,7 +275,11 @@ class HFSampler:
 
     # -- prompts -------------------------------------------------------------------------------------------------
     def render(self, prompt: Prompt) -> str:
-        return render_prompt(self.tok, prompt)
+        return render_prompt(self.tok, prompt, self.chat_template)
+
+    def close(self) -> None:
+        """Drop the model so the next checkpoint's fits (the caller must drop its own reference too)."""
+        self.model = None
 
     def _encode(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"]
@@ -597,7 +609,8 @@ def build_constrained_params_kwargs(allowed_token_ids: Sequence[int]) -> dict[st
 class VLLMSampler:
     """vLLM offline engine behind the same interface (GPU only; ``import vllm`` happens here and nowhere else)."""
 
-    def __init__(self, model_dir: str, dtype: str = "bfloat16", batch_size: int = 256, seed: int = 0, **engine_kwargs: Any):
+    def __init__(self, model_dir: str, dtype: str = "bfloat16", batch_size: int = 256, seed: int = 0, chat_template: bool = True,
+                 **engine_kwargs: Any):
         set_offline_env()
         try:
             import vllm
@@ -606,13 +619,18 @@ class VLLMSampler:
         from medssr.models import load_tokenizer, model_family
 
         self.model_dir, self.seed, self.family = str(model_dir), seed, model_family(str(model_dir))
+        self.chat_template = chat_template
         self.tok = load_tokenizer(self.model_dir)
         self.llm = vllm.LLM(model=self.model_dir, dtype=dtype, seed=seed, max_num_seqs=batch_size, **engine_kwargs)
         self._vllm = vllm
         self.last_stats = SampleStats()
 
     def render(self, prompt: Prompt) -> str:
-        return render_prompt(self.tok, prompt)
+        return render_prompt(self.tok, prompt, self.chat_template)
+
+    def close(self) -> None:
+        """Shut the engine down so the next checkpoint's engine passes vLLM's free-memory check."""
+        self.llm = None
 
     def sample(self, prompts: Sequence[Prompt], n: int, temperature: float, top_p: float = 1.0, top_k: int = -1,
                max_new_tokens: int = 4096, stop: Sequence[str] | None = None, options: Sequence[Mapping[str, str]] | None = None,
@@ -662,10 +680,11 @@ class VLLMSampler:
         return [maps[i][o.outputs[0].token_ids[0]] for i, o in enumerate(outs)]
 
 
-def make_sampler(model_dir: str, backend: str = "hf", dtype: str = "float32", batch_size: int = 16, seed: int = 0) -> Sampler:
+def make_sampler(model_dir: str, backend: str = "hf", dtype: str = "float32", batch_size: int = 16, seed: int = 0,
+                 chat_template: bool = True) -> Sampler:
     """The sampler for ``sampling.backend``: 'hf' (transformers, CPU default) or 'vllm' (GPU extra)."""
     if backend == "hf":
-        return HFSampler(model_dir, dtype=dtype, batch_size=batch_size, seed=seed)
+        return HFSampler(model_dir, dtype=dtype, batch_size=batch_size, seed=seed, chat_template=chat_template)
     if backend == "vllm":
-        return VLLMSampler(model_dir, dtype=dtype, batch_size=batch_size, seed=seed)
+        return VLLMSampler(model_dir, dtype=dtype, batch_size=batch_size, seed=seed, chat_template=chat_template)
     raise ValueError(f"sampling.backend: expected 'hf' or 'vllm', got {backend!r}")

@@ -252,3 +252,36 @@ def test_medssr_table_prints_the_evaluation_table_and_names_a_bad_file(evaluated
     assert f"{bad}:2: not valid JSON" in capsys.readouterr().err
     assert main(["table", str(tmp_path / "missing.json")]) == 2
     assert "missing.json" in capsys.readouterr().err
+
+
+def test_each_checkpoints_sampler_is_closed_and_unreferenced_before_the_next_is_built(tmp_path, tiny_model_dir, monkeypatch):
+    """vLLM refuses a second engine while the first holds memory: the runner must not keep the old one alive."""
+    import gc
+    import weakref
+
+    from medssr.sampling import make_sampler
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    params = _params(tmp_path)
+    params.eval.max_per_benchmark = 1
+    params.eval.runs = 1
+    built: list[weakref.ref] = []
+    closed: list[bool] = []
+
+    def factory(model_dir, **kw):
+        gc.collect()
+        assert all(r() is None for r in built), "the previous checkpoint's sampler is still alive while the next is built"
+        s = make_sampler(model_dir, **kw)
+        orig = s.close
+
+        def close():
+            closed.append(True)
+            orig()
+        s.close = close
+        built.append(weakref.ref(s))
+        return s
+
+    run_evaluate(params, checkpoints={"base": str(tiny_model_dir), "stage1": str(tiny_model_dir), "stage2": str(tiny_model_dir)},
+                 metrics_path=tmp_path / "eval.json", predictions_dir=tmp_path / "eval", reports_dir=tmp_path / "reports",
+                 sampler_factory=factory, log_mlflow=False, progress=False, progress_dir=tmp_path / "progress")
+    assert len(built) == 3 and len(closed) == 3
