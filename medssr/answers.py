@@ -3,11 +3,15 @@
 Everything that scores an answer (majority vote, rewards, evaluation, the sampler's early stop) calls this
 module, so a vote, a reward and an accuracy always agree on what the model answered.
 
-Reading rule: the LAST committed answer wins ("I think E ... The answer is C" -> C). A commit is a cue
-("The answer is", "Final Answer:", ``\\boxed{}``, ``<answer>``, "Therefore, B is correct", "the most likely
-diagnosis is ...") followed by an option letter or an option's text. The last commit gives None when it names
-two different options at once ("A or B"), names a letter that is not an option, or is retracted right after
-("..., but I am not sure. Let me think again.").
+Reading rule: the LAST committed answer wins ("The answer is A. Wait... The answer is B." -> B). A commit is a
+cue ("The answer is", "Final Answer:", "答案是", ``\\boxed{}``, ``<answer>``, "Therefore, B is correct", "the most
+likely diagnosis is ...") followed by an option letter or an option's text; a bare last line ("Option B", "«B»",
+"C. <option C's text>") also commits. The last commit gives None when it names two different options at once
+("A or B"), names a letter that is not an option, is retracted right after ("..., but I am not sure. Let me think
+again.") or later ("The answer is not A."; "It is B." after that commits again). Only the text after a closing
+``</think>`` is read; an output still inside ``<think>`` (cut off mid-thought) has no answer. An output that only
+repeats the prompt's option lines ("D. <option D's text>", the prompt continued) chooses nothing
+(``echoes_options``), and an option line cut off mid-analysis ("A. Carcinoid syndrome - ") is no answer.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ _HARD_CUE = re.compile(
     r"|\bI\s+(?:would\s+|will\s+|'ll\s+|’ll\s+)?(?:choose|select|pick|go\s+with)\b\s*:?"
     r"|<answer>"
     r"|\\boxed\s*\{"
+    r"|(?:最终|正确)?答案\s*(?:应该|应)?(?:是|为|選|选)?\s*:?"
+    r"|(?:故|所以|因此|因而)\s*(?:应)?选(?:择)?"
     rf"){_ADVERB}",
     re.IGNORECASE,
 )
@@ -74,7 +80,7 @@ _TENTATIVE = re.compile(r"\b(?:think|believe|guess|maybe|perhaps|might|initial|s
 
 # Text in front of an answer expression that is not part of it: spaces, quotes, brackets, markup, LaTeX.
 _LEAD = re.compile(
-    r"(?:[\s\"'“”‘’\[{$:]|\\[(\[]|\\(?:boxed|text|textbf|textrm|mathrm|mathbf|bf)\s*\{|\b(?:option|choice|letter)\b\s*)*",
+    r"(?:[\s\"'“”‘’\[{$:\-–—]|选项|\\[(\[]|\\(?:boxed|text|textbf|textrm|mathrm|mathbf|bf)\s*\{|\b(?:option|choice|letter)\b\s*)*",
     re.IGNORECASE,
 )
 _LETTER_TOKEN = re.compile(r"(\()?([A-Ja-j])(\))?")
@@ -82,8 +88,17 @@ _SECOND = re.compile(r"\s*(?:,|/|&|\band/or\b|\bor\b|\band\b)\s*(?:(?:option|cho
 _VERB_AFTER = re.compile(r"\s+(?:is|are|was|were|can|could|would|may|might|has|does)\b", re.IGNORECASE)
 _ARTICLE = re.compile(r"^(?:[Tt]he|[Aa]n|a)\s+")
 _OPTION_LINE = re.compile(r"^\(?[A-J][.):]\s")
-_BARE_LINE = re.compile(r"^(?:\(([A-J])\)|([A-J])[.):]?)\s*(.*)$")
-_MARKUP = str.maketrans({"*": "", "`": "", "＊": ""})
+_BARE_LINE = re.compile(r"^(?:(?i:option|choice|answer)\s*:?\s*)?(?:\(([A-J])\)|([A-J])[.):]?)\s*(.*)$")
+_ECHO_LINE = re.compile(r"^\(?([A-J])[.):]\s*(.*)$")
+_MARKUP = str.maketrans({"*": "", "`": "", "＊": "", **{q: '"' for q in "«»‹›「」『』【】"}})
+_THINK_OPEN, _THINK_CLOSE = "<think>", "</think>"
+# "The answer is not A" / "it is not (A)": retracts an earlier commit to that letter.
+_NOT_LETTER = re.compile(r"\b(?:answer|it)\s+(?:is|was|would\s+be)\s+not\s+(?:(?:option|choice)\s+)?\(?([A-J])\)?(?![\w-])", re.IGNORECASE)
+# "It is B." at the start of a sentence commits to a letter (the second half of "The answer is not A. It is B.").
+_IT_IS = re.compile(r"(?:^|(?<=[.!?\n])|\b(?:[Ss]o|[Tt]hus|[Tt]herefore|[Hh]ence)\s*,?)\s*[Ii]t(?:'s|’s|\s+is|\s+must\s+be|\s+should\s+be)\s+"
+                    r"(?=\(?(?:(?:option|choice)\s+)?\(?[A-J]\)?(?![\w-]))")
+# A cut-off analysis line ends on a connector: "A. Carcinoid syndrome - ", "B. Cushing syndrome:".
+_DANGLING = tuple("-–—:,;/(&+")
 
 
 def letters_for(options: Mapping[str, str]) -> list[str]:
@@ -139,6 +154,10 @@ def _match_text(expr: str, norm_opts: tuple[tuple[str, str], ...], letters_too: 
     return None
 
 
+def _is_cjk(ch: str) -> bool:
+    return "\u2e80" <= ch <= "\u9fff" or "\uf900" <= ch <= "\ufaff"
+
+
 def _letter_at(expr: str) -> tuple[str, int] | None:
     """(LETTER, end offset) when the expression starts with a standalone option letter."""
     m = _LETTER_TOKEN.match(expr)
@@ -150,8 +169,8 @@ def _letter_at(expr: str) -> tuple[str, int] | None:
     end = m.end()
     nxt = expr[end] if end < len(expr) else ""
     rest = expr[end:]
-    if nxt and (nxt.isalnum() or nxt in "-_" or (nxt in "'’" and rest[1:2].isalpha())):
-        return None  # 'C7', 'B-cell', "A's", 'Cervical'  ("'A'" is fine)
+    if nxt and ((nxt.isalnum() and not _is_cjk(nxt)) or nxt in "-_" or (nxt in "'’" and rest[1:2].isalpha())):
+        return None  # 'C7', 'B-cell', "A's", 'Cervical'  ("'A'" and '选B项' are fine)
     if letter.islower() and nxt.isspace():
         return None  # 'a 45-year-old', 'c and'
     if letter == "I" and re.match(r"\s+[a-z]", rest):
@@ -253,10 +272,12 @@ def _line_before(text: str, pos: int, window: int = 300) -> str:
 
 
 def _candidates(text: str, options: Mapping[str, str]) -> list[tuple[int, str]]:
-    """Every (position, answer) commit in the cleaned text; answer is a letter or _NO_ANSWER."""
+    """Every (position, answer) commit in the cleaned text after a leading option echo; answer is a letter,
+    _NO_ANSWER, or '!X' (a retraction of X)."""
     valid = "".join(letters_for(options))
     norm_opts = _norm_options(_options_key(options))
     found: list[tuple[int, str]] = []
+    echo_end = _echo_end(text, norm_opts)
 
     def keep(pos: int, ans: str | None, cue_start: int, end_pos: int) -> None:
         """Record a commit unless it is negated, quoted as an example, or retracted right after."""
@@ -278,6 +299,12 @@ def _candidates(text: str, options: Mapping[str, str]) -> list[tuple[int, str]]:
         if text[m.end() : m.end() + 3].lstrip().startswith("?"):
             continue  # 'Therefore, B is correct?' asks, it does not commit
         keep(m.start(1), letter if letter in valid else _NO_ANSWER, m.start(1), m.end())
+    for m in _IT_IS.finditer(text):
+        got = _letter_at(text[m.end() :].lstrip("(").removeprefix("option ").removeprefix("choice ").lstrip("("))
+        if got and not text[m.end() : m.end() + 12].lstrip().startswith(("I ", "A ")):
+            keep(m.end(), got[0] if got[0] in valid else _NO_ANSWER, m.start(), m.end() + 3)
+    for m in _NOT_LETTER.finditer(text):
+        found.append((m.start(), "!" + m.group(1).upper()))
     for m in _TEXT_FIRST_TAIL.finditer(text):
         before = _norm(text[max(0, m.start() - 300) : m.start()])
         for letter, opt in norm_opts:
@@ -285,14 +312,39 @@ def _candidates(text: str, options: Mapping[str, str]) -> list[tuple[int, str]]:
                 keep(m.start() - 1, letter, m.start(), m.end())
                 break
     bare = _bare_last_line(text, norm_opts, valid)
-    if bare:
+    if bare and text.rstrip().rfind("\n") + 1 >= echo_end:  # a last line inside the echo is the echo itself
         found.append(bare)
-    return found
+    return [(pos, ans) for pos, ans in found if pos >= echo_end]
+
+
+def _echo_end(text: str, norm_opts: tuple[tuple[str, str], ...]) -> int:
+    """End offset of a leading run of lines that repeat the prompt's option lines, or 0.
+
+    A run counts when it holds two or more option lines, or one that is the prompt's last option (the prompt
+    ends with it, so a model that "answers" with it is continuing the prompt). A short header line ending in ':'
+    ('Options:', 'Answer:') may come first.
+    """
+    texts = dict(norm_opts)
+    if not texts:
+        return 0
+    last = max(texts)
+    pos, run, end = 0, [], 0
+    for i, line in enumerate(text.split("\n")):
+        stripped = line.strip().strip("#").strip().lstrip("-•").strip().strip('"').strip()
+        nxt = pos + len(line) + 1
+        m = _ECHO_LINE.match(stripped)
+        if m and m.group(1) in texts and _norm(m.group(2)) == texts[m.group(1)] and not stripped.endswith(_DANGLING):
+            run.append(m.group(1))
+            end = min(nxt, len(text))
+        elif stripped and not (i == 0 and stripped.endswith(":") and len(stripped) < 40 and not run):
+            break
+        pos = nxt
+    return end if len(run) >= 2 or (run and run[-1] == last) else 0
 
 
 def _bare_last_line(text: str, norm_opts: tuple[tuple[str, str], ...], valid: str) -> tuple[int, str] | None:
     """A last line that is only an answer ('C', '(C) Worster-Drought syndrome'), unless it ends a list of options."""
-    lines = [ln.strip().strip("#").strip() for ln in text.rstrip().splitlines()]
+    lines = [ln.strip().strip("#").strip().strip('"').strip() for ln in text.rstrip().splitlines()]
     lines = [ln for ln in lines if ln]
     if not lines:
         return None
@@ -300,6 +352,8 @@ def _bare_last_line(text: str, norm_opts: tuple[tuple[str, str], ...], valid: st
     if not m:
         return None
     letter, tail = m.group(1) or m.group(2), m.group(3).strip()
+    if tail.endswith(_DANGLING):
+        return None  # an analysis line cut off mid-sentence: 'A. Carcinoid syndrome - '
     if tail:
         texts = dict(norm_opts)
         if letter not in texts or _norm(tail) != texts[letter]:
@@ -309,16 +363,42 @@ def _bare_last_line(text: str, norm_opts: tuple[tuple[str, str], ...], valid: st
     return (len(text), letter if letter in valid else _NO_ANSWER)
 
 
+def visible_answer_text(text: str) -> str | None:
+    """The part of an output that may hold its answer: after the last ``</think>``; None while still thinking."""
+    close = text.rfind(_THINK_CLOSE)
+    if close >= 0:
+        return text[close + len(_THINK_CLOSE) :]
+    return None if _THINK_OPEN in text else text
+
+
 def extract_answer(text: str, options: Mapping[str, str]) -> str | None:
     """The option letter a careful reader takes from `text`: the last committed answer, or None."""
     if not isinstance(text, str) or not text or not options:
         return None
-    found = _candidates(_clean(text[-MAX_CHARS:]), options)
-    if not found:
+    visible = visible_answer_text(text[-MAX_CHARS:])
+    if not visible:
         return None
-    found.sort(key=lambda pa: pa[0])
-    last = found[-1][1]
-    return None if last == _NO_ANSWER else last
+    found = sorted(_candidates(_clean(visible), options), key=lambda pa: pa[0])
+    answer = None
+    for _, ans in found:
+        if ans.startswith("!"):
+            answer = None if answer == ans[1:] else answer  # 'The answer is not A.' retracts an earlier A
+        else:
+            answer = ans
+    return None if answer == _NO_ANSWER else answer
+
+
+def echoes_options(text: str, options: Mapping[str, str]) -> bool:
+    """True when an output only repeats the prompt's option lines (and commits to nothing after them).
+
+    Such an output continues the prompt instead of answering, so it goes to the second pass, not to a vote.
+    """
+    if not isinstance(text, str) or not options:
+        return False
+    visible = visible_answer_text(text[-MAX_CHARS:])
+    if not visible:
+        return False
+    return _echo_end(_clean(visible), _norm_options(_options_key(options))) > 0 and extract_answer(text, options) is None
 
 
 # --- cheap early-stop check ---------------------------------------------------------------------------------
@@ -337,12 +417,15 @@ def _commit_regex(opt_texts: tuple[str, ...]) -> re.Pattern[str]:
 def has_committed_answer(text: str, options: Mapping[str, str]) -> bool:
     """True once `text` holds a firm commit ('The answer is C.'); a sampler stops generating there.
 
-    Cheap enough to run after every token on the decoded tail. A letter counts only with a boundary after
-    it, so 'The answer is A' may still become 'The answer is Anemia'; guesses ('I think the answer is E')
-    and quoted format examples do not count.
+    Used for the label stage's votes (early stop saves tokens); evaluation generates to the end and reads the
+    last commit instead (eval.sampling.stop_at_answer: false), since a model may revise its first answer.
+    A letter counts only with a boundary after it, so 'The answer is A' may still become 'The answer is
+    Anemia'; guesses ('I think the answer is E'), quoted format examples and text inside an unclosed
+    ``<think>`` do not count.
     """
     if not text:
         return False
+    text = visible_answer_text(text) or ""  # no early stop inside <think>: the thought is not an answer
     texts = tuple(unicodedata.normalize("NFKC", v).strip() for v in options.values() if isinstance(v, str) and v.strip())
     for m in _commit_regex(texts).finditer(unicodedata.normalize("NFKC", text)):
         clause = _clause_before(m.string, m.start())
