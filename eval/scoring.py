@@ -1,22 +1,41 @@
-"""Pure scoring: accuracy per run, mean and standard deviation over k runs, per-category scores, invalid rates.
+"""Pure scoring: accuracy with a Wilson interval and n, decoding std over k runs, categories, averages, paired tests.
 
-Accuracies are fractions in [0, 1] everywhere (JSON, MLflow); only printed tables show percent. The standard
-deviation is the sample standard deviation over the k runs (0 when k = 1), the spread the paper's Table 9 reports.
-The average is macro over the main benchmarks (paper Table 2); rare-disease sets (names starting ``raredis``) are
-left out of it and reported by category, with their own macro average over categories (paper Table 1 "Avg").
+Accuracies are fractions in [0, 1] everywhere (JSON, MLflow); only printed tables show percent. The statistics are
+defined in eval/stats.py: a Wilson interval over the n questions, the population std of per-run accuracies (the
+paper's Table 9, decoding variance), and against the reference checkpoint (``base``) the paired difference with a
+nested bootstrap interval and an exact McNemar p-value. The average is macro over the main benchmarks (paper
+Table 2); rare-disease sets (names starting ``raredis``) are left out of it and reported by category, with their own
+macro average over categories (paper Table 1 "Avg"). A macro average's interval is a bootstrap over questions within
+each benchmark (or category), so each keeps its size.
+
+metrics/eval.json, per checkpoint, in this order (every value a number, for ``dvc metrics show``):
+``<benchmark>: {acc, ci_low, ci_high, n, run_std, invalid_before, invalid_after}``, ``avg``, ``avg_ci_low``,
+``avg_ci_high``, ``avg_run_std``, ``n_benchmarks``, ``raredis: {<category>: {acc, ci_low, ci_high, n, run_std}, avg,
+avg_ci_low, avg_ci_high, avg_run_std}``, ``invalid_before``, ``invalid_after``, ``n_runs``, ``ci_level``, and for every
+checkpoint but the reference ``vs_base: {<benchmark>: {diff, ci_low, ci_high, n, b, c, p_mcnemar}, avg: {...},
+raredis: {<category>: {...}, avg: {...}}}`` (``ci_*`` are absent when eval.bootstrap is 0, as are ``avg_ci_*``).
+
+MLflow names are those keys joined by ``/`` under ``eval`` (final checkpoint) or ``eval/<checkpoint>`` (the others):
+``eval/medqa/acc``, ``eval/medqa/ci_low``, ``eval/medqa/run_std``, ``eval/avg``, ``eval/avg_ci_low``,
+``eval/n_benchmarks``, ``eval/raredis/symptoms/acc``, ``eval/raredis/avg``, ``eval/base/medqa/acc``,
+``eval/vs_base/medqa/diff``, ``eval/vs_base/medqa/p_mcnemar``, ``eval/stage1/vs_base/avg/ci_high``,
+``eval/vs_base/raredis/treatment/b`` ...
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
+
+from eval.stats import bootstrap_interval, decoding_std, discordant, mcnemar_exact, stable_seed, wilson_interval
 from medssr.records import CATEGORIES
 
 RARE_PREFIX = "raredis"
 PRIMARY_RARE = "raredis_sub"
+REFERENCE = "base"
 
 
 @dataclass
@@ -43,9 +62,13 @@ class Prediction:
 @dataclass
 class Score:
     acc: float  # mean over runs
-    std: float  # sample std over runs
+    run_std: float  # population std of the per-run accuracies (decoding variance, paper Table 9)
     n: int  # questions
+    ci_low: float  # Wilson interval over the n questions
+    ci_high: float
     runs: list[float] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list, repr=False)  # question ids, the rows of ``correct``
+    correct: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)), repr=False)  # questions x runs, 0/1
 
 
 @dataclass
@@ -56,15 +79,40 @@ class BenchmarkScore(Score):
 
 
 @dataclass
+class Average:
+    """A macro average over benchmarks (or categories); its interval is None when the bootstrap is off."""
+
+    acc: float
+    run_std: float
+    n: int  # questions over all averaged parts
+    parts: int  # how many benchmarks (categories) were averaged
+    ci_low: float | None = None
+    ci_high: float | None = None
+
+
+@dataclass
 class CheckpointScore:
     benchmarks: dict[str, BenchmarkScore]
-    avg: float | None  # macro over main benchmarks
-    avg_std: float | None
+    avg: Average | None  # macro over main benchmarks
     raredis: dict[str, Score]  # categories of the primary rare-disease set, in paper order
-    raredis_avg: float | None  # macro over those categories
-    raredis_avg_std: float | None
+    raredis_avg: Average | None  # macro over those categories
     invalid_before: float
     invalid_after: float
+    n_runs: int = 1
+    confidence: float = 0.95
+
+
+@dataclass
+class Comparison:
+    """A checkpoint minus the reference on the questions (and runs) both answered."""
+
+    diff: float
+    n: int
+    b: int  # questions only this checkpoint gets right (majority over runs)
+    c: int  # questions only the reference gets right
+    p_mcnemar: float
+    ci_low: float | None = None  # paired nested bootstrap interval of ``diff``
+    ci_high: float | None = None
 
 
 def is_rare_benchmark(name: str) -> bool:
@@ -82,17 +130,6 @@ def accuracy(correct: Sequence[bool]) -> float:
     return sum(bool(c) for c in correct) / len(correct)
 
 
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    if not values:
-        raise ValueError("mean of no values is undefined")
-    m = sum(values) / len(values)
-    if len(values) < 2:
-        return m, 0.0
-    var = sum((v - m) ** 2 for v in values) / (len(values) - 1)
-    return m, math.sqrt(var)
-
-
 def invalid_rate(letters: Sequence[str | None]) -> float:
     """Share of answers that are None (no valid option letter)."""
     if not letters:
@@ -100,36 +137,50 @@ def invalid_rate(letters: Sequence[str | None]) -> float:
     return sum(x is None for x in letters) / len(letters)
 
 
-def _by_run(preds: Iterable[Prediction]) -> dict[int, list[Prediction]]:
-    out: dict[int, list[Prediction]] = {}
+def correct_matrix(preds: Sequence[Prediction]) -> tuple[list[str], list[int], np.ndarray]:
+    """Question ids (first-seen order), run numbers (sorted) and the questions x runs 0/1 matrix; every cell must exist."""
+    if not preds:
+        raise ValueError("no predictions to score")
+    ids = list(dict.fromkeys(p.id for p in preds))
+    runs = sorted({p.run for p in preds})
+    row, col = {q: i for i, q in enumerate(ids)}, {r: j for j, r in enumerate(runs)}
+    m = np.full((len(ids), len(runs)), -1.0)
     for p in preds:
-        out.setdefault(p.run, []).append(p)
-    return dict(sorted(out.items()))
+        i, j = row[p.id], col[p.run]
+        if m[i, j] >= 0:
+            raise ValueError(f"{p.benchmark}: question {p.id!r} has two predictions for run {p.run}")
+        m[i, j] = float(bool(p.correct))
+    if (m < 0).any():
+        i, j = (int(x[0]) for x in np.nonzero(m < 0))
+        raise ValueError(f"{preds[0].benchmark}: question {ids[i]!r} has no prediction for run {runs[j]} (runs must be complete)")
+    return ids, runs, m
 
 
-def score_runs(preds: Sequence[Prediction]) -> Score:
-    """Accuracy of each run, then mean and std over runs; n counts distinct questions."""
-    runs = [accuracy([p.correct for p in ps]) for ps in _by_run(preds).values()]
-    m, s = mean_std(runs)
-    return Score(acc=m, std=s, n=len({p.id for p in preds}), runs=runs)
+def score_runs(preds: Sequence[Prediction], confidence: float = 0.95) -> Score:
+    """Accuracy of each run, their mean and decoding std, and the Wilson interval over the n distinct questions."""
+    ids, _, m = correct_matrix(preds)
+    runs = [float(x) for x in m.mean(axis=0)]
+    acc = float(m.mean())
+    low, high = wilson_interval(acc * len(ids), len(ids), confidence)
+    return Score(acc=acc, run_std=decoding_std(runs), n=len(ids), ci_low=low, ci_high=high, runs=runs, ids=ids, correct=m)
 
 
-def score_categories(preds: Sequence[Prediction]) -> dict[str, Score]:
+def score_categories(preds: Sequence[Prediction], confidence: float = 0.95) -> dict[str, Score]:
     """Per-category scores in paper order (categories with no question are absent; unknown ones come last)."""
     groups: dict[str, list[Prediction]] = {}
     for p in preds:
         if p.category:
             groups.setdefault(p.category, []).append(p)
     order = [c for c in CATEGORIES if c in groups] + sorted(c for c in groups if c not in CATEGORIES)
-    return {c: score_runs(groups[c]) for c in order}
+    return {c: score_runs(groups[c], confidence) for c in order}
 
 
-def score_benchmark(preds: Sequence[Prediction]) -> BenchmarkScore:
-    s = score_runs(preds)
-    return BenchmarkScore(acc=s.acc, std=s.std, n=s.n, runs=s.runs,
+def score_benchmark(preds: Sequence[Prediction], confidence: float = 0.95) -> BenchmarkScore:
+    s = score_runs(preds, confidence)
+    return BenchmarkScore(**{k: getattr(s, k) for k in Score.__dataclass_fields__},
                           invalid_before=invalid_rate([p.extracted for p in preds]),
                           invalid_after=invalid_rate([p.final for p in preds]),
-                          categories=score_categories(preds))
+                          categories=score_categories(preds, confidence))
 
 
 def macro_average(accs: Mapping[str, float]) -> float | None:
@@ -138,15 +189,18 @@ def macro_average(accs: Mapping[str, float]) -> float | None:
     return sum(main) / len(main) if main else None
 
 
-def _macro_over_runs(scores: Sequence[Score]) -> tuple[float | None, float | None]:
-    """Macro average of several scores, and its std over runs (runs that every score has)."""
+def average(scores: Sequence[Score], n_boot: int = 0, confidence: float = 0.95,
+            seed: int | np.random.SeedSequence = 0) -> Average | None:
+    """Macro average, the decoding std of per-run macro averages (runs every part has) and a stratified bootstrap interval."""
     if not scores:
-        return None, None
+        return None
     k = min(len(s.runs) for s in scores)
     per_run = [sum(s.runs[r] for s in scores) / len(scores) for r in range(k)]
-    if not per_run:
-        return sum(s.acc for s in scores) / len(scores), 0.0
-    return mean_std(per_run)
+    out = Average(acc=sum(s.acc for s in scores) / len(scores), run_std=decoding_std(per_run),
+                  n=sum(s.n for s in scores), parts=len(scores))
+    if n_boot > 0:
+        out.ci_low, out.ci_high = bootstrap_interval([s.correct for s in scores], n_boot, confidence, seed)
+    return out
 
 
 def primary_rare(names: Iterable[str]) -> str | None:
@@ -155,41 +209,136 @@ def primary_rare(names: Iterable[str]) -> str | None:
     return PRIMARY_RARE if PRIMARY_RARE in rare else (rare[0] if rare else None)
 
 
-def score_checkpoint(preds: Sequence[Prediction]) -> CheckpointScore:
-    """All scores of one checkpoint from its predictions (benchmarks in first-seen order)."""
+def score_checkpoint(preds: Sequence[Prediction], confidence: float = 0.95, n_boot: int = 0, seed: int = 0,
+                     name: str = "") -> CheckpointScore:
+    """All scores of one checkpoint from its predictions (benchmarks in first-seen order); ``n_boot`` > 0 adds the
+    averages' bootstrap intervals, seeded by ``seed`` and the checkpoint ``name``."""
     by_bench: dict[str, list[Prediction]] = {}
     for p in preds:
         by_bench.setdefault(p.benchmark, []).append(p)
-    benchmarks = {b: score_benchmark(ps) for b, ps in by_bench.items()}
-    avg, avg_std = _macro_over_runs([s for b, s in benchmarks.items() if not is_rare_benchmark(b)])
+    benchmarks = {b: score_benchmark(ps, confidence) for b, ps in by_bench.items()}
     rare = primary_rare(benchmarks)
     cats = benchmarks[rare].categories if rare else {}
-    r_avg, r_std = _macro_over_runs(list(cats.values()))
-    return CheckpointScore(benchmarks=benchmarks, avg=avg, avg_std=avg_std, raredis=cats, raredis_avg=r_avg, raredis_avg_std=r_std,
+    main = [s for b, s in benchmarks.items() if not is_rare_benchmark(b)]
+    return CheckpointScore(benchmarks=benchmarks,
+                           avg=average(main, n_boot, confidence, stable_seed(seed, name, "avg")),
+                           raredis=cats,
+                           raredis_avg=average(list(cats.values()), n_boot, confidence, stable_seed(seed, name, "raredis/avg")),
                            invalid_before=invalid_rate([p.extracted for p in preds]),
-                           invalid_after=invalid_rate([p.final for p in preds]))
+                           invalid_after=invalid_rate([p.final for p in preds]),
+                           n_runs=max((len(s.runs) for s in benchmarks.values()), default=1), confidence=confidence)
 
 
-def _r(x: float | None) -> float | None:
-    return None if x is None else round(x, 6)
+# --------------------------------------------------------------------------------------------------------------
+# paired comparisons
 
 
-def checkpoint_json(score: CheckpointScore) -> dict[str, Any]:
-    """The flat-ish block of metrics/eval.json for one checkpoint (what `dvc metrics show/diff` reads)."""
+def _aligned(ref: Score, other: Score) -> tuple[np.ndarray, np.ndarray]:
+    """Both 0/1 matrices on the questions both answered (reference order) and the runs both have (the first k)."""
+    row = {q: i for i, q in enumerate(other.ids)}
+    common = [i for i, q in enumerate(ref.ids) if q in row]
+    k = min(ref.correct.shape[1], other.correct.shape[1])
+    return ref.correct[common, :k], other.correct[[row[ref.ids[i]] for i in common], :k]
+
+
+def compare_scores(ref: Sequence[Score], other: Sequence[Score], n_boot: int = 0, confidence: float = 0.95,
+                   seed: int | np.random.SeedSequence = 0) -> Comparison | None:
+    """``other`` minus ``ref``, macro over paired parts (one part: a benchmark); McNemar pools the parts' questions."""
+    pairs = [p for p in (_aligned(r, o) for r, o in zip(ref, other, strict=True)) if p[0].size]
+    if not pairs:
+        return None
+    diffs = [o - r for r, o in pairs]
+    b = c = 0
+    for r, o in pairs:
+        db, dc = discordant(r, o)
+        b, c = b + db, c + dc
+    out = Comparison(diff=float(np.mean([d.mean() for d in diffs])), n=sum(len(d) for d in diffs), b=b, c=c,
+                     p_mcnemar=mcnemar_exact(b, c))
+    if n_boot > 0:
+        out.ci_low, out.ci_high = bootstrap_interval(diffs, n_boot, confidence, seed)
+    return out
+
+
+def compare_checkpoints(ref: CheckpointScore, other: CheckpointScore, n_boot: int = 0, confidence: float = 0.95,
+                        seed: int = 0, name: str = "") -> dict[str, Any]:
+    """{benchmark: Comparison, 'avg': Comparison, 'raredis': {category: Comparison, 'avg': Comparison}} on shared parts."""
+    def cmp(key: str, r: Sequence[Score], o: Sequence[Score]) -> Comparison | None:
+        return compare_scores(r, o, n_boot, confidence, stable_seed(seed, name, "vs", key))
+
+    shared = [b for b in other.benchmarks if b in ref.benchmarks]
+    out: dict[str, Any] = {b: cmp(b, [ref.benchmarks[b]], [other.benchmarks[b]]) for b in shared}
+    main = [b for b in shared if not is_rare_benchmark(b)]
+    out["avg"] = cmp("avg", [ref.benchmarks[b] for b in main], [other.benchmarks[b] for b in main])
+    cats = [c for c in other.raredis if c in ref.raredis]
+    rare: dict[str, Any] = {category_key(c): cmp(f"raredis/{c}", [ref.raredis[c]], [other.raredis[c]]) for c in cats}
+    rare["avg"] = cmp("raredis/avg", [ref.raredis[c] for c in cats], [other.raredis[c] for c in cats])
+    out["raredis"] = {k: v for k, v in rare.items() if v is not None}
+    return {k: v for k, v in out.items() if v}
+
+
+def compare_to_reference(scores: Mapping[str, CheckpointScore], reference: str = REFERENCE, n_boot: int = 0,
+                         confidence: float = 0.95, seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Every checkpoint but the reference against it ({} when the reference was not evaluated)."""
+    if reference not in scores:
+        return {}
+    return {name: compare_checkpoints(scores[reference], s, n_boot, confidence, seed, name)
+            for name, s in scores.items() if name != reference}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# metrics/eval.json and MLflow
+
+
+def _r(x: float) -> float:
+    return round(float(x), 6)
+
+
+def _ci(low: float | None, high: float | None, prefix: str = "") -> dict[str, float]:
+    return {} if low is None or high is None else {f"{prefix}ci_low": _r(low), f"{prefix}ci_high": _r(high)}
+
+
+def score_json(s: Score) -> dict[str, Any]:
+    return {"acc": _r(s.acc), **_ci(s.ci_low, s.ci_high), "n": s.n, "run_std": _r(s.run_std)}
+
+
+def _average_json(a: Average) -> dict[str, Any]:
+    return {"avg": _r(a.acc), **_ci(a.ci_low, a.ci_high, "avg_"), "avg_run_std": _r(a.run_std)}
+
+
+def comparison_json(c: Comparison) -> dict[str, Any]:
+    return {"diff": _r(c.diff), **_ci(c.ci_low, c.ci_high), "n": c.n, "b": c.b, "c": c.c,
+            "p_mcnemar": float(f"{c.p_mcnemar:.6g}")}
+
+
+def checkpoint_json(score: CheckpointScore, comparison: Mapping[str, Any] | None = None,
+                    reference: str = REFERENCE) -> dict[str, Any]:
+    """The block of metrics/eval.json for one checkpoint (what `dvc metrics show/diff` reads); keys in a fixed order."""
     out: dict[str, Any] = {}
     for b, s in score.benchmarks.items():
-        out[b] = {"acc": _r(s.acc), "std": _r(s.std), "n": s.n, "invalid_before": _r(s.invalid_before), "invalid_after": _r(s.invalid_after)}
+        out[b] = score_json(s) | {"invalid_before": _r(s.invalid_before), "invalid_after": _r(s.invalid_after)}
     if score.avg is not None:
-        out["avg"] = _r(score.avg)
-        out["avg_std"] = _r(score.avg_std)
+        out |= _average_json(score.avg) | {"n_benchmarks": score.avg.parts}
     if score.raredis:
-        rd: dict[str, Any] = {category_key(c): {"acc": _r(s.acc), "std": _r(s.std), "n": s.n} for c, s in score.raredis.items()}
-        rd["avg"] = _r(score.raredis_avg)
-        rd["avg_std"] = _r(score.raredis_avg_std)
+        rd: dict[str, Any] = {category_key(c): score_json(s) for c, s in score.raredis.items()}
+        if score.raredis_avg is not None:
+            rd |= _average_json(score.raredis_avg)
         out["raredis"] = rd
-    out["invalid_before"] = _r(score.invalid_before)
-    out["invalid_after"] = _r(score.invalid_after)
+    out |= {"invalid_before": _r(score.invalid_before), "invalid_after": _r(score.invalid_after),
+            "n_runs": score.n_runs, "ci_level": score.confidence}
+    if comparison:
+        vs: dict[str, Any] = {k: comparison_json(v) for k, v in comparison.items() if isinstance(v, Comparison)}
+        if comparison.get("raredis"):
+            vs["raredis"] = {k: comparison_json(v) for k, v in comparison["raredis"].items()}
+        out[f"vs_{reference}"] = vs
     return out
+
+
+def results_json(preds_by_checkpoint: Mapping[str, Sequence[Prediction]], reference: str = REFERENCE, n_boot: int = 0,
+                 confidence: float = 0.95, seed: int = 0) -> dict[str, Any]:
+    """The whole metrics/eval.json: every checkpoint scored, and each compared with ``reference`` on the same questions."""
+    scores = {name: score_checkpoint(preds, confidence, n_boot, seed, name) for name, preds in preds_by_checkpoint.items()}
+    comparisons = compare_to_reference(scores, reference, n_boot, confidence, seed)
+    return {name: checkpoint_json(s, comparisons.get(name), reference) for name, s in scores.items()}
 
 
 def metric_prefix(checkpoint: str, final: bool) -> str:
@@ -197,66 +346,143 @@ def metric_prefix(checkpoint: str, final: bool) -> str:
     return "eval" if final else f"eval/{checkpoint}"
 
 
-def checkpoint_metrics(score: CheckpointScore, prefix: str = "eval") -> dict[str, float]:
-    """MLflow metric names and values: <prefix>/<benchmark>/acc, <prefix>/avg, <prefix>/raredis/<category>/acc, ..."""
-    m: dict[str, float] = {}
-    for b, s in score.benchmarks.items():
-        m[f"{prefix}/{b}/acc"] = s.acc
-        m[f"{prefix}/{b}/std"] = s.std
-        m[f"{prefix}/{b}/n"] = s.n
-        m[f"{prefix}/{b}/invalid_before"] = s.invalid_before
-        m[f"{prefix}/{b}/invalid_after"] = s.invalid_after
-    if score.avg is not None:
-        m[f"{prefix}/avg"] = score.avg
-        m[f"{prefix}/avg_std"] = score.avg_std or 0.0
-    for c, s in score.raredis.items():
-        m[f"{prefix}/raredis/{category_key(c)}/acc"] = s.acc
-        m[f"{prefix}/raredis/{category_key(c)}/std"] = s.std
-        m[f"{prefix}/raredis/{category_key(c)}/n"] = s.n
-    if score.raredis_avg is not None:
-        m[f"{prefix}/raredis/avg"] = score.raredis_avg
-        m[f"{prefix}/raredis/avg_std"] = score.raredis_avg_std or 0.0
-    m[f"{prefix}/invalid_before"] = score.invalid_before
-    m[f"{prefix}/invalid_after"] = score.invalid_after
-    return m
+def flatten_metrics(block: Mapping[str, Any], prefix: str) -> dict[str, float]:
+    """Nested numeric JSON -> ``{<prefix>/<key>/<key>...: value}`` (the MLflow names)."""
+    out: dict[str, float] = {}
+    for k, v in block.items():
+        if isinstance(v, Mapping):
+            out |= flatten_metrics(v, f"{prefix}/{k}")
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[f"{prefix}/{k}"] = float(v)
+    return out
 
 
-def format_table(results: Mapping[str, Mapping[str, Any]]) -> str:
-    """Benchmarks x checkpoints, accuracy in percent (± std when k > 1), like the paper's Table 2.
+def checkpoint_metrics(score: CheckpointScore, prefix: str = "eval", comparison: Mapping[str, Any] | None = None,
+                       reference: str = REFERENCE) -> dict[str, float]:
+    """MLflow metric names and values of one checkpoint: its eval.json block under ``prefix``."""
+    return flatten_metrics(checkpoint_json(score, comparison, reference), prefix)
 
-    ``results`` is metrics/eval.json: {checkpoint: checkpoint_json(...)}.
+
+def results_metrics(results: Mapping[str, Mapping[str, Any]], final: str | None = None) -> dict[str, float]:
+    """MLflow metrics of a whole eval.json; ``final`` (default: the last checkpoint) is logged unprefixed."""
+    final = final if final is not None else (list(results)[-1] if results else None)
+    out: dict[str, float] = {}
+    for name, block in results.items():
+        out |= flatten_metrics(block, metric_prefix(name, name == final))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the printed table
+
+_CATEGORY_NAMES = {category_key(c): c for c in CATEGORIES}
+
+
+def _pct(x: float, signed: bool = False) -> str:
+    return f"{100 * x:+.1f}" if signed else f"{100 * x:.1f}"
+
+
+def _acc_cell(d: Any, show_std: bool) -> str:
+    """``25.0 [10.2, 49.5] ±1.3``: accuracy, interval (if any) and decoding std (k > 1)."""
+    if not isinstance(d, Mapping) or d.get("acc") is None:
+        return "-"
+    s = _pct(d["acc"])
+    if d.get("ci_low") is not None:
+        s += f" [{_pct(d['ci_low'])}, {_pct(d['ci_high'])}]"
+    std = d.get("run_std", d.get("std"))
+    return s + (f" ±{_pct(std)}" if show_std and std is not None else "")
+
+
+def _p(p: float) -> str:
+    return "p<0.001" if p < 0.001 else f"p={p:.3f}"
+
+
+def _diff_cell(d: Any) -> str:
+    """``+6.2 [-12.5, +25.0] p=0.727``: difference in points, paired bootstrap interval, exact McNemar p."""
+    if not isinstance(d, Mapping) or d.get("diff") is None:
+        return "-"
+    s = _pct(d["diff"], signed=True)
+    if d.get("ci_low") is not None:
+        s += f" [{_pct(d['ci_low'], True)}, {_pct(d['ci_high'], True)}]"
+    return s + f" {_p(d['p_mcnemar'])}"
+
+
+def _avg_view(block: Mapping[str, Any]) -> dict[str, Any]:
+    """The flat ``avg*`` keys of a checkpoint (or raredis) block as a cell dict."""
+    return {"acc": block.get("avg"), "ci_low": block.get("avg_ci_low"), "ci_high": block.get("avg_ci_high"),
+            "run_std": block.get("avg_run_std", block.get("avg_std"))}
+
+
+def _n_cell(values: Iterable[Any]) -> str:
+    ns = list(dict.fromkeys(int(v) for v in values if isinstance(v, (int, float))))
+    return "/".join(str(n) for n in ns) or "-"
+
+
+def _render(rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths, strict=True))).rstrip()
+             for r in rows]
+    lines.insert(1, "-" * max(len(line) for line in lines))
+    return lines
+
+
+def format_table(results: Mapping[str, Mapping[str, Any]], display_names: Mapping[str, str] | None = None) -> str:
+    """Benchmarks x checkpoints (accuracy % [interval], n), then each checkpoint minus the reference (diff [CI] p).
+
+    ``results`` is metrics/eval.json; ``display_names`` maps benchmark keys to printed names (e.g. ``mmlu`` -> ``MMLU-Med``).
     """
+    names = dict(display_names or {})
     ckpts = [c for c, v in results.items() if isinstance(v, Mapping)]
     benches: list[str] = []
-    for c in ckpts:
-        for b, v in results[c].items():
-            if isinstance(v, Mapping) and "acc" in v and b not in benches:
-                benches.append(b)
-    main = [b for b in benches if not is_rare_benchmark(b)]
-    rare = [b for b in benches if is_rare_benchmark(b)]
     cats: list[str] = []
     for c in ckpts:
-        for k, v in (results[c].get("raredis") or {}).items():
-            if isinstance(v, Mapping) and k not in cats:
-                cats.append(k)
+        benches += [b for b, v in results[c].items() if isinstance(v, Mapping) and "acc" in v and b not in benches]
+        cats += [k for k, v in (results[c].get("raredis") or {}).items() if isinstance(v, Mapping) and k not in cats]
+    main = [b for b in benches if not is_rare_benchmark(b)]
+    rare = [b for b in benches if is_rare_benchmark(b)]
+    k = max((int(results[c].get("n_runs", 1)) for c in ckpts), default=1)
+    show_std = k > 1
+    level = next((results[c]["ci_level"] for c in ckpts if "ci_level" in results[c]), 0.95)
 
-    def cell(d: Any) -> str:
-        if not isinstance(d, Mapping) or d.get("acc") is None:
-            return "-"
-        s = f"{100 * d['acc']:.2f}"
-        return s + (f" ±{100 * d['std']:.2f}" if d.get("std") else "")
+    def rare_block(c: str) -> Mapping[str, Any]:
+        return results[c].get("raredis") or {}
 
-    rows = [("benchmark", *ckpts)]
-    rows += [(b, *(cell(results[c].get(b)) for c in ckpts)) for b in main]
-    rows.append(("avg", *(cell({"acc": results[c].get("avg"), "std": results[c].get("avg_std")}) for c in ckpts)))
-    rows += [(b, *(cell(results[c].get(b)) for c in ckpts)) for b in rare]
-    rows += [(f"  {k}", *(cell((results[c].get("raredis") or {}).get(k)) for c in ckpts)) for k in cats]
+    rows: list[tuple[str, ...]] = [("benchmark", "n", *ckpts)]
+    rows += [(names.get(b, b), _n_cell(results[c].get(b, {}).get("n") for c in ckpts),
+              *(_acc_cell(results[c].get(b), show_std) for c in ckpts)) for b in main]
+    if main:
+        n_b = _n_cell(results[c].get("n_benchmarks", len(main)) for c in ckpts)
+        rows.append((f"avg ({n_b} benchmark{'' if n_b == '1' else 's'})", _n_cell(sum(results[c].get(b, {}).get("n", 0) for b in main) for c in ckpts),
+                     *(_acc_cell(_avg_view(results[c]), show_std) for c in ckpts)))
+    rows += [(names.get(b, b), _n_cell(results[c].get(b, {}).get("n") for c in ckpts),
+              *(_acc_cell(results[c].get(b), show_std) for c in ckpts)) for b in rare]
+    rows += [(f"  {_CATEGORY_NAMES.get(x, x)}", _n_cell(rare_block(c).get(x, {}).get("n") for c in ckpts),
+              *(_acc_cell(rare_block(c).get(x), show_std) for c in ckpts)) for x in cats]
     if cats:
-        rows.append(("  raredis avg", *(cell({"acc": (results[c].get("raredis") or {}).get("avg"),
-                                               "std": (results[c].get("raredis") or {}).get("avg_std")}) for c in ckpts)))
-    rows.append(("invalid before/after %", *(f"{100 * results[c].get('invalid_before', 0):.1f}/{100 * results[c].get('invalid_after', 0):.1f}"
-                                             for c in ckpts)))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths, strict=True))) for r in rows]
-    lines.insert(1, "-" * len(lines[0]))
+        rows.append((f"  avg ({len(cats)} categories)", _n_cell(sum(rare_block(c).get(x, {}).get("n", 0) for x in cats) for c in ckpts),
+                     *(_acc_cell(_avg_view(rare_block(c)), show_std) for c in ckpts)))
+    rows.append(("invalid % before/after", "",
+                 *(f"{_pct(results[c].get('invalid_before', 0))}/{_pct(results[c].get('invalid_after', 0))}" for c in ckpts)))
+    lines = _render(rows)
+    pct = f"{100 * level:g}%"
+    lines.append(f"accuracy % [{pct} Wilson interval over the n questions; avg rows: {pct} bootstrap over questions within each part]")
+    if show_std:
+        lines.append(f"± run-to-run std over k={k} runs (population std: decoding variance, not question sampling)")
+
+    vs = [(c, key) for c in ckpts for key in results[c] if key.startswith("vs_") and isinstance(results[c][key], Mapping)]
+    if vs:
+        def diff_row(label: str, get: Any) -> tuple[str, ...]:
+            return (label, *(_diff_cell(get(results[c][key])) for c, key in vs))
+
+        rows2 = [("difference (points)", *(f"{c} − {key[3:]}" for c, key in vs))]
+        rows2 += [diff_row(names.get(b, b), lambda v, b=b: v.get(b)) for b in main]
+        if main:
+            rows2.append(diff_row("avg", lambda v: v.get("avg")))
+        rows2 += [diff_row(names.get(b, b), lambda v, b=b: v.get(b)) for b in rare]
+        rows2 += [diff_row(f"  {_CATEGORY_NAMES.get(x, x)}", lambda v, x=x: (v.get("raredis") or {}).get(x)) for x in cats]
+        if cats:
+            rows2.append(diff_row("  avg", lambda v: (v.get("raredis") or {}).get("avg")))
+        lines += ["", *_render(rows2),
+                  f"diff in points [{pct} paired bootstrap interval: questions resampled" + (", runs nested]" if k > 1 else "]"),
+                  "p = exact McNemar test on discordant questions" + (" (majority-correct over the k runs)" if k > 1 else "")]
     return "\n".join(lines)

@@ -1,6 +1,8 @@
-"""Pure scoring: accuracy, mean/std over runs, per-category counts, the average rule, invalid rates, metric names."""
+"""Pure scoring: accuracy with interval and n, decoding std, categories, the average rule, paired comparisons, names."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
@@ -9,13 +11,16 @@ from eval.scoring import (
     accuracy,
     checkpoint_json,
     checkpoint_metrics,
+    correct_matrix,
     format_table,
     invalid_rate,
     macro_average,
-    mean_std,
     metric_prefix,
+    results_json,
+    results_metrics,
     score_benchmark,
     score_checkpoint,
+    score_runs,
 )
 from medssr.tracking import eval_metric, raredis_metric
 
@@ -34,16 +39,6 @@ def test_accuracy_of_nothing_is_an_error():
         accuracy([])
 
 
-def test_mean_std_uses_sample_std_over_runs():
-    m, s = mean_std([0.5, 0.7])
-    assert m == pytest.approx(0.6)
-    assert s == pytest.approx(0.141421, abs=1e-6)
-
-
-def test_mean_std_of_one_run_has_zero_std():
-    assert mean_std([0.4]) == (0.4, 0.0)
-
-
 def test_invalid_rate_counts_missing_letters():
     assert invalid_rate(["A", None, "B", None]) == 0.5
     assert invalid_rate([]) == 0.0
@@ -55,6 +50,19 @@ def test_score_benchmark_averages_runs_and_counts_questions():
     assert s.runs == [0.5, 1.0]
     assert s.acc == pytest.approx(0.75)
     assert s.n == 2
+    assert s.run_std == pytest.approx(0.25)  # population std over runs (paper Table 9), not the sample std 0.354
+
+
+def test_wilson_interval_is_over_questions_not_runs():
+    preds = [_p(f"q{i}", "b", r, i < 3) for i in range(16) for r in range(4)]
+    s = score_runs(preds)
+    assert (s.n, s.acc) == (16, 3 / 16)
+    assert (round(100 * s.ci_low, 1), round(100 * s.ci_high, 1)) == (6.6, 43.0)  # 3/16, not 12/64
+
+
+def test_correct_matrix_rejects_a_missing_run():
+    with pytest.raises(ValueError, match="no prediction for run 1"):
+        correct_matrix([_p("q1", "b", 0, True), _p("q1", "b", 1, True), _p("q2", "b", 0, True)])
 
 
 def test_invalid_before_and_after_constrained_pass():
@@ -85,24 +93,33 @@ def test_checkpoint_score_macro_and_raredis_average_over_categories():
              _p("d", "raredis_sub", 0, True, category="Causes"), _p("e", "raredis_sub", 0, True, category="Causes"),
              _p("f", "raredis_sub", 0, False, category="Others")]
     s = score_checkpoint(preds)
-    assert s.avg == pytest.approx(0.75)  # not 2/3 (micro) and raredis excluded
-    assert s.raredis_avg == pytest.approx(0.5)  # macro over categories (paper Table 1 "Avg"), not 2/3
+    assert s.avg.acc == pytest.approx(0.75)  # not 2/3 (micro) and raredis excluded
+    assert (s.avg.parts, s.avg.n) == (2, 3)
+    assert s.raredis_avg.acc == pytest.approx(0.5)  # macro over categories (paper Table 1 "Avg"), not 2/3
     assert s.benchmarks["raredis_sub"].acc == pytest.approx(2 / 3)
 
 
-def test_average_std_is_std_of_per_run_averages():
+def test_average_std_is_population_std_of_per_run_averages():
     preds = [_p("a", "x", 0, True), _p("a", "x", 1, False), _p("b", "y", 0, True), _p("b", "y", 1, False)]
     s = score_checkpoint(preds)
-    assert s.avg == pytest.approx(0.5)
-    assert s.avg_std == pytest.approx(0.707107, abs=1e-6)
+    assert s.avg.acc == pytest.approx(0.5)
+    assert s.avg.run_std == pytest.approx(0.5)  # per-run averages 1.0 and 0.0
+
+
+def test_average_interval_is_a_bootstrap_within_each_benchmark():
+    preds = [_p(f"a{i}", "x", 0, True) for i in range(4)] + [_p(f"b{i}", "y", 0, False) for i in range(9)]
+    s = score_checkpoint(preds, n_boot=200)
+    assert (s.avg.acc, s.avg.ci_low, s.avg.ci_high) == (0.5, 0.5, 0.5)  # each benchmark keeps its own questions
+    assert score_checkpoint(preds).avg.ci_low is None  # no bootstrap, no interval
 
 
 def test_checkpoint_json_shape_for_dvc_metrics():
     preds = [_p("a", "medqa", 0, True), _p("d", "raredis_sub", 0, True, category="Related disorders")]
     j = checkpoint_json(score_checkpoint(preds))
-    assert j["medqa"] == {"acc": 1.0, "std": 0.0, "n": 1, "invalid_before": 0.0, "invalid_after": 0.0}
-    assert j["avg"] == 1.0
-    assert j["raredis"]["related_disorders"] == {"acc": 1.0, "std": 0.0, "n": 1}
+    assert j["medqa"] == {"acc": 1.0, "ci_low": 0.206549, "ci_high": 1.0, "n": 1, "run_std": 0.0, "invalid_before": 0.0,
+                          "invalid_after": 0.0}
+    assert (j["avg"], j["n_benchmarks"], j["n_runs"], j["ci_level"]) == (1.0, 1, 1, 0.95)
+    assert j["raredis"]["related_disorders"] == {"acc": 1.0, "ci_low": 0.206549, "ci_high": 1.0, "n": 1, "run_std": 0.0}
     assert "raredis_sub" in j
 
 
@@ -116,9 +133,78 @@ def test_metric_names_match_tracking_helpers_and_prefix_non_final_checkpoints():
     assert "eval/base/medqa/acc" in base and "eval/base/raredis/related_disorders/acc" in base and "eval/base/avg" in base
 
 
-def test_format_table_shows_percent_per_checkpoint():
-    preds = [_p("a", "medqa", 0, True), _p("b", "medqa", 0, False)]
-    table = format_table({"base": checkpoint_json(score_checkpoint(preds)), "stage2": checkpoint_json(score_checkpoint(preds[:1]))})
+def _two_checkpoints(runs: int = 1) -> dict[str, list[Prediction]]:
+    """base right on q0-q2, stage2 on q0-q5 of 16 medqa questions; both 2 of 4 raredis_sub 'Causes' questions."""
+    out: dict[str, list[Prediction]] = {}
+    for name, right in (("base", 3), ("stage2", 6)):
+        out[name] = ([_p(f"q{i}", "medqa", r, i < right) for i in range(16) for r in range(runs)]
+                     + [_p(f"r{i}", "raredis_sub", r, i % 2 == 0, category="Causes") for i in range(4) for r in range(runs)])
+    return out
+
+
+def test_results_json_compares_each_checkpoint_with_base_on_the_same_questions():
+    res = results_json(_two_checkpoints(), n_boot=500, seed=0)
+    assert "vs_base" not in res["base"]
+    vs = res["stage2"]["vs_base"]
+    assert vs["medqa"]["diff"] == pytest.approx(3 / 16)
+    assert (vs["medqa"]["n"], vs["medqa"]["b"], vs["medqa"]["c"]) == (16, 3, 0)
+    assert vs["medqa"]["p_mcnemar"] == 0.25  # 2 * P[X <= 0], X ~ Bin(3, 1/2)
+    assert vs["medqa"]["ci_low"] <= 3 / 16 <= vs["medqa"]["ci_high"]
+    assert vs["raredis"]["causes"] == {"diff": 0.0, "ci_low": 0.0, "ci_high": 0.0, "n": 4, "b": 0, "c": 0, "p_mcnemar": 1.0}
+    assert vs["avg"]["diff"] == pytest.approx(3 / 16)  # raredis_sub is not in the average
+
+
+def test_results_json_is_byte_reproducible_for_a_seed():
+    a = json.dumps(results_json(_two_checkpoints(2), n_boot=300, seed=5))
+    assert a == json.dumps(results_json(_two_checkpoints(2), n_boot=300, seed=5))
+
+
+def test_results_json_holds_numbers_only():
+    def leaves(d):
+        return [x for v in d.values() for x in (leaves(v) if isinstance(v, dict) else [v])]
+
+    values = leaves(results_json(_two_checkpoints(2), n_boot=100))
+    assert values and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
+
+def test_results_json_without_bootstrap_has_no_intervals_for_differences_or_averages():
+    res = results_json(_two_checkpoints(), n_boot=0)
+    assert "ci_low" not in res["stage2"]["vs_base"]["medqa"] and "avg_ci_low" not in res["stage2"]
+    assert "ci_low" in res["stage2"]["medqa"]  # Wilson needs no resampling
+
+
+def test_mcnemar_with_several_runs_pairs_majority_correctness():
+    preds = _two_checkpoints(1)
+    two = {n: ps + [_p(p.id, p.benchmark, 1, False, category=p.category) for p in ps] for n, ps in preds.items()}
+    three = {n: ps + [_p(p.id, p.benchmark, r, p.correct, category=p.category) for p in ps for r in (1, 2)] for n, ps in preds.items()}
+    assert results_json(two)["stage2"]["vs_base"]["medqa"]["b"] == 0  # right in 1 of 2 runs is no majority
+    assert results_json(three)["stage2"]["vs_base"]["medqa"]["b"] == 3
+
+
+def test_results_metrics_names_the_final_checkpoint_unprefixed_and_comparisons_under_vs_base():
+    m = results_metrics(results_json(_two_checkpoints(), n_boot=50))
+    assert {"eval/medqa/acc", "eval/medqa/ci_low", "eval/medqa/run_std", "eval/avg_ci_high", "eval/n_benchmarks",
+            "eval/vs_base/medqa/diff", "eval/vs_base/medqa/p_mcnemar", "eval/vs_base/raredis/causes/b",
+            "eval/base/medqa/acc", "eval/raredis/avg_ci_low"} <= set(m)
+    assert not any("/vs_base/" in k for k in m if k.startswith("eval/base/"))
+
+
+def test_format_table_shows_accuracy_interval_and_n_per_checkpoint():
+    table = format_table(results_json(_two_checkpoints(), n_boot=100), display_names={"medqa": "MedQA"})
     lines = table.splitlines()
-    assert lines[0].split() == ["benchmark", "base", "stage2"]
-    assert lines[2].split() == ["medqa", "50.00", "100.00"]
+    assert lines[0].split() == ["benchmark", "n", "base", "stage2"]
+    assert lines[2].split() == ["MedQA", "16", "18.8", "[6.6,", "43.0]", "37.5", "[18.5,", "61.4]"]
+    assert any(line.startswith("avg (1 benchmark)") for line in lines)
+    assert any(line.startswith("  Causes") for line in lines)
+
+
+def test_format_table_shows_each_difference_to_base_with_its_p_value():
+    lines = format_table(results_json(_two_checkpoints(), n_boot=100)).splitlines()
+    head = next(i for i, line in enumerate(lines) if "stage2 − base" in line)
+    medqa = next(line for line in lines[head:] if line.startswith("medqa"))
+    assert medqa.split()[1] == "+18.8" and medqa.split()[-1] == "p=0.250"
+
+
+def test_format_table_shows_decoding_std_only_with_several_runs():
+    assert "±" not in format_table(results_json(_two_checkpoints(1)))
+    assert "± run-to-run std over k=2 runs" in format_table(results_json(_two_checkpoints(2)))
