@@ -12,6 +12,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -176,6 +177,65 @@ def load_causal_lm(name_or_dir: str, dtype: str = "float32"):
         model.generation_config.pad_token_id = tok.pad_token_id
     model.eval()
     return model, tok
+
+
+_BASE_NAME = re.compile(r"(?:^|[-_.\s])base(?:$|[-_.\s])", re.IGNORECASE)
+_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
+
+
+def model_lineage(name_or_dir: str | os.PathLike, depth: int = 4) -> list[str]:
+    """Names a model goes by: its path or hub id, config ``_name_or_path``, and what ``medssr_source.json`` says it
+    was made from (policy, source, and the ``init`` model of a trained checkpoint, followed back ``depth`` steps)."""
+    names = [str(name_or_dir)]
+    d = Path(name_or_dir)
+    if depth <= 0 or not d.is_dir():
+        return names
+    cfg = d / "config.json"
+    if cfg.exists():
+        names.append(str(json.loads(cfg.read_text(encoding="utf-8")).get("_name_or_path") or ""))
+    src = d / "medssr_source.json"
+    meta = json.loads(src.read_text(encoding="utf-8")) if src.exists() else {}
+    names += [str(meta[k]) for k in ("policy", "source") if meta.get(k)]
+    init = meta.get("init")
+    if init and Path(str(init)).resolve() != d.resolve():
+        names += model_lineage(str(init), depth - 1)
+    return [n for n in names if n]
+
+
+def _has_own_chat_template(model_dir: Path) -> bool:
+    """Whether the tokenizer files ship a chat template (not our fallback, which load_tokenizer adds later)."""
+    if any((model_dir / f).exists() for f in _TEMPLATE_FILES):
+        return True
+    tc = model_dir / "tokenizer_config.json"
+    return tc.exists() and bool(json.loads(tc.read_text(encoding="utf-8")).get("chat_template"))
+
+
+def chat_template_rule(name_or_dir: str | os.PathLike, setting: str = "auto") -> tuple[bool, str]:
+    """(apply the chat template?, why) for one checkpoint under params ``model.chat_template``.
+
+    auto: a base model gets the plain prompt, as the official MedSSR evaluator gives it ('base' in the model's
+    name); we read the name as a word (Qwen3-8B-Base, not 'database') along the model's lineage, so a checkpoint
+    trained from a base model is prompted like it, and a tokenizer with no chat template also means base.
+    """
+    if setting == "always":
+        return True, "always (model.chat_template)"
+    if setting == "never":
+        return False, "never (model.chat_template)"
+    if setting != "auto":
+        raise ModelError(f"model.chat_template: expected auto, always or never, got {setting!r}")
+    for name in model_lineage(name_or_dir):
+        last = Path(name.rstrip("/")).name or name
+        if _BASE_NAME.search(last):
+            return False, f"auto: base model ({last!r} names a base model)"
+    d = Path(name_or_dir)
+    if d.is_dir() and not _has_own_chat_template(d):
+        return False, "auto: base model (its tokenizer has no chat template)"
+    return True, "auto: instruct model (its own chat template)"
+
+
+def uses_chat_template(name_or_dir: str | os.PathLike, setting: str = "auto") -> bool:
+    """Whether prompts to this checkpoint go through its chat template (see chat_template_rule)."""
+    return chat_template_rule(name_or_dir, setting)[0]
 
 
 def model_family(name_or_dir: str) -> str:

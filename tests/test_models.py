@@ -65,3 +65,46 @@ def test_smollm2_converts_once_and_then_loads_fast(smol_model_dir):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert 130_000_000 < int(out.stdout.split()[-1]) < 140_000_000
+
+
+def _fake_dir(path: Path, source: dict | None = None, template: bool = True) -> Path:
+    """A model directory as far as the chat-template rule reads it: config, tokenizer config, provenance."""
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps({"model_type": "qwen3"}))
+    (path / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{{ messages }}"} if template else {}))
+    if source is not None:
+        (path / "medssr_source.json").write_text(json.dumps(source))
+    return path
+
+
+def test_base_model_by_name_gets_the_plain_prompt():
+    use, why = models.chat_template_rule("Qwen/Qwen3-8B-Base")
+    assert use is False and "Qwen3-8B-Base" in why
+
+
+def test_instruct_model_gets_its_own_chat_template(tiny_model_dir):
+    assert models.uses_chat_template("meta-llama/Llama-3.1-8B-Instruct") is True
+    assert models.uses_chat_template(str(tiny_model_dir)) is True  # SmolLM2-Instruct's tokenizer ships a template
+
+
+def test_base_is_read_as_a_word_not_a_substring(tmp_path):
+    assert models.uses_chat_template(str(_fake_dir(tmp_path / "database-models" / "policy", {"policy": "my-database-llm"})))
+
+
+def test_checkpoint_trained_from_a_base_model_is_prompted_like_it(tmp_path):
+    policy = _fake_dir(tmp_path / "policy", {"policy": "Qwen/Qwen3-8B-Base"})  # Qwen3 base tokenizers ship a template
+    stage1 = _fake_dir(tmp_path / "stage1", {"stage": "stage1", "init": str(policy)})
+    stage2 = _fake_dir(tmp_path / "stage2", {"stage": "stage2", "init": str(stage1)})
+    assert [models.uses_chat_template(str(d)) for d in (policy, stage1, stage2)] == [False, False, False]
+
+
+def test_tokenizer_without_a_chat_template_means_a_base_model(tmp_path):
+    use, why = models.chat_template_rule(str(_fake_dir(tmp_path / "plain", {"policy": "some-lm"}, template=False)))
+    assert use is False and "no chat template" in why
+
+
+def test_always_and_never_override_the_name(tmp_path):
+    assert models.uses_chat_template("Qwen/Qwen3-8B-Base", "always") is True
+    assert models.uses_chat_template("meta-llama/Llama-3.1-8B-Instruct", "never") is False
+    with pytest.raises(models.ModelError, match="model.chat_template"):
+        models.uses_chat_template("x", "sometimes")
