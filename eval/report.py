@@ -32,7 +32,20 @@ FIGURES = ("table2_benchmarks.png", "table1_raredis.png", "fig4_rare_ratio.png",
 @dataclass
 class Cell:
     acc: float
-    std: float = 0.0
+    std: float = 0.0  # run-to-run (decoding) std of one run; the std across pipeline runs of a setting when averaged
+    ci_low: float | None = None  # Wilson (benchmark, category) or bootstrap (average) interval of one run
+    ci_high: float | None = None
+    n: int | None = None  # questions
+
+
+@dataclass
+class Diff:
+    """A checkpoint minus the reference (``eval/<ckpt>/vs_base/<part>/...``): paired bootstrap interval, McNemar p."""
+
+    diff: float
+    p: float
+    ci_low: float | None = None
+    ci_high: float | None = None
 
 
 @dataclass
@@ -61,28 +74,42 @@ class PipelineRun:
     def prefix(self, ckpt: str) -> str:
         return "eval" if ckpt == self.final else f"eval/{ckpt}"
 
+    def _cell(self, base: str, avg: bool = False) -> Cell:
+        """The Cell logged under ``base`` (``<prefix>/<benchmark>`` ...; ``<prefix>/avg`` with ``avg``): acc, std, interval, n."""
+        m, sep = self.metrics, "_" if avg else "/"
+        std = m.get(f"{base}{sep}run_std", m.get(f"{base}{sep}std", 0.0))  # runs logged before run_std used std
+        n = m.get(f"{base}/n")
+        return Cell(m[base if avg else f"{base}/acc"], std, m.get(f"{base}{sep}ci_low"), m.get(f"{base}{sep}ci_high"),
+                    None if n is None else int(n))
+
     def benchmarks(self, ckpt: str) -> dict[str, Cell]:
         """{benchmark: Cell} of one checkpoint, plus 'avg' when logged."""
-        pre = re.escape(self.prefix(ckpt))
-        out = {}
-        for k, v in self.metrics.items():
-            m = re.fullmatch(rf"{pre}/([^/]+)/acc", k)
-            if m and m.group(1) != "raredis":
-                out[m.group(1)] = Cell(v, self.metrics.get(f"{self.prefix(ckpt)}/{m.group(1)}/std", 0.0))
-        if f"{self.prefix(ckpt)}/avg" in self.metrics:
-            out["avg"] = Cell(self.metrics[f"{self.prefix(ckpt)}/avg"], self.metrics.get(f"{self.prefix(ckpt)}/avg_std", 0.0))
+        pre = self.prefix(ckpt)
+        out = {m.group(1): self._cell(f"{pre}/{m.group(1)}") for k in self.metrics
+               if (m := re.fullmatch(rf"{re.escape(pre)}/([^/]+)/acc", k)) and m.group(1) != "raredis"}
+        if f"{pre}/avg" in self.metrics:
+            out["avg"] = self._cell(f"{pre}/avg", avg=True)
         return out
 
     def categories(self, ckpt: str) -> dict[str, Cell]:
         """{category key: Cell} of RareDis-Sub for one checkpoint, plus 'avg' (macro over categories)."""
-        pre = re.escape(self.prefix(ckpt))
+        pre = f"{self.prefix(ckpt)}/raredis"
+        out = {m.group(1): self._cell(f"{pre}/{m.group(1)}") for k in self.metrics
+               if (m := re.fullmatch(rf"{re.escape(pre)}/([^/]+)/acc", k))}
+        if f"{pre}/avg" in self.metrics:
+            out["avg"] = self._cell(f"{pre}/avg", avg=True)
+        return out
+
+    def differences(self, ckpt: str, kind: str, reference: str = "base") -> dict[str, Diff]:
+        """{benchmark or 'avg': Diff} (kind 'bench') or {category key or 'avg': Diff} (kind 'cat') against the reference."""
+        pre = f"{self.prefix(ckpt)}/vs_{reference}" + ("/raredis" if kind == "cat" else "")
         out = {}
         for k, v in self.metrics.items():
-            m = re.fullmatch(rf"{pre}/raredis/([^/]+)/acc", k)
-            if m:
-                out[m.group(1)] = Cell(v, self.metrics.get(f"{self.prefix(ckpt)}/raredis/{m.group(1)}/std", 0.0))
-        if f"{self.prefix(ckpt)}/raredis/avg" in self.metrics:
-            out["avg"] = Cell(self.metrics[f"{self.prefix(ckpt)}/raredis/avg"], self.metrics.get(f"{self.prefix(ckpt)}/raredis/avg_std", 0.0))
+            m = re.fullmatch(rf"{re.escape(pre)}/([^/]+)/diff", k)
+            if m and f"{pre}/{m.group(1)}/p_mcnemar" in self.metrics:
+                base = f"{pre}/{m.group(1)}"
+                out[m.group(1)] = Diff(v, self.metrics[f"{base}/p_mcnemar"], self.metrics.get(f"{base}/ci_low"),
+                                       self.metrics.get(f"{base}/ci_high"))
         return out
 
     @property
@@ -166,23 +193,67 @@ def collect_runs(experiment: str) -> tuple[list[PipelineRun], list[Any]]:
 # markdown
 
 
-def _pct(c: Cell | None, with_std: bool) -> str:
+def _pct(c: Cell | None, with_std: bool, with_ci: bool = False) -> str:
+    """``18.75 [6.6, 43.0] ± 1.25``: accuracy %, its interval (when asked and logged) and std (when asked and non-zero)."""
     if c is None:
         return "-"
-    return f"{100 * c.acc:.2f}" + (f" ± {100 * c.std:.2f}" if with_std and c.std >= 5e-5 else "")
+    s = f"{100 * c.acc:.2f}"
+    if with_ci and c.ci_low is not None and c.ci_high is not None:
+        s += f" [{100 * c.ci_low:.1f}, {100 * c.ci_high:.1f}]"
+    return s + (f" ± {100 * c.std:.2f}" if with_std and c.std >= 5e-5 else "")
+
+
+def _n_row(rows: Sequence[tuple[str, Mapping[str, Cell]]], cols: Sequence[str]) -> list[str]:
+    """Questions per column: one number when every row agrees, else the distinct counts joined by '/'."""
+    out = []
+    for c in cols:
+        ns = list(dict.fromkeys(r[c].n for _, r in rows if c in r and r[c].n is not None))
+        out.append("/".join(str(n) for n in ns) or "-")
+    return out
 
 
 def md_table(rows: Sequence[tuple[str, Mapping[str, Cell]]], cols: Sequence[str], headers: Sequence[str] | None = None,
              first: str = "Model") -> str:
-    """A markdown table of accuracies in percent (± std where k > 1)."""
+    """A markdown table of accuracies in percent with their intervals, ± std where k > 1, and a row of n."""
     with_std = any(c.std >= 5e-5 for _, r in rows for c in r.values())
     lines = ["| " + " | ".join([first, *(headers or cols)]) + " |", "|" + "---|" * (len(cols) + 1)]
+    n_row = _n_row(rows, cols)
+    if any(n != "-" for n in n_row):
+        lines.append("| " + " | ".join(["n (questions)", *n_row]) + " |")
     for label, r in rows:
-        lines.append("| " + " | ".join([label, *(_pct(r.get(c), with_std) for c in cols)]) + " |")
+        lines.append("| " + " | ".join([label, *(_pct(r.get(c), with_std, with_ci=True) for c in cols)]) + " |")
     return "\n".join(lines)
 
 
-def _bench_cols(rows: Sequence[tuple[str, Mapping[str, Cell]]]) -> list[str]:
+def _p_value(p: float) -> str:
+    return "p<0.001" if p < 0.001 else f"p={p:.3f}"
+
+
+def _diff_text(d: Diff | None) -> str:
+    if d is None:
+        return "-"
+    ci = f" [{100 * d.ci_low:+.1f}, {100 * d.ci_high:+.1f}]" if d.ci_low is not None and d.ci_high is not None else ""
+    return f"{100 * d.diff:+.2f}{ci} {_p_value(d.p)}"
+
+
+def diff_table(rows: Sequence[tuple[str, Mapping[str, Diff]]], cols: Sequence[str], headers: Sequence[str]) -> str:
+    """A markdown table of paired differences in points with their bootstrap interval and McNemar p-value."""
+    lines = ["| " + " | ".join(["Comparison", *headers]) + " |", "|" + "---|" * (len(cols) + 1)]
+    lines += ["| " + " | ".join([label, *(_diff_text(r.get(c)) for c in cols)]) + " |" for label, r in rows]
+    return "\n".join(lines)
+
+
+def _diff_rows(runs: Sequence[PipelineRun], kind: str, reference: str = "base") -> list[tuple[str, dict[str, Diff]]]:
+    rows = []
+    for r in runs:
+        for c in r.checkpoints:
+            d = r.differences(c, kind, reference) if c != reference else {}
+            if d:
+                rows.append((f"{r.label} · {c} − {reference}", d))
+    return rows
+
+
+def _bench_cols(rows: Sequence[tuple[str, Mapping[str, Any]]]) -> list[str]:
     cols: list[str] = []
     for _, r in rows:
         cols += [b for b in r if b != "avg" and not is_rare_benchmark(b) and b not in cols]
@@ -193,7 +264,7 @@ def _bench_headers(cols: Sequence[str]) -> list[str]:
     return ["Avg" if c == "avg" else c for c in cols]
 
 
-def _cat_cols(rows: Sequence[tuple[str, Mapping[str, Cell]]]) -> list[str]:
+def _cat_cols(rows: Sequence[tuple[str, Mapping[str, Any]]]) -> list[str]:
     present = {k for _, r in rows for k in r}
     order = [category_key(c) for c in TABLE1_ORDER] + [category_key(c) for c in CATEGORIES if c not in TABLE1_ORDER]
     cols = [c for c in order if c in present] + sorted(k for k in present if k not in order and k != "avg")
@@ -214,13 +285,18 @@ def _checkpoint_rows(runs: Sequence[PipelineRun], kind: str) -> list[tuple[str, 
 
 
 def _mean_cells(cells: Sequence[Mapping[str, Cell]]) -> dict[str, Cell]:
-    """Mean over runs of the same setting (std across those runs when there are several, else the logged std)."""
+    """Mean over runs of the same setting: with several, the sample std across those runs and no interval (a pipeline
+    run's interval is over its questions, not over training runs); with one, its cell as logged."""
     out = {}
     for k in dict.fromkeys(k for c in cells for k in c):
         vals = [c[k] for c in cells if k in c]
+        if len(vals) == 1:
+            out[k] = vals[0]
+            continue
         m = sum(v.acc for v in vals) / len(vals)
-        sd = (sum((v.acc - m) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5 if len(vals) > 1 else vals[0].std
-        out[k] = Cell(m, sd)
+        sd = (sum((v.acc - m) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5
+        ns = {v.n for v in vals}
+        out[k] = Cell(m, sd, n=ns.pop() if len(ns) == 1 else None)
     return out
 
 
@@ -291,7 +367,8 @@ def _plt():
 
 
 def bar_figure(rows: Sequence[tuple[str, Mapping[str, Cell]]], cols: Sequence[str], headers: Sequence[str], title: str, path: Path) -> Path:
-    """Grouped bars: one group per column, one bar per row (accuracy %), error bars from std."""
+    """Grouped bars: one group per column, one bar per row (accuracy %); error bars are the logged interval
+    (Wilson, or bootstrap for averages), else ± std."""
     plt = _plt()
     rows = list(rows)[-MAX_FIG_ROWS:]
     width = 0.8 / max(1, len(rows))
@@ -299,17 +376,27 @@ def bar_figure(rows: Sequence[tuple[str, Mapping[str, Cell]]], cols: Sequence[st
     for i, (label, r) in enumerate(rows):
         xs = [j + (i - (len(rows) - 1) / 2) * width for j in range(len(cols))]
         ys = [100 * r[c].acc if c in r else 0.0 for c in cols]
-        err = [100 * r[c].std if c in r else 0.0 for c in cols]
-        ax.bar(xs, ys, width, yerr=err if any(err) else None, label=label, capsize=2)
+        err = [_err(r.get(c)) for c in cols]
+        yerr = [[100 * lo for lo, _ in err], [100 * hi for _, hi in err]]
+        ax.bar(xs, ys, width, yerr=yerr if any(map(any, yerr)) else None, label=label, capsize=2)
     ax.set_xticks(range(len(cols)))
     ax.set_xticklabels(headers, rotation=20, ha="right")
     ax.set_ylabel("accuracy (%)")
-    ax.set_title(title)
+    ax.set_title(f"{title} (error bars: interval over questions)")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _err(c: Cell | None) -> tuple[float, float]:
+    """(below, above) the bar: distance to the interval's ends, or ± std when no interval was logged."""
+    if c is None:
+        return 0.0, 0.0
+    if c.ci_low is not None and c.ci_high is not None:
+        return max(0.0, c.acc - c.ci_low), max(0.0, c.ci_high - c.acc)
+    return c.std, c.std
 
 
 def sweep_figure(groups: Mapping[str, Mapping[float, Sequence[PipelineRun]]], path: Path) -> Path:
@@ -376,8 +463,11 @@ def build_report(runs: Sequence[PipelineRun], reviews: Sequence[Any], out_dir: s
     figs: list[Path] = []
     ev = [r for r in runs if r.evaluated]
     md = [f"# MedSSR report — experiment `{experiment}`", "",
-          f"{len(runs)} pipeline run(s), {len(ev)} evaluated. Accuracy in percent (± standard deviation over the k evaluation "
-          "runs where k > 1). Rows are `<run> · <checkpoint>`; the last checkpoint of a run is its final model.", ""]
+          f"{len(runs)} pipeline run(s), {len(ev)} evaluated. Accuracy in percent with its interval over the questions in "
+          "brackets (Wilson per benchmark and category; for averages a bootstrap over questions within each part; level "
+          "`eval.confidence`) and ± the run-to-run std over the k evaluation runs where k > 1 (decoding variance, population "
+          "std as in the paper's Table 9; across pipeline runs when a row averages several). The n row counts questions. "
+          "Rows are `<run> · <checkpoint>`; the last checkpoint of a run is its final model.", ""]
 
     md += ["## Runs", ""]
     if runs:
@@ -420,6 +510,21 @@ def build_report(runs: Sequence[PipelineRun], reviews: Sequence[Any], out_dir: s
         md += [f"![raredis]({FIG_DIR}/{figs[-1].name})", ""]
     else:
         md += ["No RareDis-Sub results yet (declare `raredis_sub` under eval.benchmarks).", ""]
+
+    md += ["## Paired differences to base", ""]
+    d_bench, d_cat = _diff_rows(ev, "bench"), _diff_rows(ev, "cat")
+    if d_bench or d_cat:
+        md += ["Checkpoint minus base on the same questions, in points: [paired bootstrap interval, questions resampled and "
+               "runs nested] and the exact McNemar p-value on the questions only one of the two gets right (by majority over "
+               "runs when k > 1).", ""]
+        if d_bench:
+            cols = _bench_cols(d_bench)
+            md += [diff_table(d_bench, cols, _bench_headers(cols)), ""]
+        if d_cat:
+            cols = _cat_cols(d_cat)
+            md += ["RareDis-Sub by category:", "", diff_table(d_cat, cols, [_CAT_HEADERS.get(c, c) for c in cols]), ""]
+    else:
+        md += ["No paired differences logged yet: evaluate `base` together with a trained checkpoint.", ""]
 
     md += ["## Rare-disease ratio sweep (Fig. 4, Tables 10-11 style)", ""]
     groups = sweep_groups(ev)

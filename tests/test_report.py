@@ -8,7 +8,7 @@ import pytest
 
 from eval.report import collect_runs, main_report
 from eval.runner import _log
-from eval.scoring import Prediction, checkpoint_metrics, metric_prefix, score_checkpoint
+from eval.scoring import Prediction, results_json, results_metrics
 from medssr import tracking
 from medssr.config import Params
 from medssr.review import import_review
@@ -42,10 +42,9 @@ def _pipeline(tmp_path, rare_ratio: float, strategy: str, skill: float, experime
             for step in range(4):
                 mlflow.log_metrics({f"train/{stage}/reward_mean": skill * step / 3, f"train/{stage}/kl": 0.01 * step,
                                     f"train/{stage}/distinct_answers": 3 - step * skill}, step=step)
-    metrics = {}
     ckpts = {"base": "artifacts/models/policy", "stage1": "checkpoints/stage1", "stage2": "checkpoints/stage2"}
-    for name, s in (("base", 0.3), ("stage1", (0.3 + skill) / 2), ("stage2", skill)):
-        metrics.update(checkpoint_metrics(score_checkpoint(_preds(s)), metric_prefix(name, name == "stage2")))
+    preds = {name: _preds(s) for name, s in (("base", 0.3), ("stage1", (0.3 + skill) / 2), ("stage2", skill))}
+    metrics = results_metrics(results_json(preds, n_boot=200), "stage2")
     _log(p, metrics, ckpts, "stage2", {}, tmp_path / "no-reports")
 
 
@@ -83,6 +82,16 @@ def test_collect_runs_reads_parents_with_merged_stage_metrics_and_histories(stor
     assert [v for _, v in r.histories["train/stage1/reward_mean"]] == pytest.approx([0, 0.2, 0.4, 0.6])
 
 
+def test_cells_carry_interval_and_n_and_differences_carry_p_values(store):
+    r = collect_runs(EXP)[0][0]
+    medqa = r.benchmarks("stage2")["medqa"]
+    assert medqa.n == 10 and medqa.ci_low < medqa.acc < medqa.ci_high
+    assert r.benchmarks("stage2")["avg"].ci_low is not None
+    d = r.differences("stage2", "bench")["medqa"]
+    assert d.diff == pytest.approx(0.3) and 0 < d.p <= 1 and d.ci_low <= d.diff <= d.ci_high
+    assert "symptoms" in r.differences("stage1", "cat") and r.differences("base", "bench") == {}
+
+
 def test_report_has_every_section_and_valid_pngs(store):
     out = store / "reports"
     assert main_report(out_dir=str(out), experiment=EXP) == 0
@@ -95,6 +104,10 @@ def test_report_has_every_section_and_valid_pngs(store):
     assert "| two_stage (α=0.25) · stage I |" in md and "two_stage (α=0.13) · stage II" in md and "| supervised (α=0.25) |" in md
     assert "supervised (α=0.25) · stage I" not in md
     assert "| 13% |" in md and "| 25% |" in md
+    assert "| n (questions) | 10 | 10 |" in md  # medqa, pubmedqa
+    assert "| 60.00 [31.3, 83.2] ± 0.00" not in md and "60.00 [31.3, 83.2]" in md  # Wilson at 6/10, no zero std
+    assert "## Paired differences to base" in md
+    assert "· stage2 − base | +30.00 [" in md and " p=" in md
     assert "| Senior | 1 | 0/1 (0.00%)" in md and "| Junior | 1 | 1/1 (100.00%)" in md
     for png in ("table2_benchmarks.png", "table1_raredis.png", "fig4_rare_ratio.png", "fig6_training.png"):
         assert f"](figures/{png})" in md
