@@ -36,8 +36,23 @@ def _table(args: argparse.Namespace) -> int:
     except json.JSONDecodeError as e:
         print(f"medssr table: {path}:{e.lineno}: not valid JSON ({e.msg})", file=sys.stderr)
         return 2
-    print(f"evaluation ({path}, accuracy %):\n{format_table(results)}")
+    print(f"evaluation ({path}, accuracy %):\n{format_table(results, _display_names(Path(args.params)))}")
     return 0
+
+
+def _display_names(params_path: Path) -> dict[str, str]:
+    """Table names of the benchmarks declared in params.yaml (plain keys when there is no valid params file)."""
+    if not params_path.exists():
+        return {}
+    from eval.benchmarks import display_names
+    from medssr.config import load_params
+    from medssr.errors import MedssrError
+
+    try:
+        return display_names(load_params(params_path))
+    except MedssrError as e:  # the table itself does not need params: print it with plain benchmark keys
+        print(f"medssr table: {e}; printing benchmark keys", file=sys.stderr)
+        return {}
 
 
 def _review(args: argparse.Namespace) -> int:
@@ -87,8 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--experiment", default=None)
     rep.set_defaults(fn=_report)
 
-    t = sub.add_parser("table", help="print the evaluation table (benchmarks x checkpoints) from metrics/eval.json")
+    t = sub.add_parser("table", help="print the evaluation table (accuracy [interval], n; differences to base with p) "
+                       "from metrics/eval.json")
     t.add_argument("metrics", nargs="?", default="metrics/eval.json")
+    t.add_argument("--params", default="params.yaml", help="params file whose benchmark display names the table uses")
     t.set_defaults(fn=_table)
 
     rev = sub.add_parser("review", help="physician review sheets: `review export --n 200` / `review import FILE...`")
