@@ -44,7 +44,7 @@ _HARD_CUE = re.compile(
     r"|\bI\s+(?:would\s+|will\s+|'ll\s+|’ll\s+)?(?:choose|select|pick|go\s+with)\b\s*:?"
     r"|<answer>"
     r"|\\boxed\s*\{"
-    r"|(?:最终|正确)?答案\s*(?:应该|应)?(?:是|为|選|选)?\s*:?"
+    r"|(?:最终|正确)?答案\s*(?:应该|应)?(?:是|为|(?:選|选)(?!项))?\s*:?"
     r"|(?:故|所以|因此|因而)\s*(?:应)?选(?:择)?"
     rf"){_ADVERB}",
     re.IGNORECASE,
@@ -111,7 +111,7 @@ def _clean(text: str) -> str:
     return unicodedata.normalize("NFKC", text).translate(_MARKUP).replace("__", "")
 
 
-_SOFT_PUNCT = str.maketrans({c: " " for c in ".,;:!?'\"()[]{}-–—_/\\*`“”‘’…·•|"})
+_SOFT_PUNCT = str.maketrans({c: " " for c in ".,;:!?'\"()[]{}-–—_/\\*`“”‘’…·•|。、「」『』【】"})
 
 
 def _norm(s: str) -> str:

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from medssr.answers import ANSWER_SUFFIX, extract_answer, has_committed_answer, letters_for
+from medssr.answers import ANSWER_SUFFIX, echoes_options, extract_answer, has_committed_answer, letters_for
 
 BENCH = Path(__file__).resolve().parents[1] / "data" / "raw" / "benchmarks"
+ENDINGS = Path(__file__).resolve().parent / "data" / "answer_endings.jsonl"
 _OPTION_LINE = re.compile(r"^([A-J])\.\s?(.*)$")
 
 
@@ -296,3 +297,67 @@ def test_has_committed_answer_is_cheap() -> None:
     for _ in range(2000):
         has_committed_answer(tail, HAND)
     assert (time.perf_counter() - t0) / 2000 < 2e-3  # measured ~0.05 ms per call
+
+
+# --- hand-written endings of real model styles (tests/data/answer_endings.jsonl, measured in bench/extraction.py) ---
+ENDING_ROWS = [json.loads(line) for line in ENDINGS.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("ending", ENDING_ROWS, ids=[r["id"] for r in ENDING_ROWS])
+def test_every_hand_written_ending_reads_as_expected(ending: dict) -> None:
+    assert extract_answer(ending["text"], ending["options"]) == ending["expected"], ending["why"]
+
+
+def test_endings_fixture_covers_every_model_style() -> None:
+    ids = [r["id"] for r in ENDING_ROWS]
+    assert len(ids) >= 100 and len(set(ids)) == len(ids)
+    for style in ("smol_echo", "smol_cutoff", "qwen_think", "llama_", "cn_", "issue_"):
+        assert sum(i.startswith(style) for i in ids) >= 3, style
+    assert all(r["why"] and set(r) == {"id", "text", "options", "expected", "why"} for r in ENDING_ROWS)
+
+
+CORTISOL = {"A": "Decrease in serum ACTH", "B": "Decrease in urinary 17-hydroxycorticosteroids",
+            "C": "Increase in serum aldosterone", "D": "Increase in serum cortisol"}
+
+
+def test_repeating_the_prompts_last_option_line_is_an_echo_not_a_choice() -> None:
+    assert extract_answer("D. Increase in serum cortisol\n", CORTISOL) is None
+    assert echoes_options("D. Increase in serum cortisol\n", CORTISOL)
+
+
+def test_an_echo_followed_by_a_commit_is_that_commit() -> None:
+    text = "D. Increase in serum cortisol\n\nPrednisone suppresses ACTH. The answer is A."
+    assert extract_answer(text, CORTISOL) == "A" and not echoes_options(text, CORTISOL)
+
+
+def test_a_lone_option_line_other_than_the_last_is_a_choice_not_an_echo() -> None:
+    assert extract_answer("B. Decrease in urinary 17-hydroxycorticosteroids", CORTISOL) == "B"
+    assert not echoes_options("B. Decrease in urinary 17-hydroxycorticosteroids", CORTISOL)
+
+
+def test_no_answer_that_is_not_an_echo_is_not_called_one() -> None:
+    assert not echoes_options("Prednisone suppresses the axis and", CORTISOL)
+    assert not echoes_options("<think>D. Increase in serum cortisol", CORTISOL)  # still thinking: no answer, no echo
+
+
+def test_a_cut_off_analysis_line_is_no_answer() -> None:
+    carcinoid = {"A": "Carcinoid syndrome", "B": "Pheochromocytoma", "C": "Systemic mastocytosis", "D": "VIPoma"}
+    assert extract_answer("A. Carcinoid syndrome - ", carcinoid) is None
+    assert extract_answer("Reasoning.\nA. Carcinoid syndrome", carcinoid) == "A"
+
+
+def test_early_stop_would_score_the_first_answer_so_evaluation_reads_to_the_end() -> None:
+    """Why eval.sampling.stop_at_answer is false: the sampler would stop at 'A.', the full output answers B."""
+    text = "The answer is A. Wait... The answer is B."
+    first = next(i for i in range(1, len(text) + 1) if has_committed_answer(text[:i], HAND))
+    assert extract_answer(text[:first], HAND) == "A" and extract_answer(text, HAND) == "B"
+
+
+def test_no_early_stop_inside_an_unclosed_think_block() -> None:
+    assert not has_committed_answer("<think>\nThe answer is B. But wait,", HAND)
+    assert has_committed_answer("<think>\nmaybe B\n</think>\n\nThe answer is C.", HAND)
+
+
+def test_an_answer_inside_think_counts_only_after_the_block_closes() -> None:
+    assert extract_answer("<think>\nThe answer is B.\n</think>\n\nThe answer is C.", HAND) == "C"
+    assert extract_answer("<think>\nThe answer is B.\n</think>\n\n", HAND) is None
