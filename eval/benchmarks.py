@@ -8,6 +8,9 @@ works without new Python:
 * JSONL of raw benchmark rows (``id``, ``question`` with options inline, ``gold``).
 
 The shape is read from the content (first non-blank character ``[`` = JSON list), not from the name.
+With ``eval.benchmarks`` empty, every benchmark declared under ``data.benchmarks`` is evaluated from its prepared
+file, plus RareDis-Sub (``eval_benchmarks``). A rare-disease set (a name starting ``raredis``) is sliced stratified
+by category (``stratified_slice``), so a small sample still covers every category.
 """
 
 from __future__ import annotations
@@ -16,14 +19,14 @@ import dataclasses
 import gzip
 import os
 import random
-import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-from medssr.config import SamplingCfg
+from medssr.config import RESERVED_BENCHMARK_NAMES, SamplingCfg, benchmark_name_problem
 from medssr.data.loaders import benchmark_row_to_question, load_benchmark_file
 from medssr.errors import MedssrError
-from medssr.records import Question, RecordError, iter_jsonl, validate_question
+from medssr.records import CATEGORIES, Question, RecordError, iter_jsonl, validate_question
 
 # Each model's recommended decoding (paper §4.1 "recommended decoding hyperparameters for each model").
 # qwen: Qwen3 model card (thinking mode) and MedSSR's own evaluator; llama: Llama-3.1-Instruct generation_config.json;
@@ -34,9 +37,10 @@ FAMILY_SAMPLING: dict[str, dict[str, float | int]] = {
     "smollm": {"temperature": 0.2, "top_p": 0.9, "top_k": -1},
 }
 
-# keys eval.json and the metric names use next to benchmark names
-RESERVED_NAMES = frozenset({"avg", "avg_std", "raredis", "invalid_before", "invalid_after"})
-_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+# keys eval.json and the metric names use next to benchmark names (defined with the params that declare benchmarks)
+RESERVED_NAMES = RESERVED_BENCHMARK_NAMES
+RAREDIS_SUB = "raredis_sub"  # the prepare stage's RareDis-Sub file, data.out_dir/raredis_sub.jsonl
+RAREDIS_DISPLAY = "RareDis-Sub"
 
 
 class BenchmarkError(MedssrError, ValueError):
@@ -97,21 +101,104 @@ def seeded_slice(questions: list[Question], n: int | None, seed: int) -> list[Qu
     return [q for i, q in enumerate(questions) if i in keep]
 
 
+def is_rare_set(name: str) -> bool:
+    """A rare-disease set (RareDis-Sub, a ReDis-QA copy declared as ``raredis_...``) is sliced stratified by category."""
+    return name.startswith("raredis")
+
+
+def category_quota(sizes: Mapping[str, int], n: int) -> dict[str, int]:
+    """How many of ``n`` questions each category gets: equal shares, capped by the category's size, repeated on what is left.
+
+    When fewer questions are left than categories still open, one each goes to the categories with the most
+    questions not yet taken (ties: the order of ``sizes``). E.g. sizes {a: 10, b: 1, c: 5}, n=9 -> {a: 4, b: 1, c: 4}.
+    """
+    quota = {c: 0 for c in sizes}
+    left = min(n, sum(sizes.values()))
+    open_ = [c for c in sizes if sizes[c] > 0]
+    while left > 0:
+        share = left // len(open_)
+        if share == 0:
+            order = sorted(open_, key=lambda c: (-(sizes[c] - quota[c]), list(sizes).index(c)))
+            for c in order[:left]:
+                quota[c] += 1
+            break
+        for c in open_:
+            take = min(share, sizes[c] - quota[c])
+            quota[c] += take
+            left -= take
+        open_ = [c for c in open_ if quota[c] < sizes[c]]
+    return quota
+
+
+def _category_key(q: Question) -> str:
+    return q.category if isinstance(q.category, str) else ""
+
+
+def stratified_slice(questions: list[Question], n: int | None, seed: int) -> list[Question]:
+    """``n`` questions drawn per ``category`` by ``category_quota`` (seeded per category), kept in file order.
+
+    Every category with questions is represented whenever ``n`` >= the number of categories; categories are
+    ordered as medssr.records.CATEGORIES, then any others alphabetically, with uncategorised questions last.
+    """
+    if n is None or n >= len(questions):
+        return list(questions)
+    groups: dict[str, list[int]] = {}
+    for i, q in enumerate(questions):
+        groups.setdefault(_category_key(q), []).append(i)
+    rank = {c: k for k, c in enumerate(CATEGORIES)}
+    ordered = sorted(groups, key=lambda c: (c == "", rank.get(c, len(rank)), c))
+    quota = category_quota({c: len(groups[c]) for c in ordered}, n)
+    keep: set[int] = set()
+    for c in ordered:
+        keep.update(random.Random(f"{seed}/{c}").sample(groups[c], quota[c]))
+    return [q for i, q in enumerate(questions) if i in keep]
+
+
 def load_declared(benchmarks: Mapping[str, str], max_per_benchmark: int | None = None, seed: int = 0,
-                  strict: bool = True) -> dict[str, list[Question]]:
-    """Load every declared benchmark (params eval.benchmarks: name -> file), sliced to ``max_per_benchmark``."""
+                  strict: bool = True, max_raredis: int | None = None) -> dict[str, list[Question]]:
+    """Load every benchmark in ``benchmarks`` (name -> file), sliced to ``max_per_benchmark``.
+
+    Rare-disease sets (``is_rare_set``) are sliced stratified by category to ``max_raredis`` (None = ``max_per_benchmark``).
+    """
     if not benchmarks:
-        raise BenchmarkError("eval.benchmarks is empty: declare benchmarks as `name: path` (e.g. medqa: data/prepared/benchmarks/medqa.jsonl)")
+        raise BenchmarkError("eval.benchmarks is empty: declare benchmarks as `name: path` (e.g. medqa: data/prepared/benchmarks/medqa.jsonl), "
+                             "or pass eval_benchmarks(params) to get every data.benchmarks entry + raredis_sub")
     out: dict[str, list[Question]] = {}
     for name, path in benchmarks.items():
-        if not _NAME.fullmatch(name) or name in RESERVED_NAMES:
-            raise BenchmarkError(f"eval.benchmarks.{name}: a benchmark name must match [A-Za-z0-9_.-]+ and not be one of "
-                                 f"{', '.join(sorted(RESERVED_NAMES))} (it becomes a metric name and an eval.json key)")
+        problem = benchmark_name_problem(name)
+        if problem:
+            raise BenchmarkError(f"eval.benchmarks.{name}: {problem}")
         try:
             qs = load_questions_file(path, name, strict=strict)
         except FileNotFoundError:
             raise BenchmarkError(f"eval.benchmarks.{name}: {path}: no such file (run the prepare stage, or fix the path)") from None
         if not qs:
             raise BenchmarkError(f"eval.benchmarks.{name}: {path}: no questions")
-        out[name] = seeded_slice(qs, max_per_benchmark, seed)
+        if is_rare_set(name):
+            out[name] = stratified_slice(qs, max_per_benchmark if max_raredis is None else max_raredis, seed)
+        else:
+            out[name] = seeded_slice(qs, max_per_benchmark, seed)
     return out
+
+
+def eval_benchmarks(params: Any) -> dict[str, str]:
+    """What the evaluation reads: ``eval.benchmarks`` when given, else every ``data.benchmarks`` entry's prepared file + RareDis-Sub."""
+    if params.eval.benchmarks:
+        return dict(params.eval.benchmarks)
+    out = Path(params.data.out_dir)
+    files = {name: str(out / "benchmarks" / f"{name}.jsonl") for name in params.data.benchmarks}
+    files[RAREDIS_SUB] = str(out / f"{RAREDIS_SUB}.jsonl")
+    return files
+
+
+def display_names(params: Any) -> dict[str, str]:
+    """Table names per benchmark name: the declaration's ``display`` (paper spelling), RareDis-Sub, else the name itself."""
+    names = {name: decl.display or name for name, decl in params.data.benchmarks.items()}
+    for name in eval_benchmarks(params):
+        names.setdefault(name, RAREDIS_DISPLAY if name == RAREDIS_SUB else name)
+    return names
+
+
+def paper_benchmarks(params: Any) -> list[str]:
+    """The benchmarks declared ``paper: true`` (the paper's nine Table 2 sets), in declaration order: the headline average's set."""
+    return [name for name, decl in params.data.benchmarks.items() if decl.paper]

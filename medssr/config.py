@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -33,6 +34,29 @@ class ProjectCfg:
     experiment: str = "medssr"  # MLflow experiment name
 
 
+# Benchmark names become eval.json keys, metric names and prepared file names; these are taken by the evaluation.
+BENCHMARK_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
+RESERVED_BENCHMARK_NAMES = frozenset({"avg", "avg_std", "raredis", "invalid_before", "invalid_after"})
+
+
+def benchmark_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a benchmark (None if it can): it must be a plain token and not clash with eval.json keys."""
+    if not BENCHMARK_NAME_RE.fullmatch(name) or name in RESERVED_BENCHMARK_NAMES or name.startswith("avg"):
+        return (f"a benchmark name must match [A-Za-z0-9_.-]+, not start with 'avg' and not be one of "
+                f"{', '.join(sorted(RESERVED_BENCHMARK_NAMES))} (it becomes a metric name and an eval.json key)")
+    return None
+
+
+@dataclass
+class BenchmarkCfg:
+    """One evaluation benchmark declared as data: adding one is a file under data.raw_dir plus this entry."""
+
+    file: str = ""  # benchmark JSON list (gz or plain), relative to data.raw_dir (or absolute)
+    display: str | None = None  # name in tables and the report (the paper's Table 2 spelling); None = the key
+    paper: bool = False  # one of the paper's nine Table 2 benchmarks (the headline average is over these)
+    paper_rare: int | None = field(default=None, metadata=_range(0))  # paper Table 7 "# Rare", compared by prepare
+
+
 @dataclass
 class DataCfg:
     raw_dir: str = "data/raw"
@@ -49,6 +73,20 @@ class DataCfg:
     rare_gard: bool = True  # GARD focus names join the Orphanet list
     rare_stoplist: list[str] = field(default_factory=list)  # extra names never counted as rare diseases
     leakage_option_overlap: float = field(default=0.5, metadata=_range(0, 1))  # stem match counts as leakage only if options overlap this much
+    # name -> declaration; every declared benchmark gets leakage removal, RareDis-Sub tagging, the synthesis
+    # contamination index and (with eval.benchmarks empty) evaluation
+    benchmarks: dict[str, BenchmarkCfg] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, decl in self.benchmarks.items():
+            problem = benchmark_name_problem(name)
+            if problem is None and name.startswith("raredis"):
+                problem = "names starting 'raredis' are the rare-disease sets the prepare stage writes"
+            if problem:
+                raise ConfigError(f"data.benchmarks.{name}: {problem}")
+            if not decl.file.strip():
+                raise ConfigError(f"data.benchmarks.{name}.file: missing (a benchmark JSON list under data.raw_dir)")
+
 
 
 @dataclass
@@ -181,8 +219,9 @@ class TrainCfg:
 
 @dataclass
 class EvalCfg:
-    benchmarks: dict[str, str] = field(default_factory=dict)  # name -> prepared JSONL
+    benchmarks: dict[str, str] = field(default_factory=dict)  # name -> file; empty = every data.benchmarks entry + raredis_sub
     max_per_benchmark: int | None = field(default=None, metadata=_range(1))
+    max_raredis: int | None = field(default=None, metadata=_range(1))  # RareDis-Sub slice (stratified by category); None = max_per_benchmark
     runs: int = field(default=1, metadata=_range(1))  # k runs (paper: 4)
     checkpoints: list[str] = field(default_factory=lambda: ["base", "stage1", "stage2"])
     sampling: SamplingCfg = field(default_factory=SamplingCfg)

@@ -9,30 +9,89 @@ from pathlib import Path
 
 import pytest
 
+from medssr.config import ConfigError, load_params
 from medssr.data.loaders import (
-    BENCHMARKS,
     BenchmarkRecordError,
-    load_benchmark,
     load_benchmark_file,
+    load_benchmarks,
     load_training_source,
     split_options,
 )
 
-RAW = Path(__file__).resolve().parents[1] / "data" / "raw"
+ROOT = Path(__file__).resolve().parents[1]
+RAW = ROOT / "data" / "raw"
+DECLARED = load_params(ROOT / "params.yaml").data.benchmarks
 
-MANIFEST_COUNTS = {"medqa": 1273, "medmcqa": 1200, "mmlu": 1089, "pubmedqa": 500, "bioasq": 782, "medbullets": 308}
+MANIFEST_COUNTS = {"medqa": 1273, "medmcqa": 1200, "mmlu": 1089, "pubmedqa": 500, "bioasq": 782, "medbullets": 308,
+                   "nejm": 603, "lancet": 412, "medxpertqa": 2450}
 MANIFEST_GOLD = {
     "medqa": {"A": 353, "B": 309, "C": 346, "D": 265},
     "medmcqa": {"A": 399, "B": 307, "C": 262, "D": 232},
     "pubmedqa": {"A": 276, "B": 169, "C": 55},
     "bioasq": {"A": 570, "B": 212},
+    "nejm": {"A": 121, "B": 138, "C": 106, "D": 123, "E": 115},
+    "lancet": {"A": 56, "B": 104, "C": 160, "D": 92},
 }
-N_OPTIONS = {"medqa": 4, "medmcqa": 4, "mmlu": 4, "pubmedqa": 3, "bioasq": 2, "medbullets": 5}
+N_OPTIONS = {"medqa": 4, "medmcqa": 4, "mmlu": 4, "pubmedqa": 3, "bioasq": 2, "medbullets": 5, "nejm": 5, "lancet": 4,
+             "medxpertqa": 10}
 
 
 @pytest.fixture(scope="module")
 def benchmarks():
-    return {name: load_benchmark(name, RAW) for name in BENCHMARKS}
+    return load_benchmarks(DECLARED, RAW)
+
+
+def test_the_shipped_params_declare_the_papers_nine_benchmarks_with_table_2_names():
+    assert {n: d.display for n, d in DECLARED.items() if d.paper} == {
+        "bioasq": "BioASQ", "medmcqa": "MedMCQA", "medqa": "MedQA", "medxpertqa": "MedXpertqa", "mmlu": "MMLU",
+        "pubmedqa": "PubMedQA", "nejm": "NEJM", "lancet": "Lancet", "medbullets": "Medbullets"}
+
+
+def test_a_declared_benchmark_is_loaded_from_its_file_without_python_changes(tmp_path):
+    rows = json.load(gzip.open(RAW / DECLARED["lancet"].file))[:4]
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "benchmarks" / "mine.json").write_text(json.dumps(rows), encoding="utf-8")
+    params = tmp_path / "params.yaml"
+    params.write_text("data:\n  benchmarks:\n    my_set: {file: benchmarks/mine.json, display: My set}\n")
+    got = load_benchmarks(load_params(params).data.benchmarks, tmp_path)
+    assert list(got) == ["my_set"] and [q.id for q in got["my_set"]] == [r["id"] for r in rows]
+    assert {q.source for q in got["my_set"]} == {"my_set"}
+
+
+def test_a_declared_benchmark_whose_file_is_missing_names_the_params_key(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"data\.benchmarks\.medqa\.file: .*test_short_medqa\.json\.gz: no such file"):
+        load_benchmarks(DECLARED, tmp_path, names=["medqa"])
+
+
+def test_an_undeclared_benchmark_name_is_a_params_error():
+    with pytest.raises(ConfigError, match="unknown benchmark 'medqa2'; declared in data.benchmarks: bioasq"):
+        load_benchmarks(DECLARED, RAW, names=["medqa2"])
+
+
+@pytest.mark.parametrize(("entry", "message"), [
+    ("{display: X}", "data.benchmarks.mine.file: missing"),
+    ("{file: x.json, paper_rare: -1}", "data.benchmarks.mine.paper_rare: expected int >= 0"),
+    ("{file: x.json, colour: red}", "data.benchmarks.mine.colour: unknown key"),
+])
+def test_a_bad_benchmark_declaration_names_its_key(tmp_path, entry, message):
+    params = tmp_path / "params.yaml"
+    params.write_text(f"data:\n  benchmarks:\n    mine: {entry}\n")
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        load_params(params)
+
+
+@pytest.mark.parametrize("name", ["raredis_sub", "avg", "avg_paper", "med/qa"])
+def test_benchmark_names_that_clash_with_rare_sets_or_eval_keys_are_rejected(tmp_path, name):
+    params = tmp_path / "params.yaml"
+    params.write_text(f"data:\n  benchmarks:\n    '{name}': {{file: x.json}}\n")
+    with pytest.raises(ConfigError, match=f"data.benchmarks.{name}: "):
+        load_params(params)
+
+
+def test_medxpertqa_has_ten_options_a_to_j_and_its_gold_is_one_of_them(benchmarks):
+    qs = benchmarks["medxpertqa"]
+    assert all(list(q.options) == list("ABCDEFGHIJ") for q in qs)
+    assert Counter(q.answer for q in qs)["J"] == 257
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +154,7 @@ def test_question_without_an_option_block_is_an_error():
 
 
 def test_any_benchmark_file_loads_plain_or_gzipped(tmp_path):
-    rows = json.load(gzip.open(RAW / BENCHMARKS["medbullets"]))[:5]
+    rows = json.load(gzip.open(RAW / DECLARED["medbullets"].file))[:5]
     plain = tmp_path / "test_short_newset.json"
     plain.write_text(json.dumps(rows, indent=2), encoding="utf-8")
     qs = load_benchmark_file(plain)
@@ -105,7 +164,7 @@ def test_any_benchmark_file_loads_plain_or_gzipped(tmp_path):
 
 
 def test_bad_benchmark_record_error_names_file_line_and_record(tmp_path):
-    rows = json.load(gzip.open(RAW / BENCHMARKS["medqa"]))[:3]
+    rows = json.load(gzip.open(RAW / DECLARED["medqa"].file))[:3]
     rows[1]["gold"] = "E"
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(rows, indent=4), encoding="utf-8")

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from medssr.config import load_params
+from medssr.config import ConfigError, load_params
 from medssr.data.categories import classify_text, focus_sentence
 from medssr.data.leakage import build_index, leak_reason, normalize_text, remove_leakage
-from medssr.data.loaders import BENCHMARKS, load_benchmark, load_training_source
+from medssr.data.loaders import load_benchmarks, load_training_source
 from medssr.data.prepare import run_prepare, stratified_cap, summary_line
 from medssr.data.reasoning import is_reasoning_heavy, reasoning_score, select_seeds
 from medssr.data.validate import validate_files
@@ -19,11 +19,21 @@ from medssr.records import CATEGORIES, RecordError, read_questions
 
 ROOT = Path(__file__).resolve().parents[1]
 RAW = ROOT / "data" / "raw"
+DECLARED = load_params(ROOT / "params.yaml").data.benchmarks
+
+
+def _params_file(tmp: Path, data_yaml: str) -> Path:
+    """A params.yaml with the shipped benchmark declarations and ``data_yaml`` (indented ``data:`` lines)."""
+    decl = "".join(f"    {n}: {{file: {d.file}, display: {d.display}, paper: {str(d.paper).lower()}, paper_rare: {d.paper_rare}}}\n"
+                   for n, d in DECLARED.items())
+    path = tmp / "params.yaml"
+    path.write_text(f"data:\n{data_yaml}  benchmarks:\n{decl}", encoding="utf-8")
+    return path
 
 
 @pytest.fixture(scope="module")
 def bench():
-    return {name: load_benchmark(name, RAW) for name in BENCHMARKS}
+    return load_benchmarks(DECLARED, RAW)
 
 
 @pytest.fixture(scope="module")
@@ -137,8 +147,9 @@ def prepared(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("prepare")
     mp = pytest.MonkeyPatch()
     mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp}/mlflow.db")
-    (tmp / "params.yaml").write_text(f"data:\n  raw_dir: {RAW}\n  out_dir: {tmp}/prepared\n  max_seeds: 300\n", encoding="utf-8")
-    params = load_params(tmp / "params.yaml")
+    (tmp / "prepared" / "benchmarks").mkdir(parents=True)
+    (tmp / "prepared" / "benchmarks" / "dropped.jsonl").write_text("{}\n")  # a benchmark no longer declared
+    params = load_params(_params_file(tmp, f"  raw_dir: {RAW}\n  out_dir: {tmp}/prepared\n  max_seeds: 300\n"))
     summary = run_prepare(params, report_path=tmp / "reports" / "prepare.json")
     yield tmp, summary
     mp.undo()
@@ -147,18 +158,44 @@ def prepared(tmp_path_factory):
 def test_prepare_writes_every_output(prepared):
     tmp, _ = prepared
     out = tmp / "prepared"
-    for rel in ["train.jsonl", "seeds.jsonl", "raredis_sub.jsonl", "entities.jsonl", *[f"benchmarks/{n}.jsonl" for n in BENCHMARKS]]:
+    for rel in ["train.jsonl", "seeds.jsonl", "raredis_sub.jsonl", "entities.jsonl", *[f"benchmarks/{n}.jsonl" for n in DECLARED]]:
         assert (out / rel).stat().st_size > 0, rel
     ok, report = validate_files([out / "train.jsonl", out / "seeds.jsonl", out / "raredis_sub.jsonl",
-                                 *[out / "benchmarks" / f"{n}.jsonl" for n in BENCHMARKS]])
+                                 *[out / "benchmarks" / f"{n}.jsonl" for n in DECLARED]])
     assert ok, report
+
+
+def test_prepare_writes_one_file_per_declared_benchmark_and_drops_undeclared_ones(prepared):
+    tmp, summary = prepared
+    assert sorted(p.stem for p in (tmp / "prepared" / "benchmarks").glob("*.jsonl")) == sorted(DECLARED)
+    assert summary["benchmarks"] == {"bioasq": 782, "medmcqa": 1200, "medqa": 1273, "medxpertqa": 2450, "mmlu": 1089,
+                                     "pubmedqa": 500, "nejm": 603, "lancet": 412, "medbullets": 308}
+
+
+def test_prepare_without_declared_benchmarks_is_a_params_error(tmp_path):
+    (tmp_path / "params.yaml").write_text(f"data:\n  raw_dir: {RAW}\n  out_dir: {tmp_path}/p\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="data.benchmarks is empty"):
+        run_prepare(load_params(tmp_path / "params.yaml"), report_path=tmp_path / "r.json", log_mlflow=False)
+
+
+def test_a_newly_declared_benchmark_gets_leakage_removal_and_rare_tagging(tmp_path):
+    """A user's file + one params entry: its questions leave the training rows and its rare ones join RareDis-Sub."""
+    bioasq = load_training_source("bioasq", RAW, drop_known_test=True)[:40]
+    mine = [{"id": f"mine-{i}", "question": q.render(), "gold": q.answer} for i, q in enumerate(bioasq)]
+    (tmp_path / "mine.json").write_text(json.dumps(mine), encoding="utf-8")
+    path = _params_file(tmp_path, f"  raw_dir: {RAW}\n  out_dir: {tmp_path}/p\n  train_sources: [bioasq]\n")
+    path.write_text(path.read_text() + f"    my_set: {{file: {tmp_path}/mine.json, display: My set}}\n")
+    summary = run_prepare(load_params(path), report_path=tmp_path / "r.json", log_mlflow=False)
+    assert summary["benchmarks"]["my_set"] == 40 and (tmp_path / "p" / "benchmarks" / "my_set.jsonl").exists()
+    assert summary["leakage_removed_by_reason"]["bioasq"]["text"] == 2 + 40
+    assert summary["rare"]["my_set"] == {"ours": summary["raredis_sub_by_source"].get("my_set", 0), "paper": None}
 
 
 def test_prepare_train_rows_are_leakage_free(prepared):
     tmp, summary = prepared
     train = read_questions(tmp / "prepared" / "train.jsonl")
     assert summary["train_by_source"] == {"medmcqa": 2976, "headqa": 6600, "pubmedqa": 500, "bioasq": 291}
-    bench_ids = {q.id for n in BENCHMARKS for q in read_questions(tmp / "prepared" / "benchmarks" / f"{n}.jsonl")}
+    bench_ids = {q.id for n in DECLARED for q in read_questions(tmp / "prepared" / "benchmarks" / f"{n}.jsonl")}
     assert not bench_ids & {q.id for q in train}
     assert summary["leakage_removed"] == {"medmcqa": 1207, "headqa": 0, "pubmedqa": 500, "bioasq": 327}
 
@@ -178,7 +215,9 @@ def test_prepare_raredis_sub_rows_carry_disease_and_category(prepared):
     assert all(q.rare_disease and q.category in CATEGORIES and q.split == "test" for q in sub)
     assert sum(summary["categories"].values()) == len(sub)
     assert {n: r["paper"] for n, r in summary["rare"].items()} == {
-        "medqa": 154, "medmcqa": 45, "mmlu": 57, "pubmedqa": 63, "bioasq": 144, "medbullets": 52}
+        "medqa": 154, "medmcqa": 45, "mmlu": 57, "pubmedqa": 63, "bioasq": 144, "medbullets": 52, "medxpertqa": 301,
+        "nejm": 65, "lancet": 70}
+    assert sum(summary["raredis_sub_by_source"].values()) == len(sub)
 
 
 def test_prepare_report_and_mlflow_metrics(prepared):
@@ -196,9 +235,8 @@ def test_prepare_report_and_mlflow_metrics(prepared):
 
 
 def test_prepare_caps_train_rows_by_source_share(tmp_path):
-    (tmp_path / "params.yaml").write_text(f"data:\n  raw_dir: {RAW}\n  out_dir: {tmp_path}/p\n  max_train: 100\n"
-                                          "  train_sources: [pubmedqa, bioasq]\n", encoding="utf-8")
-    summary = run_prepare(load_params(tmp_path / "params.yaml"), report_path=tmp_path / "r.json", log_mlflow=False)
+    path = _params_file(tmp_path, f"  raw_dir: {RAW}\n  out_dir: {tmp_path}/p\n  max_train: 100\n  train_sources: [pubmedqa, bioasq]\n")
+    summary = run_prepare(load_params(path), report_path=tmp_path / "r.json", log_mlflow=False)
     assert summary["train_rows"] == 100 and summary["train_pool_rows"] == 500 + 291
     assert summary["train_by_source"] == {"pubmedqa": 63, "bioasq": 37}
 
@@ -208,10 +246,9 @@ def test_extra_raredis_rows_join_raredis_sub_leave_training_and_bad_rows_are_qua
     extra = [{"id": f"redisqa-{i}", "question": q.render(), "gold": q.answer} for i, q in enumerate(bioasq)]
     extra[4]["gold"] = "C"  # not among A-B: quarantined when data.strict is false
     (tmp_path / "redisqa.json").write_text(json.dumps(extra, indent=1), encoding="utf-8")
-    (tmp_path / "params.yaml").write_text(
-        f"data:\n  raw_dir: {RAW}\n  out_dir: {tmp_path}/p\n  strict: false\n  train_sources: [bioasq]\n"
-        f"  extra_raredis: [{tmp_path}/redisqa.json]\n", encoding="utf-8")
-    summary = run_prepare(load_params(tmp_path / "params.yaml"), report_path=tmp_path / "r.json", log_mlflow=False)
+    path = _params_file(tmp_path, f"  raw_dir: {RAW}\n  out_dir: {tmp_path}/p\n  strict: false\n  train_sources: [bioasq]\n"
+                                  f"  extra_raredis: [{tmp_path}/redisqa.json]\n")
+    summary = run_prepare(load_params(path), report_path=tmp_path / "r.json", log_mlflow=False)
     assert summary["extra_raredis"] == {"redisqa": 4} and summary["quarantined"] == 1
     assert "record 5: gold: 'C' is not among options A-B" in (tmp_path / "p" / "rejected.jsonl").read_text()
     assert summary["leakage_removed_by_reason"]["bioasq"]["text"] == 2 + 4  # the 4 extra rows left training
@@ -221,10 +258,9 @@ def test_extra_raredis_rows_join_raredis_sub_leave_training_and_bad_rows_are_qua
 
 def test_strict_mode_stops_at_the_first_bad_row(tmp_path):
     (tmp_path / "bad.json").write_text('[{"id": "x-1", "question": "Is it?\\nA. yes\\nB. no", "gold": "E"}]', encoding="utf-8")
-    (tmp_path / "params.yaml").write_text(
-        f"data:\n  raw_dir: {RAW}\n  out_dir: {tmp_path}/p\n  extra_raredis: [{tmp_path}/bad.json]\n", encoding="utf-8")
+    path = _params_file(tmp_path, f"  raw_dir: {RAW}\n  out_dir: {tmp_path}/p\n  extra_raredis: [{tmp_path}/bad.json]\n")
     with pytest.raises(RecordError, match=r"bad.json:1: record 1: gold: 'E' is not among options A-B"):
-        run_prepare(load_params(tmp_path / "params.yaml"), report_path=tmp_path / "r.json", log_mlflow=False)
+        run_prepare(load_params(path), report_path=tmp_path / "r.json", log_mlflow=False)
 
 
 def test_llm_reasoning_and_category_classifiers_run_through_the_generator_backend(tmp_path, monkeypatch, mlflow_store):

@@ -7,12 +7,13 @@ from collections import Counter
 
 import pytest
 
+from medssr.config import load_params
 from medssr.data.loaders import load_benchmarks, load_medmcqa
 from medssr.records import CATEGORIES, Question, validate_question
 from medssr.synth.classify import parse_category, parse_reasoning_label
 from medssr.synth.contamination import OverlapIndex, build_index, question_text
 from medssr.synth.parse import QUESTION_SCHEMA, REASONS, InvalidQuestion, ParsedQuestion, parse_question, validate
-from tests.conftest import RAW
+from tests.conftest import RAW, ROOT
 
 STEM = ("A 34-year-old woman presents with progressive proximal muscle weakness, a heliotrope rash and Gottron papules. "
         "Which of the following is the most appropriate next step in confirming the diagnosis?")
@@ -31,7 +32,7 @@ def reason(text: str, finish_reason: str | None = None) -> str:
 
 @pytest.fixture(scope="module")
 def benchmarks() -> dict[str, list[Question]]:
-    return load_benchmarks(RAW)
+    return load_benchmarks(load_params(ROOT / "params.yaml").data.benchmarks, RAW)  # every declared benchmark
 
 
 # -- accepted layouts -----------------------------------------------------------------------------------
@@ -158,7 +159,7 @@ def test_validated_question_builds_a_valid_record():
 # -- contamination ----------------------------------------------------------------------------------------
 def test_contamination_index_finds_the_known_medmcqa_dev_benchmark_overlap(benchmarks):
     """All 1200 MedMCQA test questions come from the dev file (MANIFEST): the index must find them by text."""
-    index = build_index(benchmarks, [], [], n=8, threshold=0.5)  # all ~6k benchmark questions: ~1.6 s
+    index = build_index(benchmarks, [], [], n=8, threshold=0.5)  # all ~8.6k questions of the nine benchmarks
     dev = load_medmcqa(RAW)
     bench_ids = {q.id for q in benchmarks["medmcqa"]}
     hits = {q.id for q in dev if (m := index.match(question_text(q))) is not None and m.group == "medmcqa"}

@@ -48,13 +48,13 @@ def fake_question(req) -> str:
 
 @pytest.fixture(scope="module")
 def benchmarks():
-    b = load_benchmarks(RAW)
+    b = load_benchmarks(load_params(ROOT / "params.yaml").data.benchmarks, RAW, names=["medmcqa", "medqa"])
     return {"medmcqa": b["medmcqa"][:400], "medqa": b["medqa"][:400]}
 
 
 @pytest.fixture(scope="module")
 def seeds(benchmarks):
-    held_out = {q.id for q in load_benchmarks(RAW)["medmcqa"]}
+    held_out = {q.id for q in load_benchmarks(load_params(ROOT / "params.yaml").data.benchmarks, RAW, names=["medmcqa"])["medmcqa"]}
     return [q for q in load_medmcqa(RAW) if q.id not in held_out and len(q.question) >= 100][:150]
 
 

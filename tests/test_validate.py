@@ -8,20 +8,26 @@ from pathlib import Path
 
 import pytest
 
-from medssr.data.loaders import BENCHMARKS, load_training_source
+from medssr.config import load_params
+from medssr.data.loaders import load_training_source
 from medssr.data.validate import main_validate, validate_file, validate_files
 from medssr.records import write_jsonl
 
-RAW = Path(__file__).resolve().parents[1] / "data" / "raw"
+ROOT = Path(__file__).resolve().parents[1]
+RAW = ROOT / "data" / "raw"
+DECLARED = load_params(ROOT / "params.yaml").data.benchmarks
 
 
 def medqa_rows() -> list[dict]:
-    return json.load(gzip.open(RAW / BENCHMARKS["medqa"]))
+    return json.load(gzip.open(RAW / DECLARED["medqa"].file))
 
 
 def test_every_benchmark_file_is_accepted():
-    ok, report = validate_files([RAW / p for p in BENCHMARKS.values()])
+    ok, report = validate_files([RAW / d.file for d in DECLARED.values()])
     assert ok, report
+    assert len(DECLARED) == 9
+    assert "test_short_medxpertqa.json.gz: benchmark-json, 2450 valid rows, options per question {10:2450}" in report
+    assert "test_short_nejm.json.gz: benchmark-json, 603 valid rows, options per question {5:603}" in report
     assert "test_short_medbullets.json.gz: benchmark-json, 308 valid rows, options per question {5:308}" in report
     assert "answers A570 B212, ok" in report  # bioasq
 
@@ -84,7 +90,7 @@ def test_question_jsonl_records_are_checked_per_line(tmp_path):
 
 
 def test_main_validate_exit_status(tmp_path, corrupted, capsys):
-    good = RAW / BENCHMARKS["pubmedqa"]
+    good = RAW / DECLARED["pubmedqa"].file
     assert main_validate([str(good)]) == 0
     assert main_validate([str(good), str(corrupted)]) == 1
     out = capsys.readouterr().out

@@ -1,8 +1,9 @@
 """Loaders for the real benchmark and training files under data/raw, all returning Question records.
 
-Benchmarks are data, not code: ``BENCHMARKS`` maps a name to a file, and ``load_benchmark_file`` reads any
-JSON list in the MedSSR test format (``id``, ``question`` with the options rendered as ``\\nA. ...`` lines,
-``gold``), gzipped or plain, so a new benchmark needs a file and a registry entry, not new Python.
+Benchmarks are data, not code: params ``data.benchmarks`` declares each one (name -> file, display name), and
+``load_benchmark_file`` reads any JSON list in the MedSSR test format (``id``, ``question`` with the options
+rendered as ``\\nA. ...`` lines, ``gold``; 2-10 options A-J), gzipped or plain, so a new benchmark needs a file
+and a params entry, not new Python.
 """
 
 from __future__ import annotations
@@ -11,20 +12,12 @@ import gzip
 import json
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from medssr.config import ConfigError
 from medssr.records import ID_RE, LETTERS, Question, RecordError, iter_jsonl, validate_question
-
-BENCHMARKS: dict[str, str] = {
-    "medqa": "benchmarks/test_short_medqa.json.gz",
-    "medmcqa": "benchmarks/test_short_medmcqa.json.gz",
-    "mmlu": "benchmarks/test_short_mmlu.json.gz",
-    "pubmedqa": "benchmarks/test_short_pubmedqa.json.gz",
-    "bioasq": "benchmarks/test_short_bioasq.json.gz",
-    "medbullets": "benchmarks/test_short_medbullets.json.gz",
-}
 
 TRAINING_FILES: dict[str, list[str]] = {
     "medmcqa": ["train/medmcqa/dev.json.gz"],
@@ -236,17 +229,24 @@ def load_benchmark_file(path: str | os.PathLike, name: str | None = None, strict
     return out
 
 
-def load_benchmark(name: str, raw_dir: str | os.PathLike, strict: bool = True, rejected: list[dict] | None = None) -> list[Question]:
-    """Load a registered benchmark by name from ``raw_dir``."""
-    if name not in BENCHMARKS:
-        raise KeyError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
-    return load_benchmark_file(Path(raw_dir) / BENCHMARKS[name], name, strict, rejected)
-
-
-def load_benchmarks(raw_dir: str | os.PathLike, names: list[str] | None = None, strict: bool = True,
+def load_benchmarks(declared: Mapping[str, Any], raw_dir: str | os.PathLike, names: list[str] | None = None, strict: bool = True,
                     rejected: list[dict] | None = None) -> dict[str, list[Question]]:
-    """All (or the named) registered benchmarks, in registry order."""
-    return {n: load_benchmark(n, raw_dir, strict, rejected) for n in (names or list(BENCHMARKS))}
+    """Every declared benchmark (params ``data.benchmarks``: name -> declaration with ``file`` under ``raw_dir``), in declaration order.
+
+    ``names`` picks some of them; a missing file raises FileNotFoundError naming the params key.
+    """
+    if not declared:
+        raise ConfigError("data.benchmarks is empty: declare each benchmark as `name: {file: benchmarks/<file>.json.gz, display: ...}`")
+    unknown = [n for n in names or [] if n not in declared]
+    if unknown:
+        raise ConfigError(f"unknown benchmark {unknown[0]!r}; declared in data.benchmarks: {', '.join(declared)}")
+    out: dict[str, list[Question]] = {}
+    for name in names or list(declared):
+        path = Path(raw_dir) / declared[name].file
+        if not path.exists():
+            raise FileNotFoundError(f"data.benchmarks.{name}.file: {path}: no such file")
+        out[name] = load_benchmark_file(path, name, strict, rejected)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------

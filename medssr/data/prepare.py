@@ -19,14 +19,10 @@ from typing import Any
 from medssr.config import ConfigError
 from medssr.data.categories import classify_category
 from medssr.data.leakage import build_index, normalize_text, remove_leakage
-from medssr.data.loaders import BENCHMARKS, TRAINING_SOURCES, benchmark_name_for, load_benchmark, load_benchmark_file, load_training_source
+from medssr.data.loaders import TRAINING_SOURCES, benchmark_name_for, load_benchmark_file, load_benchmarks, load_training_source
 from medssr.data.rare import STOPLIST, build_tagger, load_entities, normalize_name, tag_question
 from medssr.data.reasoning import is_reasoning_heavy, select_seeds
 from medssr.records import CATEGORIES, Question, write_jsonl
-
-# Table 7 of the paper: test questions per benchmark that went into RareDis-Sub.
-PAPER_RARE = {"bioasq": 144, "medqa": 154, "medmcqa": 45, "pubmedqa": 63, "mmlu": 57, "medbullets": 52,
-              "medxpertqa": 301, "nejm": 65, "lancet": 70}
 
 
 def _progress(it, **kw):
@@ -90,11 +86,14 @@ def run_prepare(params: Any, classifier: Callable[[Question], bool] | None = Non
     unknown = [s for s in cfg.train_sources if s not in TRAINING_SOURCES]
     if unknown:
         raise ConfigError(f"data.train_sources: unknown source {unknown[0]!r}; known: {', '.join(TRAINING_SOURCES)}")
+    if not cfg.benchmarks:
+        raise ConfigError("data.benchmarks is empty: declare each benchmark as `name: {file: benchmarks/<file>.json.gz, display: ...}`")
     rejected: list[dict] = []
     seed = params.project.seed
 
-    # load everything first, so a bad row fails the stage before any slow work
-    benchmarks = {name: load_benchmark(name, raw, cfg.strict, rejected) for name in BENCHMARKS}
+    # load everything first, so a bad row fails the stage before any slow work; every declared benchmark
+    # takes part in leakage removal and rare tagging, and its prepared file feeds the contamination index
+    benchmarks = load_benchmarks(cfg.benchmarks, raw, strict=cfg.strict, rejected=rejected)
     extras: dict[str, list[Question]] = {}
     for p in cfg.extra_raredis:
         key = benchmark_name_for(p)
@@ -160,6 +159,9 @@ def run_prepare(params: Any, classifier: Callable[[Question], bool] | None = Non
     write_jsonl(out / "seeds.jsonl", seeds)
     for name, rows in benchmarks.items():
         write_jsonl(out / "benchmarks" / f"{name}.jsonl", rows)
+    for stale in (out / "benchmarks").glob("*.jsonl"):  # a benchmark no longer declared must not stay in the contamination index
+        if stale.stem not in benchmarks:
+            stale.unlink()
     write_jsonl(out / "raredis_sub.jsonl", raredis)
     write_jsonl(out / "entities.jsonl", (e.to_dict() for e in kept_entities))
     if rejected:
@@ -180,8 +182,9 @@ def run_prepare(params: Any, classifier: Callable[[Question], bool] | None = Non
         "seeds_by_source": dict(Counter(q.source for q in seeds)),
         "benchmarks": {n: len(r) for n, r in benchmarks.items()},
         "extra_raredis": {n: len(r) for n, r in extras.items()},
-        "rare": {n: {"ours": c, "paper": PAPER_RARE.get(n)} for n, c in rare_counts.items()},
+        "rare": {n: {"ours": c, "paper": cfg.benchmarks[n].paper_rare if n in cfg.benchmarks else None} for n, c in rare_counts.items()},
         "raredis_sub": len(raredis),
+        "raredis_sub_by_source": dict(Counter(q.source for q in raredis)),
         "categories": {c: sum(q.category == c for q in raredis) for c in CATEGORIES},
         "entities": len(kept_entities),
         "tagger_surfaces": tagger.n_surfaces,
