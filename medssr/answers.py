@@ -93,7 +93,7 @@ _ECHO_LINE = re.compile(r"^\(?([A-J])[.):]\s*(.*)$")
 _MARKUP = str.maketrans({"*": "", "`": "", "＊": "", **{q: '"' for q in "«»‹›「」『』【】"}})
 _THINK_OPEN, _THINK_CLOSE = "<think>", "</think>"
 # "The answer is not A" / "it is not (A)": retracts an earlier commit to that letter.
-_NOT_LETTER = re.compile(r"\b(?:answer|it)\s+(?:is|was|would\s+be)\s+not\s+(?:(?:option|choice)\s+)?\(?([A-J])\)?(?![\w-])", re.IGNORECASE)
+_NOT_LETTER = re.compile(r"\b(?i:answer|it)\s+(?i:is|was|would\s+be)\s+not\s+(?:(?i:option|choice)\s+)?\(?([A-J])\)?(?![\w-])")
 # "It is B." at the start of a sentence commits to a letter (the second half of "The answer is not A. It is B.").
 _IT_IS = re.compile(r"(?:^|(?<=[.!?\n])|\b(?:[Ss]o|[Tt]hus|[Tt]herefore|[Hh]ence)\s*,?)\s*[Ii]t(?:'s|’s|\s+is|\s+must\s+be|\s+should\s+be)\s+"
                     r"(?=\(?(?:(?:option|choice)\s+)?\(?[A-J]\)?(?![\w-]))")
@@ -321,20 +321,23 @@ def _echo_end(text: str, norm_opts: tuple[tuple[str, str], ...]) -> int:
     """End offset of a leading run of lines that repeat the prompt's option lines, or 0.
 
     A run counts when it holds two or more option lines, or one that is the prompt's last option (the prompt
-    ends with it, so a model that "answers" with it is continuing the prompt). A short header line ending in ':'
-    ('Options:', 'Answer:') may come first.
+    ends with it, so a model that "answers" with it is continuing the prompt), or a line that continues the list
+    with the next letter ('D. no' after 'C. maybe'). A short header line ending in ':' ('Options:', 'Answer:') may
+    come first.
     """
     texts = dict(norm_opts)
     if not texts:
         return 0
     last = max(texts)
+    after = chr(ord(last) + 1)
     pos, run, end = 0, [], 0
     for i, line in enumerate(text.split("\n")):
         stripped = line.strip().strip("#").strip().lstrip("-•").strip().strip('"').strip()
         nxt = pos + len(line) + 1
         m = _ECHO_LINE.match(stripped)
-        if m and m.group(1) in texts and _norm(m.group(2)) == texts[m.group(1)] and not stripped.endswith(_DANGLING):
-            run.append(m.group(1))
+        if m and (m.group(1) == after or (m.group(1) in texts and _norm(m.group(2)) == texts[m.group(1)])) \
+                and not stripped.endswith(_DANGLING):
+            run.append(last if m.group(1) == after else m.group(1))
             end = min(nxt, len(text))
         elif stripped and not (i == 0 and stripped.endswith(":") and len(stripped) < 40 and not run):
             break

@@ -361,3 +361,12 @@ def test_no_early_stop_inside_an_unclosed_think_block() -> None:
 def test_an_answer_inside_think_counts_only_after_the_block_closes() -> None:
     assert extract_answer("<think>\nThe answer is B.\n</think>\n\nThe answer is C.", HAND) == "C"
     assert extract_answer("<think>\nThe answer is B.\n</think>\n\n", HAND) is None
+
+
+def test_a_line_that_continues_the_option_list_is_an_echo() -> None:
+    assert echoes_options("D. no", PUBMED) and extract_answer("D. no", PUBMED) is None
+
+
+def test_it_is_not_an_article_does_not_retract_the_answer() -> None:
+    assert extract_answer("The answer is C. It is not a rare finding in ulnar entrapment.", HAND) == "C"
+    assert extract_answer("The answer is C. Wait, it is not C.", HAND) is None
