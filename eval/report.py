@@ -78,7 +78,7 @@ class PipelineRun:
         """The Cell logged under ``base`` (``<prefix>/<benchmark>`` ...; ``<prefix>/avg`` with ``avg``): acc, std, interval, n."""
         m, sep = self.metrics, "_" if avg else "/"
         std = m.get(f"{base}{sep}run_std", m.get(f"{base}{sep}std", 0.0))  # runs logged before run_std used std
-        n = m.get(f"{base}/n")
+        n = m.get(f"{base}{sep}n")
         return Cell(m[base if avg else f"{base}/acc"], std, m.get(f"{base}{sep}ci_low"), m.get(f"{base}{sep}ci_high"),
                     None if n is None else int(n))
 

@@ -10,9 +10,9 @@ each benchmark (or category), so each keeps its size.
 
 metrics/eval.json, per checkpoint, in this order (every value a number, for ``dvc metrics show``):
 ``<benchmark>: {acc, ci_low, ci_high, n, run_std, invalid_before, invalid_after}``, ``avg``, ``avg_ci_low``,
-``avg_ci_high``, ``avg_run_std``, ``n_benchmarks``, ``raredis: {<category>: {acc, ci_low, ci_high, n, run_std}, avg,
-avg_ci_low, avg_ci_high, avg_run_std}``, ``invalid_before``, ``invalid_after``, ``n_runs``, ``ci_level``, and for every
-checkpoint but the reference ``vs_base: {<benchmark>: {diff, ci_low, ci_high, n, b, c, p_mcnemar}, avg: {...},
+``avg_ci_high``, ``avg_run_std``, ``avg_n`` (questions), ``n_benchmarks``, ``raredis: {<category>: {acc, ci_low, ci_high,
+n, run_std}, avg, avg_ci_low, avg_ci_high, avg_run_std, avg_n}``, ``invalid_before``, ``invalid_after``, ``n_runs``,
+``ci_level``, and for every checkpoint but the reference ``vs_base: {<benchmark>: {diff, ci_low, ci_high, n, b, c, p_mcnemar}, avg: {...},
 raredis: {<category>: {...}, avg: {...}}}`` (``ci_*`` are absent when eval.bootstrap is 0, as are ``avg_ci_*``).
 
 MLflow names are those keys joined by ``/`` under ``eval`` (final checkpoint) or ``eval/<checkpoint>`` (the others):
@@ -24,7 +24,7 @@ MLflow names are those keys joined by ``/`` under ``eval`` (final checkpoint) or
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -100,6 +100,7 @@ class CheckpointScore:
     invalid_after: float
     n_runs: int = 1
     confidence: float = 0.95
+    avg_of: list[str] = field(default_factory=list)  # the benchmarks in ``avg``
 
 
 @dataclass
@@ -210,23 +211,25 @@ def primary_rare(names: Iterable[str]) -> str | None:
 
 
 def score_checkpoint(preds: Sequence[Prediction], confidence: float = 0.95, n_boot: int = 0, seed: int = 0,
-                     name: str = "") -> CheckpointScore:
+                     name: str = "", average_over: Collection[str] | None = None) -> CheckpointScore:
     """All scores of one checkpoint from its predictions (benchmarks in first-seen order); ``n_boot`` > 0 adds the
-    averages' bootstrap intervals, seeded by ``seed`` and the checkpoint ``name``."""
+    averages' bootstrap intervals, seeded by ``seed`` and the checkpoint ``name``. The headline average is over
+    ``average_over`` (e.g. the paper's nine) where evaluated, by default over every benchmark but the rare-disease sets."""
     by_bench: dict[str, list[Prediction]] = {}
     for p in preds:
         by_bench.setdefault(p.benchmark, []).append(p)
     benchmarks = {b: score_benchmark(ps, confidence) for b, ps in by_bench.items()}
     rare = primary_rare(benchmarks)
     cats = benchmarks[rare].categories if rare else {}
-    main = [s for b, s in benchmarks.items() if not is_rare_benchmark(b)]
+    main = [b for b in benchmarks if (b in average_over if average_over is not None else not is_rare_benchmark(b))]
     return CheckpointScore(benchmarks=benchmarks,
-                           avg=average(main, n_boot, confidence, stable_seed(seed, name, "avg")),
+                           avg=average([benchmarks[b] for b in main], n_boot, confidence, stable_seed(seed, name, "avg")),
                            raredis=cats,
                            raredis_avg=average(list(cats.values()), n_boot, confidence, stable_seed(seed, name, "raredis/avg")),
                            invalid_before=invalid_rate([p.extracted for p in preds]),
                            invalid_after=invalid_rate([p.final for p in preds]),
-                           n_runs=max((len(s.runs) for s in benchmarks.values()), default=1), confidence=confidence)
+                           n_runs=max((len(s.runs) for s in benchmarks.values()), default=1), confidence=confidence,
+                           avg_of=main)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -267,7 +270,7 @@ def compare_checkpoints(ref: CheckpointScore, other: CheckpointScore, n_boot: in
 
     shared = [b for b in other.benchmarks if b in ref.benchmarks]
     out: dict[str, Any] = {b: cmp(b, [ref.benchmarks[b]], [other.benchmarks[b]]) for b in shared}
-    main = [b for b in shared if not is_rare_benchmark(b)]
+    main = [b for b in other.avg_of if b in ref.benchmarks]
     out["avg"] = cmp("avg", [ref.benchmarks[b] for b in main], [other.benchmarks[b] for b in main])
     cats = [c for c in other.raredis if c in ref.raredis]
     rare: dict[str, Any] = {category_key(c): cmp(f"raredis/{c}", [ref.raredis[c]], [other.raredis[c]]) for c in cats}
@@ -302,7 +305,7 @@ def score_json(s: Score) -> dict[str, Any]:
 
 
 def _average_json(a: Average) -> dict[str, Any]:
-    return {"avg": _r(a.acc), **_ci(a.ci_low, a.ci_high, "avg_"), "avg_run_std": _r(a.run_std)}
+    return {"avg": _r(a.acc), **_ci(a.ci_low, a.ci_high, "avg_"), "avg_run_std": _r(a.run_std), "avg_n": a.n}
 
 
 def comparison_json(c: Comparison) -> dict[str, Any]:
@@ -334,9 +337,10 @@ def checkpoint_json(score: CheckpointScore, comparison: Mapping[str, Any] | None
 
 
 def results_json(preds_by_checkpoint: Mapping[str, Sequence[Prediction]], reference: str = REFERENCE, n_boot: int = 0,
-                 confidence: float = 0.95, seed: int = 0) -> dict[str, Any]:
+                 confidence: float = 0.95, seed: int = 0, average_over: Collection[str] | None = None) -> dict[str, Any]:
     """The whole metrics/eval.json: every checkpoint scored, and each compared with ``reference`` on the same questions."""
-    scores = {name: score_checkpoint(preds, confidence, n_boot, seed, name) for name, preds in preds_by_checkpoint.items()}
+    scores = {name: score_checkpoint(preds, confidence, n_boot, seed, name, average_over)
+              for name, preds in preds_by_checkpoint.items()}
     comparisons = compare_to_reference(scores, reference, n_boot, confidence, seed)
     return {name: checkpoint_json(s, comparisons.get(name), reference) for name, s in scores.items()}
 
@@ -452,14 +456,16 @@ def format_table(results: Mapping[str, Mapping[str, Any]], display_names: Mappin
               *(_acc_cell(results[c].get(b), show_std) for c in ckpts)) for b in main]
     if main:
         n_b = _n_cell(results[c].get("n_benchmarks", len(main)) for c in ckpts)
-        rows.append((f"avg ({n_b} benchmark{'' if n_b == '1' else 's'})", _n_cell(sum(results[c].get(b, {}).get("n", 0) for b in main) for c in ckpts),
+        rows.append((f"avg ({n_b} benchmark{'' if n_b == '1' else 's'})",
+                     _n_cell(results[c].get("avg_n", sum(results[c].get(b, {}).get("n", 0) for b in main)) for c in ckpts),
                      *(_acc_cell(_avg_view(results[c]), show_std) for c in ckpts)))
     rows += [(names.get(b, b), _n_cell(results[c].get(b, {}).get("n") for c in ckpts),
               *(_acc_cell(results[c].get(b), show_std) for c in ckpts)) for b in rare]
     rows += [(f"  {_CATEGORY_NAMES.get(x, x)}", _n_cell(rare_block(c).get(x, {}).get("n") for c in ckpts),
               *(_acc_cell(rare_block(c).get(x), show_std) for c in ckpts)) for x in cats]
     if cats:
-        rows.append((f"  avg ({len(cats)} categories)", _n_cell(sum(rare_block(c).get(x, {}).get("n", 0) for x in cats) for c in ckpts),
+        rows.append((f"  avg ({len(cats)} categories)",
+                     _n_cell(rare_block(c).get("avg_n", sum(rare_block(c).get(x, {}).get("n", 0) for x in cats)) for c in ckpts),
                      *(_acc_cell(_avg_view(rare_block(c)), show_std) for c in ckpts)))
     rows.append(("invalid % before/after", "",
                  *(f"{_pct(results[c].get('invalid_before', 0))}/{_pct(results[c].get('invalid_after', 0))}" for c in ckpts)))

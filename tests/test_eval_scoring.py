@@ -99,6 +99,12 @@ def test_checkpoint_score_macro_and_raredis_average_over_categories():
     assert s.benchmarks["raredis_sub"].acc == pytest.approx(2 / 3)
 
 
+def test_average_can_be_restricted_to_named_benchmarks():
+    preds = [_p("a", "medqa", 0, True), _p("b", "my_bench", 0, False), _p("c", "pubmedqa", 0, False)]
+    s = score_checkpoint(preds, average_over={"medqa", "pubmedqa", "nejm"})  # nejm not evaluated: averaged where present
+    assert (s.avg.acc, s.avg.parts, s.avg_of) == (0.5, 2, ["medqa", "pubmedqa"])
+
+
 def test_average_std_is_population_std_of_per_run_averages():
     preds = [_p("a", "x", 0, True), _p("a", "x", 1, False), _p("b", "y", 0, True), _p("b", "y", 1, False)]
     s = score_checkpoint(preds)
@@ -118,7 +124,7 @@ def test_checkpoint_json_shape_for_dvc_metrics():
     j = checkpoint_json(score_checkpoint(preds))
     assert j["medqa"] == {"acc": 1.0, "ci_low": 0.206549, "ci_high": 1.0, "n": 1, "run_std": 0.0, "invalid_before": 0.0,
                           "invalid_after": 0.0}
-    assert (j["avg"], j["n_benchmarks"], j["n_runs"], j["ci_level"]) == (1.0, 1, 1, 0.95)
+    assert (j["avg"], j["avg_n"], j["n_benchmarks"], j["n_runs"], j["ci_level"]) == (1.0, 1, 1, 1, 0.95)
     assert j["raredis"]["related_disorders"] == {"acc": 1.0, "ci_low": 0.206549, "ci_high": 1.0, "n": 1, "run_std": 0.0}
     assert "raredis_sub" in j
 

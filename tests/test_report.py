@@ -86,7 +86,7 @@ def test_cells_carry_interval_and_n_and_differences_carry_p_values(store):
     r = collect_runs(EXP)[0][0]
     medqa = r.benchmarks("stage2")["medqa"]
     assert medqa.n == 10 and medqa.ci_low < medqa.acc < medqa.ci_high
-    assert r.benchmarks("stage2")["avg"].ci_low is not None
+    assert r.benchmarks("stage2")["avg"].ci_low is not None and r.benchmarks("stage2")["avg"].n == 20
     d = r.differences("stage2", "bench")["medqa"]
     assert d.diff == pytest.approx(0.3) and 0 < d.p <= 1 and d.ci_low <= d.diff <= d.ci_high
     assert "symptoms" in r.differences("stage1", "cat") and r.differences("base", "bench") == {}
@@ -104,7 +104,7 @@ def test_report_has_every_section_and_valid_pngs(store):
     assert "| two_stage (α=0.25) · stage I |" in md and "two_stage (α=0.13) · stage II" in md and "| supervised (α=0.25) |" in md
     assert "supervised (α=0.25) · stage I" not in md
     assert "| 13% |" in md and "| 25% |" in md
-    assert "| n (questions) | 10 | 10 |" in md  # medqa, pubmedqa
+    assert "| n (questions) | 10 | 10 | 20 |" in md  # medqa, pubmedqa, their average
     assert "| 60.00 [31.3, 83.2] ± 0.00" not in md and "60.00 [31.3, 83.2]" in md  # Wilson at 6/10, no zero std
     assert "## Paired differences to base" in md
     assert "· stage2 − base | +30.00 [" in md and " p=" in md
