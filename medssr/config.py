@@ -216,6 +216,9 @@ class TrainCfg:
     stage2: StageTrainCfg = field(default_factory=StageTrainCfg)
     openrlhf: OpenRLHFCfg = field(default_factory=OpenRLHFCfg)
 
+    adam_beta1: float = field(default=0.9, metadata=_range(0, 1))  # paper's verl trainer: AdamW (0.9, 0.999), wd 0.01
+    adam_beta2: float = field(default=0.999, metadata=_range(0, 1))
+    weight_decay: float = field(default=0.01, metadata=_range(0))
 
 @dataclass
 class EvalCfg:

@@ -59,13 +59,33 @@ def find_wheel(download: bool = True, timeout: float = 120) -> Path:
     return found[-1]
 
 
-def read_source(wheel: Path) -> str:
-    """``train_ppo_ray.py`` from the wheel (the path sits under ``openrlhf-<v>.data/purelib/`` in 0.11.2)."""
+def read_source(wheel: Path, path: str = SOURCE_IN_WHEEL) -> str:
+    """A module's source from the wheel, ``train_ppo_ray.py`` by default (under ``openrlhf-<v>.data/purelib/`` in 0.11.2)."""
     with zipfile.ZipFile(wheel) as zf:
-        names = [n for n in zf.namelist() if n.endswith(SOURCE_IN_WHEEL)]
+        names = [n for n in zf.namelist() if n.endswith(path)]
         if not names:
-            raise WheelUnavailable(f"{wheel}: has no {SOURCE_IN_WHEEL}")
+            raise WheelUnavailable(f"{wheel}: has no {path}")
         return zf.read(names[0]).decode("utf-8")
+
+
+def ray_init_env_keys(source: str) -> set[str]:
+    """The env_vars keys of every ``ray.init(runtime_env={"env_vars": {...}})`` call in a module's source."""
+    keys: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "init"
+                and isinstance(node.func.value, ast.Name) and node.func.value.id == "ray"):
+            continue
+        for kw in node.keywords:
+            if kw.arg == "runtime_env" and isinstance(kw.value, ast.Dict):
+                for k, v in zip(kw.value.keys, kw.value.values, strict=True):
+                    if isinstance(k, ast.Constant) and k.value == "env_vars" and isinstance(v, ast.Dict):
+                        keys |= {e.value for e in v.keys if isinstance(e, ast.Constant)}
+    return keys
+
+
+def string_constants(source: str) -> set[str]:
+    """Every string literal in a module (status keys such as ``"policy_loss"`` or ``"rollout/reward_mean"``)."""
+    return {n.value for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
 
 
 @dataclass

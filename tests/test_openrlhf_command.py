@@ -11,7 +11,16 @@ import pytest
 
 from medssr.config import ConfigError, load_params
 from medssr.rl import openrlhf_backend as orl
-from tests.openrlhf_flags import WheelUnavailable, defined_flags, load_specs, replica_parser
+from tests.openrlhf_flags import (
+    WheelUnavailable,
+    defined_flags,
+    find_wheel,
+    load_specs,
+    ray_init_env_keys,
+    read_source,
+    replica_parser,
+    string_constants,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,8 +52,8 @@ QWEN_STAGE1_FLAGS = """
 --data.label_key label --data.apply_chat_template --data.max_len 5120 --data.max_samples 42880 --rollout.max_new_tokens 4096
 --rollout.n_samples_per_prompt 8 --rollout.batch_size 128 --rollout.micro_batch_size 8 --rollout.temperature 1.0
 --rollout.top_p 1.0 --train.batch_size 1024 --train.micro_batch_size 8 --train.num_episodes 1 --train.max_epochs 1
---train.seed 0 --algo.advantage.estimator group_norm --actor.loss_agg_mode token-mean --actor.adam.lr 2e-06
---actor.lr_scheduler constant --actor.lr_warmup_ratio 0.0 --algo.kl.init_coef 0.001 --algo.kl.use_loss --algo.kl.estimator k3
+--train.seed 0 --algo.advantage.estimator group_norm --actor.loss_agg_mode token-mean --actor.adam.lr 2e-06 --actor.adam.betas 0.9 0.999
+--actor.adam.weight_decay 0.01 --actor.lr_scheduler constant --actor.lr_warmup_ratio 0.0 --algo.kl.init_coef 0.001 --algo.kl.use_loss --algo.kl.estimator k3
 --actor.num_nodes 1 --actor.num_gpus_per_node 8 --ref.num_nodes 1 --ref.num_gpus_per_node 8 --vllm.num_engines 8
 --vllm.tensor_parallel_size 1 --vllm.gpu_memory_utilization 0.6 --train.colocate_all --vllm.enable_sleep --ds.enable_sleep
 --ds.zero_stage 3 --ds.param_dtype bf16 --actor.gradient_checkpointing_enable --reward.remote_url medssr/rl/openrlhf_reward.py
@@ -58,8 +67,8 @@ LLAMA_STAGE2_FLAGS = """
 --data.label_key label --data.apply_chat_template --data.max_len 5120 --data.max_samples 42880 --rollout.max_new_tokens 4096
 --rollout.n_samples_per_prompt 8 --rollout.batch_size 128 --rollout.micro_batch_size 8 --rollout.temperature 1.0
 --rollout.top_p 1.0 --train.batch_size 1024 --train.micro_batch_size 8 --train.num_episodes 1 --train.max_epochs 1
---train.seed 0 --algo.advantage.estimator group_norm --actor.loss_agg_mode token-mean --actor.adam.lr 3e-07
---actor.lr_scheduler constant --actor.lr_warmup_ratio 0.0 --algo.kl.init_coef 0.0
+--train.seed 0 --algo.advantage.estimator group_norm --actor.loss_agg_mode token-mean --actor.adam.lr 3e-07 --actor.adam.betas 0.9 0.999
+--actor.adam.weight_decay 0.01 --actor.lr_scheduler constant --actor.lr_warmup_ratio 0.0 --algo.kl.init_coef 0.0
 --actor.num_nodes 1 --actor.num_gpus_per_node 8 --vllm.num_engines 8
 --vllm.tensor_parallel_size 1 --vllm.gpu_memory_utilization 0.6 --train.colocate_all --vllm.enable_sleep --ds.enable_sleep
 --ds.zero_stage 3 --ds.param_dtype bf16 --actor.gradient_checkpointing_enable --reward.remote_url medssr/rl/openrlhf_reward.py
@@ -86,10 +95,11 @@ def _paths(stage: str, model: str) -> orl.RunPaths:
                         ckpt_path=f"{SHARED}/.cache/train/{stage}/ckpt", tensorboard_dir=f"{SHARED}/.cache/train/{stage}/tb")
 
 
-def _command(overrides: dict, stage: str, model: str, n_prompts: int = 43000) -> list[str]:
+def _command(overrides: dict, stage: str, model: str, n_prompts: int | None = None) -> list[str]:
     p = _params(overrides)
-    return orl.build_command(p.train, getattr(p.train, stage), _paths(stage, model), n_prompts=n_prompts,
-                             run_name=f"medssr-{stage}", working_dir=SHARED)
+    stage_cfg = getattr(p.train, stage)
+    n = orl.stage_prompt_count(p.train, stage_cfg) if n_prompts is None else n_prompts
+    return orl.build_command(p.train, stage_cfg, _paths(stage, model), n_prompts=n, run_name=f"medssr-{stage}", working_dir=SHARED)
 
 
 def _inner(cmd: list[str]) -> list[str]:
@@ -126,7 +136,8 @@ def test_qwen3_8b_stage1_golden_command():
     cmd = _command(QWEN3_8B, "stage1", "Qwen/Qwen3-8B-Base")
     assert cmd[:5] == ["ray", "job", "submit", "--address", "http://127.0.0.1:8265"]
     env = json.loads(cmd[cmd.index("--runtime-env-json") + 1])
-    assert env["working_dir"] == SHARED and ".venv*" in env["excludes"] and "data/raw" in env["excludes"]
+    assert env["working_dir"] == SHARED and {".venv*", "/data/raw", "/data/eval", "/mlartifacts", ".cache"} <= set(env["excludes"])
+    assert "env_vars" not in env
     assert cmd[cmd.index("--runtime-env-json") + 2 : cmd.index(orl.ENTRYPOINT) + 1] == ["--", "python3", "-m", orl.ENTRYPOINT]
     assert _inner(cmd) == shlex.split(QWEN_STAGE1_FLAGS)
 
@@ -151,9 +162,154 @@ def test_empty_ray_address_runs_the_module_directly():
     assert cmd[:3] == ["python3", "-m", orl.ENTRYPOINT]
 
 
-def test_max_steps_beyond_the_dataset_become_episodes():
-    assert orl.episodes_and_samples(max_steps=10, prompts_per_update=128, n_prompts=500) == (3, 500)
-    assert orl.episodes_and_samples(max_steps=2, prompts_per_update=128, n_prompts=500) == (1, 256)
+@pytest.fixture(scope="module")
+def wheel():
+    try:
+        return find_wheel()
+    except WheelUnavailable as e:
+        pytest.skip(f"OpenRLHF 0.11.2 wheel unavailable: {e}")
+
+
+def _openrlhf_steps(ns: dict) -> tuple[int, int, bool]:
+    """(rollouts, optimizer steps, last rollout partial) of a parsed train_ppo_ray argv over ``max_samples`` prompts.
+
+    OpenRLHF 0.11.2: a rollout is ``--rollout.batch_size`` prompts of the shuffled file, one global step each, every
+    episode ending with whatever is left; its scheduler counts prompts x n_samples // --train.batch_size x episodes.
+    """
+    n, episodes = ns["data.max_samples"], ns["train.num_episodes"]
+    rollouts = -(-n // ns["rollout.batch_size"]) * episodes
+    updates = n * ns["rollout.n_samples_per_prompt"] // ns["train.batch_size"] * episodes * ns["train.max_epochs"]
+    return rollouts, updates, n % ns["rollout.batch_size"] != 0
+
+
+def _export(tmp_path, questions: int, overrides: dict) -> tuple[dict, list[str]]:
+    from medssr.rl.data import RLExample
+
+    p = _params(overrides)
+    examples = [RLExample(id=f"q{i}", kind="real", question=f"Q{i}?\nA. a\nB. b", options={"A": "a", "B": "b"}, label="A")
+                for i in range(questions)]
+    path = tmp_path / "stage1.jsonl"
+    report = orl.export_prompts(examples, "{question}", path, p.train, p.train.stage1, tokenizer=None)
+    return report, [json.loads(line)["id"] for line in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("questions", [42000, 50000])
+def test_paper_stage_trains_335_updates_in_one_episode_whatever_the_question_count(tmp_path, specs, questions):
+    p = _params(QWEN3_8B)
+    report, ids = _export(tmp_path, questions, QWEN3_8B)
+    assert report["exported"] == len(ids) == 335 * 128
+    ns = vars(replica_parser(specs).parse_args(_inner(_command(QWEN3_8B, "stage1", "Qwen/Qwen3-8B-Base", n_prompts=len(ids)))))
+    assert ns["train.num_episodes"] == 1 and _openrlhf_steps(ns) == (p.train.stage1.max_steps, 335, False)
+
+
+def test_export_repeats_fewer_questions_evenly(tmp_path):
+    small = {"train.rollout_batch_size": 4, "train.global_batch_size": 4, "train.stage1": {"max_steps": 3}}
+    report, ids = _export(tmp_path, 5, small)
+    assert report == {"exported": 12, "questions": 5, "dropped_long_prompts": None, "passes": 2.4, "lengths_checked": False}
+    assert sorted(ids.count(f"q{i}") for i in range(5)) == [2, 2, 2, 3, 3]
+
+
+def test_export_subsamples_more_questions_without_repeats(tmp_path):
+    _, ids = _export(tmp_path, 50, {"train.rollout_batch_size": 4, "train.global_batch_size": 4, "train.stage1": {"max_steps": 3}})
+    assert len(ids) == len(set(ids)) == 12
+
+
+def test_export_drops_prompts_longer_than_max_prompt_length(tmp_path, tiny_model_dir):
+    from medssr.models import load_tokenizer
+    from medssr.rl.data import RLExample, prompt_token_ids
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    p = _params({"train.rollout_batch_size": 4, "train.global_batch_size": 4, "train.stage1": {"max_steps": 1}})
+    examples = [RLExample(id=f"q{i}", kind="real", question="Q? " + "word " * (10 * i) + "\nA. a\nB. b", options={"A": "a", "B": "b"},
+                          label="A") for i in range(6)]
+    limit = len(prompt_token_ids(examples[2], "{question}", tok))
+    p.train.max_prompt_length = limit
+    report = orl.export_prompts(examples, "{question}", tmp_path / "s.jsonl", p.train, p.train.stage1, tokenizer=tok)
+    assert report["dropped_long_prompts"] == 3 and report["questions"] == 3 and report["exported"] == 4
+    ids = {json.loads(line)["id"] for line in (tmp_path / "s.jsonl").read_text().splitlines()}
+    assert ids == {"q0", "q1", "q2"}
+
+
+def test_a_prompt_file_of_the_wrong_size_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"holds 42000 prompts, not max_steps x train.rollout_batch_size = 42880"):
+        _command(QWEN3_8B, "stage1", "Qwen/Qwen3-8B-Base", n_prompts=42000)
+
+
+def test_a_rollout_must_hold_whole_updates():
+    with pytest.raises(ConfigError, match="train.rollout_batch_size: 192 prompts per rollout must be a multiple"):
+        _command({**QWEN3_8B, "train.rollout_batch_size": 192}, "stage1", "Qwen/Qwen3-8B-Base")
+
+
+def test_adam_matches_the_papers_verl_trainer(specs):
+    ns = vars(replica_parser(specs).parse_args(_inner(_command(QWEN3_8B, "stage1", "Qwen/Qwen3-8B-Base"))))
+    assert ns["actor.adam.betas"] == [0.9, 0.999] and ns["actor.adam.weight_decay"] == 0.01
+
+
+def test_runtime_env_sets_no_env_var_that_train_ppo_rays_ray_init_sets(wheel):
+    ours = ray_init_env_keys(read_source(wheel))
+    assert ours == set(orl.OPENRLHF_RAY_INIT_ENV_VARS)  # the list we keep out is the one in OpenRLHF's source
+    env = json.loads((cmd := _command(QWEN3_8B, "stage1", "Qwen/Qwen3-8B-Base"))[cmd.index("--runtime-env-json") + 1])
+    assert not set(env.get("env_vars", {})) & ours
+
+
+def test_runtime_env_refuses_an_env_var_openrlhf_sets():
+    with pytest.raises(ConfigError, match="TOKENIZERS_PARALLELISM"):
+        orl.runtime_env(".", {"TOKENIZERS_PARALLELISM": "false"})
+    assert orl.runtime_env(".", {"HF_HOME": "/shared/hf"})["env_vars"] == {"HF_HOME": "/shared/hf"}
+
+
+def _shipped(root: Path) -> list[Path]:
+    """Files Ray would upload from ``root`` with our excludes (gitignore-style patterns, as Ray matches them)."""
+    import warnings
+
+    import pathspec
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # Ray 2.55 still uses the "gitwildmatch" factory
+        spec = pathspec.PathSpec.from_lines("gitwildmatch", orl.RUNTIME_EXCLUDES)
+    out: list[Path] = []
+
+    def walk(d: Path) -> None:  # like Ray's _dir_travel: an excluded directory is not entered
+        for p in d.iterdir():
+            rel = p.relative_to(root)
+            if spec.match_file(str(rel)):
+                continue
+            if p.is_dir():
+                walk(p)
+            elif p.is_file():
+                out.append(rel)
+
+    walk(root)
+    return out
+
+
+def test_runtime_env_ships_code_and_prompts_not_data_or_artifacts(tmp_path):
+    for rel in ("medssr/rl/openrlhf_reward.py", "data/rl/stage1.jsonl", "data/eval/medqa.jsonl", "mlartifacts/1/x.bin",
+                ".cache/models/m.bin", ".venv-openrlhf/lib/x.py", "checkpoints/stage1/model.safetensors", "mlflow.db",
+                "data/raw/medmcqa.jsonl", "artifacts/models/policy/w.bin", ".git/objects/ab", "medssr/__pycache__/a.pyc",
+                "medssr/reports/r.py"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("x")
+    assert sorted(map(str, _shipped(tmp_path))) == ["data/rl/stage1.jsonl", "medssr/reports/r.py", "medssr/rl/openrlhf_reward.py"]
+
+
+def test_this_checkout_ships_well_under_rays_upload_limit():
+    size = sum((ROOT / rel).stat().st_size for rel in _shipped(ROOT))
+    assert size < 100 * 2**20, f"{size / 2**20:.0f} MiB would be uploaded (Ray refuses packages of 512 MiB and more)"
+
+
+def test_tensorboard_tags_are_keys_openrlhf_writes(wheel):
+    """TensorboardLogger writes each status key k as train/k: the key must be a literal in OpenRLHF's trainer
+    sources, or one of our reward file's extra_logs (OpenRLHF logs those per sample)."""
+    from tests.test_rewards import load_reward_module
+
+    keys = set()
+    for module in ("openrlhf/trainer/ppo_trainer.py", "openrlhf/trainer/ray/ppo_actor.py"):
+        keys |= string_constants(read_source(wheel, module))
+    keys |= set(load_reward_module().reward_func(["q"], ["q"], ["A"])["extra_logs"])
+    assert 'add_scalar(f"train/{k}"' in read_source(wheel, "openrlhf/utils/logging_utils.py")
+    missing = [tag for tag in orl.TB_TAGS if not tag.startswith("train/") or tag[len("train/") :] not in keys]
+    assert missing == []
 
 
 def test_colocate_needs_as_many_vllm_gpus_as_actor_gpus():
@@ -301,7 +457,7 @@ def test_openrlhf_stage_runs_the_command_and_bridges_its_tensorboard_to_mlflow(o
     report = run_train_stage(_orl_params(), "stage2")
     assert report["global_step"] == 2 and report["summary"]["reward_mean_last"] == 0.5
     assert (orl_project / "checkpoints/stage2/config.json").exists()
-    assert "trained on 6 prompts" in (orl_project / ".cache/train/stage2/openrlhf.log").read_text()
+    assert "trained on 4 prompts" in (orl_project / ".cache/train/stage2/openrlhf.log").read_text()
     client = MlflowClient()
     run = client.search_runs([e.experiment_id for e in client.search_experiments()], "tags.medssr_stage = 'stage2'",
                              order_by=["attributes.start_time DESC"])[0]

@@ -22,6 +22,7 @@ from medssr.rl.rewards import (
     majority,
     online_vote_reward,
     prompt_groups,
+    strip_trailing_special_tokens,
     trl_reward,
 )
 
@@ -198,8 +199,8 @@ def test_majority_with_real_vote_counts() -> None:
 # --- OpenRLHF reward file ----------------------------------------------------------------------------------------
 def check_contract(out: dict, n: int) -> None:
     assert set(out) == {"rewards", "scores", "extra_logs"}
-    assert set(out["extra_logs"]) == {"valid_answer"}
-    for t in (out["rewards"], out["scores"], out["extra_logs"]["valid_answer"]):
+    assert set(out["extra_logs"]) == {"valid_answer", "response_found"}
+    for t in (out["rewards"], out["scores"], out["extra_logs"]["valid_answer"], out["extra_logs"]["response_found"]):
         assert isinstance(t, torch.Tensor) and t.dtype == torch.float32 and t.shape == (n,)
 
 
@@ -258,7 +259,7 @@ def test_openrlhf_reward_never_raises_on_odd_input(queries, prompts, labels, n: 
 
 def test_openrlhf_reward_odd_inputs_score_as_expected() -> None:
     reward_func = load_reward_module().reward_func
-    assert reward_func(["The answer is C."], ["something else"], [encode_label("C", WORSTER)])["rewards"].tolist() == [1.0]
+    assert reward_func(["The answer is C."], ["something else"], [encode_label("C", WORSTER)])["rewards"].tolist() == [0.0]
     assert reward_func(["答案是 Ｃ。🎉 The answer is （Ｃ）"], [""], [encode_label("C", WORSTER)])["rewards"].tolist() == [1.0]
     assert reward_func([PROMPT + MAJORITY], [PROMPT], ['{"label": "C", "options": '])["rewards"].tolist() == [0.0]
 
@@ -284,3 +285,58 @@ print(json.dumps({{"rewards": out["rewards"].tolist(), "valid": out["extra_logs"
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     assert got["rewards"] == [1.0] and got["valid"] == [1.0] and got["type"] == "Tensor"
     assert got["answers_from"] == str(REPO / "medssr" / "answers.py")
+
+
+# --- response only: the prompt never scores, trailing special tokens never hide the last line ---------------------
+F4_PROMPT = ("<|im_start|>user\nYou are a professional medical expert ... Please format the final answer at the end of your "
+             'response as: The answer is [LETTER]. Example: "The answer is A". Question: Which syndrome?\nA. Moebius syndrome\n'
+             "B. Spinal muscular atrophy (bulbar form)\nC. Worster-Drought syndrome\n"
+             "D. Anterior opercular syndrome (acquired suprabulbar palsy)<|im_end|>\n<|im_start|>assistant\n")
+
+
+@pytest.mark.parametrize("end", ["<|im_end|>", "</s>", "<|eot_id|>", "<|endoftext|>", "<|im_end|>\n<|endoftext|>", "<eos>"])
+def test_a_bare_last_line_answer_before_special_tokens_scores(end: str) -> None:
+    reward_func = load_reward_module().reward_func
+    out = reward_func([F4_PROMPT + "Drooling and dysarthria point to it.\nC" + end], [F4_PROMPT], [encode_label("C", WORSTER)])
+    assert out["rewards"].tolist() == [1.0]
+
+
+def test_strip_trailing_special_tokens_keeps_text_and_inner_tokens() -> None:
+    assert strip_trailing_special_tokens("a<|im_end|>b\nC<|im_end|>\n<|endoftext|>  ") == "a<|im_end|>b\nC"
+    assert strip_trailing_special_tokens("The answer is C.") == "The answer is C."
+
+
+def test_trl_reward_reads_a_last_line_before_a_kept_eos() -> None:
+    assert trl_reward(["p"], ["Reasoning.\nC</s>"], ["C"], [WORSTER]) == [1.0]
+
+
+def test_left_truncated_prompt_example_never_scores_for_label_a() -> None:
+    """OpenRLHF left-truncated prompts: the query then opens inside the instruction, at 'The answer is A"'."""
+    cut = F4_PROMPT[F4_PROMPT.index('The answer is A"') :]
+    out = load_reward_module().reward_func([cut + "I cannot tell.<|im_end|>"], [F4_PROMPT], [encode_label("A", WORSTER)])
+    assert out["rewards"].tolist() == [0.0] and out["extra_logs"]["response_found"].tolist() == [1.0]
+
+
+def test_left_truncated_prompt_still_scores_its_response() -> None:
+    cut = F4_PROMPT[F4_PROMPT.index("Question:") :]
+    out = load_reward_module().reward_func([cut + "The answer is C.<|im_end|>"], [F4_PROMPT], [encode_label("C", WORSTER)])
+    assert out["rewards"].tolist() == [1.0]
+
+
+def test_decoded_prompt_with_changed_spaces_and_a_bos_is_still_cut_off() -> None:
+    query = "<|begin_of_text|>" + F4_PROMPT.replace(" (bulbar form)", "(bulbar form)") + "The answer is C."
+    out = load_reward_module().reward_func([query], [F4_PROMPT], [encode_label("C", WORSTER)])
+    assert out["rewards"].tolist() == [1.0] and out["extra_logs"]["response_found"].tolist() == [1.0]
+
+
+def test_a_query_without_its_prompt_scores_zero_and_says_so() -> None:
+    query = 'Example: "The answer is A". I cannot tell.'
+    out = load_reward_module().reward_func([query], [F4_PROMPT], [encode_label("A", WORSTER)])
+    assert out["rewards"].tolist() == [0.0] and out["extra_logs"]["response_found"].tolist() == [0.0]
+
+
+def test_a_rollout_repeating_the_prompt_is_scored_on_its_own_answer() -> None:
+    reward_func = load_reward_module().reward_func
+    parrot = F4_PROMPT.split("user\n", 1)[1].split("<|im_end|>")[0]
+    assert reward_func([F4_PROMPT + parrot + "\nThe answer is C.<|im_end|>"], [F4_PROMPT], [encode_label("C", WORSTER)])["rewards"].tolist() == [1.0]
+    assert reward_func([F4_PROMPT + parrot + "<|im_end|>"], [F4_PROMPT], [encode_label("A", WORSTER)])["rewards"].tolist() == [0.0]

@@ -15,9 +15,11 @@ from medssr.rl.data import (
     chat_prompt,
     drop_long_prompts,
     examples_from_questions,
+    fill_to,
     load_examples,
     load_prompt_template,
     openrlhf_rows,
+    prompt_token_ids,
     to_trl_dataset,
     write_openrlhf_jsonl,
 )
@@ -146,3 +148,39 @@ def test_prompts_longer_than_max_prompt_length_are_dropped(tiny_model_dir, medmc
     lengths = sorted(len(tok.apply_chat_template(chat_prompt(e, template), add_generation_prompt=True, return_dict=False)) for e in examples)
     kept, dropped = drop_long_prompts(examples, template, tok, lengths[2])
     assert (len(kept), dropped) == (3, 3)
+
+
+def test_prompt_tokens_are_counted_as_openrlhf_tokenizes_the_rendered_text(tiny_model_dir, medmcqa):
+    from medssr.models import load_tokenizer
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    template = load_prompt_template()
+    (ex,), _ = examples_from_questions(medmcqa[:1], "real")
+    text = tok.apply_chat_template(chat_prompt(ex, template), add_generation_prompt=True, tokenize=False)
+    assert prompt_token_ids(ex, template, tok) == tok(text, add_special_tokens=False)["input_ids"]
+
+
+def test_fill_to_repeats_every_question_evenly_when_there_are_fewer(medmcqa):
+    examples, _ = examples_from_questions(medmcqa[:5], "real")
+    rows = fill_to(examples, 12, seed=3)
+    counts = sorted([r.id for r in rows].count(e.id) for e in examples)
+    assert len(rows) == 12 and counts == [2, 2, 2, 3, 3]
+
+
+def test_fill_to_takes_a_seeded_subset_when_there_are_more(medmcqa):
+    examples, _ = examples_from_questions(medmcqa[:10], "real")
+    a, b = fill_to(examples, 4, seed=1), fill_to(examples, 4, seed=1)
+    assert [e.id for e in a] == [e.id for e in b] and len({e.id for e in a}) == 4
+    assert [e.id for e in fill_to(examples, 4, seed=2)] != [e.id for e in a]
+
+
+def test_fill_to_reshuffles_each_pass(medmcqa):
+    examples, _ = examples_from_questions(medmcqa[:6], "real")
+    rows = fill_to(examples, 12, seed=0)
+    first, second = [e.id for e in rows[:6]], [e.id for e in rows[6:]]
+    assert sorted(first) == sorted(second) and first != second
+
+
+def test_fill_to_refuses_an_empty_pool():
+    with pytest.raises(RLDataError, match="no training examples"):
+        fill_to([], 4)

@@ -126,18 +126,44 @@ def load_examples(kind: str, synthetic_path: str | os.PathLike, real_path: str |
     return examples, stats
 
 
+def prompt_token_ids(ex: RLExample, template: str, tokenizer: Any) -> list[int]:
+    """The prompt's tokens as the trainers see them: chat-templated text, tokenized without added special tokens.
+
+    OpenRLHF 0.11.2 does exactly this (PromptDataset renders the text, its agent tokenizes it), as TRL does.
+    """
+    text = tokenizer.apply_chat_template(chat_prompt(ex, template), add_generation_prompt=True, tokenize=False)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
 def drop_long_prompts(examples: Sequence[RLExample], template: str, tokenizer: Any, max_tokens: int) -> tuple[list[RLExample], int]:
-    """Keep prompts whose chat-templated length fits ``train.max_prompt_length`` (TRL has no prompt cap of its own)."""
+    """Keep prompts whose chat-templated length fits ``train.max_prompt_length`` (neither trainer may truncate them)."""
     kept, dropped = [], 0
     for ex in examples:
-        ids = tokenizer.apply_chat_template(chat_prompt(ex, template), add_generation_prompt=True, tokenize=True, return_dict=False)
-        if hasattr(ids, "keys"):  # a BatchEncoding in newer transformers
-            ids = ids["input_ids"]
-        if len(ids) <= max_tokens:
+        if len(prompt_token_ids(ex, template, tokenizer)) <= max_tokens:
             kept.append(ex)
         else:
             dropped += 1
     return kept, dropped
+
+
+def fill_to(examples: Sequence[RLExample], count: int, seed: int = 0) -> list[RLExample]:
+    """Exactly ``count`` examples: a seeded subset when there are more, else seeded reshuffled passes over all of them.
+
+    With fewer questions every one appears ``count // len`` or ``count // len + 1`` times.
+    """
+    if not examples:
+        raise RLDataError("no training examples to fill the stage's prompt set from")
+    if count < 1:
+        raise RLDataError(f"prompt count must be >= 1, got {count}")
+    rng = random.Random(seed)
+    if count <= len(examples):
+        return rng.sample(list(examples), count)
+    out: list[RLExample] = []
+    while len(out) < count:
+        batch = list(examples)
+        rng.shuffle(batch)
+        out += batch[: count - len(out)]
+    return out
 
 
 def trl_rows(examples: Sequence[RLExample], template: str) -> list[dict[str, Any]]:

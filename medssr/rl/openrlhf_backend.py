@@ -37,12 +37,21 @@ from pathlib import Path
 from typing import Any
 
 from medssr.config import ConfigError, StageTrainCfg, TrainCfg
+from medssr.rl.data import RLExample, drop_long_prompts, fill_to, write_openrlhf_jsonl
 
 ENTRYPOINT = "openrlhf.cli.train_ppo_ray"
 REWARD_FILE = "medssr/rl/openrlhf_reward.py"
-# Never uploaded to the Ray cluster with the working_dir (gitignore syntax).
-RUNTIME_EXCLUDES = [".git", ".venv*", ".dvc/cache", ".dvc/tmp", ".cache", "mlflow.db", "mlruns", "artifacts", "checkpoints",
-                    "data/raw", "data/prepared", "data/synthetic", "data/labeled", "logs", "reports", "*.whl"]
+# Never uploaded to the Ray cluster with the working_dir (Ray's ``excludes``, gitignore syntax). ``launch`` turns off
+# Ray's own .gitignore filtering (data/rl, a DVC out, must travel), so everything large or private is listed here:
+# the job needs only medssr/ and data/rl/<stage>.jsonl.
+RUNTIME_EXCLUDES = [".git", ".venv*", ".dvc/cache", ".dvc/tmp", ".cache", ".pytest_cache", ".ruff_cache", "__pycache__",
+                    "*.egg-info", "*.whl", ".install-stamp*", "*.progress.jsonl", "/mlflow.db", "/mlruns", "/mlartifacts",
+                    "/artifacts", "/checkpoints", "/data/raw", "/data/prepared", "/data/synthetic", "/data/labeled",
+                    "/data/eval", "/logs", "/reports", "/metrics", "/plots"]
+# Keys ``train_ppo_ray`` passes to its own ``ray.init(runtime_env={"env_vars": ...})`` (openrlhf 0.11.2,
+# cli/train_ppo_ray.py): under ``ray job submit`` Ray refuses to merge a job runtime_env that sets any of them
+# (ValueError at start-up), whatever the value. OpenRLHF already defaults them (TOKENIZERS_PARALLELISM=true).
+OPENRLHF_RAY_INIT_ENV_VARS = ("TOKENIZERS_PARALLELISM", "NCCL_DEBUG", "RAY_ENABLE_ZERO_COPY_TORCH_TENSORS")
 
 # train.loss_type (TRL's names) -> OpenRLHF (advantage estimator, loss aggregation)
 LOSS_MAP = {
@@ -70,12 +79,32 @@ def _num(x: float) -> str:
     return repr(float(x))
 
 
-def episodes_and_samples(max_steps: int, prompts_per_update: int, n_prompts: int) -> tuple[int, int]:
-    """(``--train.num_episodes``, ``--data.max_samples``) giving ``max_steps`` updates: OpenRLHF has no max-steps flag."""
-    wanted = max_steps * prompts_per_update
-    if wanted <= n_prompts:
-        return 1, wanted
-    return math.ceil(wanted / n_prompts), n_prompts
+def stage_prompt_count(train: TrainCfg, stage_cfg: StageTrainCfg) -> int:
+    """Prompts the stage's export holds: ``max_steps`` full rollouts of ``train.rollout_batch_size`` in one episode.
+
+    OpenRLHF has no max-steps flag: it runs ``--train.num_episodes`` passes over the prompt file, one global step per
+    rollout batch, and ends a pass with a partial batch. An export of exactly this many prompts (questions repeated
+    or subsampled, see ``data.fill_to``) with one episode gives exactly ``max_steps`` steps and no partial batch.
+    """
+    return stage_cfg.max_steps * train.rollout_batch_size
+
+
+def export_prompts(examples: Sequence[RLExample], template: str, path: str | os.PathLike, train: TrainCfg,
+                   stage_cfg: StageTrainCfg, tokenizer: Any | None) -> dict[str, Any]:
+    """Write the stage's prompt JSONL: long prompts dropped (as on TRL), then exactly ``stage_prompt_count`` rows.
+
+    Dropping here keeps OpenRLHF from left-truncating a prompt (it cuts the chat header and the instruction). With
+    ``tokenizer=None`` (a dry run whose model cannot be loaded here) lengths are not checked: the report says so.
+    """
+    kept, dropped = (list(examples), None) if tokenizer is None else drop_long_prompts(examples, template, tokenizer,
+                                                                                       train.max_prompt_length)
+    if not kept:
+        raise ConfigError(f"train.max_prompt_length: all {dropped} prompts are longer than {train.max_prompt_length} tokens")
+    count = stage_prompt_count(train, stage_cfg)
+    rows = fill_to(kept, count, seed=train.seed)
+    write_openrlhf_jsonl(rows, template, path)
+    return {"exported": len(rows), "questions": len(kept), "dropped_long_prompts": dropped,
+            "passes": round(count / len(kept), 3), "lengths_checked": tokenizer is not None}
 
 
 def check_openrlhf_params(train: TrainCfg, stage_cfg: StageTrainCfg, n_prompts: int) -> None:
@@ -99,12 +128,12 @@ def check_openrlhf_params(train: TrainCfg, stage_cfg: StageTrainCfg, n_prompts: 
         )
     if train.rollout_batch_size * train.num_generations // train.micro_batch_size < gpus:
         raise ConfigError(f"train.rollout_batch_size: {train.rollout_batch_size} prompts give fewer micro batches than the {gpus} actor GPUs")
-    episodes, max_samples = episodes_and_samples(stage_cfg.max_steps, train.global_batch_size, n_prompts)
-    if max_samples < train.rollout_batch_size:
-        raise ConfigError(
-            f"train.rollout_batch_size: {train.rollout_batch_size} prompts per rollout but the stage only has {max_samples} "
-            f"(train.<stage>.max_steps x train.global_batch_size, or the dataset size): lower train.rollout_batch_size"
-        )
+    if train.rollout_batch_size % train.global_batch_size:
+        raise ConfigError(f"train.rollout_batch_size: {train.rollout_batch_size} prompts per rollout must be a multiple of "
+                          f"train.global_batch_size ({train.global_batch_size}), else each rollout ends with a partial update")
+    if n_prompts != stage_prompt_count(train, stage_cfg):
+        raise ConfigError(f"train.<stage>.max_steps: the prompt file holds {n_prompts} prompts, not max_steps x "
+                          f"train.rollout_batch_size = {stage_prompt_count(train, stage_cfg)}: write it with export_prompts")
 
 
 def train_flags(train: TrainCfg, stage_cfg: StageTrainCfg, paths: RunPaths, *, n_prompts: int, run_name: str) -> list[str]:
@@ -117,7 +146,6 @@ def train_flags(train: TrainCfg, stage_cfg: StageTrainCfg, paths: RunPaths, *, n
     check_openrlhf_params(train, stage_cfg, n_prompts)
     o = train.openrlhf
     estimator, agg = LOSS_MAP[train.loss_type]
-    episodes, max_samples = episodes_and_samples(stage_cfg.max_steps, train.global_batch_size, n_prompts)
     f = [
         "--actor.model_name_or_path", paths.model,
         "--data.prompt_dataset", paths.dataset,
@@ -125,7 +153,7 @@ def train_flags(train: TrainCfg, stage_cfg: StageTrainCfg, paths: RunPaths, *, n
         "--data.label_key", "label",
         "--data.apply_chat_template",
         "--data.max_len", str(train.max_prompt_length + train.max_completion_length),
-        "--data.max_samples", str(max_samples),
+        "--data.max_samples", str(n_prompts),
         "--rollout.max_new_tokens", str(train.max_completion_length),
         "--rollout.n_samples_per_prompt", str(train.num_generations),
         "--rollout.batch_size", str(train.rollout_batch_size),
@@ -134,12 +162,14 @@ def train_flags(train: TrainCfg, stage_cfg: StageTrainCfg, paths: RunPaths, *, n
         "--rollout.top_p", _num(train.top_p),
         "--train.batch_size", str(train.global_batch_size * train.num_generations),
         "--train.micro_batch_size", str(train.micro_batch_size),
-        "--train.num_episodes", str(episodes),
+        "--train.num_episodes", "1",
         "--train.max_epochs", "1",
         "--train.seed", str(train.seed),
         "--algo.advantage.estimator", estimator,
         "--actor.loss_agg_mode", agg,
         "--actor.adam.lr", _num(stage_cfg.learning_rate),
+        "--actor.adam.betas", _num(train.adam_beta1), _num(train.adam_beta2),  # OpenRLHF's default is (0.9, 0.95)
+        "--actor.adam.weight_decay", _num(train.weight_decay),  # OpenRLHF's default is 0.0
         "--actor.lr_scheduler", "constant",
         "--actor.lr_warmup_ratio", "0.0",
     ]
@@ -177,9 +207,19 @@ def train_flags(train: TrainCfg, stage_cfg: StageTrainCfg, paths: RunPaths, *, n
     return f + list(o.extra_args)
 
 
-def runtime_env(working_dir: str) -> dict[str, Any]:
-    """Ray runtime env: ship the code (medssr, the reward file, the stage JSONL), not the data or the venv."""
-    return {"working_dir": working_dir, "excludes": RUNTIME_EXCLUDES, "env_vars": {"TOKENIZERS_PARALLELISM": "true"}}
+def runtime_env(working_dir: str, env_vars: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Ray runtime env: ship the code (medssr, the reward file, the stage JSONL), not the data or the venv.
+
+    ``env_vars`` may not set a key train_ppo_ray's own ray.init sets (Ray rejects the job at start-up).
+    """
+    env: dict[str, Any] = {"working_dir": working_dir, "excludes": list(RUNTIME_EXCLUDES)}
+    clash = sorted(set(env_vars or {}) & set(OPENRLHF_RAY_INIT_ENV_VARS))
+    if clash:
+        raise ConfigError(f"runtime_env env_vars {clash}: train_ppo_ray's ray.init sets them itself and Ray refuses a job "
+                          "runtime_env that sets them too; leave them out (OpenRLHF reads them from the driver's environment)")
+    if env_vars:
+        env["env_vars"] = dict(env_vars)
+    return env
 
 
 def build_command(train: TrainCfg, stage_cfg: StageTrainCfg, paths: RunPaths, *, n_prompts: int, run_name: str,
@@ -227,7 +267,10 @@ def launch(cmd: Sequence[str], log_path: str | os.PathLike, cwd: str | os.PathLi
         return proc.wait()
 
 
-# OpenRLHF TensorBoard tag -> our stable name (TensorboardLogger writes status keys as ``train/<key>``)
+# OpenRLHF TensorBoard tag -> our stable name. 0.11.2's TensorboardLogger.log_train writes every status key as
+# ``train/<key>``: the trainer's rollout/* and timing/* keys, the actor's policy_loss, actor_lr, actor_grad_norm, kl
+# (only with --algo.kl.use_loss), and each experience info key, which includes reward_func's extra_logs.
+# tests/test_openrlhf_command.py checks each key against the wheel's source.
 TB_TAGS = {
     "train/rollout/reward_mean": "reward_mean",
     "train/rollout/reward_std": "reward_std",
@@ -242,8 +285,7 @@ TB_TAGS = {
     "train/timing/step_total": "step_time_s",
     # per-sample extra_logs of medssr/rl/openrlhf_reward.py, averaged by OpenRLHF over the batch
     "train/valid_answer": "valid_answer_share",
-    "train/valid": "valid_answer_share",
-    "train/pseudo_label_agreement": "pseudo_label_agreement",
+    "train/response_found": "response_found_share",
 }
 
 

@@ -9,16 +9,31 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from medssr.answers import extract_answer, letters_for
 
+# End-of-turn / end-of-text / padding tokens a decoder leaves after the answer when it keeps special tokens
+# (OpenRLHF decodes with skip_special_tokens=False): "<|im_end|>", "<|eot_id|>", "<|endoftext|>", "</s>", "<eos>", ...
+_TRAILING_SPECIAL = re.compile(r"(?:\s*(?:<\|[^<>|\s]{1,64}\|>|</s>|<s>|<eos>|<pad>|<end_of_turn>|\[PAD\]|\[SEP\]))+\s*\Z")
+
+
+def strip_trailing_special_tokens(text: str) -> str:
+    """The text without the special tokens (and whitespace) that end it, so a bare last-line answer stays last."""
+    return _TRAILING_SPECIAL.sub("", text)
+
+
+def response_answer(text: str, options: Mapping[str, str]) -> str | None:
+    """The answer a response gives, read after dropping its trailing special tokens (every reward reads it so)."""
+    return extract_answer(strip_trailing_special_tokens(text), options)
+
 
 def correctness(completion: str, options: Mapping[str, str], label: str) -> float:
     """1.0 when the answer read from the completion is the label, else 0.0 (no answer, wrong, or two answers)."""
-    return 1.0 if label and extract_answer(completion, options) == label else 0.0
+    return 1.0 if label and response_answer(completion, options) == label else 0.0
 
 
 def encode_label(label: str, options: Mapping[str, str]) -> str:
@@ -147,7 +162,7 @@ def trl_reward(prompts: Sequence[Any], completions: Sequence[Any], label: Sequen
         if opts is None:
             letter, opts = decode_label(letter)
         opts = _options_of(opts)
-        answer = extract_answer(completion_text(completion), opts)
+        answer = response_answer(completion_text(completion), opts)
         answers.append(answer)
         rewards.append(1.0 if letter and answer == letter else 0.0)
     _log_diversity(prompts, answers, kwargs.get("log_metric"))
@@ -164,7 +179,7 @@ def online_vote_reward(prompts: Sequence[Any], completions: Sequence[Any], optio
     smallest letter; a group with no valid answer gets 0 everywhere. With several processes TRL hands each one
     only its share of a group, so the vote is over that share: run this ablation on one process.
     """
-    answers = [extract_answer(completion_text(c), _options_of(options[i])) for i, c in enumerate(completions)]
+    answers = [response_answer(completion_text(c), _options_of(options[i])) for i, c in enumerate(completions)]
     rewards = [0.0] * len(completions)
     for g in prompt_groups(prompts):
         vote = majority([answers[i] for i in g])
