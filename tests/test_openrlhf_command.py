@@ -15,7 +15,7 @@ from tests.openrlhf_flags import (
     WheelUnavailable,
     defined_flags,
     find_wheel,
-    load_specs,
+    parse_specs,
     ray_init_env_keys,
     read_source,
     replica_parser,
@@ -79,11 +79,16 @@ LLAMA_STAGE2_FLAGS = """
 
 
 @pytest.fixture(scope="module")
-def specs():
+def wheel():
     try:
-        return load_specs()
+        return find_wheel()
     except WheelUnavailable as e:
-        pytest.skip(f"OpenRLHF 0.11.2 wheel unavailable, cannot check flags: {e}")
+        pytest.skip(f"OpenRLHF 0.11.2 wheel unavailable, cannot check against its source: {e}")
+
+
+@pytest.fixture(scope="module")
+def specs(wheel):
+    return parse_specs(read_source(wheel))
 
 
 def _params(overrides: dict):
@@ -160,14 +165,6 @@ def test_empty_ray_address_runs_the_module_directly():
     overrides = {**QWEN3_8B, "train.openrlhf": {**QWEN3_8B["train.openrlhf"], "ray_address": ""}}
     cmd = _command(overrides, "stage1", "Qwen/Qwen3-8B-Base")
     assert cmd[:3] == ["python3", "-m", orl.ENTRYPOINT]
-
-
-@pytest.fixture(scope="module")
-def wheel():
-    try:
-        return find_wheel()
-    except WheelUnavailable as e:
-        pytest.skip(f"OpenRLHF 0.11.2 wheel unavailable: {e}")
 
 
 def _openrlhf_steps(ns: dict) -> tuple[int, int, bool]:
