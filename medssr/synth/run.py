@@ -54,7 +54,7 @@ class SynthInputs:
 
 
 def load_inputs(prepared_dir: str | os.PathLike = "data/prepared", corpus_dir: str | os.PathLike = "artifacts/corpus") -> SynthInputs:
-    """Read seeds.jsonl, entities.jsonl, benchmarks/*.jsonl, raredis_sub.jsonl and the corpus coverage.json."""
+    """Read seeds.jsonl, entities.jsonl, every benchmarks/*.jsonl (one per data.benchmarks entry), raredis_sub.jsonl, coverage.json."""
     prepared = Path(prepared_dir)
     seeds = read_questions(prepared / "seeds.jsonl")
     entities = []
