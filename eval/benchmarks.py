@@ -191,6 +191,12 @@ def eval_benchmarks(params: Any) -> dict[str, str]:
     return files
 
 
+def load_evaluated(params: Any, strict: bool = True) -> dict[str, list[Question]]:
+    """The questions an evaluation runs: ``eval_benchmarks(params)`` sliced by eval.max_per_benchmark / eval.max_raredis."""
+    cfg = params.eval
+    return load_declared(eval_benchmarks(params), cfg.max_per_benchmark, cfg.seed, strict=strict, max_raredis=cfg.max_raredis)
+
+
 def display_names(params: Any) -> dict[str, str]:
     """Table names per benchmark name: the declaration's ``display`` (paper spelling), RareDis-Sub, else the name itself."""
     names = {name: decl.display or name for name, decl in params.data.benchmarks.items()}

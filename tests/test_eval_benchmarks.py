@@ -13,6 +13,7 @@ from eval.benchmarks import (
     display_names,
     eval_benchmarks,
     load_declared,
+    load_evaluated,
     paper_benchmarks,
     seeded_slice,
     stratified_slice,
@@ -128,3 +129,16 @@ def test_max_raredis_sizes_the_rare_slice_apart_from_the_others(tmp_path, medqa)
                         4, seed=0, max_raredis=21)
     assert len(got["medqa"]) == 4
     assert Counter(q.category for q in got["raredis_sub"]) == dict.fromkeys(CATEGORIES, 3)
+
+
+def test_load_evaluated_reads_the_prepared_files_of_every_declared_benchmark(tmp_path, medqa):
+    out = tmp_path / "prepared"
+    (out / "benchmarks").mkdir(parents=True)
+    write_jsonl(out / "benchmarks" / "medqa.jsonl", medqa[:20])
+    write_jsonl(out / "raredis_sub.jsonl", _rare_set(medqa[20:90], dict.fromkeys(CATEGORIES, 10)))
+    p = load_params(ROOT / "params.yaml", overrides={"data.out_dir": str(out), "eval.max_per_benchmark": 5,
+                                                     "eval.max_raredis": 14})
+    p.data.benchmarks = {"medqa": p.data.benchmarks["medqa"]}
+    got = load_evaluated(p)
+    assert list(got) == ["medqa", "raredis_sub"] and len(got["medqa"]) == 5
+    assert Counter(q.category for q in got["raredis_sub"]) == dict.fromkeys(CATEGORIES, 2)
