@@ -25,7 +25,7 @@ MLflow names are those keys joined by ``/`` under ``eval`` (final checkpoint) or
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -162,7 +162,7 @@ def score_runs(preds: Sequence[Prediction], confidence: float = 0.95) -> Score:
     ids, _, m = correct_matrix(preds)
     runs = [float(x) for x in m.mean(axis=0)]
     acc = float(m.mean())
-    low, high = wilson_interval(acc * len(ids), len(ids), confidence)
+    low, high = wilson_interval(float(m.sum()) / m.shape[1], len(ids), confidence)  # run-mean successes, exact when all right
     return Score(acc=acc, run_std=decoding_std(runs), n=len(ids), ci_low=low, ci_high=high, runs=runs, ids=ids, correct=m)
 
 
@@ -178,16 +178,10 @@ def score_categories(preds: Sequence[Prediction], confidence: float = 0.95) -> d
 
 def score_benchmark(preds: Sequence[Prediction], confidence: float = 0.95) -> BenchmarkScore:
     s = score_runs(preds, confidence)
-    return BenchmarkScore(**{k: getattr(s, k) for k in Score.__dataclass_fields__},
+    return BenchmarkScore(**{f.name: getattr(s, f.name) for f in fields(Score)},
                           invalid_before=invalid_rate([p.extracted for p in preds]),
                           invalid_after=invalid_rate([p.final for p in preds]),
                           categories=score_categories(preds, confidence))
-
-
-def macro_average(accs: Mapping[str, float]) -> float | None:
-    """Mean accuracy over the main benchmarks (rare-disease sets excluded); None when there is none."""
-    main = [v for k, v in accs.items() if not is_rare_benchmark(k)]
-    return sum(main) / len(main) if main else None
 
 
 def average(scores: Sequence[Score], n_boot: int = 0, confidence: float = 0.95,

@@ -14,7 +14,6 @@ from eval.scoring import (
     correct_matrix,
     format_table,
     invalid_rate,
-    macro_average,
     metric_prefix,
     results_json,
     results_metrics,
@@ -80,11 +79,6 @@ def test_categories_in_paper_order_with_counts():
     assert list(cats) == ["Symptoms", "Related disorders", "Treatment"]
     assert (cats["Symptoms"].n, cats["Symptoms"].acc) == (2, 0.5)
     assert cats["Treatment"].n == 1
-
-
-def test_average_is_macro_over_main_benchmarks_without_raredis():
-    assert macro_average({"medqa": 0.5, "pubmedqa": 0.7, "raredis_sub": 0.1}) == pytest.approx(0.6)
-    assert macro_average({"raredis_sub": 0.1}) is None
 
 
 def test_checkpoint_score_macro_and_raredis_average_over_categories():
