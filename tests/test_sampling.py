@@ -8,15 +8,15 @@ import shutil
 import pytest
 import torch
 
+from medssr.config import SamplingCfg
 from medssr.sampling import (
     Completion,
     HFSampler,
-    answer_stop_strings,
-    build_constrained_params_kwargs,
-    build_sampling_params_kwargs,
+    ShardedSampler,
     find_stop,
     is_oom,
     make_sampler,
+    resolve_max_model_len,
     row_seed,
     sample_tokens,
 )
@@ -223,37 +223,42 @@ def test_constrained_choice_returns_an_option_letter_deterministically(sampler):
         assert sampler.constrained_choice(base[:1], [["A", "B"]]) == first[:1]
 
 
-# --- vllm backend (not installed here): the kwargs it would build ----------------------------------------------
+# --- vllm backend: what needs no engine (tests/test_vllm_engine.py runs the engine) ---------------------------
 
 
-def test_vllm_sampling_params_kwargs_follow_the_paper_settings():
-    kw = build_sampling_params_kwargs(n=8, temperature=1.0, top_p=1.0, top_k=-1, max_new_tokens=4096, stop=None, seed=123)
-    assert kw == {"n": 8, "temperature": 1.0, "top_p": 1.0, "top_k": -1, "max_tokens": 4096, "seed": 123}
+def test_vllm_max_model_len_is_bounded_not_the_models_131k(tmp_path):
+    """Without a bound vLLM sizes for the model's full context: 131K tokens of Llama-3.1 = 16 GiB of KV per sequence."""
+    (tmp_path / "config.json").write_text(json.dumps({"max_position_embeddings": 131072}))
+    assert resolve_max_model_len(str(tmp_path), 4096) == 4096 + 2048
+    assert resolve_max_model_len(str(tmp_path), 4096, explicit=12000) == 12000
+    (tmp_path / "config.json").write_text(json.dumps({"max_position_embeddings": 2048}))
+    assert resolve_max_model_len(str(tmp_path), 4096) == 2048
 
 
-def test_vllm_stop_at_answer_becomes_stop_strings_kept_in_the_output():
-    kw = build_sampling_params_kwargs(n=4, temperature=0.6, top_p=0.95, top_k=20, max_new_tokens=512, stop=["</s>"], seed=1,
-                                      answer_letters=["A", "B"])
-    assert kw["stop"][0] == "</s>" and "The answer is A." in kw["stop"] and "The answer is B\n" in kw["stop"]
-    assert kw["stop"][1:] == answer_stop_strings(["A", "B"])
-    assert kw["include_stop_str_in_output"] is True
-    assert kw["top_k"] == 20
+def test_vllm_backend_without_its_env_says_how_to_make_it(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDSSR_VLLM_PYTHON", str(tmp_path / "no-venv" / "bin" / "python"))
+    with pytest.raises(RuntimeError, match="make vllm-env"):
+        make_sampler(str(tiny_model_dir), backend="vllm")
 
 
-def test_vllm_constrained_pass_allows_only_the_letter_tokens():
-    assert build_constrained_params_kwargs([330, 389]) == {"n": 1, "temperature": 0.0, "max_tokens": 1, "allowed_token_ids": [330, 389],
-                                                           "logprobs": 2}
+# --- data parallel: N samplers on slices of the prompts ----------------------------------------------------------
 
 
-def test_vllm_backend_without_vllm_says_how_to_install_it(tiny_model_dir):
-    pytest.importorskip("torch")
-    try:
-        import vllm  # noqa: F401
-    except ImportError:
-        with pytest.raises(ImportError, match=r"\.\[gpu\]"):
-            make_sampler(str(tiny_model_dir), backend="vllm")
-    else:
-        pytest.skip("vllm is installed here")
+def test_two_hf_engines_split_the_prompts_and_give_one_engines_samples(tiny_model_dir):
+    """batch_size 1 makes every row's batch composition the same either way, so the samples are bit-identical."""
+    one = make_sampler(str(tiny_model_dir), batch_size=1, seed=3)
+    two = make_sampler(str(tiny_model_dir), batch_size=1, seed=3, sampling=SamplingCfg(engines=2))
+    assert isinstance(two, ShardedSampler) and len(two.shards) == 2 and two.shards[0].model is not two.shards[1].model
+    prompts = PROMPTS + ["Define anemia."]
+    kw = dict(n=2, temperature=1.0, max_new_tokens=6, keys=[f"q{i}" for i in range(4)], progress=False)
+    done: list[int] = []
+    got = two.sample(prompts, on_prompt_done=lambda i, c: done.append(i), **kw)
+    assert got == one.sample(prompts, **kw) and sorted(done) == [0, 1, 2, 3]
+    assert two.last_stats.sequences == 8
+    letters = [list(OPTIONS)] * 3
+    assert two.constrained_choice(PROMPTS, letters) == one.constrained_choice(PROMPTS, letters)
+    two.close()
+    assert all(s.model is None for s in two.shards)
 
 
 def test_unknown_backend_is_an_error_naming_the_param(tiny_model_dir):

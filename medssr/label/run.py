@@ -36,7 +36,15 @@ from medssr.records import Question, append_jsonl, read_partial_jsonl, read_ques
 
 PROMPT_NAME = "eval_f4"
 BUCKETS = (0.0, 0.5, 0.75, 1.0)
-DEFAULT_CHUNK = 32  # questions per fixed chunk: the unit re-sampled after a crash
+DEFAULT_CHUNK = 32  # questions per fixed chunk (hf): the unit re-sampled after a crash
+
+
+def chunk_size_for(sampling: SamplingCfg) -> int:
+    """Questions per chunk: hf takes DEFAULT_CHUNK whatever the engines (its chunk is in the fingerprint); each
+    vLLM engine gets two full batches of sequences (batch_size = max_num_seqs), so a chunk's tail stays short."""
+    if sampling.backend == "hf":
+        return DEFAULT_CHUNK
+    return max(DEFAULT_CHUNK, -(-2 * sampling.batch_size // sampling.n)) * sampling.engines
 
 
 class LabelError(MedssrError, ValueError):
@@ -58,9 +66,16 @@ def progress_path_for(out_path: str | os.PathLike) -> Path:
     return out.with_name(f".{out.name.removesuffix('.jsonl')}.progress.jsonl")
 
 
+# Knobs that change throughput, not the samples (keys seed them): a resume on more or fewer engines keeps the votes.
+SCALE_KNOBS = ("engines", "tensor_parallel_size", "enable_prefix_caching", "gpu_memory_utilization", "max_model_len")
+
+
 def run_fingerprint(model_fp: str, sampling: SamplingCfg, seed: int, chunk_size: int) -> str:
-    """Everything besides the prompt that decides a question's samples."""
-    blob = json.dumps({"model": model_fp, "sampling": dataclasses.asdict(sampling), "seed": seed, "chunk": chunk_size}, sort_keys=True)
+    """Everything besides the prompt that decides a question's samples. The chunk counts only for hf (batch
+    composition moves its floats); vLLM's samples depend on their seeds alone."""
+    decoding = {k: v for k, v in dataclasses.asdict(sampling).items() if k not in SCALE_KNOBS}
+    blob = json.dumps({"model": model_fp, "sampling": decoding, "seed": seed,
+                       "chunk": chunk_size if sampling.backend == "hf" else None}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -200,7 +215,7 @@ def _metric_key(lo: float, hi: float) -> str:
 
 def run_label(params: Params, model_dir: str | os.PathLike, synthetic_path: str | os.PathLike, benchmarks_dir: str | os.PathLike,
               out_path: str | os.PathLike, report_path: str | os.PathLike, plot_path: str | os.PathLike, *, sampler: Any = None,
-              chunk_size: int = DEFAULT_CHUNK, progress: bool = True, track: bool = True,
+              chunk_size: int | None = None, progress: bool = True, track: bool = True,
               on_chunk: Callable[[int], None] | None = None, reliability_cache: str | os.PathLike | None = None) -> dict[str, Any]:
     """Vote on every synthetic question, write the labeled set, the report, the plot, and log them to MLflow.
 
@@ -220,7 +235,10 @@ def run_label(params: Params, model_dir: str | os.PathLike, synthetic_path: str 
     if sampler is None:
         from medssr.sampling import make_sampler
 
-        sampler = make_sampler(model_dir, backend=sampling.backend, dtype=params.model.dtype, batch_size=sampling.batch_size, seed=cfg.seed)
+        sampler = make_sampler(model_dir, backend=sampling.backend, dtype=params.model.dtype, batch_size=sampling.batch_size, seed=cfg.seed,
+                               sampling=sampling)
+    if chunk_size is None:
+        chunk_size = chunk_size_for(sampling)
     fp = run_fingerprint(weights_fingerprint(model_dir), sampling, cfg.seed, chunk_size) + ":" + template.hash
     prog = progress_path_for(out_path)
 
