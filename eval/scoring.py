@@ -295,14 +295,17 @@ def _ci(low: float | None, high: float | None, prefix: str = "") -> dict[str, fl
 
 
 def score_json(s: Score) -> dict[str, Any]:
+    """A benchmark's or category's eval.json entry (numbers only)."""
     return {"acc": _r(s.acc), **_ci(s.ci_low, s.ci_high), "n": s.n, "run_std": _r(s.run_std)}
 
 
 def _average_json(a: Average) -> dict[str, Any]:
+    """Flat ``avg*`` keys: ``avg`` stays a number, as `dvc metrics` and older readers expect."""
     return {"avg": _r(a.acc), **_ci(a.ci_low, a.ci_high, "avg_"), "avg_run_std": _r(a.run_std), "avg_n": a.n}
 
 
 def comparison_json(c: Comparison) -> dict[str, Any]:
+    """A ``vs_base`` entry; p keeps six significant digits (a tiny p must not round to 0)."""
     return {"diff": _r(c.diff), **_ci(c.ci_low, c.ci_high), "n": c.n, "b": c.b, "c": c.c,
             "p_mcnemar": float(f"{c.p_mcnemar:.6g}")}
 

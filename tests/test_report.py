@@ -6,7 +6,7 @@ import csv
 
 import pytest
 
-from eval.report import collect_runs, main_report
+from eval.report import Cell, _err, collect_runs, main_report
 from eval.runner import _log
 from eval.scoring import Prediction, results_json, results_metrics
 from medssr import tracking
@@ -116,6 +116,12 @@ def test_report_has_every_section_and_valid_pngs(store):
         import matplotlib.image
 
         assert matplotlib.image.imread(out / "figures" / png).ndim == 3
+
+
+def test_error_bars_are_the_interval_else_the_std():
+    assert _err(Cell(0.25, 0.05, ci_low=0.1, ci_high=0.5)) == pytest.approx((0.15, 0.25))
+    assert _err(Cell(0.25, 0.05)) == (0.05, 0.05)  # a run logged before intervals existed
+    assert _err(None) == (0.0, 0.0)
 
 
 def test_report_on_an_empty_experiment_says_so(tmp_path, store):
