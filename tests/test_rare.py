@@ -6,10 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from medssr.data.loaders import BENCHMARKS, load_benchmark, load_training_source
+from medssr.config import load_params
+from medssr.data.loaders import load_benchmarks, load_training_source
 from medssr.data.rare import Entity, build_tagger, is_acronym, load_entities, normalize_name, tag_question
 
-RAW = Path(__file__).resolve().parents[1] / "data" / "raw"
+ROOT = Path(__file__).resolve().parents[1]
+RAW = ROOT / "data" / "raw"
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +26,7 @@ def tagger(entities):
 
 @pytest.fixture(scope="module")
 def bench():
-    return {q.id: q for name in BENCHMARKS for q in load_benchmark(name, RAW)}
+    return {q.id: q for rows in load_benchmarks(load_params(ROOT / "params.yaml").data.benchmarks, RAW).values() for q in rows}
 
 
 def names(tagger, text):

@@ -36,6 +36,11 @@ INDEX_FORMAT = 1
 MANIFEST, PASSAGES, CHROMA, BM25 = "manifest.json", "passages.jsonl", "chroma", "bm25"
 RRF_K = 60  # reciprocal rank fusion constant (Cormack et al. 2009)
 HYBRID_DEPTH = 50  # candidates taken from each ranker before fusing
+# Up to this many passages a dense query is answered exactly from the stored vectors, not from chromadb's HNSW graph:
+# two builds of the same corpus give different graphs (chromadb's insertion order is not fixed, whatever its thread
+# count), and they answered 12 of 3,000 real entity queries differently, which changed synthesis prompts and every
+# number downstream. Exact top-k is reproducible and, at this size, fast (7,862 x 384 floats: ~1 ms a query).
+EXACT_SEARCH_MAX = 50_000
 
 
 class IndexNotFoundError(MedssrError, FileNotFoundError):
@@ -266,6 +271,7 @@ class Retriever:
     collection: Any = None
     client: Any = None
     bm25: Any = None
+    vectors: np.ndarray | None = None  # every stored vector in passage order, for exact search (small corpora)
 
     def search(self, queries: Sequence[str], k: int = 4) -> list[list[Passage]]:
         """Top-``k`` passages for each query, best first, with ``score`` set (dot product, BM25 score or RRF)."""
@@ -284,9 +290,19 @@ class Retriever:
 
     def _dense(self, queries: list[str], k: int) -> list[list[tuple[int, float]]]:
         q = self.encoder.embed_queries(queries)
+        if len(self.passages) <= EXACT_SEARCH_MAX:
+            return self._exact(np.asarray(q, dtype=np.float32), k)
         res = self.collection.query(query_embeddings=q, n_results=min(k, len(self.passages)), include=["distances"])
         # chromadb's "ip" space reports distance = 1 - dot product
         return [[(self.position[i], 1.0 - d) for i, d in zip(ids, dists, strict=True)] for ids, dists in zip(res["ids"], res["distances"], strict=True)]
+
+    def _exact(self, q: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
+        """Top-``k`` by dot product over all stored vectors; ties go to the earlier passage, so results never vary."""
+        if self.vectors is None:
+            self.vectors = collection_vectors(self)
+        scores = q @ self.vectors.T
+        order = np.argsort(-scores, axis=1, kind="stable")[:, : min(k, len(self.passages))]
+        return [[(int(i), float(scores[r, i])) for i in row] for r, row in enumerate(order)]
 
     def _lexical(self, queries: list[str], k: int) -> list[list[tuple[int, float]]]:
         docs, scores = self.bm25.retrieve(_bm25_tokens(queries), k=min(k, len(self.passages)), show_progress=False)
