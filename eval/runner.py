@@ -2,16 +2,22 @@
 
 For each checkpoint: one ``Sampler.sample`` call per benchmark draws k samples per question (sample j is run j;
 each question's random streams are keyed by ``<benchmark>:<id>`` and the eval seed, so every checkpoint sees the
-same random numbers). Outputs with no valid letter get the paper's second pass: ``Sampler.constrained_choice``
-restricts the next token after ``<prompt><output>\\nThe answer is`` to the option letters (allowed_token_ids on
-vLLM). Sampled outputs are appended to ``.cache/eval_progress/<checkpoint>-<fingerprint>.jsonl`` in the project
-root as they finish, so a killed run resumes where it stopped (outside data/eval, which DVC clears before the stage
-runs), and the file is kept: the fingerprint is the weights' content, decoding, k, seed and prompt, so a later run
-of the same model reuses its samples (the base model in every value of a sweep, a DVC queue copy included).
+same random numbers). Each checkpoint is prompted by ``medssr.models.chat_template_rule`` (params
+``model.chat_template``; auto: base models get the plain prompt, instruct models their own template, as the official
+evaluator does), logged as ``eval.used.<checkpoint>.chat_template``. With ``eval.sampling.stop_at_answer: false``
+(recommended) a model writes to EOS or max_new_tokens and ``extract_answer`` reads its last committed answer.
+Outputs with no valid single answer, and outputs that only repeat the prompt's option lines, get the paper's second
+pass (``second_pass_reason`` 'no_answer' | 'echo' in the prediction): ``Sampler.constrained_choice`` restricts the
+next token after ``<prompt><output>\\nThe answer is`` to the option letters (allowed_token_ids on vLLM; the official
+script adds +100 to the letters' logits, the same argmax). Sampled outputs are appended to
+``.cache/eval_progress/<checkpoint>-<fingerprint>.jsonl`` in the project root as they finish, so a killed run
+resumes where it stopped (outside data/eval, which DVC clears before the stage runs), and the file is kept: the
+fingerprint is the weights' content, decoding (stop rule included), k, seed, prompt and chat-template rule, so a
+later run of the same model reuses its samples (the base model in every value of a sweep, a DVC queue copy included).
+See docs/evaluation.md, "Decoding and answer extraction".
 
-Outputs: ``data/eval/predictions_<checkpoint>.jsonl``, ``metrics/eval.json`` ({checkpoint: {benchmark: {acc, std,
-n, invalid_before, invalid_after}, avg, avg_std, raredis: {category: {acc, std, n}, avg}, invalid_before,
-invalid_after}}), and MLflow metrics: unprefixed ``eval/<benchmark>/acc``, ``eval/avg``, ``eval/raredis/<category>/acc``
+Outputs: ``data/eval/predictions_<checkpoint>.jsonl``, ``metrics/eval.json`` (its keys: eval/scoring.py), and MLflow
+metrics: unprefixed ``eval/<benchmark>/acc``, ``eval/avg``, ``eval/raredis/<category>/acc``
 for the final checkpoint (the last listed), ``eval/<checkpoint>/...`` for the others.
 """
 
@@ -28,7 +34,7 @@ from typing import Any
 
 from eval.benchmarks import load_declared, sampling_for_family
 from eval.scoring import Prediction, checkpoint_json, checkpoint_metrics, format_table, metric_prefix, score_checkpoint
-from medssr.answers import ANSWER_SUFFIX, extract_answer
+from medssr.answers import ANSWER_SUFFIX, echoes_options, extract_answer
 from medssr.config import SamplingCfg, set_offline_env, to_flat_dict
 from medssr.errors import MedssrError
 from medssr.records import Question, append_jsonl, read_partial_jsonl, write_jsonl
@@ -91,13 +97,26 @@ def load_eval_prompt():
     return load_prompt(EVAL_PROMPT)
 
 
-def _fingerprint(model_dir: str, sampling: SamplingCfg, runs: int, seed: int, prompt_hash: str) -> str:
-    """Changes whenever a saved sample could differ: weights (by content, not path or mtime), decoding, k, seed, prompt."""
+def _fingerprint(model_dir: str, sampling: SamplingCfg, runs: int, seed: int, prompt_hash: str, chat_template: bool) -> str:
+    """Changes whenever a saved sample could differ: weights (by content, not path or mtime), decoding (stop rule
+    included), k, seed, prompt text, and whether the chat template wraps it. Extraction runs on load, so it is not in it."""
     from medssr.models import weights_fingerprint
 
     blob = json.dumps({"weights": weights_fingerprint(model_dir), "sampling": vars(sampling), "runs": runs, "seed": seed,
-                       "prompt": prompt_hash}, sort_keys=True, default=str)
+                       "prompt": prompt_hash, "chat_template": chat_template}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def second_pass_reason(output: str, options: Mapping[str, str]) -> str | None:
+    """Why an output goes to the second pass: 'echo' (it only repeats the option lines), 'no_answer', or None."""
+    if extract_answer(output, options) is not None:
+        return None
+    return "echo" if echoes_options(output, options) else "no_answer"
+
+
+def prediction_row(p: Prediction) -> dict[str, Any]:
+    """A predictions_<checkpoint>.jsonl row: the Prediction plus why its second pass ran (None: it answered)."""
+    return {**p.to_dict(), "second_pass_reason": getattr(p, "second_pass_reason", None)}
 
 
 def evaluate_model(sampler: Any, benchmarks: Mapping[str, Sequence[Question]], sampling: SamplingCfg, runs: int, seed: int,
@@ -131,16 +150,19 @@ def evaluate_model(sampler: Any, benchmarks: Mapping[str, Sequence[Question]], s
         for q, key in zip(questions, keys, strict=True):
             for run, (text, n_tokens, reason) in enumerate(done[key]):
                 letter = extract_answer(text, q.options)
-                preds.append(Prediction(id=q.id, benchmark=bench, run=run, gold=q.answer or "", output=text, extracted=letter,
-                                        constrained=None, final=letter, correct=letter == q.answer, category=q.category,
-                                        n_tokens=n_tokens, finish_reason=reason))
+                pred = Prediction(id=q.id, benchmark=bench, run=run, gold=q.answer or "", output=text, extracted=letter,
+                                  constrained=None, final=letter, correct=letter == q.answer, category=q.category,
+                                  n_tokens=n_tokens, finish_reason=reason)
+                pred.second_pass_reason = second_pass_reason(text, q.options)  # type: ignore[attr-defined]
+                preds.append(pred)
     if constrained_pass:
         _constrained_pass(sampler, benchmarks, preds, template)
     return preds
 
 
 def _constrained_pass(sampler: Any, benchmarks: Mapping[str, Sequence[Question]], preds: list[Prediction], template: Any) -> None:
-    """Force one option letter after '<prompt><output>\\nThe answer is' for every prediction with no valid letter."""
+    """Force one option letter after '<prompt><output>\\nThe answer is' for every prediction with no valid letter
+    (an option echo extracts to None, so it is among them)."""
     qmap = {(b, q.id): q for b, qs in benchmarks.items() for q in qs}
     todo = [p for p in preds if p.extracted is None]
     if not todo:
@@ -237,6 +259,7 @@ def run_evaluate(params: Any, checkpoints: Mapping[str, str] | None = None, metr
     together with the headline metrics of every stage report, so the compare view shows a whole sweep.
     """
     set_offline_env()
+    from medssr.models import chat_template_rule
     from medssr.sampling import make_sampler
 
     cfg = params.eval
@@ -260,19 +283,24 @@ def run_evaluate(params: Any, checkpoints: Mapping[str, str] | None = None, metr
     used: dict[str, dict[str, Any]] = {}
     pred_dir = Path(predictions_dir)
     for name, model_dir in ckpts.items():
-        sampler = factory(model_dir, backend=cfg.sampling.backend, dtype=params.model.dtype, batch_size=cfg.sampling.batch_size, seed=cfg.seed)
+        use_template, rule = chat_template_rule(model_dir, getattr(params.model, "chat_template", "auto"))
+        sampler = factory(model_dir, backend=cfg.sampling.backend, dtype=params.model.dtype, batch_size=cfg.sampling.batch_size, seed=cfg.seed,
+                          chat_template=use_template)
         family = params.model.family if params.model.family != "auto" else getattr(sampler, "family", None)
         sampling = sampling_for_family(cfg.sampling, family, family_defaults)
-        used[name] = {"dir": model_dir, "family": family, "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": sampling.top_k}
-        prog = progress_root / f"{_safe_name(name)}-{_fingerprint(model_dir, sampling, cfg.runs, cfg.seed, template.sha256)}.jsonl"
+        used[name] = {"dir": model_dir, "family": family, "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": sampling.top_k,
+                      "chat_template": use_template, "chat_template_rule": rule, "stop_at_answer": sampling.stop_at_answer}
+        fp = _fingerprint(model_dir, sampling, cfg.runs, cfg.seed, template.sha256, use_template)
+        prog = progress_root / f"{_safe_name(name)}-{fp}.jsonl"
         print(f"[evaluate] {name}: {model_dir} (family {family}, T={sampling.temperature}, top_p={sampling.top_p}, "
-              f"top_k={sampling.top_k}, k={cfg.runs})")
+              f"top_k={sampling.top_k}, k={cfg.runs}, chat template {'yes' if use_template else 'no'}: {rule}, "
+              f"{'stop at first answer' if sampling.stop_at_answer else 'generate to the end'})")
         try:
             preds = evaluate_model(sampler, benchmarks, sampling, cfg.runs, cfg.seed, template, cfg.constrained_pass, prog, progress)
         finally:
             _release(sampler)
             sampler = None
-        write_jsonl(pred_dir / f"predictions_{_safe_name(name)}.jsonl", (p.to_dict() for p in preds))
+        write_jsonl(pred_dir / f"predictions_{_safe_name(name)}.jsonl", (prediction_row(p) for p in preds))
         score = score_checkpoint(preds)
         results[name] = checkpoint_json(score)
         metrics.update(checkpoint_metrics(score, metric_prefix(name, name == final)))

@@ -10,7 +10,16 @@ from pathlib import Path
 import pytest
 
 from eval.benchmarks import BenchmarkError, load_declared, sampling_for_family, seeded_slice
-from eval.runner import EvalError, evaluate_model, load_eval_prompt, resolve_checkpoints, run_evaluate
+from eval.runner import (
+    EvalError,
+    _fingerprint,
+    evaluate_model,
+    load_eval_prompt,
+    prediction_row,
+    resolve_checkpoints,
+    run_evaluate,
+    second_pass_reason,
+)
 from medssr.config import Params, SamplingCfg
 from medssr.data.loaders import load_benchmark_file
 from medssr.records import CATEGORIES, RecordError, append_jsonl, read_partial_jsonl, write_jsonl
@@ -92,11 +101,11 @@ def test_eval_json_has_checkpoints_benchmarks_average_and_raredis_categories(eva
     assert list(data) == ["base", "stage2"]
     s2 = data["stage2"]
     for b in ("medqa", "medbullets", "pubmedqa", "my_bench", "raredis_sub"):
-        assert set(s2[b]) == {"acc", "std", "n", "invalid_before", "invalid_after"}
+        assert {"acc", "n", "invalid_before", "invalid_after"} <= set(s2[b])  # statistics keys: eval/scoring.py
     assert s2["medqa"]["n"] == 3 and s2["my_bench"]["n"] == 2
     main = [s2[b]["acc"] for b in ("medqa", "medbullets", "pubmedqa", "my_bench")]
     assert s2["avg"] == pytest.approx(sum(main) / 4, abs=1e-5)
-    cats = {k for k in s2["raredis"] if k not in ("avg", "avg_std")}
+    cats = {k for k, v in s2["raredis"].items() if isinstance(v, dict)}
     assert cats and cats <= {"symptoms", "causes", "affects"}
     assert sum(s2["raredis"][c]["n"] for c in cats) == 3
 
@@ -245,7 +254,7 @@ def test_medssr_table_prints_the_evaluation_table_and_names_a_bad_file(evaluated
     assert main(["table", str(evaluated["dir"] / "metrics" / "eval.json")]) == 0
     out = capsys.readouterr().out
     header = next(line for line in out.splitlines() if line.startswith("benchmark"))
-    assert header.split() == ["benchmark", "base", "stage2"] and "\nmedqa " in out and "\navg " in out
+    assert header.split()[0] == "benchmark" and header.split()[-2:] == ["base", "stage2"] and "\nMedQA " in out and "\navg " in out
     bad = tmp_path / "eval.json"
     bad.write_text('{"base": {\n  "medqa": }\n')
     assert main(["table", str(bad)]) == 2
@@ -285,3 +294,67 @@ def test_each_checkpoints_sampler_is_closed_and_unreferenced_before_the_next_is_
                  metrics_path=tmp_path / "eval.json", predictions_dir=tmp_path / "eval", reports_dir=tmp_path / "reports",
                  sampler_factory=factory, log_mlflow=False, progress=False, progress_dir=tmp_path / "progress")
     assert len(built) == 3 and len(closed) == 3
+
+
+ECHO_Q = {"A": "Decrease in serum ACTH", "B": "Decrease in urinary 17-hydroxycorticosteroids",
+          "C": "Increase in serum aldosterone", "D": "Increase in serum cortisol"}
+
+
+def test_second_pass_reason_separates_echoes_from_missing_answers():
+    assert second_pass_reason("D. Increase in serum cortisol\n", ECHO_Q) == "echo"
+    assert second_pass_reason("Prednisone suppresses the HPA axis, so", ECHO_Q) == "no_answer"
+    assert second_pass_reason("The answer is A. Wait... The answer is B.", ECHO_Q) is None
+
+
+def test_echoes_and_unanswered_outputs_go_to_the_second_pass_with_their_reason(tmp_path, tiny_model_dir):
+    from medssr.sampling import make_sampler
+
+    qs = load_benchmark_file(RAW / "test_short_medqa.json.gz")[:3]
+    last = qs[0].options[max(qs[0].options)]
+    prog = tmp_path / "progress.jsonl"
+    outputs = [f"{max(qs[0].options)}. {last}\n", "The patient presents with", "The answer is A. Wait... The answer is B."]
+    for q, text in zip(qs, outputs, strict=True):
+        append_jsonl(prog, {"key": f"medqa:{q.id}", "outputs": [[text, 9, "eos"]]})
+    preds = evaluate_model(make_sampler(str(tiny_model_dir), batch_size=4), {"medqa": qs}, SamplingCfg(max_new_tokens=4), runs=1,
+                           seed=0, template=load_eval_prompt(), progress_path=prog, progress=False)
+    assert [prediction_row(p)["second_pass_reason"] for p in preds] == ["echo", "no_answer", None]
+    assert [p.extracted for p in preds] == [None, None, "B"]
+    assert preds[0].constrained in qs[0].options and preds[1].constrained in qs[1].options and preds[2].constrained is None
+
+
+def test_fingerprint_changes_with_the_chat_template_rule_and_the_stop_rule(tiny_model_dir):
+    cfg = SamplingCfg()
+    base = _fingerprint(str(tiny_model_dir), cfg, 1, 0, "h", True)
+    assert _fingerprint(str(tiny_model_dir), cfg, 1, 0, "h", False) != base
+    assert _fingerprint(str(tiny_model_dir), dataclasses.replace(cfg, stop_at_answer=not cfg.stop_at_answer), 1, 0, "h", True) != base
+
+
+def test_each_checkpoint_gets_its_chat_template_rule_and_it_is_logged(tmp_path, tiny_model_dir, monkeypatch):
+    """A base-named checkpoint is sampled without the chat template, an instruct one with it; both are MLflow params."""
+    import shutil
+
+    from mlflow.tracking import MlflowClient
+
+    from medssr.sampling import make_sampler
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    params = _params(tmp_path)
+    params.eval.max_per_benchmark = 1
+    params.eval.runs = 1
+    base_named = shutil.copytree(tiny_model_dir, tmp_path / "TinyLM-Base")
+    asked: dict[str, bool] = {}
+
+    def factory(model_dir, **kw):
+        asked[model_dir] = kw["chat_template"]
+        return make_sampler(model_dir, **kw)
+
+    run_evaluate(params, checkpoints={"base": str(base_named), "stage2": str(tiny_model_dir)}, metrics_path=tmp_path / "eval.json",
+                 predictions_dir=tmp_path / "eval", reports_dir=tmp_path / "reports", sampler_factory=factory, progress=False,
+                 progress_dir=tmp_path / "progress")
+    assert asked == {str(base_named): False, str(tiny_model_dir): True}
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    run = next(r for r in client.search_runs([client.get_experiment_by_name("eval-test").experiment_id])
+               if r.data.tags.get("medssr_stage") == "evaluate")
+    assert run.data.params["eval.used.base.chat_template"] == "false"
+    assert run.data.params["eval.used.stage2.chat_template"] == "true"
+    assert "TinyLM-Base" in run.data.params["eval.used.base.chat_template_rule"]
