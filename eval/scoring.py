@@ -9,7 +9,7 @@ macro average over categories (paper Table 1 "Avg"). A macro average's interval 
 each benchmark (or category), so each keeps its size.
 
 metrics/eval.json, per checkpoint, in this order (every value a number, for ``dvc metrics show``):
-``<benchmark>: {acc, ci_low, ci_high, n, run_std, invalid_before, invalid_after}``, ``avg``, ``avg_ci_low``,
+``<benchmark>: {acc, ci_low, ci_high, n, run_std, invalid_before, invalid_after, echo_rate}``, ``avg``, ``avg_ci_low``,
 ``avg_ci_high``, ``avg_run_std``, ``avg_n`` (questions), ``n_benchmarks``, ``raredis: {<category>: {acc, ci_low, ci_high,
 n, run_std}, avg, avg_ci_low, avg_ci_high, avg_run_std, avg_n}``, ``invalid_before``, ``invalid_after``, ``n_runs``,
 ``ci_level``, and for every checkpoint but the reference ``vs_base: {<benchmark>: {diff, ci_low, ci_high, n, b, c, p_mcnemar}, avg: {...},
@@ -54,6 +54,7 @@ class Prediction:
     category: str | None = None
     n_tokens: int = 0
     finish_reason: str = ""
+    second_pass_reason: str | None = None  # why the constrained pass ran: 'no_answer' | 'echo' (None: it answered)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -75,6 +76,7 @@ class Score:
 class BenchmarkScore(Score):
     invalid_before: float = 0.0  # share of outputs with no valid letter before the constrained pass
     invalid_after: float = 0.0  # ... and after it
+    echo_rate: float = 0.0  # share of outputs that only echoed the options (second_pass_reason 'echo')
     categories: dict[str, Score] = field(default_factory=dict)
 
 
@@ -138,6 +140,11 @@ def invalid_rate(letters: Sequence[str | None]) -> float:
     return sum(x is None for x in letters) / len(letters)
 
 
+def echo_rate(preds: Sequence[Prediction]) -> float:
+    """Share of outputs that restated the options instead of answering (a failure the invalid rate does not separate)."""
+    return sum(p.second_pass_reason == "echo" for p in preds) / len(preds) if preds else 0.0
+
+
 def correct_matrix(preds: Sequence[Prediction]) -> tuple[list[str], list[int], np.ndarray]:
     """Question ids (first-seen order), run numbers (sorted) and the questions x runs 0/1 matrix; every cell must exist."""
     if not preds:
@@ -180,7 +187,7 @@ def score_benchmark(preds: Sequence[Prediction], confidence: float = 0.95) -> Be
     s = score_runs(preds, confidence)
     return BenchmarkScore(**{f.name: getattr(s, f.name) for f in fields(Score)},
                           invalid_before=invalid_rate([p.extracted for p in preds]),
-                          invalid_after=invalid_rate([p.final for p in preds]),
+                          invalid_after=invalid_rate([p.final for p in preds]), echo_rate=echo_rate(preds),
                           categories=score_categories(preds, confidence))
 
 
@@ -315,7 +322,8 @@ def checkpoint_json(score: CheckpointScore, comparison: Mapping[str, Any] | None
     """The block of metrics/eval.json for one checkpoint (what `dvc metrics show/diff` reads); keys in a fixed order."""
     out: dict[str, Any] = {}
     for b, s in score.benchmarks.items():
-        out[b] = score_json(s) | {"invalid_before": _r(s.invalid_before), "invalid_after": _r(s.invalid_after)}
+        out[b] = score_json(s) | {"invalid_before": _r(s.invalid_before), "invalid_after": _r(s.invalid_after),
+                                  "echo_rate": _r(s.echo_rate)}
     if score.avg is not None:
         out |= _average_json(score.avg) | {"n_benchmarks": score.avg.parts}
     if score.raredis:

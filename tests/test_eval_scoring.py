@@ -72,6 +72,13 @@ def test_invalid_before_and_after_constrained_pass():
     assert s.invalid_after == 0.25
 
 
+def test_echo_rate_is_the_share_of_outputs_that_only_echoed_the_options():
+    preds = [_p(f"q{i}", "b", 0, False, extracted=None, final="B") for i in range(4)]
+    preds[0].second_pass_reason = "echo"
+    preds[1].second_pass_reason = "no_answer"
+    assert score_benchmark(preds).echo_rate == 0.25
+
+
 def test_categories_in_paper_order_with_counts():
     preds = [_p("q1", "raredis_sub", 0, True, category="Treatment"), _p("q2", "raredis_sub", 0, False, category="Symptoms"),
              _p("q3", "raredis_sub", 0, True, category="Symptoms"), _p("q4", "raredis_sub", 0, True, category="Related disorders")]
@@ -117,7 +124,7 @@ def test_checkpoint_json_shape_for_dvc_metrics():
     preds = [_p("a", "medqa", 0, True), _p("d", "raredis_sub", 0, True, category="Related disorders")]
     j = checkpoint_json(score_checkpoint(preds))
     assert j["medqa"] == {"acc": 1.0, "ci_low": 0.206549, "ci_high": 1.0, "n": 1, "run_std": 0.0, "invalid_before": 0.0,
-                          "invalid_after": 0.0}
+                          "invalid_after": 0.0, "echo_rate": 0.0}
     assert (j["avg"], j["avg_n"], j["n_benchmarks"], j["n_runs"], j["ci_level"]) == (1.0, 1, 1, 1, 0.95)
     assert j["raredis"]["related_disorders"] == {"acc": 1.0, "ci_low": 0.206549, "ci_high": 1.0, "n": 1, "run_std": 0.0}
     assert "raredis_sub" in j
