@@ -95,8 +95,9 @@ _THINK_OPEN, _THINK_CLOSE = "<think>", "</think>"
 # "The answer is not A" / "it is not (A)": retracts an earlier commit to that letter.
 _NOT_LETTER = re.compile(r"\b(?i:answer|it)\s+(?i:is|was|would\s+be)\s+not\s+(?:(?i:option|choice)\s+)?\(?([A-J])\)?(?![\w-])")
 # "It is B." at the start of a sentence commits to a letter (the second half of "The answer is not A. It is B.").
+# The letter must end the clause, so 'It is A 45-year-old' and 'It is I think' are not read.
 _IT_IS = re.compile(r"(?:^|(?<=[.!?\n])|\b(?:[Ss]o|[Tt]hus|[Tt]herefore|[Hh]ence)\s*,?)\s*[Ii]t(?:'s|’s|\s+is|\s+must\s+be|\s+should\s+be)\s+"
-                    r"(?=\(?(?:(?:option|choice)\s+)?\(?[A-J]\)?(?![\w-]))")
+                    r"(?:(?:option|choice)\s+)?\(?([A-J])\)?(?=[.,;:!)\n]|\s*$)")
 # A cut-off analysis line ends on a connector: "A. Carcinoid syndrome - ", "B. Cushing syndrome:".
 _DANGLING = tuple("-–—:,;/(&+")
 
@@ -300,9 +301,7 @@ def _candidates(text: str, options: Mapping[str, str]) -> list[tuple[int, str]]:
             continue  # 'Therefore, B is correct?' asks, it does not commit
         keep(m.start(1), letter if letter in valid else _NO_ANSWER, m.start(1), m.end())
     for m in _IT_IS.finditer(text):
-        got = _letter_at(text[m.end() :].lstrip("(").removeprefix("option ").removeprefix("choice ").lstrip("("))
-        if got and not text[m.end() : m.end() + 12].lstrip().startswith(("I ", "A ")):
-            keep(m.end(), got[0] if got[0] in valid else _NO_ANSWER, m.start(), m.end() + 3)
+        keep(m.start(1), m.group(1) if m.group(1) in valid else _NO_ANSWER, m.start(), m.end())
     for m in _NOT_LETTER.finditer(text):
         found.append((m.start(), "!" + m.group(1).upper()))
     for m in _TEXT_FIRST_TAIL.finditer(text):
