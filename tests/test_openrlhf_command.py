@@ -469,3 +469,22 @@ def test_a_failed_openrlhf_run_names_its_log(orl_project, monkeypatch):
     run_train_stage(_orl_params(), "stage1")
     with pytest.raises(TrainError, match=r"\.cache/train/stage2/openrlhf\.log: OpenRLHF exited with status 3"):
         run_train_stage(_orl_params(), "stage2")
+
+
+@pytest.mark.parametrize("profile", ["paper-qwen3-8b", "paper-llama3.1-8b"])
+@pytest.mark.parametrize("stage", ["stage1", "stage2"])
+def test_paper_profile_commands_parse_and_train_max_steps_in_one_episode(tmp_path, specs, profile, stage):
+    import shutil
+
+    from medssr.profiles import apply_profile
+
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    apply_profile(profile, tmp_path / "params.yaml")
+    p = load_params(tmp_path / "params.yaml")
+    stage_cfg = getattr(p.train, stage)
+    cmd = orl.build_command(p.train, stage_cfg, _paths(stage, p.model.policy), n_prompts=orl.stage_prompt_count(p.train, stage_cfg),
+                            run_name=f"medssr-{stage}", working_dir=SHARED)
+    ns = vars(replica_parser(specs).parse_args(_inner(cmd)))
+    updates = stage_cfg.max_steps * p.train.rollout_batch_size // p.train.global_batch_size
+    assert _openrlhf_steps(ns) == (stage_cfg.max_steps, updates, False)
+    assert "env_vars" not in json.loads(cmd[cmd.index("--runtime-env-json") + 1])

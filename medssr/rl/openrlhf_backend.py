@@ -4,7 +4,8 @@ This module never imports OpenRLHF (it does not import without a GPU, flash-attn
 prompt/label JSONL, builds the ``ray job submit ... -- python3 -m openrlhf.cli.train_ppo_ray`` command with
 OpenRLHF's dotted flags, runs it as a subprocess, and copies the TensorBoard scalars it writes into MLflow
 (OpenRLHF has no MLflow logger). ``tests/test_openrlhf_command.py`` checks every emitted flag against the
-argparse source of the 0.11.2 wheel.
+argparse source of the 0.11.2 wheel; ``tests/test_openrlhf_engine.py`` runs OpenRLHF's own prompt dataset and
+reward loader over our files and a real Ray job with our runtime_env, in the CPU environment ``.ci/openrlhf_env.sh``.
 
 GPU environment (separate from the CPU venv: OpenRLHF pins transformers==5.15.0, the CPU stack uses 5.23):
 
