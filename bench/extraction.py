@@ -77,7 +77,7 @@ def compare(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     agree, dis, kinds = 0, [], Counter()
     right = {"ours": 0, "official": 0}
     for r in rows:
-        ours, off = extract_answer(r["text"], r["options"]), official_rule(r["text"])
+        ours, off = extract_answer(r["text"], r["options"], r.get("complete", True)), official_rule(r["text"])
         agree += ours == off
         if "expected" in r:
             right["ours"] += ours == r["expected"]
@@ -127,7 +127,8 @@ def run_real(model_dir: str, per_benchmark: int, max_new_tokens: int, batch_size
         _constrained_pass(sampler, benches, preds, template)
         second_s = time.perf_counter() - t0
         opts = {(b, q.id): q.options for b, qs in benches.items() for q in qs}
-        rows = [{"id": f"{p.benchmark}:{p.id}", "text": p.output, "options": opts[(p.benchmark, p.id)]} for p in preds]
+        rows = [{"id": f"{p.benchmark}:{p.id}", "text": p.output, "options": opts[(p.benchmark, p.id)],
+                 "complete": p.finish_reason != "length"} for p in preds]
         reasons = Counter(getattr(p, "second_pass_reason", None) for p in preds)
         starts_echo = sum(_starts_with_echo(r["text"], r["options"]) for r in rows)
         mode = "to_end" if not stop else "stop_at_answer"

@@ -107,11 +107,11 @@ def _fingerprint(model_dir: str, sampling: SamplingCfg, runs: int, seed: int, pr
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def second_pass_reason(output: str, options: Mapping[str, str]) -> str | None:
+def second_pass_reason(output: str, options: Mapping[str, str], complete: bool = True) -> str | None:
     """Why an output goes to the second pass: 'echo' (it only repeats the option lines), 'no_answer', or None."""
-    if extract_answer(output, options) is not None:
+    if extract_answer(output, options, complete) is not None:
         return None
-    return "echo" if echoes_options(output, options) else "no_answer"
+    return "echo" if echoes_options(output, options, complete) else "no_answer"
 
 
 def prediction_row(p: Prediction) -> dict[str, Any]:
@@ -149,11 +149,12 @@ def evaluate_model(sampler: Any, benchmarks: Mapping[str, Sequence[Question]], s
                     saved(i, comps)
         for q, key in zip(questions, keys, strict=True):
             for run, (text, n_tokens, reason) in enumerate(done[key]):
-                letter = extract_answer(text, q.options)
+                complete = reason != "length"  # a cut-off last line is unfinished, not an answer
+                letter = extract_answer(text, q.options, complete)
                 pred = Prediction(id=q.id, benchmark=bench, run=run, gold=q.answer or "", output=text, extracted=letter,
                                   constrained=None, final=letter, correct=letter == q.answer, category=q.category,
                                   n_tokens=n_tokens, finish_reason=reason)
-                pred.second_pass_reason = second_pass_reason(text, q.options)  # type: ignore[attr-defined]
+                pred.second_pass_reason = second_pass_reason(text, q.options, complete)  # type: ignore[attr-defined]
                 preds.append(pred)
     if constrained_pass:
         _constrained_pass(sampler, benchmarks, preds, template)

@@ -272,9 +272,9 @@ def _line_before(text: str, pos: int, window: int = 300) -> str:
     return text[max(text.rfind("\n", lo, pos) + 1, lo) : pos]
 
 
-def _candidates(text: str, options: Mapping[str, str]) -> list[tuple[int, str]]:
+def _candidates(text: str, options: Mapping[str, str], complete: bool = True) -> list[tuple[int, str]]:
     """Every (position, answer) commit in the cleaned text after a leading option echo; answer is a letter,
-    _NO_ANSWER, or '!X' (a retraction of X)."""
+    _NO_ANSWER, or '!X' (a retraction of X). The bare last line counts only in a complete output."""
     valid = "".join(letters_for(options))
     norm_opts = _norm_options(_options_key(options))
     found: list[tuple[int, str]] = []
@@ -310,7 +310,7 @@ def _candidates(text: str, options: Mapping[str, str]) -> list[tuple[int, str]]:
             if before.endswith(opt) and (len(before) == len(opt) or before[-len(opt) - 1] == " "):
                 keep(m.start() - 1, letter, m.start(), m.end())
                 break
-    bare = _bare_last_line(text, norm_opts, valid)
+    bare = _bare_last_line(text, norm_opts, valid) if complete else None
     if bare and text.rstrip().rfind("\n") + 1 >= echo_end:  # a last line inside the echo is the echo itself
         found.append(bare)
     return [(pos, ans) for pos, ans in found if pos >= echo_end]
@@ -354,8 +354,11 @@ def _bare_last_line(text: str, norm_opts: tuple[tuple[str, str], ...], valid: st
     if not m:
         return None
     letter, tail = m.group(1) or m.group(2), m.group(3).strip()
-    if tail.endswith(_DANGLING):
-        return None  # an analysis line cut off mid-sentence: 'A. Carcinoid syndrome - '
+    if tail.endswith(_DANGLING) or lines[-1].endswith(":"):
+        return None  # an analysis line cut off mid-sentence ('A. Carcinoid syndrome - '), a label with nothing after ('A:')
+    prev = _ECHO_LINE.match(lines[-2]) if len(lines) > 1 else None
+    if prev and ord(letter) == ord(prev.group(1)) + 1:
+        return None  # 'A. ...\nB.': the next label of a list, not an answer
     if tail:
         texts = dict(norm_opts)
         if letter not in texts or _norm(tail) != texts[letter]:
@@ -373,14 +376,17 @@ def visible_answer_text(text: str) -> str | None:
     return None if _THINK_OPEN in text else text
 
 
-def extract_answer(text: str, options: Mapping[str, str]) -> str | None:
-    """The option letter a careful reader takes from `text`: the last committed answer, or None."""
+def extract_answer(text: str, options: Mapping[str, str], complete: bool = True) -> str | None:
+    """The option letter a careful reader takes from `text`: the last committed answer, or None.
+
+    ``complete=False`` (the output hit max_new_tokens) drops the bare-last-line reading: a cut-off line is unfinished.
+    """
     if not isinstance(text, str) or not text or not options:
         return None
     visible = visible_answer_text(text[-MAX_CHARS:])
     if not visible:
         return None
-    found = sorted(_candidates(_clean(visible), options), key=lambda pa: pa[0])
+    found = sorted(_candidates(_clean(visible), options, complete), key=lambda pa: pa[0])
     answer = None
     for _, ans in found:
         if ans.startswith("!"):
@@ -390,7 +396,7 @@ def extract_answer(text: str, options: Mapping[str, str]) -> str | None:
     return None if answer == _NO_ANSWER else answer
 
 
-def echoes_options(text: str, options: Mapping[str, str]) -> bool:
+def echoes_options(text: str, options: Mapping[str, str], complete: bool = True) -> bool:
     """True when an output only repeats the prompt's option lines (and commits to nothing after them).
 
     Such an output continues the prompt instead of answering, so it goes to the second pass, not to a vote.
@@ -400,7 +406,8 @@ def echoes_options(text: str, options: Mapping[str, str]) -> bool:
     visible = visible_answer_text(text[-MAX_CHARS:])
     if not visible:
         return False
-    return _echo_end(_clean(visible), _norm_options(_options_key(options))) > 0 and extract_answer(text, options) is None
+    echo = _echo_end(_clean(visible), _norm_options(_options_key(options))) > 0
+    return echo and extract_answer(text, options, complete) is None
 
 
 # --- cheap early-stop check ---------------------------------------------------------------------------------

@@ -370,3 +370,10 @@ def test_a_line_that_continues_the_option_list_is_an_echo() -> None:
 def test_it_is_not_an_article_does_not_retract_the_answer() -> None:
     assert extract_answer("The answer is C. It is not a rare finding in ulnar entrapment.", HAND) == "C"
     assert extract_answer("The answer is C. Wait, it is not C.", HAND) is None
+
+
+def test_a_cut_off_output_is_not_read_from_its_unfinished_last_line() -> None:
+    text = "Restating the question: which is the most likely etiology?\nA"
+    assert extract_answer(text, HAND) == "A"  # ended by EOS: a bare last line answers
+    assert extract_answer(text, HAND, complete=False) is None  # hit max_new_tokens: the line was cut
+    assert extract_answer("The answer is B.\n\nA. Carpal tunnel syndrome", HAND, complete=False) == "B"

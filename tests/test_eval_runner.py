@@ -309,16 +309,17 @@ def test_second_pass_reason_separates_echoes_from_missing_answers():
 def test_echoes_and_unanswered_outputs_go_to_the_second_pass_with_their_reason(tmp_path, tiny_model_dir):
     from medssr.sampling import make_sampler
 
-    qs = load_benchmark_file(RAW / "test_short_medqa.json.gz")[:3]
+    qs = load_benchmark_file(RAW / "test_short_medqa.json.gz")[:4]
     last = qs[0].options[max(qs[0].options)]
     prog = tmp_path / "progress.jsonl"
-    outputs = [f"{max(qs[0].options)}. {last}\n", "The patient presents with", "The answer is A. Wait... The answer is B."]
-    for q, text in zip(qs, outputs, strict=True):
-        append_jsonl(prog, {"key": f"medqa:{q.id}", "outputs": [[text, 9, "eos"]]})
+    outputs = [(f"{max(qs[0].options)}. {last}\n", "eos"), ("The patient presents with", "eos"),
+               ("The answer is A. Wait... The answer is B.", "eos"), ("Which is most likely?\nA", "length")]  # a cut line
+    for q, (text, finish) in zip(qs, outputs, strict=True):
+        append_jsonl(prog, {"key": f"medqa:{q.id}", "outputs": [[text, 9, finish]]})
     preds = evaluate_model(make_sampler(str(tiny_model_dir), batch_size=4), {"medqa": qs}, SamplingCfg(max_new_tokens=4), runs=1,
                            seed=0, template=load_eval_prompt(), progress_path=prog, progress=False)
-    assert [prediction_row(p)["second_pass_reason"] for p in preds] == ["echo", "no_answer", None]
-    assert [p.extracted for p in preds] == [None, None, "B"]
+    assert [prediction_row(p)["second_pass_reason"] for p in preds] == ["echo", "no_answer", None, "no_answer"]
+    assert [p.extracted for p in preds] == [None, None, "B", None]
     assert preds[0].constrained in qs[0].options and preds[1].constrained in qs[1].options and preds[2].constrained is None
 
 
