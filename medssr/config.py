@@ -36,13 +36,14 @@ class ProjectCfg:
 
 # Benchmark names become eval.json keys, metric names and prepared file names; these are taken by the evaluation.
 BENCHMARK_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
-RESERVED_BENCHMARK_NAMES = frozenset({"avg", "avg_std", "raredis", "invalid_before", "invalid_after"})
+RESERVED_BENCHMARK_NAMES = frozenset({"avg", "avg_std", "raredis", "invalid_before", "invalid_after", "n_benchmarks", "n_runs",
+                                      "ci_level"})
 
 
 def benchmark_name_problem(name: str) -> str | None:
     """Why ``name`` cannot name a benchmark (None if it can): it must be a plain token and not clash with eval.json keys."""
-    if not BENCHMARK_NAME_RE.fullmatch(name) or name in RESERVED_BENCHMARK_NAMES or name.startswith("avg"):
-        return (f"a benchmark name must match [A-Za-z0-9_.-]+, not start with 'avg' and not be one of "
+    if not BENCHMARK_NAME_RE.fullmatch(name) or name in RESERVED_BENCHMARK_NAMES or name.startswith(("avg", "vs_")):
+        return (f"a benchmark name must match [A-Za-z0-9_.-]+, not start with 'avg' or 'vs_' and not be one of "
                 f"{', '.join(sorted(RESERVED_BENCHMARK_NAMES))} (it becomes a metric name and an eval.json key)")
     return None
 
@@ -86,7 +87,6 @@ class DataCfg:
                 raise ConfigError(f"data.benchmarks.{name}: {problem}")
             if not decl.file.strip():
                 raise ConfigError(f"data.benchmarks.{name}.file: missing (a benchmark JSON list under data.raw_dir)")
-
 
 
 @dataclass
@@ -217,15 +217,15 @@ class TrainCfg:
     micro_batch_size: int = field(default=8, metadata=_range(1))
     loss_type: str = "grpo"
     kl_estimator: str = "k3"
+    adam_beta1: float = field(default=0.9, metadata=_range(0, 1))  # paper's verl trainer: AdamW (0.9, 0.999), wd 0.01
+    adam_beta2: float = field(default=0.999, metadata=_range(0, 1))
+    weight_decay: float = field(default=0.01, metadata=_range(0))
     seed: int = 0
     save_steps: int = field(default=2, metadata=_range(1))
     stage1: StageTrainCfg = field(default_factory=StageTrainCfg)
     stage2: StageTrainCfg = field(default_factory=StageTrainCfg)
     openrlhf: OpenRLHFCfg = field(default_factory=OpenRLHFCfg)
 
-    adam_beta1: float = field(default=0.9, metadata=_range(0, 1))  # paper's verl trainer: AdamW (0.9, 0.999), wd 0.01
-    adam_beta2: float = field(default=0.999, metadata=_range(0, 1))
-    weight_decay: float = field(default=0.01, metadata=_range(0))
 
 @dataclass
 class EvalCfg:
