@@ -21,8 +21,12 @@ fi
 t0=$(date +%s)
 rm -rf "$VENV"
 "$PY" -m venv "$VENV"
-"$VENV/bin/pip" install -q "${PACKAGES[@]}"
-"$VENV/bin/pip" install -q --no-deps "$OPENRLHF"
+pip_quiet() {  # pip without the "local index location is ignored" noise; fails when pip fails
+  "$VENV/bin/pip" install -q --disable-pip-version-check "$@" 2>&1 | { grep -v "is ignored" || true; }
+  return "${PIPESTATUS[0]}"
+}
+pip_quiet "${PACKAGES[@]}"
+pip_quiet --no-deps "$OPENRLHF"
 "$VENV/bin/python" -c "import openrlhf.datasets, openrlhf.utils.agent, ray; print('[openrlhf-env] imports ok, ray', ray.__version__)"
 echo "$WANT" > "$STAMP"
 echo "[openrlhf-env] installed in $(( $(date +%s) - t0 )) s; $(du -sh "$VENV" | cut -f1) in $VENV"
