@@ -110,8 +110,9 @@ def vote_questions(sampler: Any, keys: Sequence[str], questions: Sequence[Questi
             i = idx[local]
             if keys[i] in done:
                 return
-            v = Voted(keys[i], [extract_answer(c.text, questions[i].options) for c in comps], [c.n_tokens for c in comps],
-                      [c.finish_reason for c in comps])
+            # a cut-off last line is unfinished, not a vote (same rule as the evaluation)
+            v = Voted(keys[i], [extract_answer(c.text, questions[i].options, c.finish_reason != "length") for c in comps],
+                      [c.n_tokens for c in comps], [c.finish_reason for c in comps])
             append_jsonl(progress_file, {"key": v.key, "fp": fingerprint, "prompt": want[v.key], "votes": v.votes,
                                          "n_tokens": v.n_tokens, "finish": v.finish})
             done[v.key] = v
