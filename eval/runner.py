@@ -16,9 +16,9 @@ fingerprint is the weights' content, decoding (stop rule included), k, seed, pro
 later run of the same model reuses its samples (the base model in every value of a sweep, a DVC queue copy included).
 See docs/evaluation.md, "Decoding and answer extraction".
 
-Outputs: ``data/eval/predictions_<checkpoint>.jsonl``, ``metrics/eval.json`` (its keys: eval/scoring.py), and MLflow
-metrics: unprefixed ``eval/<benchmark>/acc``, ``eval/avg``, ``eval/raredis/<category>/acc``
-for the final checkpoint (the last listed), ``eval/<checkpoint>/...`` for the others.
+Outputs: ``data/eval/predictions_<checkpoint>.jsonl``, ``metrics/eval.json`` and MLflow metrics (accuracy with Wilson
+interval and n per benchmark and RareDis-Sub category, the average over the paper's nine benchmarks, and each
+checkpoint's paired difference to base with its bootstrap interval and McNemar p): names and keys in eval/scoring.py.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from eval.benchmarks import load_declared, sampling_for_family
-from eval.scoring import Prediction, checkpoint_json, checkpoint_metrics, format_table, metric_prefix, score_checkpoint
+from eval.benchmarks import load_evaluated, paper_benchmarks, sampling_for_family
+from eval.scoring import REFERENCE, Prediction, format_table, results_json, results_metrics
 from medssr.answers import ANSWER_SUFFIX, echoes_options, extract_answer
 from medssr.config import SamplingCfg, set_offline_env, to_flat_dict
 from medssr.errors import MedssrError
@@ -112,11 +112,6 @@ def second_pass_reason(output: str, options: Mapping[str, str], complete: bool =
     if extract_answer(output, options, complete) is not None:
         return None
     return "echo" if echoes_options(output, options, complete) else "no_answer"
-
-
-def prediction_row(p: Prediction) -> dict[str, Any]:
-    """A predictions_<checkpoint>.jsonl row: the Prediction plus why its second pass ran (None: it answered)."""
-    return {**p.to_dict(), "second_pass_reason": getattr(p, "second_pass_reason", None)}
 
 
 def evaluate_model(sampler: Any, benchmarks: Mapping[str, Sequence[Question]], sampling: SamplingCfg, runs: int, seed: int,
@@ -268,7 +263,9 @@ def run_evaluate(params: Any, checkpoints: Mapping[str, str] | None = None, metr
         family_defaults = bool(getattr(cfg, "family_defaults", False))  # proposed param eval.family_defaults
     factory = sampler_factory or make_sampler
     ckpts = dict(checkpoints) if checkpoints is not None else resolve_checkpoints(cfg.checkpoints, params.model.dir)
-    benchmarks = load_declared(cfg.benchmarks, cfg.max_per_benchmark, cfg.seed)
+    benchmarks = load_evaluated(params)
+    paper = paper_benchmarks(params)  # the headline average is over the paper's nine when all of them are evaluated
+    average_over = paper if paper and set(paper) <= set(benchmarks) else None
     clash = sorted(set(benchmarks) & set(ckpts))
     if clash:
         raise EvalError(f"eval: {clash[0]!r} names both a benchmark and a checkpoint; metric names eval/<checkpoint>/... would be ambiguous")
@@ -279,8 +276,7 @@ def run_evaluate(params: Any, checkpoints: Mapping[str, str] | None = None, metr
 
         progress_root = project_root() / progress_root
     final = list(ckpts)[-1]
-    results: dict[str, Any] = {}
-    metrics: dict[str, float] = {}
+    preds_by: dict[str, list[Prediction]] = {}
     used: dict[str, dict[str, Any]] = {}
     pred_dir = Path(predictions_dir)
     for name, model_dir in ckpts.items():
@@ -301,10 +297,11 @@ def run_evaluate(params: Any, checkpoints: Mapping[str, str] | None = None, metr
         finally:
             _release(sampler)
             sampler = None
-        write_jsonl(pred_dir / f"predictions_{_safe_name(name)}.jsonl", (prediction_row(p) for p in preds))
-        score = score_checkpoint(preds)
-        results[name] = checkpoint_json(score)
-        metrics.update(checkpoint_metrics(score, metric_prefix(name, name == final)))
+        write_jsonl(pred_dir / f"predictions_{_safe_name(name)}.jsonl", (p.to_dict() for p in preds))
+        preds_by[name] = preds
+    results = results_json(preds_by, reference=REFERENCE, n_boot=cfg.bootstrap, confidence=cfg.confidence, seed=cfg.seed,
+                           average_over=average_over)
+    metrics = results_metrics(results, final)
     _write_json(metrics_path, results)
     if log_mlflow:
         _log(params, metrics, ckpts, final, used, reports_dir)
@@ -330,7 +327,8 @@ def _log(params: Any, metrics: dict[str, float], ckpts: Mapping[str, str], final
         mlflow.set_tags({"medssr_eval_checkpoints": json.dumps(list(ckpts)), "medssr_eval_final": final})
         mlflow.log_metrics(metrics)
     summary = {k: v for k, v in metrics.items() if k.startswith(("eval/avg", "eval/raredis/avg", "eval/invalid")) or
-               re.fullmatch(r"eval/[^/]+/acc|eval/raredis/[^/]+/acc|eval/[^/]+/avg|eval/[^/]+/raredis/avg", k)}
+               re.fullmatch(r"eval/[^/]+/acc|eval/raredis/[^/]+/acc|eval/[^/]+/avg|eval/[^/]+/raredis/avg"
+                            r"|eval/(?:[^/]+/)?vs_base/(?:raredis/)?avg/(?:diff|ci_low|ci_high|p_mcnemar)", k)}
     summary.update(stage_headlines(reports_dir))
     tracking.log_summary_to_parent(params, summary)
     _tag_parent(params, ckpts, final)
@@ -348,9 +346,9 @@ def _tag_parent(params: Any, ckpts: Mapping[str, str], final: str) -> None:
     client.set_tag(parent, "medssr_eval_final", final)
 
 
-def print_summary(results: Mapping[str, Any]) -> None:
-    """The evaluation table (benchmarks x checkpoints, accuracy %) and a one-line summary."""
-    print(format_table(results))
+def print_summary(results: Mapping[str, Any], display_names: Mapping[str, str] | None = None) -> None:
+    """The evaluation table (benchmarks x checkpoints, accuracy % with intervals, differences to base) and a summary line."""
+    print(format_table(results, display_names))
     final = list(results)[-1] if results else None
     if final:
         r = results[final]

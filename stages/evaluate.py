@@ -20,12 +20,13 @@ def add_args(ap):
 
 
 def body(args, params):
+    from eval.benchmarks import display_names
     from eval.runner import print_summary, resolve_checkpoints, run_evaluate
 
     ckpts = resolve_checkpoints(args.checkpoint or params.eval.checkpoints, params.model.dir)
     results = run_evaluate(params, ckpts, metrics_path=args.metrics, predictions_dir=args.predictions_dir, reports_dir=args.reports_dir,
                            family_defaults=args.family_defaults, progress=not args.no_progress_bar)
-    print_summary(results)
+    print_summary(results, display_names(params))
 
 
 def main(argv: list[str] | None = None) -> int:

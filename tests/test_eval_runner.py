@@ -15,7 +15,6 @@ from eval.runner import (
     _fingerprint,
     evaluate_model,
     load_eval_prompt,
-    prediction_row,
     resolve_checkpoints,
     run_evaluate,
     second_pass_reason,
@@ -318,7 +317,7 @@ def test_echoes_and_unanswered_outputs_go_to_the_second_pass_with_their_reason(t
         append_jsonl(prog, {"key": f"medqa:{q.id}", "outputs": [[text, 9, finish]]})
     preds = evaluate_model(make_sampler(str(tiny_model_dir), batch_size=4), {"medqa": qs}, SamplingCfg(max_new_tokens=4), runs=1,
                            seed=0, template=load_eval_prompt(), progress_path=prog, progress=False)
-    assert [prediction_row(p)["second_pass_reason"] for p in preds] == ["echo", "no_answer", None, "no_answer"]
+    assert [p.to_dict()["second_pass_reason"] for p in preds] == ["echo", "no_answer", None, "no_answer"]
     assert [p.extracted for p in preds] == [None, None, "B", None]
     assert preds[0].constrained in qs[0].options and preds[1].constrained in qs[1].options and preds[2].constrained is None
 

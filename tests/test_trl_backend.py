@@ -79,6 +79,7 @@ def test_grpo_config_follows_params(tmp_path):
     assert cfg.per_device_train_batch_size == 4 and cfg.generation_batch_size == 4
     assert cfg.bf16 is False and cfg.use_cpu is True and cfg.report_to == []
     assert cfg.save_steps == 100 and cfg.save_only_model is False and cfg.lr_scheduler_type == "constant"
+    assert (cfg.adam_beta1, cfg.adam_beta2, cfg.weight_decay) == (0.9, 0.999, 0.01)  # the paper's verl AdamW, not TRL's defaults
 
 
 def test_batch_that_splits_a_group_names_the_params():
@@ -265,7 +266,7 @@ def test_openrlhf_dry_run_prints_the_command_and_writes_the_prompt_file(project,
     out = capsys.readouterr().out
     assert "-- python3 -m openrlhf.cli.train_ppo_ray" in out and "--data.prompt_dataset data/rl/stage1.jsonl" in out
     assert f"--actor.model_name_or_path {project / 'artifacts/models/policy'}" in out
-    assert len((project / "data/rl/stage1.jsonl").read_text().splitlines()) == 8
+    assert len((project / "data/rl/stage1.jsonl").read_text().splitlines()) == p.train.stage1.max_steps * p.train.rollout_batch_size
     assert not (project / "checkpoints/stage1").exists()
 
 

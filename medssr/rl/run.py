@@ -288,11 +288,20 @@ def _run_trl(params, stage, plan, stage_cfg, init_model, examples, template, run
 
 def _run_openrlhf(params, stage, plan, stage_cfg, init_model, examples, template, run_dir, out_dir, report, dry_run, paths) -> dict:
     from medssr import tracking
+    from medssr.models import load_tokenizer
     from medssr.rl import openrlhf_backend as orl
-    from medssr.rl.data import write_openrlhf_jsonl
 
     data_rel = Path(paths.rl_data) / f"{stage}.jsonl"
-    n = write_openrlhf_jsonl(examples, template, paths.abs(data_rel))
+    try:  # a dry run of a paper profile names a hub model this machine may not have: lengths then go unchecked
+        tok = load_tokenizer(init_model)
+    except Exception as e:
+        if not dry_run:
+            raise TrainError(f"model.policy: cannot load the tokenizer of {init_model} to drop over-long prompts: {e}") from None
+        print(f"[train] {stage}: tokenizer of {init_model} not available here ({type(e).__name__}); prompt lengths not checked")
+        tok = None
+    export = orl.export_prompts(examples, template, paths.abs(data_rel), params.train, stage_cfg, tokenizer=tok)
+    report["dataset"].update(export)
+    n = export["exported"]
     run_paths = orl.RunPaths(model=init_model, dataset=str(data_rel), output_dir=str(out_dir), ckpt_path=str(run_dir / "ckpt"),
                              tensorboard_dir=str(run_dir / "tb"))
     wd = params.train.openrlhf.working_dir

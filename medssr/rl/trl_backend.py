@@ -55,6 +55,9 @@ def grpo_config(train: TrainCfg, stage_cfg: StageTrainCfg, output_dir: str | os.
         learning_rate=stage_cfg.learning_rate,
         lr_scheduler_type="constant",  # verl's (the paper's trainer) default: no decay, no warmup
         warmup_steps=0,
+        adam_beta1=train.adam_beta1,  # verl's AdamW: betas (0.9, 0.999), weight decay 0.01 (TRL's default decay is 0)
+        adam_beta2=train.adam_beta2,
+        weight_decay=train.weight_decay,
         beta=stage_cfg.beta,
         num_generations=train.num_generations,
         temperature=train.temperature,
