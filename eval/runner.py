@@ -282,7 +282,7 @@ def run_evaluate(params: Any, checkpoints: Mapping[str, str] | None = None, metr
     for name, model_dir in ckpts.items():
         use_template, rule = chat_template_rule(model_dir, getattr(params.model, "chat_template", "auto"))
         sampler = factory(model_dir, backend=cfg.sampling.backend, dtype=params.model.dtype, batch_size=cfg.sampling.batch_size, seed=cfg.seed,
-                          chat_template=use_template)
+                          chat_template=use_template, sampling=cfg.sampling)
         family = params.model.family if params.model.family != "auto" else getattr(sampler, "family", None)
         sampling = sampling_for_family(cfg.sampling, family, family_defaults)
         used[name] = {"dir": model_dir, "family": family, "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": sampling.top_k,
