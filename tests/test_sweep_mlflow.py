@@ -64,8 +64,13 @@ def test_two_value_sweep_lands_side_by_side_in_dvc_and_the_mlflow_server(tmp_pat
         env["MLFLOW_TRACKING_URI"] = base
 
         _run([BIN / "dvc", "exp", "run", "--queue", "-S", "synth.rare_ratio=0,0.5"], repo, env)
-        _run([BIN / "dvc", "queue", "start", "-j", "1"], repo, env)
+        # to a file, not a pipe: the detached queue worker inherits the stream, and a captured pipe would make this
+        # call wait for the whole queue (it timed out at 600 s on a loaded machine)
         deadline = time.time() + 1200
+        with open(tmp_path / "queue_start.log", "w") as log:
+            started = subprocess.run([BIN / "dvc", "queue", "start", "-j", "1"], cwd=repo, env=env, stdout=log,
+                                     stderr=subprocess.STDOUT, timeout=1200)
+        assert started.returncode == 0, (tmp_path / "queue_start.log").read_text()[-3000:]
         while True:
             status = _run([BIN / "dvc", "queue", "status"], repo, env)
             if "Queued" not in status and "Running" not in status:
