@@ -84,3 +84,13 @@ def mlflow_module_store(tmp_path_factory, _mlflow_template):
 @pytest.fixture
 def raw_dir() -> Path:
     return RAW
+
+
+def require_engine_env(python: Path, require_var: str, how: str) -> None:
+    """Skip an engine test when its environment's interpreter is missing, or fail when ``require_var`` is "1" (CI)."""
+    if python.exists():
+        return
+    msg = f"{python} not found: run `{how}`"
+    if os.environ.get(require_var) == "1":
+        pytest.fail(f"{require_var}=1 but {msg}", pytrace=False)
+    pytest.skip(msg)

@@ -23,6 +23,7 @@ from medssr.config import load_params
 from medssr.rl import openrlhf_backend as orl
 from medssr.rl.data import examples_from_questions, load_prompt_template, prompt_token_ids
 from medssr.rl.rewards import encode_label
+from tests.conftest import require_engine_env
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV_BIN = ROOT / ".venv-openrlhf" / "bin"
@@ -31,12 +32,8 @@ REWARD_FILE = ROOT / orl.REWARD_FILE
 
 @pytest.fixture(scope="module", autouse=True)
 def openrlhf_env() -> Path:
-    if (ENV_BIN / "python").exists():
-        return ENV_BIN
-    msg = f"{ENV_BIN.parent} missing: run .ci/openrlhf_env.sh"
-    if os.environ.get("MEDSSR_REQUIRE_OPENRLHF") == "1":
-        pytest.fail(msg + " (MEDSSR_REQUIRE_OPENRLHF=1)")
-    pytest.skip(msg)
+    require_engine_env(ENV_BIN / "python", "MEDSSR_REQUIRE_OPENRLHF", "make openrlhf-env")
+    return ENV_BIN
 
 
 def _env_python(code: str, *args: str, timeout: float = 180) -> object:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 
 import pytest
 
@@ -16,24 +15,15 @@ from medssr.answers import has_committed_answer
 from medssr.config import EvalCfg, LabelCfg, Params, ProjectCfg, SamplingCfg
 from medssr.records import Question, write_jsonl
 from medssr.sampling import ShardedSampler, make_sampler, vllm_python
-from tests.conftest import RAW
+from tests.conftest import RAW, require_engine_env
 
 MEDQA = RAW / "benchmarks" / "test_short_medqa.json.gz"
 F4 = "Answer the following multiple choice question. Think briefly, then end with 'The answer is X.'\n\n{q}"
 
 
-def _require_engine_env() -> None:
-    if vllm_python().exists():
-        return
-    msg = f"{vllm_python()} not found: run `make vllm-env`"
-    if os.environ.get("MEDSSR_REQUIRE_VLLM") == "1":
-        pytest.fail(f"MEDSSR_REQUIRE_VLLM=1 but {msg}", pytrace=False)
-    pytest.skip(msg)
-
-
 @pytest.fixture(autouse=True, scope="module")
 def engine_env() -> None:
-    _require_engine_env()
+    require_engine_env(vllm_python(), "MEDSSR_REQUIRE_VLLM", "make vllm-env")
 
 
 def _questions(k: int, skip: int = 0) -> list[Question]:

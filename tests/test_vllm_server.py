@@ -22,8 +22,7 @@ from medssr.config import GeneratorCfg, Params, ProjectCfg, SynthCfg, load_param
 from medssr.data.loaders import load_benchmarks, load_medmcqa
 from medssr.sampling import vllm_python
 from medssr.synth.run import SynthInputs, run_synthesize
-from tests.conftest import RAW, ROOT
-from tests.test_vllm_engine import _require_engine_env
+from tests.conftest import RAW, ROOT, require_engine_env
 
 START_TIMEOUT_S = 300
 
@@ -42,7 +41,7 @@ def _get(url: str) -> str:
 @pytest.fixture(scope="module")
 def server(smol_model_dir, tmp_path_factory):
     """``api_server`` from .venv-vllm serving SmolLM2-135M as 'policy'; killed (and waited for) in teardown."""
-    _require_engine_env()
+    require_engine_env(vllm_python(), "MEDSSR_REQUIRE_VLLM", "make vllm-env")
     port = _free_port()
     log = tmp_path_factory.mktemp("vllm-server") / "server.log"
     env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
