@@ -52,7 +52,7 @@ repro: $(STAMP)
 	source $(VENV)/bin/activate && dvc repro && medssr table
 
 test: $(STAMP)
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -rs
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check medssr eval stages tests bench

@@ -346,13 +346,19 @@ def _tag_parent(params: Any, ckpts: Mapping[str, str], final: str) -> None:
     client.set_tag(parent, "medssr_eval_final", final)
 
 
+def _headline(block: Mapping[str, Any]) -> str:
+    """An average as the summary line prints it: percent, its interval when bootstrapped, and its n."""
+    ci = f" [{100 * block['avg_ci_low']:.1f}, {100 * block['avg_ci_high']:.1f}]" if "avg_ci_low" in block else ""
+    return f"{100 * block['avg']:.2f}%{ci} (n={block.get('avg_n', '?')})"
+
+
 def print_summary(results: Mapping[str, Any], display_names: Mapping[str, str] | None = None) -> None:
     """The evaluation table (benchmarks x checkpoints, accuracy % with intervals, differences to base) and a summary line."""
     print(format_table(results, display_names))
     final = list(results)[-1] if results else None
     if final:
         r = results[final]
-        avg = f"{100 * r['avg']:.2f}%" if r.get("avg") is not None else "-"
-        rare = f"{100 * r['raredis']['avg']:.2f}%" if r.get("raredis") else "-"
+        avg = _headline(r) if r.get("avg") is not None else "-"
+        rare = _headline(r["raredis"]) if r.get("raredis") else "-"
         print(f"[evaluate] {len(results)} checkpoint(s); final {final}: avg {avg}, raredis avg {rare}, "
               f"invalid {100 * r['invalid_before']:.1f}% -> {100 * r['invalid_after']:.1f}% after the constrained pass")
