@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from medssr.config import set_offline_env
+from medssr.secrets import scrub_params
 
 STAGES = ("model", "prepare", "corpus", "synthesize", "label", "stage1", "stage2", "train", "evaluate", "report", "review")
 
@@ -125,7 +126,7 @@ def parent_run_id(experiment: str, params_flat: Mapping[str, Any]) -> str:
         "medssr_pipeline_key": key, "medssr_role": "pipeline", "dvc_exp_name": exp_name,
         "git_revision": git_revision(), "mlflow.source.name": "dvc repro",
     })
-    flat = {k: _param_value(v) for k, v in params_flat.items()}
+    flat = {k: _param_value(v) for k, v in scrub_params(params_flat).items()}
     for chunk in _chunks(list(flat.items()), 90):
         client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, v) for k, v in chunk])
     client.set_terminated(run.info.run_id, "FINISHED")
@@ -158,7 +159,7 @@ def stage_run(stage: str, params: Any, section: Mapping[str, Any] | None = None)
         with mlflow.start_run(run_name=stage, nested=True, tags={"medssr_role": "stage", "medssr_stage": stage,
                                                                   "dvc_exp_name": os.environ.get("DVC_EXP_NAME", "workspace")}) as run:
             if section:
-                mlflow.log_params({k: _param_value(v) for k, v in section.items()})
+                mlflow.log_params({k: _param_value(v) for k, v in scrub_params(section).items()})
             yield mlflow
             _ = run
 

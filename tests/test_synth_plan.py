@@ -11,7 +11,7 @@ from medssr.data.loaders import load_medmcqa
 from medssr.llm import LLMRequest
 from medssr.synth.parse import QUESTION_SCHEMA
 from medssr.synth.prompts import PROMPT_NAMES, PromptError, load_prompt
-from medssr.synth.run import build_request, format_knowledge, redact_url, synth_section
+from medssr.synth.run import build_request, format_knowledge, synth_section
 from medssr.synth.sampler import entity_pool, plan, plan_attempt
 from tests.conftest import RAW
 
@@ -141,12 +141,6 @@ def test_format_knowledge_cuts_long_passages():
     block = format_knowledge([_P(0, "T", "word " * 1000)])
     assert block.startswith("[1] T\n") and block.endswith(" ...") and len(block) < 1600
     assert "no passages" in format_knowledge([])
-
-
-def test_redact_url_drops_credentials():
-    assert redact_url("https://user:sk-secret@example.org:8443/v1") == "https://example.org:8443/v1"
-    assert redact_url("http://127.0.0.1:8000/v1") == "http://127.0.0.1:8000/v1"
-    assert redact_url(None) is None
 
 
 def test_synth_params_logged_to_mlflow_have_no_url_credentials():

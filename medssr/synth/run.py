@@ -19,11 +19,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from medssr.config import Params, to_flat_dict
 from medssr.errors import MedssrError
 from medssr.records import Question, append_jsonl, iter_jsonl, read_partial_jsonl, read_questions, write_jsonl
+from medssr.secrets import scrub_params
 from medssr.synth.contamination import build_index, question_text
 from medssr.synth.parse import QUESTION_SCHEMA, InvalidQuestion, ParsedQuestion, parse_question
 from medssr.synth.prompts import PROMPT_NAMES, Prompt, load_prompt
@@ -128,24 +128,9 @@ def synth_prompts(variant: str = "", prompt_dir: str | os.PathLike | None = None
     return {k: load_prompt(PROMPT_NAMES[k] + suffix, prompt_dir) for k in ("F1", "F2")}
 
 
-def redact_url(url: str | None) -> str | None:
-    """A base_url without user:password@ (never log credentials that ride in a URL)."""
-    if not url:
-        return url
-    parts = urlsplit(url)
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        netloc = host + (f":{parts.port}" if parts.port else "")
-        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-    return url
-
-
 def synth_section(params: Params) -> dict[str, Any]:
-    """The flat synth.* params logged on the stage's MLflow run (base_url redacted)."""
-    flat = to_flat_dict(params.synth, "synth.")
-    if "synth.generator.base_url" in flat:
-        flat["synth.generator.base_url"] = redact_url(flat["synth.generator.base_url"])
-    return flat
+    """The flat synth.* params logged on the stage's MLflow run (credentials scrubbed)."""
+    return scrub_params(to_flat_dict(params.synth, "synth."))
 
 
 @dataclass
