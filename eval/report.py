@@ -23,7 +23,7 @@ from medssr.records import CATEGORIES
 
 # paper Table 1 column order
 TABLE1_ORDER = ("Symptoms", "Causes", "Diagnosis", "Others", "Related disorders", "Treatment", "Affects")
-CURVE_KEYS = ("reward_mean", "kl", "distinct_answers", "answer_entropy")
+CURVE_KEYS = ("reward_mean", "kl", "distinct_answers", "answer_entropy", "accuracy")
 MAX_FIG_ROWS = 8
 FIG_DIR = "figures"  # under the report's directory; report.md links figures/<name>.png
 FIGURES = ("table2_benchmarks.png", "table1_raredis.png", "fig4_rare_ratio.png", "fig6_training.png")
@@ -99,6 +99,10 @@ class PipelineRun:
         if f"{pre}/avg" in self.metrics:
             out["avg"] = self._cell(f"{pre}/avg", avg=True)
         return out
+
+    def part(self, ckpt: str, kind: str) -> dict[str, Cell]:
+        """:meth:`benchmarks` (kind 'bench') or :meth:`categories` (kind 'cat') of one checkpoint."""
+        return self.benchmarks(ckpt) if kind == "bench" else self.categories(ckpt)
 
     def differences(self, ckpt: str, kind: str, reference: str = "base") -> dict[str, Diff]:
         """{benchmark or 'avg': Diff} (kind 'bench') or {category key or 'avg': Diff} (kind 'cat') against the reference."""
@@ -366,28 +370,48 @@ def _plt():
     return plt
 
 
-def bar_figure(rows: Sequence[tuple[str, Mapping[str, Cell]]], cols: Sequence[str], headers: Sequence[str], title: str, path: Path) -> Path:
-    """Grouped bars: one group per column, one bar per row (accuracy %); error bars are the logged interval
-    (Wilson, or bootstrap for averages), else ± std."""
+def _with_n(rows: Sequence[tuple[str, Mapping[str, Cell]]], cols: Sequence[str], headers: Sequence[str]) -> list[str]:
+    """Column labels with the question count under them (n of the first row that has one; '?' when rows disagree)."""
+    out = []
+    for c, h in zip(cols, headers, strict=True):
+        ns = {r[c].n for _, r in rows if c in r and r[c].n is not None}
+        out.append(f"{h}\nn={ns.pop()}" if len(ns) == 1 else (f"{h}\nn=?" if ns else h))
+    return out
+
+
+def bar_figure(rows: Sequence[tuple[str, Mapping[str, Cell]]], cols: Sequence[str], headers: Sequence[str], title: str, path: Path,
+               xlabel: str = "benchmark") -> Path:
+    """Grouped bars: one group per column (with its n), one bar per row (accuracy %), the value on each bar so a zero
+    is visible; error bars are the logged interval (Wilson, or bootstrap for averages), else ± std."""
     plt = _plt()
     rows = list(rows)[-MAX_FIG_ROWS:]
     width = 0.8 / max(1, len(rows))
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(cols) + 2), 4.2))
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.25 * len(cols) + 3), 4.6))
     for i, (label, r) in enumerate(rows):
         xs = [j + (i - (len(rows) - 1) / 2) * width for j in range(len(cols))]
-        ys = [100 * r[c].acc if c in r else 0.0 for c in cols]
+        ys = [100 * r[c].acc if c in r else float("nan") for c in cols]
         err = [_err(r.get(c)) for c in cols]
         yerr = [[100 * lo for lo, _ in err], [100 * hi for _, hi in err]]
-        ax.bar(xs, ys, width, yerr=yerr if any(map(any, yerr)) else None, label=label, capsize=2)
+        bars = ax.bar(xs, ys, width, yerr=yerr if any(map(any, yerr)) else None, label=label, capsize=2, edgecolor="black",
+                      linewidth=0.4)
+        for b, y in zip(bars, ys, strict=True):
+            if y == y:  # not nan
+                ax.annotate(f"{y:.0f}", (b.get_x() + b.get_width() / 2, y), xytext=(0, 1), textcoords="offset points",
+                            ha="center", va="bottom", fontsize=5)
     ax.set_xticks(range(len(cols)))
-    ax.set_xticklabels(headers, rotation=20, ha="right")
+    ax.set_xticklabels(_with_n(rows, cols, headers), rotation=0, fontsize=7)
     ax.set_ylabel("accuracy (%)")
-    ax.set_title(f"{title} (error bars: interval over questions)")
+    ax.set_xlabel(f"{xlabel} (n = questions evaluated)")
+    ax.set_ylim(0, min(105, max([100 * (r[c].ci_high or r[c].acc) for _, r in rows for c in cols if c in r] + [10]) + 8))
+    ax.set_title(f"{title}\n(error bars: {100 * _LEVEL:g}% interval over questions)", fontsize=10)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+_LEVEL = 0.95  # the interval level shown in figure titles (eval.confidence's default)
 
 
 def _err(c: Cell | None) -> tuple[float, float]:
@@ -400,50 +424,77 @@ def _err(c: Cell | None) -> tuple[float, float]:
 
 
 def sweep_figure(groups: Mapping[str, Mapping[float, Sequence[PipelineRun]]], path: Path) -> Path:
-    """Fig. 4: average accuracy on general benchmarks and on RareDis-Sub against the rare-disease ratio α."""
+    """Fig. 4: final-checkpoint accuracy against the rare-disease ratio α, general benchmarks (avg) and RareDis-Sub
+    (avg over categories) on one shared y axis, with the interval of each point (one run: its interval over questions;
+    several runs of one α: ± std across them) and the base model as a dashed line."""
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
+    ns: dict[str, set[int]] = {"bench": set(), "cat": set()}
     for strat, g in groups.items():
-        xs = list(g)
+        xs = sorted(g)
         for ax, kind in zip(axes, ("bench", "cat"), strict=True):
-            ys = []
-            for ratio in xs:
-                cells = [(r.benchmarks(r.final) if kind == "bench" else r.categories(r.final)).get("avg") for r in g[ratio]]
-                cells = [c.acc for c in cells if c is not None]
-                ys.append(100 * sum(cells) / len(cells) if cells else float("nan"))
-            ax.plot([100 * x for x in xs], ys, marker="o", label=strat)
-    axes[0].set_title("General benchmarks (avg)")
-    axes[1].set_title("RareDis-Sub (avg over categories)")
-    for ax in axes:
+            cells = [_mean_cells([r.part(r.final, kind) for r in g[x]]).get("avg") for x in xs]
+            pts = [(100 * x, c) for x, c in zip(xs, cells, strict=True) if c is not None]
+            if not pts:
+                continue
+            ns[kind] |= {c.n for _, c in pts if c.n is not None}
+            err = [_err(c) for _, c in pts]
+            ax.errorbar([x for x, _ in pts], [100 * c.acc for _, c in pts], yerr=[[100 * lo for lo, _ in err], [100 * hi for _, hi in err]],
+                        marker="o", capsize=3, label=f"{strat} (final checkpoint)")
+            bases = [r.part("base", kind).get("avg") for x in xs for r in g[x] if "base" in r.checkpoints]
+            bases = [b.acc for b in bases if b is not None]
+            if bases:
+                ax.axhline(100 * sum(bases) / len(bases), color="gray", linestyle="--", linewidth=1, label=f"{strat}: base model")
+    titles = {"bench": "General benchmarks (avg)", "cat": "RareDis-Sub (avg over categories)"}
+    for ax, kind in zip(axes, ("bench", "cat"), strict=True):
+        n = ns[kind]
+        ax.set_title(titles[kind] + (f", n={n.pop()} questions per run" if len(n) == 1 else ""), fontsize=9)
         ax.set_xlabel("rare-disease ratio α (%)")
-        ax.set_ylabel("accuracy (%)")
-        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=7)
+    axes[0].set_ylabel("accuracy (%)")
+    fig.suptitle(f"Accuracy vs α (Fig. 4); error bars: {100 * _LEVEL:g}% interval over questions, or ± std over runs", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
 
+# Fig. 6 panels: (series name, panel title, y label)
+CURVE_PANELS = (("reward_mean", "mean reward", "reward"), ("accuracy", "accuracy of rollouts", "accuracy"),
+                ("kl", "KL to the reference policy", "KL"), ("distinct_answers", "distinct answers per group (collapse signal)",
+                                                             "distinct answers"))
+
+
+def _series(r: PipelineRun, name: str) -> list[tuple[str, list[tuple[int, float]]]]:
+    """(stage, history) of one per-step series ``train/<stage>/<name>`` of a run, stages in order."""
+    return [(k.split("/")[1], h) for k, h in sorted(r.histories.items()) if h and re.fullmatch(rf"train/[^/]+/{name}", k)]
+
+
 def curves_figure(runs: Sequence[PipelineRun], path: Path) -> Path | None:
-    """Fig. 6: reward per training step (left) and accuracy, or answer diversity when no accuracy was logged (right)."""
-    series = [(r, k, h) for r in runs for k, h in sorted(r.histories.items()) if h]
-    if not series:
+    """Fig. 6: per training step, mean reward, rollout accuracy, KL and distinct answers (collapse) side by side; one
+    line per run and stage, labelled by run, stage, strategy and α; a panel with no logged series says so."""
+    if not any(_series(r, name) for r in runs for name, _, _ in CURVE_PANELS):
         return None
-    acc_keys = [s for s in series if "acc" in s[1].rsplit("/", 1)[-1]]
-    right = acc_keys or [s for s in series if s[1].endswith("/distinct_answers")]
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for r, k, h in series:
-        if k.endswith("/reward_mean"):
-            axes[0].plot([s for s, _ in h], [v for _, v in h], label=f"{r.label} ({r.strategy}) {k.split('/')[1]}")
-    for r, k, h in right:
-        axes[1].plot([s for s, _ in h], [v for _, v in h], label=f"{r.label} ({r.strategy}) {k.split('/')[1]}")
-    axes[0].set_title("mean reward")
-    axes[1].set_title("accuracy" if acc_keys else "distinct answers per group (collapse signal)")
-    for ax in axes:
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+    styles = ("-", "--", ":", "-.")
+    for ax, (name, title, ylabel) in zip(axes.flat, CURVE_PANELS, strict=True):
+        for i, r in enumerate(runs):
+            alpha = f", α={r.rare_ratio:g}" if r.rare_ratio is not None else ""
+            for j, (stage, h) in enumerate(_series(r, name)):
+                ax.plot([s for s, _ in h], [v for _, v in h], marker="o", markersize=3, linestyle=styles[j % len(styles)],
+                        color=f"C{i % 10}", label=f"{r.label} · {stage} ({r.strategy}{alpha})")
+        ax.set_title(title, fontsize=9)
         ax.set_xlabel("training step")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
         if ax.lines:
-            ax.legend(fontsize=7)
+            ax.legend(fontsize=6)
+        else:
+            ax.text(0.5, 0.5, f"no train/<stage>/{name} logged", ha="center", va="center", transform=ax.transAxes, fontsize=8)
+    fig.suptitle("Training curves (Fig. 6 style)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -506,7 +557,8 @@ def build_report(runs: Sequence[PipelineRun], reviews: Sequence[Any], out_dir: s
         md += [md_table(rows1, cols, heads), ""]
         if counts:
             md += ["Questions per category (latest run): " + ", ".join(f"{_CAT_HEADERS.get(k, k)} {counts[k]}" for k in cols if k in counts), ""]
-        figs.append(bar_figure(_fig_rows(ev, "cat"), cols, heads, "RareDis-Sub by category", fig_dir / "table1_raredis.png"))
+        figs.append(bar_figure(_fig_rows(ev, "cat"), cols, heads, "RareDis-Sub by category", fig_dir / "table1_raredis.png",
+                               xlabel="rare-disease question category"))
         md += [f"![raredis]({FIG_DIR}/{figs[-1].name})", ""]
     else:
         md += ["No RareDis-Sub results yet (declare `raredis_sub` under eval.benchmarks).", ""]
@@ -571,18 +623,17 @@ def build_report(runs: Sequence[PipelineRun], reviews: Sequence[Any], out_dir: s
 
 
 def _fig_rows(ev: Sequence[PipelineRun], kind: str) -> list[tuple[str, dict[str, Cell]]]:
-    """Figure rows: the base model of the latest run, then the final checkpoint of each run (latest last)."""
-    rows = []
-    if ev and "base" in ev[-1].checkpoints and ev[-1].final != "base":
-        cells = ev[-1].benchmarks("base") if kind == "bench" else ev[-1].categories("base")
-        if cells:
-            rows.append((f"{ev[-1].label} · base", cells))
-    for r in ev:
-        cells = r.benchmarks(r.final) if kind == "bench" else r.categories(r.final)
-        if cells:
-            alpha = f", α={r.rare_ratio:g}" if r.rare_ratio is not None else ""
-            rows.append((f"{r.label} · {r.final} ({r.strategy}{alpha})", cells))
-    return rows[:1] + rows[1:][-(MAX_FIG_ROWS - 1):]
+    """Figure rows: the final checkpoint of earlier runs (oldest first), then every checkpoint of the latest run
+    (base, stage1, stage2 ...) so the figure shows what each training stage changed."""
+    if not ev:
+        return []
+    def setting(r: PipelineRun) -> str:
+        return f" ({r.strategy}" + (f", α={r.rare_ratio:g})" if r.rare_ratio is not None else ")")
+
+    latest = [(f"{ev[-1].label} · {c}" + ("" if c == "base" else setting(ev[-1])), cells)
+              for c in ev[-1].checkpoints if (cells := ev[-1].part(c, kind))]
+    earlier = [(f"{r.label} · {r.final}{setting(r)}", cells) for r in ev[:-1] if (cells := r.part(r.final, kind))]
+    return earlier[-max(0, MAX_FIG_ROWS - len(latest)):] + latest if len(latest) < MAX_FIG_ROWS else latest[-MAX_FIG_ROWS:]
 
 
 def main_report(out_dir: str = "reports", experiment: str | None = None) -> int:

@@ -41,7 +41,8 @@ def _pipeline(tmp_path, rare_ratio: float, strategy: str, skill: float, experime
         with tracking.stage_run(stage, p, {"train.strategy": strategy}) as mlflow:
             for step in range(4):
                 mlflow.log_metrics({f"train/{stage}/reward_mean": skill * step / 3, f"train/{stage}/kl": 0.01 * step,
-                                    f"train/{stage}/distinct_answers": 3 - step * skill}, step=step)
+                                    f"train/{stage}/distinct_answers": 3 - step * skill,
+                                    f"train/{stage}/accuracy": skill * step / 4, f"train/{stage}/summary/reward_mean": 9.0}, step=step)
     ckpts = {"base": "artifacts/models/policy", "stage1": "checkpoints/stage1", "stage2": "checkpoints/stage2"}
     preds = {name: _preds(s) for name, s in (("base", 0.3), ("stage1", (0.3 + skill) / 2), ("stage2", skill))}
     metrics = results_metrics(results_json(preds, n_boot=200), "stage2")
@@ -139,3 +140,26 @@ def test_single_run_reports_no_sweep_and_one_strategy(tmp_path, store):
     assert "No sweep runs yet" in md
     assert "Only one training strategy evaluated so far (two_stage)" in md
     assert (tmp_path / "r" / "figures" / "table2_benchmarks.png").exists()
+
+
+def test_figure_rows_show_every_checkpoint_of_the_latest_run_and_columns_carry_n(store):
+    from eval.report import _fig_rows, _with_n
+
+    runs, _ = collect_runs(EXP)
+    rows = _fig_rows([r for r in runs if r.evaluated], "bench")
+    labels = [label for label, _ in rows]
+    latest = runs[-1].label
+    assert [lb.split(" · ")[1].split(" ")[0] for lb in labels if lb.startswith(latest)] == ["base", "stage1", "stage2"]
+    assert all("α=" in lb for lb in labels if not lb.endswith("· base")), labels
+    assert _with_n(rows, ["medqa", "avg"], ["MedQA", "Avg"]) == ["MedQA\nn=10", "Avg\nn=20"]
+
+
+def test_training_curves_take_one_series_per_run_stage_and_name_not_summary_copies(store):
+    from eval.report import CURVE_PANELS, _series
+
+    runs, _ = collect_runs(EXP)
+    for r in runs:
+        assert [stage for stage, _ in _series(r, "reward_mean")] == ["stage1", "stage2"]
+        assert all(v != 9.0 for _, h in _series(r, "reward_mean") for _, v in h), "a summary copy was drawn as a curve"
+    assert [name for name, _, _ in CURVE_PANELS] == ["reward_mean", "accuracy", "kl", "distinct_answers"]
+    assert all(_series(r, name) for r in runs for name, _, _ in CURVE_PANELS), "a Fig. 6 panel has no series"
