@@ -243,15 +243,6 @@ def test_recall_at_4_on_entity_names_is_measured_per_embedder(index_dir, passage
         assert result.n_queries == len(covered) and result.recall >= 0.85, (embedder, result.misses)
 
 
-def test_coverage_matches_normalised_titles_and_synonyms():
-    from medssr.knowledge import Entity
-
-    ps = [Passage("p1#0", "Behçet's Syndrome", "t1", "s", "l"), Passage("p2#0", "Other", "t2", "s", "l", aliases=("Adamantiades disease",)),
-          Passage("p3#0", "ALS", "t3", "s", "l")]
-    ents = [Entity("Behcet syndrome"), Entity("Adamantiades-Behçet", synonyms=("Adamantiades disease",)), Entity("Nothing", ("ALS",))]
-    assert coverage(ents, ps) == {"Behcet syndrome": ["p1#0"], "Adamantiades-Behçet": ["p2#0"]}  # 'ALS' is too short to trust
-
-
 def test_main_retrieve_prints_source_score_and_provenance(index_dir, capsys):
     assert main_retrieve("Worster-Drought syndrome", 2, str(index_dir)) == 0
     out = capsys.readouterr().out

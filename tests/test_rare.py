@@ -8,7 +8,7 @@ import pytest
 
 from medssr.config import load_params
 from medssr.data.loaders import load_benchmarks, load_training_source
-from medssr.data.rare import Entity, build_tagger, is_acronym, load_entities, normalize_name, tag_question
+from medssr.data.rare import Entity, build_tagger, is_acronym, load_entities, tag_question
 
 ROOT = Path(__file__).resolve().parents[1]
 RAW = ROOT / "data" / "raw"
@@ -122,8 +122,3 @@ def test_short_names_are_dropped_unless_long_acronyms():
 def test_is_acronym():
     assert is_acronym("MCCD") and is_acronym("HAIR-AN") and is_acronym("SeLECTS")
     assert not is_acronym("Down syndrome") and not is_acronym("IgA nephropathy")
-
-
-def test_normalize_name_folds_case_punctuation_and_possessives():
-    assert normalize_name("Crigler–Najjar's Syndrome") == "crigler najjar syndrome"
-    assert normalize_name("β-thalassemia") == "beta thalassemia"

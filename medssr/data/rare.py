@@ -11,11 +11,11 @@ import gzip
 import json
 import os
 import re
-import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from medssr.data.entities import TOKEN, Entity, normalize_name, prepare_text, tokens
 from medssr.records import Question
 
 ORPHANET_FILE = "rare_disease/orphanet_diseases.jsonl.gz"
@@ -142,29 +142,11 @@ facs
 smas
 """.splitlines()) - {""}
 
-_APOSTROPHE_S = re.compile(r"['’`´]s\b")
-_TOKEN = re.compile(r"[^\W_]+")
-_GREEK = {"α": "alpha", "β": "beta", "γ": "gamma", "δ": "delta", "κ": "kappa", "λ": "lambda", "μ": "mu"}
 _BREAK = re.compile(r"[.,;:?!]\s|[.,;:?!]$|[\n()\[\]]")  # "22q11.2" keeps its dot; "midline. Heart" breaks
 # "tetanus vaccination", "rabies immunoglobulin": the vaccine or product, not the disease
 _VACCINE_WORDS = frozenset("vaccine vaccines vaccination vaccinations vaccinated toxoid booster boosters immunization immunisation "
                            "immunoglobulin antitoxin antiserum shot shots".split())
 _PARENS = re.compile(r"\s*\((?:formerly|obsolete)\)|,?\s*formerly\b", re.IGNORECASE)
-
-
-def _prepare(text: str) -> str:
-    """NFKC, Greek letters spelled out, possessive 's dropped (Down's -> Down): the text tokens are cut from."""
-    if not text.isascii():
-        text = unicodedata.normalize("NFKC", text)
-        for g, name in _GREEK.items():
-            text = text.replace(g, f" {name} ")
-    return _APOSTROPHE_S.sub("", text) if "s" in text else text
-
-
-def _tokens(text: str, lower: bool = True) -> list[str]:
-    """Word tokens of ``text`` (letters and digits), lower-cased unless asked not to."""
-    toks = _TOKEN.findall(_prepare(text))
-    return [t.lower() for t in toks] if lower else toks
 
 
 def _inside_compound(text: str, pos: int, before: bool) -> bool:
@@ -179,11 +161,6 @@ def _breaks(separator: str) -> bool:
     return bool(_BREAK.search(separator))
 
 
-def normalize_name(text: str) -> str:
-    """The key two spellings of one name share ("Hirschsprung's disease" == "hirschsprung disease")."""
-    return " ".join(_tokens(text))
-
-
 def is_acronym(surface: str) -> bool:
     """An abbreviation (MCCD, CADASIL, HAIR-AN, SeLECTS): no lower-case letters, or one word with 2+ capitals.
 
@@ -193,24 +170,8 @@ def is_acronym(surface: str) -> bool:
         return False
     if not any(c.islower() for c in surface):
         return True
-    toks = _tokens(surface, lower=False)
+    toks = tokens(surface, lower=False)
     return len(toks) == 1 and sum(c.isupper() for c in toks[0]) >= 2
-
-
-@dataclass
-class Entity:
-    """One rare disease: preferred name, synonyms, Orphanet code (None for GARD-only names)."""
-
-    id: str
-    name: str
-    synonyms: list[str] = field(default_factory=list)
-    orphacode: str | None = None
-    disorder_type: str | None = None
-    sources: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return {"id": self.id, "name": self.name, "synonyms": self.synonyms, "orphacode": self.orphacode,
-                "disorder_type": self.disorder_type, "sources": self.sources}
 
 
 def _read_jsonl_gz(path: Path) -> Iterable[dict]:
@@ -284,8 +245,8 @@ class Tagger:
         syndrome", "non-Hodgkin lymphoma" is not "Hodgkin lymphoma") nor run across punctuation the name
         does not contain ("...the midline. Heart sounds..." is not "midline heart").
         """
-        prepared = _prepare(text)
-        spans = [(m.start(), m.end()) for m in _TOKEN.finditer(prepared)]
+        prepared = prepare_text(text)
+        spans = [(m.start(), m.end()) for m in TOKEN.finditer(prepared)]
         orig = [prepared[a:b] for a, b in spans]
         low = [t.lower() for t in orig]
         out: list[Match] = []
@@ -352,11 +313,11 @@ def build_tagger(entities: Iterable[Entity], min_len: int = 5, stoplist: Iterabl
             if not ok:
                 dropped[why] = dropped.get(why, 0) + 1
                 continue
-            case_tokens = _tokens(s, lower=False) if is_acronym(s) else None
-            low = _tokens(s)
-            if (e.id, " ".join(_tokens(s, lower=case_tokens is None))) in seen:
+            case_tokens = tokens(s, lower=False) if is_acronym(s) else None
+            low = tokens(s)
+            if (e.id, " ".join(tokens(s, lower=case_tokens is None))) in seen:
                 continue
-            seen.add((e.id, " ".join(_tokens(s, lower=case_tokens is None))))
+            seen.add((e.id, " ".join(tokens(s, lower=case_tokens is None))))
             node = trie
             for t in low:
                 node = node.setdefault(t, {})
