@@ -120,11 +120,6 @@ def test_online_vote_rewards_the_group_majority() -> None:
     assert online_vote_reward(prompts, completions, options=options) == [1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0]
 
 
-def test_online_vote_breaks_ties_toward_the_smallest_letter() -> None:
-    completions = ["The answer is C.", "The answer is A.", "The answer is C.", "The answer is A."]
-    assert online_vote_reward(["p"] * 4, completions, options=[WORSTER] * 4) == [0.0, 1.0, 0.0, 1.0]
-
-
 def test_online_vote_gives_zero_to_a_group_without_valid_answers() -> None:
     assert online_vote_reward(["p"] * 3, [RAMBLE, "", "The answer is E."], options=[WORSTER] * 3) == [0.0, 0.0, 0.0]
 
@@ -142,9 +137,9 @@ def test_prompt_groups_are_runs_of_equal_prompts() -> None:
 
 # --- group statistics -------------------------------------------------------------------------------------------
 def test_group_stats_of_an_even_split() -> None:
-    s = group_stats(["A", "A", "B", "B"])
+    s = group_stats(["A", "A", "B", "B"], "q0")  # the tie goes to the seeded draw of medssr.label.vote (tests/test_vote.py)
     assert s["distinct"] == 2 and s["entropy"] == pytest.approx(math.log(2)) and s["all_agree"] == 0.0
-    assert s["majority"] == "A" and s["majority_share"] == 0.5 and s["valid_share"] == 1.0
+    assert s["majority"] == "B" and s["majority_share"] == 0.5 and s["valid_share"] == 1.0
 
 
 def test_group_stats_of_a_collapsed_group() -> None:
@@ -165,8 +160,8 @@ def test_group_stats_of_no_valid_answer() -> None:
 
 
 def test_majority_with_real_vote_counts() -> None:
-    assert majority(["C"] * 5 + ["A"] * 3) == "C"  # Table 15: 5/8 vs 3/8
-    assert majority([None, None]) is None
+    assert majority(["C"] * 5 + ["A"] * 3, "q0") == "C"  # Table 15: 5/8 vs 3/8
+    assert majority([None, None], "q0") is None
 
 
 # --- trailing special tokens ---------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Pure majority voting (paper Eq. 3): the rules the label stage relies on."""
+"""Pure majority voting (paper Eq. 3): the rules the label stage relies on, and the one tie rule GRPO rewards share."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import itertools
 import pytest
 
 from medssr.label.vote import agreement_bucket, count_statuses, majority_vote, tie_break
+from medssr.rl.rewards import group_stats, majority, online_vote_reward
 
 
 def test_majority_is_the_most_frequent_valid_letter():
@@ -78,3 +79,41 @@ def test_agreement_buckets_are_half_open_with_one_in_the_last():
     assert agreement_bucket(0.74) == (0.5, 0.75)
     assert agreement_bucket(0.75) == (0.75, 1.0)
     assert agreement_bucket(1.0) == (0.75, 1.0)
+
+
+# --- the same vote in the GRPO rewards (online voting ablation, collapse statistics) ----------------------------
+TIED = ["The answer is A.", "The answer is C.", "The answer is A.", "The answer is C."]
+OPTIONS = {"A": "one", "B": "two", "C": "three", "D": "four"}
+
+
+def test_reward_majority_is_the_label_stage_vote_for_every_key_and_seed():
+    votes = ["A", "C", None, "C", "A", "B"]
+    for i in range(40):
+        assert majority(votes, f"syn-{i}", seed=i % 3) == majority_vote(votes, f"syn-{i}", seed=i % 3).majority
+    assert majority([None, None], "syn-0") is None
+
+
+def test_online_vote_breaks_a_tie_like_the_label_stage_keyed_by_question_id():
+    winner = tie_break(["A", "C"], "syn-1", 0)
+    assert winner == "C"  # not the smallest letter: the draw, keyed by the row's id
+    rewards = online_vote_reward(["p"] * 4, TIED, options=[OPTIONS] * 4, id=["syn-1"] * 4)
+    assert rewards == [float(t.endswith(f"{winner}.")) for t in TIED]
+
+
+def test_online_vote_ties_are_not_biased_toward_a():
+    prompts = [f"question {i}" for i in range(200) for _ in range(4)]
+    rewards = online_vote_reward(prompts, TIED * 200, options=[OPTIONS] * 800)
+    a_wins = sum(rewards[i] for i in range(0, 800, 4))  # rollout 0 of each group answered A
+    assert 70 < a_wins < 130  # about half of 200 tied groups, not all of them
+
+
+def test_online_vote_tie_depends_on_the_seed_not_on_rollout_order():
+    ids = [f"syn-{i}" for i in range(40) for _ in range(4)]
+    base = online_vote_reward(ids, TIED * 40, options=[OPTIONS] * 160, id=ids)
+    flipped = online_vote_reward(ids, TIED[::-1] * 40, options=[OPTIONS] * 160, id=ids)
+    assert [base[i] for i in range(0, 160, 4)] == [flipped[i + 1] for i in range(0, 160, 4)]  # same letter wins
+    assert base != online_vote_reward(ids, TIED * 40, options=[OPTIONS] * 160, id=ids, seed=1)
+
+
+def test_group_stats_report_the_shared_vote():
+    assert group_stats(["A", "C", "A", "C"], "syn-1")["majority"] == tie_break(["A", "C"], "syn-1", 0) == "C"

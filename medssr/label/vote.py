@@ -1,5 +1,9 @@
 """Majority voting over the policy's own answers (paper Eq. 3): pure functions, no model, no I/O.
 
+The one vote of the project: the label stage votes offline with it, and the GRPO rewards (``medssr.rl.rewards``:
+online voting, the collapse statistics) vote with it too, so a tie is broken by the same rule everywhere.
+Standard library only: OpenRLHF imports it, through the reward file, in its own environment.
+
 Rules (the label stage and its tests depend on them):
 - A vote is an option letter or ``None`` (no valid answer in that completion).
 - The majority is the most frequent valid letter. Ties are broken by a seeded draw among the tied letters,

@@ -2,7 +2,10 @@
 
 The reward is exact match between the answer read by ``medssr.answers.extract_answer`` and the label (the
 offline majority vote in stage I, the gold answer in stage II), so training, voting and evaluation read answers
-the same way. Only the standard library and medssr.answers are imported: OpenRLHF loads this in its own env.
+the same way. Every vote over rollouts (online voting, the collapse statistics) is ``medssr.label.vote``'s, with
+its seeded tie rule keyed by question: the label stage and the rewards never disagree on a tie, and a tie never
+favours the letter A. Only the standard library, medssr.answers and medssr.label.vote are imported: OpenRLHF
+loads this in its own env.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from medssr.answers import extract_answer, letters_for
+from medssr.label.vote import majority_vote
 
 # End-of-turn / end-of-text / padding tokens a decoder leaves after the answer when it keeps special tokens
 # (OpenRLHF decodes with skip_special_tokens=False): "<|im_end|>", "<|eot_id|>", "<|endoftext|>", "</s>", "<eos>", ...
@@ -97,17 +101,18 @@ def _options_of(options: Any) -> dict[str, str]:
     raise ValueError(f"options column must be a dict or a JSON object string, got {type(options).__name__}")
 
 
-def group_stats(answers: Sequence[str | None]) -> dict[str, Any]:
+def group_stats(answers: Sequence[str | None], key: str = "", seed: int = 0) -> dict[str, Any]:
     """Agreement among one prompt's rollouts, the collapse signal: distinct answers, entropy, all_agree, valid share.
 
     Keys: n, valid_share, distinct (valid answers), entropy (nats over valid answers), all_agree (1.0 when every
-    rollout gave the same valid answer), majority (letter or None) and majority_share (its share of all rollouts).
+    rollout gave the same valid answer), majority (``majority(answers, key, seed)``) and majority_share (its share
+    of all rollouts; the same whichever tied letter wins).
     """
     n = len(answers)
     valid = [a for a in answers if a is not None]
     counts = Counter(valid)
     entropy = -sum(c / len(valid) * math.log(c / len(valid)) for c in counts.values()) if valid else 0.0
-    major = majority(answers)
+    major = majority(answers, key, seed)
     return {
         "n": n,
         "valid_share": len(valid) / n if n else 0.0,
@@ -119,13 +124,10 @@ def group_stats(answers: Sequence[str | None]) -> dict[str, Any]:
     }
 
 
-def majority(answers: Sequence[str | None]) -> str | None:
-    """Most frequent valid answer; ties go to the alphabetically smallest letter (deterministic); None if none valid."""
-    counts = Counter(a for a in answers if a is not None)
-    if not counts:
-        return None
-    top = max(counts.values())
-    return min(a for a, c in counts.items() if c == top)
+def majority(answers: Sequence[str | None], key: str = "", seed: int = 0) -> str | None:
+    """The label stage's vote (``medssr.label.vote.majority_vote``): a tie is drawn from ``(seed, key)``, ``key``
+    naming the question (its row id); None when no answer is valid."""
+    return majority_vote(answers, key, seed).majority
 
 
 def prompt_groups(prompts: Sequence[Any]) -> list[range]:
@@ -139,11 +141,30 @@ def prompt_groups(prompts: Sequence[Any]) -> list[range]:
     return groups
 
 
-def _log_diversity(prompts: Sequence[Any], answers: Sequence[str | None], log_metric: Callable[[str, float], None] | None) -> None:
+def group_key(prompts: Sequence[Any], group: range, ids: Sequence[Any] | None = None) -> str:
+    """The question a group of rollouts votes on, as the tie rule keys it: its row ``id``, else its prompt text."""
+    if ids is not None:
+        return str(ids[group.start])
+    p = prompts[group.start]
+    return p if isinstance(p, str) else json.dumps(p, sort_keys=True, ensure_ascii=False)
+
+
+def vote_targets(prompts: Sequence[Any], answers: Sequence[str | None], ids: Sequence[Any] | None = None, seed: int = 0) -> list[str | None]:
+    """Each rollout's online-vote label: the majority of its prompt group, ties keyed by ``group_key``."""
+    targets: list[str | None] = [None] * len(answers)
+    for g in prompt_groups(prompts):
+        vote = majority([answers[i] for i in g], group_key(prompts, g, ids), seed)
+        for i in g:
+            targets[i] = vote
+    return targets
+
+
+def _log_diversity(prompts: Sequence[Any], answers: Sequence[str | None], log_metric: Callable[[str, float], None] | None,
+                   ids: Sequence[Any] | None = None) -> None:
     """Mean per-group answer diversity through TRL's log_metric (names: answers/distinct, answers/entropy, ...)."""
     if not callable(log_metric) or not answers:
         return
-    stats = [group_stats([answers[i] for i in g]) for g in prompt_groups(prompts)]
+    stats = [group_stats([answers[i] for i in g], group_key(prompts, g, ids)) for g in prompt_groups(prompts)]
     for key in ("distinct", "entropy", "all_agree", "valid_share", "majority_share"):
         log_metric(f"answers/{key}", sum(float(s[key]) for s in stats) / len(stats))
 
@@ -165,27 +186,26 @@ def trl_reward(prompts: Sequence[Any], completions: Sequence[Any], label: Sequen
         answer = response_answer(completion_text(completion), opts)
         answers.append(answer)
         rewards.append(1.0 if letter and answer == letter else 0.0)
-    _log_diversity(prompts, answers, kwargs.get("log_metric"))
+    _log_diversity(prompts, answers, kwargs.get("log_metric"), kwargs.get("id"))
     return rewards
 
 
 trl_reward.__name__ = "correctness"  # TRL logs rewards/correctness/mean
 
 
-def online_vote_reward(prompts: Sequence[Any], completions: Sequence[Any], options: Sequence[Any], **kwargs: Any) -> list[float]:
+def online_vote_reward(prompts: Sequence[Any], completions: Sequence[Any], options: Sequence[Any], seed: int = 0,
+                       **kwargs: Any) -> list[float]:
     """TTRL-style ablation (paper Fig. 6): the label is the majority answer of the prompt's own rollouts, voted online.
 
-    Rollouts of one prompt are the consecutive completions with an equal prompt (TRL's layout). Ties go to the
-    smallest letter; a group with no valid answer gets 0 everywhere. With several processes TRL hands each one
-    only its share of a group, so the vote is over that share: run this ablation on one process.
+    Rollouts of one prompt are the consecutive completions with an equal prompt (TRL's layout). Ties are broken as
+    the label stage breaks them, by a draw keyed by ``(seed, the row's id column)`` (see ``vote_targets``); a group
+    with no valid answer gets 0 everywhere. With several processes TRL hands each one only its share of a group,
+    so the vote is over that share: run this ablation on one process.
     """
     answers = [response_answer(completion_text(c), _options_of(options[i])) for i, c in enumerate(completions)]
-    rewards = [0.0] * len(completions)
-    for g in prompt_groups(prompts):
-        vote = majority([answers[i] for i in g])
-        for i in g:
-            rewards[i] = 1.0 if vote is not None and answers[i] == vote else 0.0
-    _log_diversity(prompts, answers, kwargs.get("log_metric"))
+    targets = vote_targets(prompts, answers, kwargs.get("id"), seed)
+    rewards = [1.0 if t is not None and a == t else 0.0 for a, t in zip(answers, targets, strict=True)]
+    _log_diversity(prompts, answers, kwargs.get("log_metric"), kwargs.get("id"))
     return rewards
 
 
