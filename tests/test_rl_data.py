@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 
@@ -18,11 +19,14 @@ from medssr.rl.data import (
     fill_to,
     load_examples,
     load_prompt_template,
+    load_train_prompt,
     openrlhf_rows,
     prompt_token_ids,
+    render_prompt,
     to_trl_dataset,
     write_openrlhf_jsonl,
 )
+from medssr.synth.prompts import Prompt
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +61,34 @@ def test_prompt_is_the_f4_template_filled_with_stem_and_option_lines(medmcqa):
     assert 'The answer is [LETTER]' in msg["content"]
     assert msg["content"].endswith(medmcqa[0].render())
     assert "\nA. " in msg["content"] and "{question}" not in msg["content"]
+
+
+# sha256[:16] of the user message medssr rendered for these rows before Prompt.render became the one renderer
+PINNED = {0: "8ae019ed182a736f", 7: "29882f4b2be627f2", 19: "339a1799875690e8", 33: "5695f40767c5329f", "odd": "4ae2578e474f9898"}
+
+
+def test_rendered_training_prompts_are_byte_identical_to_before(medmcqa):
+    odd = dataclasses.replace(medmcqa[0], question="  Which {question} holds {braces} and \\1 ?  ", options={"A": "{x}", "B": "y  "})
+    rows = {0: medmcqa[0], 7: medmcqa[7], 19: medmcqa[19], 33: medmcqa[33], "odd": odd}
+    for template in (load_train_prompt(), load_prompt_template()):  # the Prompt, and its text as medssr.rl.run passes it
+        for key, q in rows.items():
+            (ex,), _ = examples_from_questions([q], "real")
+            (msg,) = chat_prompt(ex, template)
+            assert hashlib.sha256(msg["content"].encode()).hexdigest()[:16] == PINNED[key], key
+
+
+def test_training_prompt_is_rendered_by_the_prompt_files_own_renderer(medmcqa):
+    prompt = load_train_prompt()
+    assert isinstance(prompt, Prompt) and prompt.placeholders == {"question"}
+    q = medmcqa[0].render()
+    assert render_prompt(q, prompt) == prompt.render(question=q).strip() == render_prompt(q, prompt.template)
+
+
+def test_a_prompt_file_with_another_placeholder_is_refused_naming_the_file(tmp_path):
+    path = tmp_path / "f4_extra.txt"
+    path.write_text("# version: 1\nAnswer {question} in {language}.\n", encoding="utf-8")
+    with pytest.raises(RLDataError, match=r"f4_extra\.txt: .*\['language', 'question'\].*only \{question\}"):
+        load_prompt_template(path)
 
 
 def test_synthetic_target_is_the_offline_majority_not_the_generator_key(medmcqa):

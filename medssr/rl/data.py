@@ -1,9 +1,10 @@
 """GRPO training data: questions -> prompts + reward targets, for TRL (a ``datasets.Dataset``) and OpenRLHF (JSONL).
 
-The prompt is the paper's evaluation prompt F.4 (``prompts/eval_f4.txt``, placeholder ``{question}``) filled with
-the stem and its ``A. ...`` option lines, sent as one user chat message so that each backend applies the policy's
-chat template. The reward target is ``Question.label``: the offline majority vote for a labeled synthetic
-question (stage I), the gold answer for a real one (stage II).
+The prompt is the paper's evaluation prompt F.4 (``prompts/eval_f4.txt``, placeholder ``{question}``) filled by
+``Prompt.render``, as the label stage and evaluation fill it, with the stem and its ``A. ...`` option lines, and
+sent as one user chat message so that each backend applies the policy's chat template. The reward target is
+``Question.label``: the offline majority vote for a labeled synthetic question (stage I), the gold answer for a
+real one (stage II).
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from typing import Any
 
 from medssr.errors import MedssrError
 from medssr.records import Question, read_questions
+from medssr.synth.prompts import Prompt, PromptError, load_prompt
 
 DEFAULT_PROMPT = "prompts/eval_f4.txt"
-PLACEHOLDER = "{question}"
 
 
 class RLDataError(MedssrError, ValueError):
@@ -39,9 +40,8 @@ class RLExample:
     agreement: float | None = None  # vote share of the offline majority (synthetic only)
 
 
-def load_prompt_template(path: str | os.PathLike = DEFAULT_PROMPT) -> str:
-    """The F.4 prompt body (header comments stripped by the project's prompt loader); relative paths from the project root."""
-    from medssr.synth.prompts import PromptError, load_prompt
+def load_train_prompt(path: str | os.PathLike = DEFAULT_PROMPT) -> Prompt:
+    """The F.4 prompt file (placeholder ``{question}`` only); relative paths from the project root."""
     from medssr.tracking import workspace_root
 
     p = Path(path)
@@ -51,17 +51,26 @@ def load_prompt_template(path: str | os.PathLike = DEFAULT_PROMPT) -> str:
         prompt = load_prompt(p.stem, p.parent)
     except PromptError as e:
         raise RLDataError(str(e)) from None
-    if PLACEHOLDER not in prompt.template:
-        raise RLDataError(f"{p}: prompt template has no {PLACEHOLDER} placeholder")
-    return prompt.template
+    if prompt.placeholders != {"question"}:
+        raise RLDataError(f"{p}: prompt template has placeholders {sorted(prompt.placeholders)}; a training prompt takes only {{question}}")
+    return prompt
 
 
-def render_prompt(question: str, template: str) -> str:
-    """Fill the template; plain replacement, since question text may hold braces."""
-    return template.replace(PLACEHOLDER, question).strip()
+def load_prompt_template(path: str | os.PathLike = DEFAULT_PROMPT) -> str:
+    """The F.4 prompt body as text (header comments stripped): what the stage's run fingerprint hashes."""
+    return load_train_prompt(path).template
 
 
-def chat_prompt(ex: RLExample, template: str) -> list[dict[str, str]]:
+def render_prompt(question: str, prompt: Prompt | str) -> str:
+    """Fill the F.4 prompt (a Prompt, or its body text) with ``Prompt.render``: one pass, braces in questions kept.
+
+    The message is stripped, as training prompts always were (a trailing space of the last option goes)."""
+    if isinstance(prompt, str):
+        prompt = Prompt.from_text(prompt)
+    return prompt.render(question=question).strip()
+
+
+def chat_prompt(ex: RLExample, template: Prompt | str) -> list[dict[str, str]]:
     """The prompt as chat messages (one user turn): both TRL and OpenRLHF apply the chat template to it."""
     return [{"role": "user", "content": render_prompt(ex.question, template)}]
 
@@ -126,7 +135,7 @@ def load_examples(kind: str, synthetic_path: str | os.PathLike, real_path: str |
     return examples, stats
 
 
-def prompt_token_ids(ex: RLExample, template: str, tokenizer: Any) -> list[int]:
+def prompt_token_ids(ex: RLExample, template: Prompt | str, tokenizer: Any) -> list[int]:
     """The prompt's tokens as the trainers see them: chat-templated text, tokenized without added special tokens.
 
     OpenRLHF 0.11.2 does exactly this (PromptDataset renders the text, its agent tokenizes it), as TRL does.
@@ -135,7 +144,7 @@ def prompt_token_ids(ex: RLExample, template: str, tokenizer: Any) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def drop_long_prompts(examples: Sequence[RLExample], template: str, tokenizer: Any, max_tokens: int) -> tuple[list[RLExample], int]:
+def drop_long_prompts(examples: Sequence[RLExample], template: Prompt | str, tokenizer: Any, max_tokens: int) -> tuple[list[RLExample], int]:
     """Keep prompts whose chat-templated length fits ``train.max_prompt_length`` (neither trainer may truncate them)."""
     kept, dropped = [], 0
     for ex in examples:
@@ -166,13 +175,13 @@ def fill_to(examples: Sequence[RLExample], count: int, seed: int = 0) -> list[RL
     return out
 
 
-def trl_rows(examples: Sequence[RLExample], template: str) -> list[dict[str, Any]]:
+def trl_rows(examples: Sequence[RLExample], template: Prompt | str) -> list[dict[str, Any]]:
     """Rows for TRL: ``prompt`` (chat), ``label``, ``options`` (JSON text: option sets differ, Arrow wants one schema)."""
     return [{"prompt": chat_prompt(ex, template), "label": ex.label, "options": json.dumps(ex.options, ensure_ascii=False),
              "id": ex.id, "kind": ex.kind} for ex in examples]
 
 
-def to_trl_dataset(examples: Sequence[RLExample], template: str):
+def to_trl_dataset(examples: Sequence[RLExample], template: Prompt | str):
     """A ``datasets.Dataset`` whose extra columns (label, options, id, kind) reach TRL reward functions as kwargs."""
     from datasets import Dataset
 
@@ -181,7 +190,7 @@ def to_trl_dataset(examples: Sequence[RLExample], template: str):
     return Dataset.from_list(trl_rows(examples, template))
 
 
-def openrlhf_rows(examples: Sequence[RLExample], template: str) -> list[dict[str, Any]]:
+def openrlhf_rows(examples: Sequence[RLExample], template: Prompt | str) -> list[dict[str, Any]]:
     """Rows for OpenRLHF: ``--data.input_key prompt`` (chat, with ``--data.apply_chat_template``), ``--data.label_key label``.
 
     The label is ``encode_label(label, options)`` because OpenRLHF hands the reward function only the label
@@ -193,7 +202,7 @@ def openrlhf_rows(examples: Sequence[RLExample], template: str) -> list[dict[str
             for ex in examples]
 
 
-def write_openrlhf_jsonl(examples: Sequence[RLExample], template: str, path: str | os.PathLike) -> int:
+def write_openrlhf_jsonl(examples: Sequence[RLExample], template: Prompt | str, path: str | os.PathLike) -> int:
     """Write the prompt/label JSONL OpenRLHF's ``--data.prompt_dataset`` reads (atomically)."""
     from medssr.records import write_jsonl
 

@@ -42,6 +42,12 @@ class Prompt:
     def hash(self) -> str:
         return self.sha256[:16]
 
+    @classmethod
+    def from_text(cls, template: str, path: str = "<prompt text>") -> Prompt:
+        """A prompt whose body a caller holds as text (no header): rendered and checked like a file's."""
+        return cls(name=Path(path).stem, version="", template=template, path=path,
+                   sha256=hashlib.sha256(template.encode("utf-8")).hexdigest())
+
     def render(self, **values: str) -> str:
         """Fill every placeholder; a missing or unexpected value is an error naming the file."""
         missing = self.placeholders - set(values)
