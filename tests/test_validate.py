@@ -96,3 +96,48 @@ def test_main_validate_exit_status(tmp_path, corrupted, capsys):
     out = capsys.readouterr().out
     assert "validate: 2 file(s)" in out and "1 file(s) with errors" in out
     assert main_validate([str(tmp_path / "missing.json")]) == 1
+
+
+def test_jsonl_is_read_to_the_end_and_every_bad_line_is_reported(tmp_path, capsys):
+    """Reading once stopped at the first invalid JSON line and reported the rows before it as the file (#13.8)."""
+    rows = [json.dumps(q.to_dict()) for q in load_training_source("bioasq", RAW)[:6]]
+    lines = [rows[0], "not json", rows[1], '{"id": "x"', rows[2], "[1, 2]", rows[3], "", rows[4], rows[4]]
+    path = tmp_path / "questions.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    rep = validate_file(path)
+    dup = json.loads(rows[4])["id"]
+    assert rep.rows == 5
+    assert rep.errors == [f"{path}:2: <row>: invalid JSON (Expecting value at column 1)",
+                          f"{path}:4: <row>: invalid JSON (Expecting ',' delimiter at column 11)",
+                          f"{path}:6: <row>: expected a JSON object, got list",
+                          f"{path}:10: id: duplicate id '{dup}' (first on line 9)"]
+    assert main_validate([str(path)]) == 1
+    assert "5 valid rows" in capsys.readouterr().out
+
+
+def test_bad_bytes_cost_only_their_line(tmp_path):
+    good = json.dumps(load_training_source("bioasq", RAW)[0].to_dict()).encode()
+    path = tmp_path / "questions.jsonl.gz"
+    with gzip.open(path, "wb") as fh:
+        fh.write(b'{"id": "caf\xe9"}\n' + good + b"\n")
+    rep = validate_file(path)
+    assert rep.rows == 1 and len(rep.errors) == 1 and rep.errors[0].startswith(f"{path}:1: <row>: not valid UTF-8")
+
+
+def test_the_printed_list_is_capped_with_a_count(tmp_path):
+    path = tmp_path / "questions.jsonl"
+    path.write_text("not json\n" * 120, encoding="utf-8")
+    rep = validate_file(path)
+    assert len(rep.errors) == 120
+    printed = rep.lines()
+    assert len(printed) == 1 + 50 + 1 and printed[-1] == "  ... and 70 more error(s) not shown"
+    assert printed[50].startswith(f"  {path}:50: ")
+
+
+def test_a_json_list_broken_mid_file_says_the_rest_was_not_read(tmp_path):
+    path = tmp_path / "broken.json"
+    path.write_text('[\n {"id": "a", "question": "q\\nA. x\\nB. y", "gold": "A"},\n {"id": "b" "gold": "A"},\n'
+                    ' {"id": "c", "question": "q\\nA. x\\nB. y", "gold": "B"}\n]', encoding="utf-8")
+    rep = validate_file(path)
+    assert rep.rows == 1
+    assert rep.lines()[0].startswith(f"{path}: benchmark-json, 1 valid rows before line 3 (the rest cannot be parsed)")

@@ -212,9 +212,22 @@ def load_benchmark_file(path: str | os.PathLike, name: str | None = None, strict
 
     ``strict=False`` skips bad records and appends ``{"file", "record", "error"}`` to ``rejected`` instead of raising.
     """
+    out: list[Question] = []
+    for item in iter_benchmark_questions(path, name):
+        if isinstance(item, RecordError):
+            _reject(item, strict, rejected)
+        else:
+            out.append(item)
+    return out
+
+
+def iter_benchmark_questions(path: str | os.PathLike, name: str | None = None) -> Iterator[Question | RecordError]:
+    """Each record of a benchmark JSON list as a Question, or the RecordError naming its line (duplicate ids included).
+
+    A syntax error that stops the parse is raised, not yielded: nothing past it can be read.
+    """
     path = Path(path)
     name = name or benchmark_name_for(path)
-    out: list[Question] = []
     seen: dict[str, int] = {}
     for record, line, row in iter_json_list(path):
         try:
@@ -222,11 +235,10 @@ def load_benchmark_file(path: str | os.PathLike, name: str | None = None, strict
             if q.id in seen:
                 raise BenchmarkRecordError(path, record, "id", f"duplicate id {q.id!r} (first at record {seen[q.id]})", line)
         except RecordError as e:
-            _reject(e, strict, rejected)
+            yield e
             continue
         seen[q.id] = record
-        out.append(q)
-    return out
+        yield q
 
 
 def load_benchmarks(declared: Mapping[str, Any], raw_dir: str | os.PathLike, names: list[str] | None = None, strict: bool = True,

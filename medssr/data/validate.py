@@ -2,19 +2,22 @@
 
 Two shapes are accepted: benchmark JSON lists (gz or plain, options rendered inside ``question``) and our
 Question JSONL records. Every problem is reported as ``file:line: ...`` (for JSON lists also ``record N``,
-the 1-based position in the list), with per-file counts of rows, options per question and answers.
+the 1-based position in the list), with per-file counts of rows, options per question and answers. A JSONL
+file is read to its end whatever its lines hold; a JSON list cannot be parsed past a syntax error, and says so.
 """
 
 from __future__ import annotations
 
 import gzip
+import json
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medssr.data.loaders import load_benchmark_file
-from medssr.records import Question, RecordError, iter_questions
+from medssr.data.loaders import iter_benchmark_questions
+from medssr.records import Question, RecordError, validate_question
 
 
 @dataclass
@@ -25,6 +28,7 @@ class FileReport:
     options: Counter = field(default_factory=Counter)
     answers: Counter = field(default_factory=Counter)
     errors: list[str] = field(default_factory=list)
+    unread_from: int | None = None  # a JSON list with a syntax error: the line past which nothing was read
 
     def add(self, q: Question) -> None:
         self.rows += 1
@@ -34,11 +38,12 @@ class FileReport:
     def lines(self, max_errors: int = 50) -> list[str]:
         opts = ", ".join(f"{n}:{c}" for n, c in sorted(self.options.items()))
         answers = " ".join(f"{a}{c}" for a, c in sorted(self.answers.items()))
-        head = f"{self.path}: {self.shape}, {self.rows} valid rows, options per question {{{opts}}}, answers {answers or '-'}"
+        rows = f"{self.rows} valid rows" + (f" before line {self.unread_from} (the rest cannot be parsed)" if self.unread_from else "")
+        head = f"{self.path}: {self.shape}, {rows}, options per question {{{opts}}}, answers {answers or '-'}"
         out = [head + (f", {len(self.errors)} error(s)" if self.errors else ", ok")]
         out += [f"  {e}" for e in self.errors[:max_errors]]
         if len(self.errors) > max_errors:
-            out.append(f"  ... {len(self.errors) - max_errors} more")
+            out.append(f"  ... and {len(self.errors) - max_errors} more error(s) not shown")
         return out
 
 
@@ -51,18 +56,42 @@ def detect_shape(path: Path) -> str:
 
 
 def _validate_benchmark(path: Path, rep: FileReport) -> None:
-    rejected: list[dict] = []
-    for q in load_benchmark_file(path, strict=False, rejected=rejected):
-        rep.add(q)
-    rep.errors += [r["error"] for r in rejected]
-
-
-def _validate_jsonl(path: Path, rep: FileReport) -> None:
-    for _, _, item in iter_questions(path):
+    for item in iter_benchmark_questions(path):
         if isinstance(item, RecordError):
             rep.errors.append(str(item))
         else:
             rep.add(item)
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[int, object]]:
+    """``(line, object or its RecordError)`` for every non-blank line: a bad line costs only itself (bytes resync at newlines)."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            if not raw.strip():
+                continue
+            try:
+                yield lineno, json.loads(raw.rstrip(b"\r\n").decode("utf-8"))
+            except UnicodeDecodeError as e:
+                yield lineno, RecordError(path, lineno, "<row>", f"not valid UTF-8 ({e.reason})")
+            except json.JSONDecodeError as e:
+                yield lineno, RecordError(path, lineno, "<row>", f"invalid JSON ({e.msg} at column {e.colno})")
+
+
+def _validate_jsonl(path: Path, rep: FileReport) -> None:
+    seen: dict[str, int] = {}
+    for lineno, obj in _jsonl_rows(path):
+        try:
+            if isinstance(obj, RecordError):
+                raise obj
+            q = validate_question(obj, path, lineno)
+            if q.id in seen:
+                raise RecordError(path, lineno, "id", f"duplicate id {q.id!r} (first on line {seen[q.id]})")
+        except RecordError as e:
+            rep.errors.append(str(e))
+            continue
+        seen[q.id] = lineno
+        rep.add(q)
 
 
 def validate_file(path: str | Path) -> FileReport:
@@ -78,8 +107,9 @@ def validate_file(path: str | Path) -> FileReport:
             _validate_benchmark(path, rep)
         else:
             _validate_jsonl(path, rep)
-    except RecordError as e:  # the whole file is unreadable (bad JSON or bytes)
+    except RecordError as e:  # a JSON list that cannot be parsed past this point (bad JSON or bytes)
         rep.errors.append(str(e))
+        rep.unread_from = e.line
     if rep.rows == 0 and not rep.errors:
         rep.errors.append(f"{path}: no records")
     return rep
