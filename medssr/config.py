@@ -77,6 +77,7 @@ class DataCfg:
     # name -> declaration; every declared benchmark gets leakage removal, RareDis-Sub tagging, the synthesis
     # contamination index and (with eval.benchmarks empty) evaluation
     benchmarks: dict[str, BenchmarkCfg] = field(default_factory=dict)
+    allow_empty: bool = False  # true: an empty benchmark / extra_raredis file or no training rows is not an error
 
     def __post_init__(self) -> None:
         for name, decl in self.benchmarks.items():
@@ -100,18 +101,18 @@ class ModelCfg:
 
 @dataclass
 class CorpusCfg:
-    sources: list[str] = field(default_factory=lambda: ["medquad_gard_ghr", "medquad_other_nih", "raredis_nord", "orphanet"])
+    sources: list[str] = field(default_factory=lambda: ["raredis_nord", "orphanet"])
     extra_jsonl: list[str] = field(default_factory=list)  # MedRAG-style {id,title,content} files
     chunk_words: int = field(default=200, metadata=_range(16))
     chunk_overlap: int = field(default=30, metadata=_range(0))
     embedder: Literal["minilm", "bm25", "medcpt", "hybrid"] = "minilm"
     medcpt_query_dir: str | None = None
     medcpt_article_dir: str | None = None
-    batch_size: int = field(default=128, metadata=_range(1))
+    batch_size: int = field(default=32, metadata=_range(1))
     index_dir: str = "artifacts/corpus"
     max_passages: int | None = field(default=None, metadata=_range(1))
     eval_embedders: list[str] = field(default_factory=lambda: ["minilm", "bm25", "hybrid"])
-    eval_sample: int | None = field(default=None, metadata=_range(1))  # entities queried for recall@4 (None = every covered one)
+    eval_sample: int | None = field(default=1000, metadata=_range(1))  # entities queried for recall@4 (None = every covered one)
 
 
 @dataclass
@@ -123,9 +124,9 @@ class GeneratorCfg:
     max_retries: int = field(default=6, metadata=_range(0))
     timeout_s: float = field(default=60.0, metadata=_range(0.001))
     temperature: float = field(default=0.7, metadata=_range(0, 2))
-    max_tokens: int = field(default=1024, metadata=_range(1))
+    max_tokens: int = field(default=384, metadata=_range(1))
     structured: bool = True  # JSON schema / tool schema where the backend supports it
-    guided_layout: bool = False  # local backend: decode the plain-text question layout part by part (small models)
+    guided_layout: bool = True  # local backend: decode the plain-text question layout part by part (small models)
 
 
 @dataclass
@@ -142,12 +143,13 @@ class SynthCfg:
     top_k: int = field(default=4, metadata=_range(1))
     generator: GeneratorCfg = field(default_factory=GeneratorCfg)
     max_usd: float | None = field(default=None, metadata=_range(0))
-    max_attempts: int | None = field(default=None, metadata=_range(1))  # default 8 * n
+    max_attempts: int | None = field(default=48, metadata=_range(1))  # None = 8 * n
     prefer_covered: bool = True  # draw rare diseases only among those the corpus covers
     contamination_threshold: float = field(default=0.5, metadata=_range(0, 1))
     cache_dir: str = ".cache/llm"  # relative paths resolve against the project root (DVC queue copies share it)
-    prompt_variant: Literal["", "small", "small_json"] = ""  # "small": plain-text layout + "Question:" prefill for tiny local models
+    prompt_variant: Literal["", "small", "small_json"] = "small"  # "small": plain-text layout + "Question:" prefill for tiny local models
     prices: dict[str, PriceCfg] = field(default_factory=dict)
+    allow_empty: bool = False  # true: a run that accepts no question exits 0 (its report says why) instead of failing
 
 
 @dataclass
@@ -171,11 +173,12 @@ class SamplingCfg:
 
 @dataclass
 class LabelCfg:
-    sampling: SamplingCfg = field(default_factory=SamplingCfg)
+    sampling: SamplingCfg = field(default_factory=lambda: SamplingCfg(max_new_tokens=256, batch_size=32))
     ties: Literal["seeded", "drop"] = "seeded"
     min_agreement: float = field(default=0.0, metadata=_range(0, 1))
-    reliability_n: int = field(default=32, metadata=_range(0))  # real questions used to measure label accuracy
+    reliability_n: int = field(default=16, metadata=_range(0))  # real questions used to measure label accuracy
     seed: int = 0
+    allow_empty: bool = False  # true: a run that keeps no labeled question exits 0 instead of failing
 
 
 @dataclass
@@ -209,7 +212,7 @@ class TrainCfg:
     temperature: float = field(default=1.0, metadata=_range(0, 5))
     top_p: float = field(default=1.0, metadata=_range(0, 1))
     max_prompt_length: int = field(default=1024, metadata=_range(16))
-    max_completion_length: int = field(default=4096, metadata=_range(1))
+    max_completion_length: int = field(default=64, metadata=_range(1))
     per_device_batch_size: int = field(default=4, metadata=_range(1))
     gradient_accumulation_steps: int = field(default=1, metadata=_range(1))
     global_batch_size: int = field(default=128, metadata=_range(1))  # OpenRLHF train batch
@@ -223,18 +226,20 @@ class TrainCfg:
     seed: int = 0
     save_steps: int = field(default=2, metadata=_range(1))
     stage1: StageTrainCfg = field(default_factory=StageTrainCfg)
-    stage2: StageTrainCfg = field(default_factory=StageTrainCfg)
+    stage2: StageTrainCfg = field(default_factory=lambda: StageTrainCfg(max_samples=64))
     openrlhf: OpenRLHFCfg = field(default_factory=OpenRLHFCfg)
 
 
 @dataclass
 class EvalCfg:
     benchmarks: dict[str, str] = field(default_factory=dict)  # name -> file; empty = every data.benchmarks entry + raredis_sub
-    max_per_benchmark: int | None = field(default=None, metadata=_range(1))
+    max_per_benchmark: int | None = field(default=16, metadata=_range(1))
     max_raredis: int | None = field(default=None, metadata=_range(1))  # RareDis-Sub slice (stratified by category); None = max_per_benchmark
     runs: int = field(default=1, metadata=_range(1))  # k runs (paper: 4)
     checkpoints: list[str] = field(default_factory=lambda: ["base", "stage1", "stage2"])
-    sampling: SamplingCfg = field(default_factory=SamplingCfg)
+    # greedy, one vote, to the end of the answer (the official evaluator reads the last answer)
+    sampling: SamplingCfg = field(default_factory=lambda: SamplingCfg(n=1, temperature=0.0, max_new_tokens=256, batch_size=32,
+                                                                      stop_at_answer=False))
     constrained_pass: bool = True
     family_defaults: bool = False  # use the model family's recommended decoding (eval/benchmarks.py FAMILY_SAMPLING)
     seed: int = 0
@@ -351,23 +356,59 @@ def build(cls: type, raw: dict, prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
+def missing_keys(cls: type, raw: dict, prefix: str = "") -> list[str]:
+    """Key paths of ``cls`` absent from ``raw``; a whole missing section is one entry (``synth.generator``).
+
+    Mappings of user entries (data.benchmarks, synth.prices, eval.benchmarks) are checked only for presence.
+    """
+    out = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        if f.name not in raw:
+            out.append(key)
+        elif dataclasses.is_dataclass(hints[f.name]) and isinstance(raw[f.name], dict):
+            out += missing_keys(hints[f.name], raw[f.name], key + ".")
+    return out
+
+
+def params_from_raw(raw: Any, source: str | os.PathLike, overrides: dict | None = None) -> Params:
+    """Validate a whole params mapping read from ``source``: the one check every entry point shares.
+
+    Besides types and unknown keys, every key must be in the file: DVC tracks a param only through the value in
+    the file, so a key left to a code default would change results without rerunning the stages that read it.
+    Partial files are profiles, merged onto a whole file by `medssr profile apply`. ``overrides`` (dotted keys,
+    for tests and scripts) replace values after that check; a mapping replaces the whole section.
+    """
+    if raw is None or raw == {}:
+        raise ConfigError(f"{source}: empty params file (expected the sections {', '.join(f.name for f in dataclasses.fields(Params))}; "
+                          "start from the shipped params.yaml)")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level")
+    missing = missing_keys(Params, raw)
+    for key, value in (overrides or {}).items():
+        set_dotted(raw, key, value)
+    try:
+        params = build(Params, raw)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    if missing:
+        shown = ", ".join(missing[:12]) + (f" and {len(missing) - 12} more" if len(missing) > 12 else "")
+        raise ConfigError(f"{source}: missing {shown} (every param must be in the file, where DVC tracks it; copy the "
+                          "missing keys from the shipped params.yaml, or merge a partial file onto it with `medssr profile apply`)")
+    return params
+
+
 def load_params(path: str | os.PathLike = "params.yaml", overrides: dict | None = None) -> Params:
-    """Read and validate params.yaml; ``overrides`` (dotted keys) are applied first, for tests and the CLI."""
+    """Read and validate a whole params file (``params_from_raw``); ``overrides`` (dotted keys) are for tests and scripts."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such params file") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({e})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
-    for key, value in (overrides or {}).items():
-        set_dotted(raw, key, value)
-    try:
-        return build(Params, raw)
-    except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
+    return params_from_raw(raw, path, overrides)
 
 
 def set_dotted(raw: dict, key: str, value: Any) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from medssr.config import ConfigError, Params, build
+from medssr.config import ConfigError, params_from_raw
 
 
 def profiles_dir() -> Path:
@@ -37,7 +37,7 @@ def _merge(base: Any, over: Any, prefix: str, changed: list[str]) -> None:
 
 
 def apply_profile(name: str, params_path: str | Path = "params.yaml") -> list[str]:
-    """Merge ``params/<name>.yaml`` into ``params_path`` in place; validates the result before writing."""
+    """Merge ``params/<name>.yaml`` into ``params_path`` in place; the result is validated (whole, as any params file) before writing."""
     from ruamel.yaml import YAML
 
     src = Path(name) if name.endswith(".yaml") else profiles_dir() / f"{name}.yaml"
@@ -53,10 +53,7 @@ def apply_profile(name: str, params_path: str | Path = "params.yaml") -> list[st
     _merge(base, over, "", changed)
     import json
 
-    try:
-        build(Params, json.loads(json.dumps(base)))
-    except ConfigError as e:
-        raise ConfigError(f"{src}: {e}") from None
+    params_from_raw(json.loads(json.dumps(base)), f"{src} merged onto {params_path}")  # the check every params file gets
     with open(params_path, "w", encoding="utf-8") as fh:
         yaml.dump(base, fh)
     return changed

@@ -20,12 +20,27 @@ def add_args(ap):
 
 def body(args, params):
     from medssr.label.run import run_label, summary_line
+    from medssr.stage import fail_if_empty
     from medssr.tracking import project_root
 
     report = run_label(params, args.model or params.model.dir, args.synthetic, args.benchmarks or f"{params.data.out_dir}/benchmarks",
                        args.out, args.report, args.plot, progress=not args.no_progress_bar,
                        reliability_cache=project_root() / ".cache" / "label_reliability")
+    fail_if_empty(report["kept"], params.label.allow_empty, "label.allow_empty", f"{args.out} (0 of {report['questions']} questions kept)",
+                  *empty_cause(report, params, args.synthetic), summary_line(report))
     return summary_line(report)
+
+
+def empty_cause(report, params, synthetic):
+    """Why no question kept a label, read from the stage's report: (cause, params to change)."""
+    if report["questions"] == 0:
+        return f"{synthetic} holds no questions", "the synthesize stage's synth.* params (it should have failed: synth.allow_empty)"
+    why = {"dropped_no_valid": ("no vote committed an answer", "label.sampling.max_new_tokens (votes cut before the answer) or model.policy"),
+           "dropped_ties": ("tied votes", "label.ties (seeded breaks ties) or label.sampling.n"),
+           "dropped_low_agreement": (f"agreement below label.min_agreement={params.label.min_agreement}", "label.min_agreement")}
+    seen = [(report[k], *why[k]) for k in why if report[k]]
+    cause = ", ".join(f"{n} {text}" for n, text, _ in seen)
+    return cause, " / ".join(change for n, _, change in sorted(seen, key=lambda t: -t[0]))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,12 +31,20 @@ def add_args(ap):
 
 def body(args, params):
     from medssr.data.prepare import run_prepare, summary_line
+    from medssr.stage import fail_if_empty
 
     classifier, category = llm_classifiers(params)
     summary = run_prepare(params, classifier=classifier, category_classifier=category, report_path=args.report)
     for name, c in (("reasoning", classifier), ("category", category)):
         if c is not None:
             print(f"[prepare] LLM {name} classifier ({c.generator.name}): {c.fallbacks} replies fell back to the rule")
+    out = params.data.out_dir
+    fail_if_empty(summary["train_rows"], params.data.allow_empty, "data.allow_empty", f"{out}/train.jsonl",
+                  f"no training row is left of {sum(summary['loaded_by_source'].values())} loaded (leakage removed "
+                  f"{sum(summary['leakage_removed'].values())})", "data.train_sources or data.max_train", summary_line(summary))
+    fail_if_empty(summary["seeds"], params.data.allow_empty, "data.allow_empty", f"{out}/seeds.jsonl",
+                  f"none of the {summary['train_rows']} training rows passed the reasoning filter", "data.reasoning_filter or data.max_seeds",
+                  summary_line(summary))
     return summary_line(summary)
 
 

@@ -18,12 +18,29 @@ def add_args(ap):
     ap.add_argument("--no-progress-bar", action="store_true")
 
 
+def empty_cause(report):
+    """Why no question was accepted, read from the stage's report: (cause, params to change)."""
+    if report["attempts"] == 0:
+        return f"no generation attempt ran (stopped: {report['stopped']})", "synth.max_usd or synth.max_attempts"
+    if report["valid"] == 0:
+        top = ", ".join(f"{reason} {n}" for reason, n in sorted(report["rejected"].items(), key=lambda kv: -kv[1])[:3])
+        example = next(iter(report["rejected_examples"].values()), "")
+        return (f"all {report['attempts']} generator responses were rejected ({top}; e.g. {example[:120]!r})",
+                "synth.generator (a stronger model, or more max_tokens when replies were cut), synth.prompt_variant or synth.max_attempts")
+    return (f"all {report['valid']} parsed questions were dropped as benchmark contamination or duplicates",
+            "synth.contamination_threshold")
+
+
 def body(args, params):
+    from medssr.stage import fail_if_empty
     from medssr.synth.run import load_inputs, run_synthesize, summary_line
 
     inputs = load_inputs(args.prepared or params.data.out_dir, args.corpus or params.corpus.index_dir)
     report = run_synthesize(params, inputs, args.out, args.report, args.progress, prompt_variant=args.prompt_variant,
                             show_progress=not args.no_progress_bar)
+    if report["target_n"] > 0:
+        fail_if_empty(report["accepted"], params.synth.allow_empty, "synth.allow_empty",
+                      f"{args.out} (0 of {report['target_n']} questions)", *empty_cause(report), summary_line(report))
     return summary_line(report)
 
 

@@ -3,8 +3,9 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
-from medssr.config import ConfigError, Params, load_params, to_flat_dict
+from medssr.config import ConfigError, Params, load_params, set_dotted, to_flat_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,10 +49,8 @@ def test_unknown_section_is_an_error():
         load_params(ROOT / "params.yaml", overrides={"trainer": {}})
 
 
-def test_ints_are_accepted_for_floats_and_optional_nulls(tmp_path):
-    f = tmp_path / "params.yaml"
-    f.write_text("synth:\n  rare_ratio: 0\n  max_usd: null\n")
-    p = load_params(f)
+def test_ints_are_accepted_for_floats_and_optional_nulls():
+    p = load_params(ROOT / "params.yaml", overrides={"synth.rare_ratio": 0, "synth.max_usd": None})
     assert p.synth.rare_ratio == 0.0 and isinstance(p.synth.rare_ratio, float)
     assert p.synth.max_usd is None
 
@@ -95,3 +94,84 @@ def test_a_profile_with_a_bad_value_is_rejected_before_writing(tmp_path):
     with pytest.raises(ConfigError, match="synth.rare_ratio"):
         apply_profile(str(bad), params_path=target)
     assert target.read_text() == original
+
+
+# -- one source of defaults, whole files everywhere (#13.8) ------------------------------------------------------
+USER_MAPPINGS = ("data.benchmarks", "synth.prices")  # declarations a user writes; the code's default is "none declared"
+
+
+def _flat_yaml(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v and f"{prefix}{k}" not in USER_MAPPINGS:
+            out.update(_flat_yaml(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def test_code_defaults_equal_the_shipped_params_yaml_for_every_key():
+    shipped = _flat_yaml(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    code = {k: v for k, v in to_flat_dict(Params()).items() if not k.startswith(USER_MAPPINGS)}
+    shipped = {k: v for k, v in shipped.items() if k not in USER_MAPPINGS}
+    assert sorted(set(code) - set(shipped)) == [], "keys the code has but params.yaml lacks"
+    assert sorted(set(shipped) - set(code)) == [], "keys params.yaml has but the code lacks"
+    drift = {k: (shipped[k], code[k]) for k in code if shipped[k] != code[k]}
+    assert drift == {}, "params.yaml value vs code default"
+
+
+def _without(key: str) -> dict:
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    *parents, last = key.split(".")
+    node = raw
+    for p in parents:
+        node = node[p]
+    del node[last]
+    return raw
+
+
+@pytest.mark.parametrize("key", ["synth", "synth.generator", "synth.generator.max_tokens", "train.stage2.max_samples", "model.dtype"])
+def test_a_missing_key_is_an_error_naming_file_and_key_path(tmp_path, key):
+    f = tmp_path / "params.yaml"
+    f.write_text(yaml.safe_dump(_without(key)))
+    with pytest.raises(ConfigError) as e:
+        load_params(f)
+    assert str(e.value).startswith(f"{f}: missing {key} (")
+
+
+def test_an_empty_params_file_is_an_error(tmp_path):
+    f = tmp_path / "params.yaml"
+    f.write_text("# nothing here\n")
+    with pytest.raises(ConfigError, match=r"params.yaml: empty params file \(expected the sections project, data, model"):
+        load_params(f)
+
+
+def test_a_profile_is_not_a_params_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"micro.yaml: missing project, data, model.dir, model.dtype, "):
+        load_params(ROOT / "params" / "micro.yaml")
+
+
+def test_a_profile_applied_onto_an_incomplete_params_file_names_the_missing_key(tmp_path):
+    from medssr.profiles import apply_profile
+
+    target = tmp_path / "params.yaml"
+    target.write_text(yaml.safe_dump(_without("label.sampling")))
+    before = target.read_text()
+    with pytest.raises(ConfigError, match=rf"smoke.yaml merged onto {target}: missing label.sampling.backend, "):
+        apply_profile("smoke", params_path=target)  # smoke sets two label.sampling keys; the other eleven are missing
+    assert target.read_text() == before
+
+
+def test_set_dotted_creates_levels():
+    raw: dict = {}
+    set_dotted(raw, "a.b.c", 1)
+    assert raw == {"a": {"b": {"c": 1}}}
+
+
+def test_overrides_replace_values_after_the_file_is_checked_whole(tmp_path):
+    p = load_params(ROOT / "params.yaml", overrides={"synth.generator": {"backend": "openai", "model": "m"}})
+    assert p.synth.generator.model == "m" and p.synth.generator.max_tokens == 384  # the rest: code defaults = shipped values
+    f = tmp_path / "params.yaml"
+    f.write_text(yaml.safe_dump(_without("synth.generator")))
+    with pytest.raises(ConfigError, match="missing synth.generator"):
+        load_params(f, overrides={"synth.generator": {"backend": "openai", "model": "m"}})

@@ -47,12 +47,21 @@ def test_the_shipped_params_declare_the_papers_nine_benchmarks_with_table_2_name
         "pubmedqa": "PubMedQA", "nejm": "NEJM", "lancet": "Lancet", "medbullets": "Medbullets"}
 
 
+def _params_with_benchmarks(tmp: Path, entries: str) -> Path:
+    """The shipped params.yaml with ``entries`` (YAML lines) as its whole data.benchmarks declaration."""
+    shipped = (ROOT / "params.yaml").read_text(encoding="utf-8")
+    start = shipped.index("  benchmarks:\n") + len("  benchmarks:\n")
+    end = shipped.index("\n\n", start) + 1
+    path = tmp / "params.yaml"
+    path.write_text(shipped[:start] + entries + shipped[end:], encoding="utf-8")
+    return path
+
+
 def test_a_declared_benchmark_is_loaded_from_its_file_without_python_changes(tmp_path):
     rows = json.load(gzip.open(RAW / DECLARED["lancet"].file))[:4]
     (tmp_path / "benchmarks").mkdir()
     (tmp_path / "benchmarks" / "mine.json").write_text(json.dumps(rows), encoding="utf-8")
-    params = tmp_path / "params.yaml"
-    params.write_text("data:\n  benchmarks:\n    my_set: {file: benchmarks/mine.json, display: My set}\n")
+    params = _params_with_benchmarks(tmp_path, "    my_set: {file: benchmarks/mine.json, display: My set}\n")
     got = load_benchmarks(load_params(params).data.benchmarks, tmp_path)
     assert list(got) == ["my_set"] and [q.id for q in got["my_set"]] == [r["id"] for r in rows]
     assert {q.source for q in got["my_set"]} == {"my_set"}
@@ -74,16 +83,14 @@ def test_an_undeclared_benchmark_name_is_a_params_error():
     ("{file: x.json, colour: red}", "data.benchmarks.mine.colour: unknown key"),
 ])
 def test_a_bad_benchmark_declaration_names_its_key(tmp_path, entry, message):
-    params = tmp_path / "params.yaml"
-    params.write_text(f"data:\n  benchmarks:\n    mine: {entry}\n")
+    params = _params_with_benchmarks(tmp_path, f"    mine: {entry}\n")
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
         load_params(params)
 
 
 @pytest.mark.parametrize("name", ["raredis_sub", "avg", "avg_paper", "med/qa"])
 def test_benchmark_names_that_clash_with_rare_sets_or_eval_keys_are_rejected(tmp_path, name):
-    params = tmp_path / "params.yaml"
-    params.write_text(f"data:\n  benchmarks:\n    '{name}': {{file: x.json}}\n")
+    params = _params_with_benchmarks(tmp_path, f"    '{name}': {{file: x.json}}\n")
     with pytest.raises(ConfigError, match=f"data.benchmarks.{name}: "):
         load_params(params)
 

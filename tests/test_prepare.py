@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import yaml
 
 from medssr.config import ConfigError, load_params
 from medssr.data.categories import classify_text, focus_sentence
@@ -22,12 +23,14 @@ RAW = ROOT / "data" / "raw"
 DECLARED = load_params(ROOT / "params.yaml").data.benchmarks
 
 
-def _params_file(tmp: Path, data_yaml: str) -> Path:
-    """A params.yaml with the shipped benchmark declarations and ``data_yaml`` (indented ``data:`` lines)."""
-    decl = "".join(f"    {n}: {{file: {d.file}, display: {d.display}, paper: {str(d.paper).lower()}, paper_rare: {d.paper_rare}}}\n"
-                   for n, d in DECLARED.items())
+def _params_file(tmp: Path, data_yaml: str, benchmarks: dict | None = None) -> Path:
+    """The shipped params.yaml with ``data_yaml`` (indented ``data:`` lines) over its data section; ``benchmarks`` are
+    declared besides the shipped ones."""
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+    raw["data"].update(yaml.safe_load(f"data:\n{data_yaml}")["data"] or {})
+    raw["data"]["benchmarks"].update(benchmarks or {})
     path = tmp / "params.yaml"
-    path.write_text(f"data:\n{data_yaml}  benchmarks:\n{decl}", encoding="utf-8")
+    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
     return path
 
 
@@ -173,9 +176,9 @@ def test_prepare_writes_one_file_per_declared_benchmark_and_drops_undeclared_one
 
 
 def test_prepare_without_declared_benchmarks_is_a_params_error(tmp_path):
-    (tmp_path / "params.yaml").write_text(f"data:\n  raw_dir: {RAW}\n  out_dir: {tmp_path}/p\n", encoding="utf-8")
+    path = _params_file(tmp_path, f"  raw_dir: {RAW}\n  out_dir: {tmp_path}/p\n  benchmarks: {{}}\n")
     with pytest.raises(ConfigError, match="data.benchmarks is empty"):
-        run_prepare(load_params(tmp_path / "params.yaml"), report_path=tmp_path / "r.json", log_mlflow=False)
+        run_prepare(load_params(path), report_path=tmp_path / "r.json", log_mlflow=False)
 
 
 def test_a_newly_declared_benchmark_gets_leakage_removal_and_rare_tagging(tmp_path):
@@ -183,8 +186,8 @@ def test_a_newly_declared_benchmark_gets_leakage_removal_and_rare_tagging(tmp_pa
     bioasq = load_training_source("bioasq", RAW, drop_known_test=True)[:40]
     mine = [{"id": f"mine-{i}", "question": q.render(), "gold": q.answer} for i, q in enumerate(bioasq)]
     (tmp_path / "mine.json").write_text(json.dumps(mine), encoding="utf-8")
-    path = _params_file(tmp_path, f"  raw_dir: {RAW}\n  out_dir: {tmp_path}/p\n  train_sources: [bioasq]\n")
-    path.write_text(path.read_text() + f"    my_set: {{file: {tmp_path}/mine.json, display: My set}}\n")
+    path = _params_file(tmp_path, f"  raw_dir: {RAW}\n  out_dir: {tmp_path}/p\n  train_sources: [bioasq]\n",
+                        {"my_set": {"file": f"{tmp_path}/mine.json", "display": "My set"}})
     summary = run_prepare(load_params(path), report_path=tmp_path / "r.json", log_mlflow=False)
     assert summary["benchmarks"]["my_set"] == 40 and (tmp_path / "p" / "benchmarks" / "my_set.jsonl").exists()
     assert summary["leakage_removed_by_reason"]["bioasq"]["text"] == 2 + 40
@@ -295,3 +298,34 @@ def test_llm_reasoning_and_category_classifiers_run_through_the_generator_backen
     assert raredis and all(r["category"] == "Diagnosis" for r in raredis)
     assert n_calls >= len(raredis) + 291  # every BioASQ training row was classified by the LLM (F.3)
     assert reasoning.fallbacks == 0 and category.fallbacks == 0
+
+
+# --- empty inputs fail naming the file (#13.7) -------------------------------------------------------------------
+def test_an_empty_extra_raredis_file_is_an_error_naming_it(tmp_path):
+    (tmp_path / "empty.json").write_text("[]", encoding="utf-8")
+    path = _params_file(tmp_path, f"  raw_dir: {RAW}\n  out_dir: {tmp_path}/p\n  extra_raredis: [{tmp_path}/empty.json]\n")
+    with pytest.raises(RecordError, match=rf"^{tmp_path}/empty.json: <file>: no records; fix the file or remove it from data.extra_raredis, "
+                                          r"or set data.allow_empty: true$"):
+        run_prepare(load_params(path), report_path=tmp_path / "r.json", log_mlflow=False)
+
+
+def test_an_empty_benchmark_file_is_an_error_naming_it_and_its_declaration(tmp_path):
+    (tmp_path / "mine.json").write_text("[\n]\n", encoding="utf-8")
+    path = _params_file(tmp_path, f"  raw_dir: {RAW}\n  out_dir: {tmp_path}/p\n", {"my_set": {"file": f"{tmp_path}/mine.json"}})
+    with pytest.raises(RecordError, match=rf"^{tmp_path}/mine.json: <file>: no records; fix the file or remove it from data.benchmarks.my_set"):
+        run_prepare(load_params(path), report_path=tmp_path / "r.json", log_mlflow=False)
+
+
+def test_a_file_whose_records_were_all_quarantined_says_so(tmp_path):
+    (tmp_path / "bad.json").write_text('[{"id": "x-1", "question": "Is it?\\nA. yes\\nB. no", "gold": "E"}]', encoding="utf-8")
+    path = _params_file(tmp_path, f"  raw_dir: {RAW}\n  out_dir: {tmp_path}/p\n  strict: false\n  extra_raredis: [{tmp_path}/bad.json]\n")
+    with pytest.raises(RecordError, match=r"bad.json: <file>: all 1 records were quarantined \(see rejected.jsonl\)"):
+        run_prepare(load_params(path), report_path=tmp_path / "r.json", log_mlflow=False)
+
+
+def test_data_allow_empty_lets_an_empty_extra_file_pass(tmp_path):
+    (tmp_path / "empty.json").write_text("[]", encoding="utf-8")
+    path = _params_file(tmp_path, f"  raw_dir: {RAW}\n  out_dir: {tmp_path}/p\n  train_sources: [bioasq]\n  allow_empty: true\n"
+                                  f"  extra_raredis: [{tmp_path}/empty.json]\n")
+    summary = run_prepare(load_params(path), report_path=tmp_path / "r.json", log_mlflow=False)
+    assert summary["extra_raredis"] == {"empty": 0}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,30 @@ def test_bad_params_file_is_one_line_naming_the_key(tmp_path, script, extra, nam
     assert r.returncode == 1, r.stderr
     assert f"[{name}] error: " in r.stderr and "synth.rare_ratio" in r.stderr and "'high'" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("script,extra,name", STAGES, ids=[s[2] for s in STAGES])
+def test_incomplete_params_file_is_rejected_by_every_stage(tmp_path, script, extra, name):
+    """A file without synth.generator once ran on code defaults that differed from params.yaml's (#13.8)."""
+    import yaml
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    del raw["synth"]["generator"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    r = subprocess.run([sys.executable, str(ROOT / "stages" / script), *extra, "--params", str(tmp_path / "params.yaml")],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1, r.stderr
+    assert f"[{name}] error: {tmp_path / 'params.yaml'}: missing synth.generator (" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_cli_reads_params_files_with_the_same_check(tmp_path, capsys):
+    from medssr.cli import main
+
+    (tmp_path / "params.yaml").write_text("eval:\n  runs: 1\n")
+    (tmp_path / "eval.json").write_text("{}")
+    main(["table", str(tmp_path / "eval.json"), "--params", str(tmp_path / "params.yaml")])
+    assert f"{tmp_path / 'params.yaml'}: missing project, data, model, corpus, synth, label, train, eval.benchmarks" in capsys.readouterr().err
 
 
 def test_every_dvc_stage_runs_through_the_shared_shell():
@@ -51,3 +76,118 @@ def test_user_facing_errors_share_one_base():
                 RecordError, TrainError, SynthError):
         assert issubclass(cls, MedssrError), cls
     assert issubclass(RecordError, ValueError) and issubclass(MissingWeightsError, FileNotFoundError)  # old catch sites still work
+
+
+# -- empty outputs fail at the stage that produced them (#13.7) -----------------------------------------------------
+def _stage_module(script: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"stage_{script}", ROOT / "stages" / script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _params_file(tmp: Path, overrides: dict) -> Path:
+    """The shipped params.yaml with dotted ``overrides``."""
+    import yaml
+
+    from medssr.config import set_dotted
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for k, v in overrides.items():
+        set_dotted(raw, k, v)
+    path = tmp / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _synth_project(tmp: Path, base_url: str, allow_empty: bool = False) -> list[str]:
+    from medssr.data.loaders import load_medmcqa
+    from medssr.records import write_jsonl
+
+    seeds = [q for q in load_medmcqa(ROOT / "data" / "raw") if len(q.question) >= 100][:8]
+    write_jsonl(tmp / "prepared" / "seeds.jsonl", seeds)
+    write_jsonl(tmp / "prepared" / "entities.jsonl", [{"name": "Fabry disease"}])
+    write_jsonl(tmp / "prepared" / "benchmarks" / "medqa.jsonl", seeds[:0])
+    params = _params_file(tmp, {"project.experiment": "empty-synth", "synth.n": 3, "synth.max_attempts": 5, "synth.rare_ratio": 0.0,
+                                "synth.cache_dir": str(tmp / "cache"), "synth.prompt_variant": "", "synth.allow_empty": allow_empty,
+                                **{f"synth.generator.{k}": v for k, v in {"backend": "openai_compatible", "model": "fake", "base_url": base_url,
+                                                                            "concurrency": 2, "max_retries": 0, "timeout_s": 10.0}.items()}})
+    return ["--params", str(params), "--prepared", str(tmp / "prepared"), "--corpus", str(tmp / "corpus"),
+            "--out", str(tmp / "synthetic" / "questions.jsonl"), "--report", str(tmp / "synth.json"), "--no-progress-bar"]
+
+
+def test_a_synthesize_run_that_accepts_nothing_fails_naming_the_cause(tmp_path, mlflow_store, monkeypatch, capsys):
+    """An all-garbage generator once ended '0 of 30 questions' with exit 0 and the empty file flowed on to label."""
+    from tests.llm_servers import FakeOpenAIServer
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    monkeypatch.setenv("MEDSSR_ROOT", str(tmp_path))
+    with FakeOpenAIServer(responder=lambda req: "I am sorry, I cannot write medical questions.") as srv:
+        rc = _stage_module("synthesize.py").main(_synth_project(tmp_path, srv.base_url))
+        sent = len(srv.requests)
+    out, err = capsys.readouterr()
+    assert rc == 1 and sent == 5, err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith(f"[synthesize] error: {tmp_path}/synthetic/questions.jsonl (0 of 3 questions) is empty: "
+                           "all 5 generator responses were rejected (")
+    assert "change synth.generator (a stronger model" in line and line.endswith("(or set synth.allow_empty: true to let an empty result pass)")
+    assert "synthesize: 0/3 questions from 5 attempts" in out  # the usual summary first
+    # what was paid for is on disk: the report, and the progress file a rerun resumes from
+    assert json.loads((tmp_path / "synth.json").read_text())["attempts"] == 5
+    assert len((tmp_path / "synthetic" / "questions.progress.jsonl").read_text().splitlines()) == 5
+
+
+def test_synth_allow_empty_lets_an_empty_run_exit_0(tmp_path, mlflow_store, monkeypatch, capsys):
+    from tests.llm_servers import FakeOpenAIServer
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    monkeypatch.setenv("MEDSSR_ROOT", str(tmp_path))
+    with FakeOpenAIServer(responder=lambda req: "no") as srv:
+        assert _stage_module("synthesize.py").main(_synth_project(tmp_path, srv.base_url, allow_empty=True)) == 0
+    assert "synthesize: 0/3 questions" in capsys.readouterr().out
+
+
+def _label_run(tmp: Path, model_dir: Path, **overrides) -> int:
+    from medssr.data.loaders import load_medmcqa
+    from medssr.records import write_jsonl
+
+    qs = load_medmcqa(ROOT / "data" / "raw")[:2]
+    write_jsonl(tmp / "questions.jsonl", [q.to_dict() | {"source": "synthetic", "answer": None} for q in qs])
+    params = _params_file(tmp, {"project.experiment": "empty-label", "label.reliability_n": 0, "label.sampling.n": 2,
+                                "label.sampling.max_new_tokens": 4, **overrides})
+    return _stage_module("label.py").main(["--params", str(params), "--model", str(model_dir), "--synthetic", str(tmp / "questions.jsonl"),
+                                           "--benchmarks", str(tmp / "none"), "--out", str(tmp / "labeled.jsonl"),
+                                           "--report", str(tmp / "label.json"), "--plot", str(tmp / "label.png"), "--no-progress-bar"])
+
+
+def test_a_label_run_that_keeps_nothing_fails_naming_the_cause(tmp_path, tiny_model_dir, one_torch_thread, mlflow_store, monkeypatch, capsys):
+    """A random 2-layer policy never commits an answer in 4 tokens: 0/2 kept once exited 0."""
+    monkeypatch.setenv("MEDSSR_ROOT", str(tmp_path))
+    assert _label_run(tmp_path, tiny_model_dir) == 1
+    out, err = capsys.readouterr()
+    line = err.strip().splitlines()[-1]
+    assert line == (f"[label] error: {tmp_path}/labeled.jsonl (0 of 2 questions kept) is empty: 2 no vote committed an answer; "
+                    "change label.sampling.max_new_tokens (votes cut before the answer) or model.policy "
+                    "(or set label.allow_empty: true to let an empty result pass)")
+    assert "[label] kept 0/2" in out
+    assert json.loads((tmp_path / "label.json").read_text())["dropped_no_valid"] == 2  # the report is written
+    from medssr.label.run import progress_path_for
+
+    assert len(progress_path_for(tmp_path / "labeled.jsonl").read_text().splitlines()) >= 2  # the votes are kept for the rerun
+
+
+def test_label_allow_empty_lets_an_empty_run_exit_0(tmp_path, tiny_model_dir, one_torch_thread, mlflow_store, monkeypatch):
+    monkeypatch.setenv("MEDSSR_ROOT", str(tmp_path))
+    assert _label_run(tmp_path, tiny_model_dir, **{"label.allow_empty": True}) == 0
+
+
+def test_a_prepare_run_without_training_rows_fails_after_writing_its_report(tmp_path, mlflow_store, monkeypatch, capsys):
+    monkeypatch.setenv("MEDSSR_ROOT", str(tmp_path))
+    params = _params_file(tmp_path, {"data.raw_dir": str(ROOT / "data" / "raw"), "data.out_dir": str(tmp_path / "p"), "data.train_sources": []})
+    assert _stage_module("prepare.py").main(["--params", str(params), "--report", str(tmp_path / "prepare.json")]) == 1
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line == (f"[prepare] error: {tmp_path}/p/train.jsonl is empty: no training row is left of 0 loaded (leakage removed 0); "
+                    "change data.train_sources or data.max_train (or set data.allow_empty: true to let an empty result pass)")
+    assert json.loads((tmp_path / "prepare.json").read_text())["train_rows"] == 0

@@ -22,7 +22,7 @@ from medssr.data.leakage import build_index, normalize_text, remove_leakage
 from medssr.data.loaders import TRAINING_SOURCES, benchmark_name_for, load_benchmark_file, load_benchmarks, load_training_source
 from medssr.data.rare import STOPLIST, build_tagger, load_entities, normalize_name, tag_question
 from medssr.data.reasoning import is_reasoning_heavy, select_seeds
-from medssr.records import CATEGORIES, Question, write_jsonl
+from medssr.records import CATEGORIES, Question, RecordError, write_jsonl
 
 
 def _progress(it, **kw):
@@ -47,6 +47,15 @@ def stratified_cap(rows: list[Question], cap: int | None, seed: int) -> list[Que
     for s in sorted(by_source):
         keep.update(rng.sample(by_source[s], quota[s]))
     return [q for i, q in enumerate(rows) if i in keep]
+
+
+def _check_not_empty(rows: list[Question], path: str | os.PathLike, key: str, allow: bool, rejected: list[dict]) -> None:
+    """An empty benchmark or extra RareDis file would silently evaluate, deduplicate and tag nothing: fail naming it."""
+    if rows or allow:
+        return
+    quarantined = sum(r.get("file") == str(path) for r in rejected)
+    why = f"all {quarantined} records were quarantined (see rejected.jsonl)" if quarantined else "no records"
+    raise RecordError(path, None, "<file>", f"{why}; fix the file or remove it from {key}, or set data.allow_empty: true")
 
 
 def _category_metric(c: str) -> str:
@@ -100,6 +109,9 @@ def run_prepare(params: Any, classifier: Callable[[Question], bool] | None = Non
         while key in benchmarks or key in extras:
             key += "-extra"
         extras[key] = load_benchmark_file(p, key, cfg.strict, rejected)
+        _check_not_empty(extras[key], p, "data.extra_raredis", cfg.allow_empty, rejected)
+    for name, rows in benchmarks.items():
+        _check_not_empty(rows, raw / cfg.benchmarks[name].file, f"data.benchmarks.{name}", cfg.allow_empty, rejected)
     index = build_index(q for rows in (*benchmarks.values(), *extras.values()) for q in rows)
     loaded: dict[str, int] = {}
     train_pool: list[Question] = []
