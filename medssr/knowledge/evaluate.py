@@ -1,33 +1,26 @@
 """Which rare diseases the corpus covers, and how often retrieval finds them (recall@k by name match).
 
-A passage is *about* an entity when its title (MedQuAD focus, NORD file title, Orphanet name) or one
-of its aliases equals, after normalisation, the entity's name or one of its synonyms. Coverage feeds
-the synthesizer (prefer covered diseases); recall@k measures each embedder on entity-name queries.
+A passage is *about* an entity when its title (MedQuAD focus, NORD file title, Orphanet name) or one of its
+aliases equals the entity's name or one of its synonyms under ``name_key``: the tagger's ``normalize_name`` with
+accents folded (``medssr.data.entities`` says why). Coverage feeds the synthesizer (prefer covered diseases);
+recall@k measures each embedder on entity-name queries.
 """
 
 from __future__ import annotations
 
 import random
-import re
 import time
-import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from medssr.data.entities import Entity, normalize_name, read_entities
 from medssr.knowledge.corpus import CorpusError, Passage, _iter_jsonl
+
+__all__ = ["Entity", "RecallResult", "coverage", "entities_from_orphanet", "load_entities", "name_key", "normalize_name", "recall_at_k"]
 
 MIN_ALIAS_LEN = 5  # shorter synonyms ("ALS", "MCCD") are too ambiguous to decide what a passage is about
 EXCLUDED_TYPES = ("Category", "Clinical group")  # Orphanet grouping nodes, not diseases
-
-
-@dataclass(frozen=True)
-class Entity:
-    """A rare disease of E_rare."""
-
-    name: str
-    synonyms: tuple[str, ...] = ()
-    orphacode: str | None = None
 
 
 @dataclass
@@ -45,35 +38,12 @@ class RecallResult:
         return self.hits / self.n_queries if self.n_queries else 0.0
 
 
-def normalize_name(name: str) -> str:
-    """Case, accents, possessives and punctuation folded: ``Behçet's-Syndrome`` -> ``behcet syndrome``."""
-    s = unicodedata.normalize("NFKD", name)
-    s = "".join(c for c in s if not unicodedata.combining(c)).casefold()
-    s = re.sub(r"['\u2019`]s\b", "", s)
-    return re.sub(r"[^0-9a-z]+", " ", s).strip()
-
-
-def _synonyms(value, path: Path, line: int) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise CorpusError(f"{path}:{line}: synonyms: expected a list of strings")
-    return tuple(v for v in value if v.strip())
-
-
 def load_entities(path: str | Path) -> list[Entity]:
-    """E_rare from the prepare stage: JSONL rows with at least ``name`` (plus ``synonyms``, ``orphacode``)."""
+    """E_rare from the prepare stage (``entities.jsonl``), read by ``medssr.data.entities.read_entities``."""
     path = Path(path)
     if not path.exists():
         raise CorpusError(f"{path}: entity file not found; run the prepare stage first (dvc repro prepare) or pass --entities")
-    out = []
-    for line, obj in _iter_jsonl(path):
-        name = obj.get("name")
-        if not isinstance(name, str) or not name.strip():
-            raise CorpusError(f"{path}:{line}: name: empty or missing")
-        code = obj.get("orphacode")
-        out.append(Entity(name.strip(), _synonyms(obj.get("synonyms"), path, line), str(code) if code is not None else None))
-    return out
+    return read_entities(path)
 
 
 def entities_from_orphanet(path: str | Path = "data/raw/rare_disease/orphanet_diseases.jsonl.gz") -> list[Entity]:
@@ -83,13 +53,18 @@ def entities_from_orphanet(path: str | Path = "data/raw/rare_disease/orphanet_di
     for line, obj in _iter_jsonl(path):
         if obj.get("disorder_type") in EXCLUDED_TYPES or not obj.get("name"):
             continue
-        out.append(Entity(obj["name"].strip(), _synonyms(obj.get("synonyms"), path, line), str(obj.get("orphacode"))))
+        out.append(Entity.from_row(obj, path, line))
     return out
 
 
+def name_key(name: str) -> str:
+    """What a passage title and an entity name are compared by: ``Behçet's-Syndrome`` == ``behcet syndrome``."""
+    return normalize_name(name, fold_accents=True)
+
+
 def _entity_keys(e: Entity) -> set[str]:
-    keys = {normalize_name(e.name)}
-    keys.update(k for k in (normalize_name(s) for s in e.synonyms) if len(k) >= MIN_ALIAS_LEN)
+    keys = {name_key(e.name)}
+    keys.update(k for k in (name_key(s) for s in e.synonyms) if len(k) >= MIN_ALIAS_LEN)
     return keys - {""}
 
 
@@ -97,7 +72,7 @@ def coverage(entities: Iterable[Entity], passages: Sequence[Passage]) -> dict[st
     """``{entity name: [passage ids about it]}`` for every entity with at least one such passage (ids in corpus order)."""
     by_name: dict[str, list[int]] = {}
     for i, p in enumerate(passages):
-        keys = {normalize_name(p.title)} | {k for k in (normalize_name(a) for a in p.aliases) if len(k) >= MIN_ALIAS_LEN}
+        keys = {name_key(p.title)} | {k for k in (name_key(a) for a in p.aliases) if len(k) >= MIN_ALIAS_LEN}
         for key in keys - {""}:
             by_name.setdefault(key, []).append(i)
     found: dict[str, set[int]] = {}
