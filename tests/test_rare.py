@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from medssr.config import load_params
 from medssr.data.loaders import load_benchmarks, load_training_source
 from medssr.data.rare import Entity, build_tagger, is_acronym, load_entities, tag_question
+from medssr.records import RecordError
 
 ROOT = Path(__file__).resolve().parents[1]
 RAW = ROOT / "data" / "raw"
@@ -122,3 +124,17 @@ def test_short_names_are_dropped_unless_long_acronyms():
 def test_is_acronym():
     assert is_acronym("MCCD") and is_acronym("HAIR-AN") and is_acronym("SeLECTS")
     assert not is_acronym("Down syndrome") and not is_acronym("IgA nephropathy")
+
+
+def test_a_bad_line_in_a_raw_entity_file_names_file_and_line(tmp_path):
+    (tmp_path / "rare_disease").mkdir()
+    good = '{"orphacode": "117", "name": "Behçet disease", "disorder_type": "Disease"}\n'
+    with gzip.open(tmp_path / "rare_disease" / "orphanet_diseases.jsonl.gz", "wt", encoding="utf-8") as fh:
+        fh.write(good + '{"orphacode": \n')
+    with pytest.raises(RecordError, match=r"orphanet_diseases\.jsonl\.gz:2: <row>: invalid JSON"):
+        load_entities(tmp_path, include_gard=False)
+    with gzip.open(tmp_path / "rare_disease" / "orphanet_diseases.jsonl.gz", "wt", encoding="utf-8") as fh:
+        fh.write(good)
+    assert [e.name for e in load_entities(tmp_path, include_gard=False)] == ["Behçet disease"]
+    with pytest.raises(FileNotFoundError, match=r"medquad_gard_ghr\.jsonl\.gz: no such file \(check data\.raw_dir"):
+        load_entities(tmp_path)

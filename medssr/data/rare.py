@@ -7,8 +7,6 @@ match case-sensitively, and a stoplist removes common diseases and everyday word
 
 from __future__ import annotations
 
-import gzip
-import json
 import os
 import re
 from collections.abc import Iterable
@@ -16,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medssr.data.entities import TOKEN, Entity, normalize_name, prepare_text, tokens
-from medssr.records import Question
+from medssr.records import Question, iter_jsonl
 
 ORPHANET_FILE = "rare_disease/orphanet_diseases.jsonl.gz"
 GARD_FILE = "corpus/medquad_gard_ghr.jsonl.gz"
@@ -174,14 +172,11 @@ def is_acronym(surface: str) -> bool:
     return len(toks) == 1 and sum(c.isupper() for c in toks[0]) >= 2
 
 
-def _read_jsonl_gz(path: Path) -> Iterable[dict]:
+def _read_raw(path: Path) -> Iterable[dict]:
+    """The rows of a raw Orphanet/GARD file (records.iter_jsonl: a bad line is named), or where to look when it is missing."""
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file (check data.raw_dir; the repository ships the real data under data/raw)")
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                yield json.loads(line)
+    return (row for _, row in iter_jsonl(path))
 
 
 def load_entities(raw_dir: str | os.PathLike, include_gard: bool = True, types: tuple[str, ...] = DISEASE_TYPES) -> list[Entity]:
@@ -189,7 +184,7 @@ def load_entities(raw_dir: str | os.PathLike, include_gard: bool = True, types: 
     raw_dir = Path(raw_dir)
     entities: list[Entity] = []
     by_key: dict[str, Entity] = {}
-    for r in _read_jsonl_gz(raw_dir / ORPHANET_FILE):
+    for r in _read_raw(raw_dir / ORPHANET_FILE):
         if r.get("disorder_type") not in types:
             continue
         e = Entity(id=f"ORPHA:{r['orphacode']}", name=r["name"], synonyms=list(r.get("synonyms") or []),
@@ -199,7 +194,7 @@ def load_entities(raw_dir: str | os.PathLike, include_gard: bool = True, types: 
             by_key.setdefault(normalize_name(s), e)
     if include_gard:
         used_ids = {e.id for e in entities}
-        for r in _read_jsonl_gz(raw_dir / GARD_FILE):
+        for r in _read_raw(raw_dir / GARD_FILE):
             if r.get("source") != "GARD" or not r.get("focus"):
                 continue
             focus = _PARENS.sub("", r["focus"]).strip()
@@ -314,12 +309,12 @@ def build_tagger(entities: Iterable[Entity], min_len: int = 5, stoplist: Iterabl
                 dropped[why] = dropped.get(why, 0) + 1
                 continue
             case_tokens = tokens(s, lower=False) if is_acronym(s) else None
-            low = tokens(s)
-            if (e.id, " ".join(tokens(s, lower=case_tokens is None))) in seen:
+            key = (e.id, " ".join(case_tokens) if case_tokens is not None else normalize_name(s))
+            if key in seen:
                 continue
-            seen.add((e.id, " ".join(tokens(s, lower=case_tokens is None))))
+            seen.add(key)
             node = trie
-            for t in low:
+            for t in tokens(s):
                 node = node.setdefault(t, {})
             node.setdefault(None, []).append((e, case_tokens))
             n += 1
