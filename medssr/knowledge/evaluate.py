@@ -62,22 +62,20 @@ def name_key(name: str) -> str:
     return normalize_name(name, fold_accents=True)
 
 
-def _entity_keys(e: Entity) -> set[str]:
-    keys = {name_key(e.name)}
-    keys.update(k for k in (name_key(s) for s in e.synonyms) if len(k) >= MIN_ALIAS_LEN)
-    return keys - {""}
+def _keys(name: str, aliases: Iterable[str]) -> set[str]:
+    """The keys a name and its aliases match by; aliases shorter than MIN_ALIAS_LEN are too ambiguous to count."""
+    return ({name_key(name)} | {k for k in map(name_key, aliases) if len(k) >= MIN_ALIAS_LEN}) - {""}
 
 
 def coverage(entities: Iterable[Entity], passages: Sequence[Passage]) -> dict[str, list[str]]:
     """``{entity name: [passage ids about it]}`` for every entity with at least one such passage (ids in corpus order)."""
     by_name: dict[str, list[int]] = {}
     for i, p in enumerate(passages):
-        keys = {name_key(p.title)} | {k for k in (name_key(a) for a in p.aliases) if len(k) >= MIN_ALIAS_LEN}
-        for key in keys - {""}:
+        for key in _keys(p.title, p.aliases):
             by_name.setdefault(key, []).append(i)
     found: dict[str, set[int]] = {}
     for e in entities:
-        hits = {i for key in _entity_keys(e) for i in by_name.get(key, ())}
+        hits = {i for key in _keys(e.name, e.synonyms) for i in by_name.get(key, ())}
         if hits:
             found.setdefault(e.name, set()).update(hits)  # two entities of one name (rare) share their passages
     return {name: [passages[i].id for i in sorted(idx)] for name, idx in found.items()}
