@@ -1,0 +1,289 @@
+"""dvc.yaml is honest about params: each stage declares every param it reads, and no section wider than it reads (#13.8).
+
+How the reads are found: each stage's own entry function (``body`` of ``stages/<name>.py``, with the arguments of its
+dvc.yaml ``cmd``) runs on a throwaway project of a few rows (the tiny random Llama as every model, a loopback
+OpenAI-compatible server as the generator), with the shipped params.yaml as a *recording* params object: a copy
+whose every section records each dotted key path read from it. Where a stage branches on a param, it runs once
+per branch that reads other keys (prepare: the LLM classifiers through synth.generator; train: the TRL and the
+OpenRLHF backend). The two train stages run with ``--dry-run``: the trainer config (TRL ``grpo_config``, the
+OpenRLHF command) is built from the same params as in a real run, and only the training itself, which reads
+nothing more, is skipped. `report` is ``always_changed`` in dvc.yaml (it reruns every time), so it has no params to declare.
+
+Not dependencies: reads made while logging to MLflow (inside medssr.tracking or ``config.to_flat_dict``, which
+copy params into the run's params table) and ``project.experiment`` (the MLflow experiment a stage logs to): they
+change where results are recorded, never what a stage writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import shutil
+import sys
+import typing
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+from medssr.config import Params, load_params, to_flat_dict
+from medssr.data.loaders import load_medmcqa
+from medssr.records import write_jsonl
+
+ROOT = Path(__file__).resolve().parents[1]
+RAW = ROOT / "data" / "raw"
+DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+TRACKING_ONLY = {"project.experiment"}
+# Reads that are not dependencies and that dvc.yaml cannot express; each names the code that should stop making it.
+KNOWN_READS = {
+    # medssr/rl/run.py run_fingerprint: dataclasses.asdict(params.train) reads both stages' sections, then drops the
+    # other stage before hashing; the value never reaches the fingerprint (see the report of #13.8)
+    ("stage1", "train.stage2", "medssr.rl.run:run_fingerprint"),
+    ("stage2", "train.stage1", "medssr.rl.run:run_fingerprint"),
+}
+
+
+# -- the recording params object ---------------------------------------------------------------------------------
+class Reads(dict):
+    """dotted key path -> the set of 'module:function' that read it."""
+
+    def note(self, path: str) -> None:
+        frame = sys._getframe(2)
+        where = None
+        while frame is not None:
+            module = frame.f_globals.get("__name__", "")
+            if module == "medssr.tracking" or frame.f_code is to_flat_dict.__code__:
+                return  # copying params into MLflow's params table: not a dependency
+            if where is None and module not in ("dataclasses", __name__):
+                where = f"{module}:{frame.f_code.co_name}"
+            frame = frame.f_back
+        self.setdefault(path, set()).add(where or "?")
+
+
+_RECORDING_CLASSES: dict[type, type] = {}
+
+
+def _recording_getattribute(self, name):
+    value = object.__getattribute__(self, name)
+    if name in type(self).__dataclass_fields__ and not dataclasses.is_dataclass(value):
+        rec = object.__getattribute__(self, "__dict__").get("_recording")
+        if rec is not None:
+            rec[0].note(rec[1] + name)
+    return value
+
+
+def recording(obj, reads: Reads, prefix: str = ""):
+    """A copy of the params dataclass ``obj`` (an instance of a subclass, so isinstance/asdict/replace work) that notes
+    every leaf read into ``reads``; nested sections are recording copies too."""
+    cls = type(obj)
+    sub = _RECORDING_CLASSES.setdefault(cls, type(f"Recording{cls.__name__}", (cls,), {"__getattribute__": _recording_getattribute}))
+    new = object.__new__(sub)
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        object.__setattr__(new, f.name, recording(value, reads, f"{prefix}{f.name}.") if dataclasses.is_dataclass(value) else value)
+    object.__setattr__(new, "_recording", (reads, prefix))
+    return new
+
+
+def test_the_recorder_records_leaves_by_path_and_skips_mlflow_copies():
+    reads = Reads()
+    p = recording(load_params(ROOT / "params.yaml"), reads)
+    assert p.synth.generator.max_tokens == 384 and isinstance(p, Params)
+    dataclasses.asdict(p.train.stage1)
+    to_flat_dict(p)
+    assert set(reads) == {"synth.generator.max_tokens", "train.stage1.max_steps", "train.stage1.learning_rate", "train.stage1.beta",
+                          "train.stage1.max_samples"}
+
+
+# -- running each stage's entry on a throwaway project -----------------------------------------------------------
+def _stage_module(script: str):
+    spec = importlib.util.spec_from_file_location(f"dvc_params_{Path(script).stem}", ROOT / script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _run_body(stage: str, params: Params, extra: list[str] = ()) -> Reads:
+    """``body(args, params)`` of the stage's script with its dvc.yaml cmd arguments (+ ``extra``); returns the reads."""
+    _, script, *argv = DVC[stage]["cmd"].split()
+    mod = _stage_module(script)
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--params")
+    if hasattr(mod, "add_args"):
+        mod.add_args(ap)
+    reads = Reads()
+    mod.body(ap.parse_args([*argv, *extra]), recording(params, reads))
+    return reads
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, tiny_model_dir):
+    """A project root (the cwd of every stage): prepared data of a few rows, the tiny model as policy and checkpoints,
+    a labeled synthetic set, the prompts. Stages write their outputs elsewhere (``--out``), so the order they run in does not matter."""
+    root = tmp_path_factory.mktemp("dvcparams")
+    rows = load_medmcqa(RAW)[:12]
+    prepared = root / "data" / "prepared"
+    write_jsonl(prepared / "seeds.jsonl", rows[:4])
+    write_jsonl(prepared / "train.jsonl", rows[4:8])
+    write_jsonl(prepared / "entities.jsonl", [{"name": "Fabry disease"}, {"name": "Gaucher disease"}])
+    bench = [dataclasses.replace(q, id=f"medqa-{i}", source="medqa", split="test") for i, q in enumerate(rows[8:10])]
+    write_jsonl(prepared / "benchmarks" / "medqa.jsonl", bench)
+    write_jsonl(prepared / "raredis_sub.jsonl", [dataclasses.replace(q, id=f"rare-{q.id}", source="raredis_sub", rare_disease="Fabry disease",
+                                                                     category="Diagnosis") for q in bench])
+    write_jsonl(root / "data" / "synthetic" / "questions.jsonl",
+                [dataclasses.replace(q, id=f"syn-{i}", source="synthetic", split="synthetic") for i, q in enumerate(rows[:2])])
+    write_jsonl(root / "data" / "labeled" / "synthetic.jsonl",
+                [dataclasses.replace(q, id=f"syn-{i}", source="synthetic", split="synthetic", votes=["B", "B"], majority="B", agreement=1.0,
+                                     n_valid=2) for i, q in enumerate(rows[:4])])
+    shutil.copytree(ROOT / "prompts", root / "prompts")
+    for d in ("artifacts/models/policy", "checkpoints/stage1", "checkpoints/stage2"):
+        shutil.copytree(tiny_model_dir, root / d)
+    return root
+
+
+@pytest.fixture
+def in_project(project, monkeypatch, mlflow_store):
+    monkeypatch.chdir(project)
+    monkeypatch.setenv("MEDSSR_ROOT", str(project))
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    return project
+
+
+def _params(**overrides) -> Params:
+    """The shipped params.yaml, pointed at the throwaway project and made cheap (overrides change values, never which keys exist)."""
+    cheap = {"data.raw_dir": str(RAW), "data.benchmarks": {"medqa": {"file": "benchmarks/test_short_medqa.json.gz"}},
+             "synth.n": 2, "synth.max_attempts": 4, "synth.rare_ratio": 0.0,
+             "label.reliability_n": 1, "label.sampling.n": 2, "label.sampling.max_new_tokens": 4, "label.allow_empty": True,
+             "train.num_generations": 2, "train.max_completion_length": 8, "train.per_device_batch_size": 2,
+             "eval.max_per_benchmark": 1, "eval.max_raredis": 1, "eval.sampling.max_new_tokens": 4, "eval.bootstrap": 10}
+    return load_params(ROOT / "params.yaml", {**cheap, **overrides})
+
+
+def _generator(base_url: str) -> dict:
+    return {f"synth.generator.{k}": v for k, v in {"backend": "openai_compatible", "model": "fake", "base_url": base_url,
+                                                    "max_retries": 0, "timeout_s": 10.0}.items()}
+
+
+def _model(project: Path) -> Reads:
+    return _run_body("model", _params(**{"model.policy": str(project / "artifacts/models/policy"), "model.dir": str(project / "model_out")}))
+
+
+def _prepare(project: Path) -> Reads:
+    over = {"data.out_dir": str(project / "prepare_out"), "data.train_sources": ["bioasq"], "data.allow_empty": True,
+            "synth.cache_dir": str(project / "cache")}
+    reads = _run_body("prepare", _params(**over))
+    # the LLM branch (data.reasoning_filter / category_classifier: llm): the classifiers are built from synth.generator
+    llm = Reads()
+    _stage_module("stages/prepare.py").llm_classifiers(recording(_params(**over, **_generator("http://127.0.0.1:9/v1"), **{
+        "data.reasoning_filter": "llm", "data.category_classifier": "llm"}), llm))
+    return _merge(reads, llm)
+
+
+def _corpus(project: Path) -> Reads:
+    return _run_body("corpus", _params(**{"corpus.embedder": "bm25", "corpus.eval_embedders": ["bm25"], "corpus.max_passages": 200,
+                                          "corpus.eval_sample": 10}))
+
+
+def _synthesize(project: Path) -> Reads:
+    from tests.llm_servers import FakeOpenAIServer
+
+    with FakeOpenAIServer() as srv:
+        return _run_body("synthesize", _params(**_generator(srv.base_url), **{"synth.cache_dir": str(project / "cache"), "synth.allow_empty": True}),
+                         ["--no-progress-bar", "--out", str(project / "synth_out.jsonl")])
+
+
+def _label(project: Path) -> Reads:
+    return _run_body("label", _params(), ["--no-progress-bar", "--out", str(project / "label_out.jsonl")])
+
+
+def _train(stage: str) -> Callable[[Path], Reads]:
+    def run(project: Path) -> Reads:
+        trl = _run_body(stage, _params(), ["--dry-run"])
+        openrlhf = _run_body(stage, _params(**{"train.backend": "openrlhf", "train.global_batch_size": 4, "train.rollout_batch_size": 4,
+                                               "train.micro_batch_size": 1, "train.openrlhf.gpus_per_node": 1,
+                                               "train.openrlhf.vllm_num_engines": 1}), ["--dry-run"])
+        return _merge(trl, openrlhf)
+    return run
+
+
+def _evaluate(project: Path) -> Reads:
+    return _run_body("evaluate", _params(), ["--no-progress-bar", "--metrics", str(project / "metrics/eval.json")])
+
+
+def _merge(*reads: Reads) -> Reads:
+    out = Reads()
+    for r in reads:
+        for k, v in r.items():
+            out.setdefault(k, set()).update(v)
+    return out
+
+
+RUNNERS = {"model": _model, "prepare": _prepare, "corpus": _corpus, "synthesize": _synthesize, "label": _label,
+           "stage1": _train("stage1"), "stage2": _train("stage2"), "evaluate": _evaluate}
+
+
+def test_every_dvc_stage_with_params_is_checked():
+    assert set(RUNNERS) == {name for name, s in DVC.items() if not s.get("always_changed")}
+
+
+# -- the checks -------------------------------------------------------------------------------------------------
+def _declared(stage: str) -> list[str]:
+    return list(DVC[stage].get("params", []))
+
+
+def _covered(key: str, declared: list[str]) -> bool:
+    return any(key == d or key.startswith(d + ".") for d in declared)
+
+
+def _section_type(path: str):
+    """The dataclass of the params section at ``path`` (None for a leaf or a user mapping)."""
+    tp: typing.Any = Params
+    for part in path.split("."):
+        if not dataclasses.is_dataclass(tp):
+            return None
+        tp = typing.get_type_hints(tp).get(part)
+    return tp if dataclasses.is_dataclass(tp) else None
+
+
+def dependencies(stage: str, reads: Reads) -> dict[str, set[str]]:
+    """The reads that are dependencies: less the tracking-only keys and the KNOWN_READS of this stage."""
+    out = {}
+    for key, where in reads.items():
+        where = {w for w in where if not any(stage == s and _covered(key, [p]) and w == fn for s, p, fn in KNOWN_READS)}
+        if where and key not in TRACKING_ONLY:
+            out[key] = where
+    return out
+
+
+def undeclared_reads(stage: str, reads: Reads) -> list[str]:
+    declared = _declared(stage)
+    return [f"{key} (read in {', '.join(sorted(where))})" for key, where in sorted(dependencies(stage, reads).items())
+            if not _covered(key, declared)]
+
+
+def too_wide_declarations(stage: str, reads: Reads) -> list[str]:
+    """Declared sections with a sub-section the stage never reads: a change there would rerun it for nothing."""
+    read = list(dependencies(stage, reads))
+    out = []
+    for d in _declared(stage):
+        section = _section_type(d)
+        if section is None:
+            continue
+        for f in dataclasses.fields(section):
+            sub = f"{d}.{f.name}"
+            if _section_type(sub) is not None and not any(_covered(k, [sub]) for k in read):
+                out.append(f"{d} (never reads {sub}: declare the keys it reads instead)")
+    return out
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+@pytest.mark.parametrize("stage", list(RUNNERS))
+def test_dvc_yaml_declares_exactly_the_params_each_stage_reads(stage, in_project):
+    reads = RUNNERS[stage](in_project)
+    assert reads, f"{stage}: no params read at all: the recorder is not wired"
+    undeclared = undeclared_reads(stage, reads)
+    assert not undeclared, f"dvc.yaml stage {stage!r} reads params its `params:` does not declare:\n  " + "\n  ".join(undeclared)
+    wide = too_wide_declarations(stage, reads)
+    assert not wide, f"dvc.yaml stage {stage!r} declares a section wider than it reads:\n  " + "\n  ".join(wide)
