@@ -111,7 +111,7 @@ def _synth_project(tmp: Path, base_url: str, allow_empty: bool = False) -> list[
     write_jsonl(tmp / "prepared" / "entities.jsonl", [{"name": "Fabry disease"}])
     write_jsonl(tmp / "prepared" / "benchmarks" / "medqa.jsonl", seeds[:0])
     params = _params_file(tmp, {"project.experiment": "empty-synth", "synth.n": 3, "synth.max_attempts": 5, "synth.rare_ratio": 0.0,
-                                "synth.cache_dir": str(tmp / "cache"), "synth.prompt_variant": "", "synth.allow_empty": allow_empty,
+                                "synth.cache_dir": str(tmp / "cache"), "synth.prompt_variant": "", **({"synth.allow_empty": True} if allow_empty else {}),
                                 **{f"synth.generator.{k}": v for k, v in {"backend": "openai_compatible", "model": "fake", "base_url": base_url,
                                                                             "concurrency": 2, "max_retries": 0, "timeout_s": 10.0}.items()}})
     return ["--params", str(params), "--prepared", str(tmp / "prepared"), "--corpus", str(tmp / "corpus"),
@@ -149,11 +149,11 @@ def test_synth_allow_empty_lets_an_empty_run_exit_0(tmp_path, mlflow_store, monk
     assert "synthesize: 0/3 questions" in capsys.readouterr().out
 
 
-def _label_run(tmp: Path, model_dir: Path, **overrides) -> int:
+def _label_run(tmp: Path, model_dir: Path, n: int = 2, **overrides) -> int:
     from medssr.data.loaders import load_medmcqa
     from medssr.records import write_jsonl
 
-    qs = load_medmcqa(ROOT / "data" / "raw")[:2]
+    qs = load_medmcqa(ROOT / "data" / "raw")[:n]
     write_jsonl(tmp / "questions.jsonl", [q.to_dict() | {"source": "synthetic", "answer": None} for q in qs])
     params = _params_file(tmp, {"project.experiment": "empty-label", "label.reliability_n": 0, "label.sampling.n": 2,
                                 "label.sampling.max_new_tokens": 4, **overrides})
@@ -191,3 +191,13 @@ def test_a_prepare_run_without_training_rows_fails_after_writing_its_report(tmp_
     assert line == (f"[prepare] error: {tmp_path}/p/train.jsonl is empty: no training row is left of 0 loaded (leakage removed 0); "
                     "change data.train_sources or data.max_train (or set data.allow_empty: true to let an empty result pass)")
     assert json.loads((tmp_path / "prepare.json").read_text())["train_rows"] == 0
+
+
+def test_a_label_run_with_nothing_to_label_fails_naming_the_input(tmp_path, tiny_model_dir, one_torch_thread, mlflow_store, monkeypatch,
+                                                                   capsys):
+    """'label' once kept 0/0 with exit 0 when synthesize had been allowed to end empty."""
+    monkeypatch.setenv("MEDSSR_ROOT", str(tmp_path))
+    assert _label_run(tmp_path, tiny_model_dir, n=0) == 1
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith(f"[label] error: {tmp_path}/labeled.jsonl (0 of 0 questions kept) is empty: {tmp_path}/questions.jsonl holds no "
+                           "questions; change the synthesize stage's synth.* params")
