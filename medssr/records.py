@@ -1,7 +1,8 @@
 """Question records and their JSONL files: the one shape every stage reads and writes.
 
 A row that can't be parsed raises ``RecordError`` naming file, line and field; with
-``strict=False`` it goes to a ``<file>.rejected.jsonl`` side file and is counted instead.
+``strict=False`` it goes to a ``<file>.rejected.jsonl`` side file and is counted instead. Progress files (the
+append-only caches of resumable stages) never stop a run: damaged lines go to ``<file>.quarantine.jsonl``.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import gzip
 import json
 import os
 import re
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -215,24 +217,91 @@ def append_jsonl(path: str | os.PathLike, row: Any) -> None:
         os.fsync(fh.fileno())
 
 
-def read_partial_jsonl(path: str | os.PathLike) -> list[dict]:
-    """Rows of an append-only progress file, ignoring a torn last line left by a kill."""
+class ProgressRows(list):
+    """The rows of a progress file (a list, so callers iterate it as before) and what reading it set aside.
+
+    ``quarantined``: damaged lines (invalid JSON or UTF-8, not an object) anywhere in the file; ``torn_tail``: 1 when
+    the last line was cut by a kill mid-write, which is normal and so counted apart; ``side_file``: where both went.
+    """
+
+    quarantined: int = 0
+    torn_tail: int = 0
+    side_file: Path | None = None
+
+    def note(self) -> str:
+        """The clause a stage's summary adds, e.g. '2 damaged progress lines quarantined to <side file>', or ''."""
+        parts = [f"{self.quarantined} damaged progress line{'s' if self.quarantined != 1 else ''} quarantined"] if self.quarantined else []
+        parts += ["a torn last line set aside"] if self.torn_tail else []
+        return f"{' and '.join(parts)} to {self.side_file}" if parts else ""
+
+
+def quarantine_path_for(path: str | os.PathLike) -> Path:
+    """The side file beside a progress file that keeps its damaged lines (line number, reason, raw text)."""
     path = Path(path)
+    return path.with_name(path.name + ".quarantine.jsonl")
+
+
+def _progress_line(raw: bytes) -> tuple[Any, str | None]:
+    """A progress line's object, or None and why it is damaged."""
+    try:
+        obj = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        return None, f"not valid UTF-8 ({e.reason})"
+    except json.JSONDecodeError as e:
+        return None, f"invalid JSON ({e.msg} at column {e.colno})"
+    if not isinstance(obj, dict):
+        return None, f"expected a JSON object, got {type(obj).__name__}"
+    return obj, None
+
+
+def read_partial_jsonl(path: str | os.PathLike) -> ProgressRows:
+    """Rows of an append-only progress file; damaged lines are moved to ``quarantine_path_for(path)``, not fatal.
+
+    A progress file is a cache of finished units: a line lost to a kill, a full disk or an editor costs only that
+    unit, which the stage redoes. The file is rewritten atomically without the damaged lines, so the next run (and
+    the appends after this read) never meet them again; one warning names the count and the side file.
+    """
+    path = Path(path)
+    out = ProgressRows()
     if not path.exists():
-        return []
-    rows = []
-    with open(path, encoding="utf-8") as fh:
-        lines = fh.read().split("\n")
+        return out
+    lines = path.read_bytes().split(b"\n")
+    keep: list[bytes] = []
+    bad: list[dict[str, Any]] = []
     for i, raw in enumerate(lines):
         if not raw.strip():
             continue
-        try:
-            rows.append(json.loads(raw))
-        except json.JSONDecodeError:
-            if i >= len(lines) - 2:  # torn tail from a crash: drop it
-                break
-            raise RecordError(path, i + 1, "<row>", "invalid JSON in progress file") from None
-    # rewrite without the torn tail so later appends start on a clean line
-    if rows and not lines[-1] == "":
-        write_jsonl(path, rows)
-    return rows
+        obj, reason = _progress_line(raw)
+        if reason is None:
+            out.append(obj)
+            keep.append(raw)
+        elif i == len(lines) - 1:  # no newline after it: a kill mid-write
+            out.torn_tail += 1
+            bad.append({"line": i + 1, "reason": f"torn last line, no newline (a kill mid-write): {reason}",
+                        "raw": raw.decode("utf-8", "backslashreplace")})
+        else:
+            out.quarantined += 1
+            bad.append({"line": i + 1, "reason": reason, "raw": raw.decode("utf-8", "backslashreplace")})
+    if not bad and not lines[-1].strip():
+        return out
+    if bad:
+        out.side_file = quarantine_path_for(path)
+        with open(out.side_file, "a", encoding="utf-8") as fh:
+            fh.writelines(json.dumps(b, ensure_ascii=False) + "\n" for b in bad)
+            fh.flush()
+            os.fsync(fh.fileno())
+    # rewrite without them (and with a final newline), so later appends start on a clean line
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.writelines(raw + b"\n" for raw in keep)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    if out.quarantined:
+        where = "; ".join(f"line {b['line']}: {b['reason']}" for b in bad[:3]) + ("; ..." if len(bad) > 3 else "")
+        print(f"warning: {path}: {out.quarantined} damaged progress line{'s' if out.quarantined != 1 else ''} moved to "
+              f"{out.side_file} ({where}); their units are redone", file=sys.stderr)
+    elif out.torn_tail:
+        print(f"note: {path}: the last line was cut by a kill mid-write; set aside in {out.side_file}, that unit is redone",
+              file=sys.stderr)
+    return out

@@ -4,7 +4,15 @@ import json
 
 import pytest
 
-from medssr.records import Question, RecordError, append_jsonl, read_partial_jsonl, read_questions, write_jsonl
+from medssr.records import (
+    Question,
+    RecordError,
+    append_jsonl,
+    quarantine_path_for,
+    read_partial_jsonl,
+    read_questions,
+    write_jsonl,
+)
 
 
 def _q(i=1, **kw):
@@ -85,9 +93,66 @@ def test_progress_file_survives_a_torn_last_line(tmp_path):
     append_jsonl(f, {"id": "b"})
     with open(f, "a") as fh:
         fh.write('{"id": "c", "vo')  # killed mid-write
-    assert [r["id"] for r in read_partial_jsonl(f)] == ["a", "b"]
+    rows = read_partial_jsonl(f)
+    assert [r["id"] for r in rows] == ["a", "b"]
+    assert (rows.torn_tail, rows.quarantined) == (1, 0)  # normal after a kill: counted apart, not as damage
     append_jsonl(f, {"id": "c"})
     assert [r["id"] for r in read_partial_jsonl(f)] == ["a", "b", "c"]
+
+
+def _progress_with(tmp_path, damaged: dict[int, str], n: int = 5):
+    """A progress file of n rows whose line i (1-based) is replaced by damaged[i], newline kept."""
+    f = tmp_path / "p.jsonl"
+    lines = [damaged.get(i + 1, json.dumps({"key": f"k{i}"})) for i in range(n)]
+    f.write_text("\n".join(lines) + "\n")
+    return f
+
+
+@pytest.mark.parametrize("lineno", [3, 5], ids=["middle", "last-with-newline"])
+def test_damaged_progress_line_is_quarantined_and_the_file_rewritten_without_it(tmp_path, capsys, lineno):
+    f = _progress_with(tmp_path, {lineno: '{"key": "k-torn", "vo'})
+    rows = read_partial_jsonl(f)
+    assert [r["key"] for r in rows] == [f"k{i}" for i in range(5) if i != lineno - 1]
+    assert (rows.quarantined, rows.torn_tail, rows.side_file) == (1, 0, quarantine_path_for(f))
+    side = [json.loads(x) for x in quarantine_path_for(f).read_text().splitlines()]
+    assert [(b["line"], b["raw"]) for b in side] == [(lineno, '{"key": "k-torn", "vo')]
+    assert side[0]["reason"].startswith("invalid JSON")
+    err = capsys.readouterr().err
+    assert "1 damaged progress line moved to" in err and str(quarantine_path_for(f)) in err
+    # the next run (appending first, as a stage does) meets no damaged line and warns no more
+    append_jsonl(f, {"key": "k9"})
+    again = read_partial_jsonl(f)
+    assert [r["key"] for r in again] == [r["key"] for r in rows] + ["k9"] and again.quarantined == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_non_objects_and_bad_bytes_are_quarantined_too_and_counted(tmp_path):
+    f = _progress_with(tmp_path, {1: "[1, 2]", 2: "null"})
+    with open(f, "ab") as fh:
+        fh.write(b'{"key": "\xff"}\n')
+    rows = read_partial_jsonl(f)
+    assert [r["key"] for r in rows] == ["k2", "k3", "k4"] and rows.quarantined == 3
+    reasons = [json.loads(x)["reason"] for x in quarantine_path_for(f).read_text().splitlines()]
+    assert reasons[:2] == ["expected a JSON object, got list", "expected a JSON object, got NoneType"]
+    assert reasons[2].startswith("not valid UTF-8")
+    assert "2 damaged progress lines" not in rows.note() and rows.note().startswith("3 damaged progress lines quarantined to ")
+
+
+def test_quarantine_side_file_keeps_earlier_entries(tmp_path):
+    f = _progress_with(tmp_path, {2: "{oops"})
+    read_partial_jsonl(f)
+    with open(f, "a") as fh:
+        fh.write("{again\n")
+    assert read_partial_jsonl(f).quarantined == 1
+    assert [json.loads(x)["raw"] for x in quarantine_path_for(f).read_text().splitlines()] == ["{oops", "{again"]
+
+
+def test_clean_progress_file_is_not_rewritten(tmp_path):
+    f = _progress_with(tmp_path, {})
+    before = f.stat().st_mtime_ns, f.stat().st_ino
+    rows = read_partial_jsonl(f)
+    assert len(rows) == 5 and rows.note() == "" and (f.stat().st_mtime_ns, f.stat().st_ino) == before
+    assert not quarantine_path_for(f).exists()
 
 
 def test_write_is_atomic(tmp_path):
