@@ -33,8 +33,10 @@ def _entities_file(path: Path) -> Path:
 
 def test_stage_builds_the_index_and_writes_coverage_report_and_mlflow_metrics(tmp_path, mlflow_store, capsys):
     raw = make_raw_slice(tmp_path / "raw", gard=20, other=5, orphanet=30, nord=3)
-    params = {"project": {"experiment": "corpus-test"}, "data": {"raw_dir": str(raw)},
-              "corpus": {"index_dir": str(tmp_path / "artifacts/corpus"), "batch_size": 16, "eval_embedders": ["minilm", "bm25", "hybrid"]}}
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())  # a params file is whole: the shipped one, changed
+    params["project"]["experiment"], params["data"]["raw_dir"] = "corpus-test", str(raw)
+    params["corpus"].update(sources=["medquad_gard_ghr", "medquad_other_nih", "raredis_nord", "orphanet"], batch_size=16,
+                            index_dir=str(tmp_path / "artifacts/corpus"), eval_embedders=["minilm", "bm25", "hybrid"], eval_sample=None)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     report_path = tmp_path / "reports/corpus.json"
     assert _stage_main()(["--params", str(tmp_path / "params.yaml"), "--entities", str(_entities_file(tmp_path / "entities.jsonl")),
