@@ -88,7 +88,8 @@ def test_synthesize_through_a_real_vllm_server(server, tmp_path: Path, monkeypat
     gen = GeneratorCfg(backend="openai_compatible", model="policy", base_url=server["base_url"], concurrency=4, max_retries=1,
                        timeout_s=240.0, temperature=0.7, max_tokens=320, structured=True)
     params = Params(project=ProjectCfg(experiment="synth-vllm"),
-                    synth=SynthCfg(n=2, rare_ratio=0.0, generator=gen, cache_dir=str(tmp_path / "cache"), max_attempts=4))
+                    synth=SynthCfg(n=2, rare_ratio=0.0, generator=gen, cache_dir=str(tmp_path / "cache"), max_attempts=4,
+                                   prompt_variant=""))  # the paper prompt (F.1/F.2) under strict JSON decoding
     before = _served(server["root"])
     report = run_synthesize(params, SynthInputs(seeds, [], {}, benchmarks, []), tmp_path / "out" / "questions.jsonl",
                             tmp_path / "out" / "synth.json", retriever=None, show_progress=False, track=False)
