@@ -223,6 +223,110 @@ def test_constrained_choice_returns_an_option_letter_deterministically(sampler):
         assert sampler.constrained_choice(base[:1], [["A", "B"]]) == first[:1]
 
 
+
+# --- the fast path: our decode step over a shared-prefix KV cache (Llama family on CPU) -------------------------
+
+
+def _generic(s: HFSampler):
+    """The same sampler through transformers' forward with one KV copy per row (the path of other architectures)."""
+    dec = s.decoder
+    s.decoder = None
+    return dec
+
+
+def test_llama_models_take_the_shared_prefix_path_automatically(sampler):
+    assert sampler.decoder is not None
+    sampler.sample(PROMPTS[:1], n=3, temperature=1.0, max_new_tokens=4, progress=False)
+    assert sampler.last_stats.prefill_tokens == len(sampler.tok(sampler.render(PROMPTS[0]), add_special_tokens=False)["input_ids"])
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_shared_prefix_path_gives_the_generic_paths_samples(tiny_model_dir, temperature):
+    """Same rows, same seeds: the tokens agree (the tiny model's logits differ only by float rounding)."""
+    s = HFSampler(str(tiny_model_dir), batch_size=4, seed=0)
+    kw = dict(n=3, temperature=temperature, max_new_tokens=16, keys=["a", "b", "c"], progress=False)
+    fast = s.sample(PROMPTS, **kw)
+    assert s.last_stats.rebuilds >= 2  # rows of different prompts shared batches and left mid-way
+    _generic(s)
+    assert s.sample(PROMPTS, **kw) == fast
+
+
+def test_shared_prefix_attention_matches_full_attention_within_rounding(tiny_model_dir):
+    """Logits of each decode step (prompt KV shared by 3 rows each) vs transformers' forward over the whole sequence."""
+    s = HFSampler(str(tiny_model_dir), batch_size=8, seed=0)
+    steps: list = []
+    real = s._forward
+
+    def spy(input_ids, attention_mask, position_ids, cache):
+        logits = real(input_ids, attention_mask, position_ids, cache)
+        if attention_mask is None:  # a decode step of the fast path
+            steps.append((input_ids[:, -1].tolist(), logits.clone()))
+        return logits
+
+    s._forward = spy
+    s.sample(PROMPTS[:2], n=3, temperature=1.0, max_new_tokens=6, progress=False)
+    assert s.last_stats.rebuilds == 1 and len(steps) == 5  # one batch of 6 rows throughout: row order is fixed
+    ids = [s.tok(s.render(p), add_special_tokens=False)["input_ids"] for p in PROMPTS[:2]]
+    with torch.inference_mode():
+        for r in range(6):
+            seq = ids[r // 3] + [inp[r] for inp, _ in steps]
+            ref = s.model(input_ids=torch.tensor([seq])).logits[0, len(ids[r // 3]) - 1 :]
+            got = torch.stack([logits[r] for _, logits in steps])
+            assert torch.allclose(got, ref[1:], atol=1e-4, rtol=1e-4)
+
+
+def test_decoder_follows_in_place_weight_updates(tiny_model_dir):
+    """A trainer updates the policy in place between sampling calls: the fused weights are rebuilt."""
+    s = HFSampler(str(tiny_model_dir), batch_size=4, seed=0)
+    kw = dict(n=2, temperature=1.0, max_new_tokens=8, progress=False)
+    before = s.sample(PROMPTS, **kw)
+    with torch.no_grad():
+        for layer in s.model.model.layers:
+            layer.mlp.up_proj.weight.mul_(-3.0)
+            layer.self_attn.k_proj.weight.mul_(2.0)
+    after = s.sample(PROMPTS, **kw)
+    assert _texts(after) != _texts(before)
+    _generic(s)
+    assert _texts(s.sample(PROMPTS, **kw)) == _texts(after)
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "qwen3"])
+def test_qwen_models_take_the_fast_path_and_match_the_generic_one(tiny_model_dir, arch):
+    """Qwen2 (q/k/v biases) and Qwen3 (q/k norms) use the same decode step; tiny random ones, SmolLM2's tokenizer."""
+    import transformers
+
+    from medssr.models import load_tokenizer
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    cfg_cls, model_cls = {"qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+                          "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM)}[arch]
+    torch.manual_seed(0)
+    cfg = cfg_cls(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=16, max_position_embeddings=4096, tie_word_embeddings=True,
+                  eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    model = model_cls(cfg).eval()
+    if arch == "qwen2":
+        with torch.no_grad():
+            for layer in model.model.layers:
+                layer.self_attn.q_proj.bias.normal_(0, 0.5)
+                layer.self_attn.k_proj.bias.normal_(0, 0.5)
+    s = HFSampler(str(tiny_model_dir), batch_size=4, seed=0, model=model, tok=tok)
+    assert s.decoder is not None
+    kw = dict(n=2, temperature=1.0, max_new_tokens=10, progress=False)
+    fast = s.sample(PROMPTS, **kw)
+    _generic(s)
+    assert s.sample(PROMPTS, **kw) == fast
+
+
+def test_other_architectures_use_transformers_forward(tiny_model_dir):
+    from medssr.sampling import _decoder_for
+
+    class Other(torch.nn.Module):
+        config = None
+
+    assert _decoder_for(Other()) is None
+
+
 # --- vllm backend: what needs no engine (tests/test_vllm_engine.py runs the engine) ---------------------------
 
 
