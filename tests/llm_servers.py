@@ -8,22 +8,27 @@ and a responder callback decides the model text from the request.
     with FakeOpenAIServer(latency_s=0.2) as srv:
         srv.script(rate_limited(0.1), server_error())   # the next two requests fail, then normal answers
         cfg = GeneratorCfg(backend="openai_compatible", base_url=srv.base_url, ...)
+
+Each fault has the ``kind`` a client should count it as (medssr.llm.ledger.FAULT_KINDS), so a test can compare
+what the server did (``srv.fault_counts()``, ``len(srv.requests)``) with what the generator reported.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-__all__ = ["Fault", "FakeAnthropicServer", "FakeOpenAIServer", "LoggedRequest", "auth_error", "count_tokens", "malformed",
-           "question_json", "question_responder", "rate_limited", "reply", "server_error", "slow"]
+__all__ = ["Fault", "FakeAnthropicServer", "FakeOpenAIServer", "LoggedRequest", "auth_error", "count_tokens", "cut_body", "dropped",
+           "empty_choices", "first_time_faults", "garbage", "malformed", "question_json", "question_responder", "rate_limited", "reply",
+           "server_error", "slow", "timed_out"]
 
 
 @dataclass
@@ -34,8 +39,24 @@ class Fault:
     retry_after: float | None = None  # Retry-After header, seconds
     delay_s: float = 0.0  # sleep before answering (longer than the client timeout = a timeout)
     malformed: bool = False  # 200 with a truncated JSON body
-    message: str = "fault injected by the test server"  # error message; may use {authorization} / {x-api-key}
+    message: str = "fault injected by the test server"  # error message; may use {authorization} / {x-api-key} / {basic-password}
     content: str | None = None  # a normal 200, but with this model text (e.g. a truncated question)
+    cut: bool = False  # 200 announcing the whole body's length, sending half of it, then closing the connection
+    drop: bool = False  # close the connection without any answer
+    body: str | None = None  # a 200 with exactly this body (garbage); may use {authorization} / {x-api-key}
+    empty: bool = False  # a 200 in the wire format but without choices (OpenAI) / content (Anthropic)
+    kind: str | None = None  # what a client should count this as; derived from the fields when None
+
+    @property
+    def fault_kind(self) -> str | None:
+        """The medssr fault kind this is (None: a slow or odd but successful answer)."""
+        if self.kind is not None:
+            return self.kind
+        if self.status is not None:
+            return {429: "rate_limit", 408: "timeout"}.get(self.status, "server_error" if self.status >= 500 else "client_error")
+        if self.malformed or self.cut or self.body is not None or self.empty:
+            return "malformed_body"
+        return "connection" if self.drop else None
 
 
 def rate_limited(retry_after: float = 0.1) -> Fault:
@@ -50,8 +71,29 @@ def slow(delay_s: float) -> Fault:
     return Fault(delay_s=delay_s)
 
 
+def timed_out(delay_s: float) -> Fault:
+    """An answer later than the client's timeout (the caller picks a delay beyond timeout_s)."""
+    return Fault(delay_s=delay_s, kind="timeout")
+
+
 def malformed() -> Fault:
     return Fault(malformed=True)
+
+
+def cut_body() -> Fault:
+    return Fault(cut=True)
+
+
+def dropped() -> Fault:
+    return Fault(drop=True)
+
+
+def garbage(text: str = "<html><body>502 Bad Gateway</body></html>") -> Fault:
+    return Fault(body=text)
+
+
+def empty_choices() -> Fault:
+    return Fault(empty=True)
 
 
 def reply(content: str) -> Fault:
@@ -60,7 +102,8 @@ def reply(content: str) -> Fault:
 
 def auth_error(echo_key: bool = True) -> Fault:
     """401 whose message echoes the credential the client sent, like a careless proxy would."""
-    return Fault(status=401, message="Incorrect API key provided: {authorization}{x-api-key}" if echo_key else "Invalid API key")
+    msg = "Incorrect API key provided: {authorization}{x-api-key} (password {basic-password})"
+    return Fault(status=401, message=msg if echo_key else "Invalid API key")
 
 
 @dataclass
@@ -112,6 +155,23 @@ def question_responder(req: LoggedRequest) -> str:
 
 Responder = Callable[[LoggedRequest], str]
 FaultRule = Callable[[LoggedRequest], "Fault | None"]
+
+
+def first_time_faults(faults: Iterable[Fault]) -> FaultRule:
+    """A rule giving the n-th distinct prompt the n-th fault on its first arrival only: every fault is met once
+    and its retry succeeds, whatever the concurrency (arrival order decides only which prompt gets which)."""
+    queue = deque(faults)
+    seen: set[str] = set()
+    lock = threading.Lock()
+
+    def rule(req: LoggedRequest) -> Fault | None:
+        with lock:
+            if req.prompt in seen:
+                return None
+            seen.add(req.prompt)
+            return queue.popleft() if queue else None
+
+    return rule
 
 
 class _FakeLLMServer:
@@ -199,6 +259,11 @@ class _FakeLLMServer:
         with self._lock:
             return sum(1 for r in self.requests if text is None or text in r.prompt)
 
+    def fault_counts(self) -> dict[str, int]:
+        """Faults applied so far, by the kind a client should count them as."""
+        with self._lock:
+            return dict(Counter(k for r in self.requests if r.fault is not None and (k := r.fault.fault_kind) is not None))
+
     def stats(self) -> dict[str, int]:
         with self._lock:
             return {"calls": len(self.requests), "max_in_flight": self.max_in_flight, "in_flight": self.in_flight}
@@ -252,18 +317,27 @@ class _FakeLLMServer:
         if delay and self._stop.wait(delay):
             h.close_connection = True  # shutting down: drop the request
             return
-        if fault is not None and fault.status is not None:
-            msg = re.sub(r"\{([a-z-]+)\}", lambda m: headers.get(m.group(1), ""), fault.message)
-            extra = {"retry-after": f"{fault.retry_after:g}"} if fault.retry_after is not None else {}
-            self._send(h, fault.status, self._error_body(fault.status, msg), extra)
+        echo = lambda text: re.sub(r"\{([a-z-]+)\}", lambda m: _echoed(headers, m.group(1)), text)  # noqa: E731
+        if fault is not None and fault.drop:
+            h.close_connection = True
             return
-        content = fault.content if fault is not None and fault.content is not None else self.responder(req)
-        payload = json.dumps(self._ok_body(req, content, n))
+        if fault is not None and fault.status is not None:
+            extra = {"retry-after": f"{fault.retry_after:g}"} if fault.retry_after is not None else {}
+            self._send(h, fault.status, self._error_body(fault.status, echo(fault.message)), extra)
+            return
+        if fault is not None and fault.body is not None:
+            self._send(h, 200, echo(fault.body))
+            return
+        content = echo(fault.content) if fault is not None and fault.content is not None else self.responder(req)
+        ok = self._ok_body(req, content, n)
+        if fault is not None and fault.empty:
+            ok = self._emptied(ok)
+        payload = json.dumps(ok)
         if fault is not None and fault.malformed:
             payload = payload[: len(payload) // 2]
-        self._send(h, 200, payload)
+        self._send(h, 200, payload, cut=fault is not None and fault.cut)
 
-    def _send(self, h: BaseHTTPRequestHandler, status: int, payload: str, headers: dict[str, str] | None = None) -> None:
+    def _send(self, h: BaseHTTPRequestHandler, status: int, payload: str, headers: dict[str, str] | None = None, cut: bool = False) -> None:
         data = payload.encode("utf-8")
         try:
             h.send_response(status)
@@ -272,10 +346,15 @@ class _FakeLLMServer:
             for k, v in (headers or {}).items():
                 h.send_header(k, v)
             h.end_headers()
-            h.wfile.write(data)
+            h.wfile.write(data[: len(data) // 2] if cut else data)
             h.wfile.flush()
+            if cut:
+                h.close_connection = True
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up (timeout) before we answered
+
+    def _emptied(self, ok: dict) -> dict:
+        raise NotImplementedError
 
     def _messages(self, body: dict) -> list[tuple[str, str]]:
         raise NotImplementedError
@@ -285,6 +364,16 @@ class _FakeLLMServer:
 
     def _error_body(self, status: int, message: str) -> str:
         raise NotImplementedError
+
+
+def _echoed(headers: dict[str, str], name: str) -> str:
+    """A request header for an echoing fault; ``basic-password`` is the password inside a Basic Authorization."""
+    if name != "basic-password":
+        return headers.get(name, "")
+    scheme, _, value = headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "basic":
+        return ""
+    return base64.b64decode(value).decode("utf-8", "replace").partition(":")[2]
 
 
 def _text_of(content: Any) -> str:
@@ -324,6 +413,9 @@ class FakeOpenAIServer(_FakeLLMServer):
                              "logprobs": None, "finish_reason": finish}],
                 "usage": {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out}}
 
+    def _emptied(self, ok: dict) -> dict:
+        return {**ok, "choices": []}
+
     def _error_body(self, status: int, message: str) -> str:
         kind = _OPENAI_ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
         return json.dumps({"error": {"message": message, "type": kind, "param": None, "code": None}})
@@ -362,6 +454,9 @@ class FakeAnthropicServer(_FakeLLMServer):
         return {"id": f"msg_fake{n}", "type": "message", "role": "assistant", "model": body.get("model", self.model),
                 "content": [block], "stop_reason": stop, "stop_sequence": None,
                 "usage": {"input_tokens": n_in, "output_tokens": n_out}}
+
+    def _emptied(self, ok: dict) -> dict:
+        return {**ok, "content": None}
 
     def _error_body(self, status: int, message: str) -> str:
         kind = _ANTHROPIC_ERROR_TYPES.get(status, "api_error")

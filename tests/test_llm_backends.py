@@ -27,12 +27,18 @@ from tests.llm_servers import (
     Fault,
     auth_error,
     count_tokens,
+    cut_body,
+    dropped,
+    empty_choices,
+    first_time_faults,
+    garbage,
     malformed,
     question_json,
     rate_limited,
     reply,
     server_error,
     slow,
+    timed_out,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,7 +93,7 @@ def test_openai_success_counts_usage_and_cost(srv, tmp_path, openai_key):
     assert (totals["requests"], totals["cache_hits"], totals["input_tokens"]) == (3, 0, 30)
     assert totals["spend_usd"] == pytest.approx(sum(r.cost_usd for r in out), abs=1e-6)
     body = srv.requests[0].body
-    assert body["model"] == "gpt-test" and body["max_completion_tokens"] == 1024 and body["messages"][0]["role"] == "system"
+    assert body["model"] == "gpt-test" and body["max_completion_tokens"] == gen.cfg.max_tokens and body["messages"][0]["role"] == "system"
     assert srv.requests[0].headers["authorization"] == f"Bearer {openai_key}"
 
 
@@ -201,6 +207,93 @@ def test_invalid_question_text_is_returned_as_is(srv, tmp_path, openai_key):
     srv.script(reply('{"question": "What is the most likely diag'))
     out = openai_gen(srv, tmp_path).run([chat("q")], progress=False)
     assert out[0].ok and out[0].text == '{"question": "What is the most likely diag'
+
+
+def every_fault() -> list[Fault]:
+    """One of each fault kind the transport and the parser must count (the timeout needs timeout_s < 1.5)."""
+    return [rate_limited(0.05), server_error(503), timed_out(1.5), malformed(), cut_body(), empty_choices(), garbage(), dropped()]
+
+
+def nonzero(d: dict) -> dict:
+    return {k: v for k, v in d.items() if v}
+
+
+def test_every_retried_fault_is_counted_by_kind_and_http_requests_match_the_server(srv, tmp_path, openai_key, caplog):
+    caplog.set_level(logging.WARNING, logger="medssr.llm")
+    srv.rule = first_time_faults(every_fault())
+    gen = openai_gen(srv, tmp_path, concurrency=4, timeout_s=0.5, max_retries=2)
+    out = gen.run([chat(f"q{i}") for i in range(10)], progress=False)
+    assert all(r.ok for r in out)
+    totals = gen.ledger.to_dict()
+    assert nonzero(totals["faults"]) == srv.fault_counts() == {"rate_limit": 1, "server_error": 1, "timeout": 1, "connection": 1,
+                                                              "malformed_body": 4}
+    assert (totals["requests"], totals["http_requests"], totals["retries"]) == (10, len(srv.requests), 8) and len(srv.requests) == 18
+    warned = [r.getMessage() for r in caplog.records if " fault (" in r.getMessage()]
+    assert len(warned) == 8 and all(m.startswith("openai:gpt-test: ") for m in warned)
+
+
+def test_anthropic_faults_are_counted_like_openai_ones(asrv, tmp_path, monkeypatch):
+    asrv.rule = first_time_faults([rate_limited(0.05), server_error(529), malformed(), cut_body(), empty_choices(), dropped()])
+    gen = anthropic_gen(asrv, tmp_path, monkeypatch, concurrency=3)
+    out = gen.run([chat(f"q{i}") for i in range(6)], progress=False)
+    totals = gen.ledger.to_dict()
+    assert all(r.ok for r in out)
+    assert nonzero(totals["faults"]) == asrv.fault_counts() and totals["http_requests"] == len(asrv.requests) == 12
+    assert totals["retries"] == 6
+
+
+def test_a_fault_that_exhausts_retries_is_counted_each_time_it_is_met(srv, tmp_path, openai_key):
+    srv.rule = lambda req: server_error()
+    gen = openai_gen(srv, tmp_path, max_retries=2)
+    out = gen.run([chat("q")], progress=False)
+    totals = gen.ledger.to_dict()
+    assert not out[0].ok and totals["failures"] == 1
+    assert (totals["http_requests"], totals["retries"], totals["faults"]["server_error"]) == (3, 2, 3) == (srv.calls(), 2, 3)
+
+
+# ---------------------------------------------------------------------------------------------- budget
+def test_max_usd_is_a_cap_under_concurrency_at_most_one_request_over(tmp_path, openai_key):
+    """Concurrency 8 and a budget of ~2.5 requests: today's first wave sent all 8 before any cost was known."""
+    with FakeOpenAIServer(latency_s=0.1) as s:
+        gen = openai_gen(s, tmp_path, concurrency=8, max_tokens=200)
+        reqs = [chat(f"Write question {i} about " + "a rare disease " * 20) for i in range(24)]
+        one = gen.ledger.cost("gpt-test", count_tokens(reqs[0].messages[0][1]), count_tokens(question_json("Echo: " + "x " * 40)))
+        max_usd = 2.5 * one
+        out = gen.run(reqs, progress=False, max_usd=max_usd)
+        calls = s.calls()
+    worst_one = gen.ledger.cost("gpt-test", max(count_tokens(r.messages[0][1]) for r in reqs), 200)  # the server's count + max_tokens
+    totals = gen.ledger.to_dict()
+    assert totals["spend_usd"] <= max_usd + worst_one
+    assert totals["spend_usd"] >= max_usd  # the budget is used, not left mostly idle
+    skipped = [r for r in out if r.error and r.error.startswith("budget exhausted")]
+    assert len(skipped) == 24 - calls == totals["faults"]["budget_skipped"] and calls == totals["requests"]
+    assert gen.ledger.reserved_usd == 0.0  # every reservation was settled or released
+
+
+def test_budget_reservation_is_exact_under_threads():
+    ledger = Ledger(PRICES)
+    admitted: list[bool] = []
+
+    def grab() -> None:
+        for _ in range(200):
+            admitted.append(ledger.reserve(0.01, max_usd=1.0))
+
+    import threading
+
+    threads = [threading.Thread(target=grab) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(admitted) == 100 and ledger.reserved_usd == pytest.approx(1.0)
+
+
+def test_worst_case_input_bounds_the_prompt_and_the_schema(srv, tmp_path, openai_key):
+    gen = openai_gen(srv, tmp_path)
+    plain, structured = chat("Fièvre " * 50), chat("Fièvre " * 50, json_schema=SCHEMA)
+    assert gen.worst_case_input_tokens(plain) >= len(("Fièvre " * 50).encode()) > count_tokens("Fièvre " * 50)
+    assert gen.worst_case_input_tokens(structured) >= gen.worst_case_input_tokens(plain) + len(json.dumps(SCHEMA))
+    assert gen.worst_case_cost(plain) == pytest.approx(gen.ledger.cost("gpt-test", gen.worst_case_input_tokens(plain), gen.cfg.max_tokens))
 
 
 # ---------------------------------------------------------------------------------------------- run loop
@@ -335,6 +428,26 @@ def test_api_key_appears_only_in_the_auth_header(srv, tmp_path, openai_key, capl
     }
     assert places["cache"] and "Retrying request" in places["logs"]  # the SDK's own debug logs were captured too
     assert [where for where, text in places.items() if openai_key in text] == []
+
+
+PASSWORD = "pw-canary-5e1f0b7a"
+
+
+def test_base_url_password_is_sent_as_basic_auth_and_written_nowhere(srv, tmp_path, openai_key, caplog, capsys):
+    caplog.set_level(logging.DEBUG)  # httpx2 logs each request URL at INFO: with user:pass@ in it, the password leaked there
+    srv.script(None, Fault(status=401, message="bad credentials {basic-password} for {authorization}"),
+               garbage("<html>proxy saw password {basic-password}</html>"), garbage("<html>again {basic-password}</html>"),
+               reply("your password is {basic-password}"))  # a 200 whose model text echoes it
+    url = srv.base_url.replace("http://", f"http://proxyuser:{PASSWORD}@")
+    gen = openai_gen(srv, tmp_path, base_url=url, concurrency=1, max_retries=0)
+    out = gen.run([chat(f"q{i}") for i in range(4)], progress=False)
+    assert srv.requests[0].headers["authorization"].startswith("Basic ")  # the credential still authenticates
+    assert not out[1].ok and not out[2].ok and "bad credentials ***" in out[1].error and out[3].text == "your password is ***"
+    places = {"cache": "".join(p.read_text() for p in (tmp_path / "cache").rglob("*.json")), "logs": caplog.text,
+              "errors": " ".join(r.error or "" for r in out), "texts": " ".join(r.text for r in out),
+              "ledger": json.dumps(gen.ledger.to_dict(entries=True)), "name": gen.name, "stdio": "".join(capsys.readouterr())}
+    assert places["cache"] and "HTTP Request: POST http://127.0.0.1" in places["logs"]
+    assert [where for where, text in places.items() if PASSWORD in text or openai_key in text] == []
 
 
 @pytest.mark.parametrize(("backend", "env"), [("openai", "OPENAI_API_KEY"), ("anthropic", "ANTHROPIC_API_KEY")])

@@ -25,10 +25,26 @@ from medssr.records import read_partial_jsonl, read_questions, write_jsonl
 from medssr.synth.classify import classify_category, classify_reasoning
 from medssr.synth.parse import QUESTION_SCHEMA
 from medssr.synth.prompts import PROMPT_NAMES, load_prompt
-from medssr.synth.run import SynthError, SynthInputs, build_request, load_inputs, run_synthesize
+from medssr.synth.run import SynthError, SynthInputs, build_request, load_inputs, run_synthesize, summary_line
 from medssr.synth.sampler import plan_attempt
 from tests.conftest import RAW, ROOT
-from tests.llm_servers import FakeAnthropicServer, FakeOpenAIServer, auth_error, malformed, rate_limited, reply, server_error, slow
+from tests.llm_servers import (
+    FakeAnthropicServer,
+    FakeOpenAIServer,
+    auth_error,
+    count_tokens,
+    cut_body,
+    dropped,
+    empty_choices,
+    first_time_faults,
+    garbage,
+    malformed,
+    rate_limited,
+    reply,
+    server_error,
+    slow,
+    timed_out,
+)
 
 CANARY = "sk-canary-7f3a9c2e-do-not-leak"
 ANTHROPIC_CANARY = "sk-ant-canary-51b0d4e8-do-not-leak"
@@ -72,6 +88,7 @@ def knowledge():
 def make_params(tmp_path: Path, backend: str, base_url: str, n: int = 8, **synth) -> Params:
     gen = {"backend": backend, "model": "fake-model", "base_url": base_url, "concurrency": 3, "max_retries": 3, "timeout_s": 5.0,
            "max_tokens": 300, **synth.pop("generator", {})}
+    synth.setdefault("prompt_variant", "")  # the paper's F.1/F.2 with JSON replies (the shipped default is for a 135M model)
     return Params(project=ProjectCfg(experiment="synth-test"),
                   synth=SynthCfg(n=n, rare_ratio=synth.pop("rare_ratio", 0.0), generator=GeneratorCfg(**gen),
                                  cache_dir=str(tmp_path / "cache"), **synth))
@@ -156,7 +173,7 @@ def test_exhausted_retries_fail_clearly_and_the_rerun_sends_no_finished_request(
 
     with FakeOpenAIServer(responder=fake_question, rule=fail_after_six) as srv:
         params = make_params(tmp_path, "openai", srv.base_url, n=10, generator={"max_retries": 1})
-        with pytest.raises(SynthError, match=r"failed.*max_retries=1.*6 finished responses are kept.*rerun to resume"):
+        with pytest.raises(SynthError, match=r"failed.*max_retries=1.*faults: server_error \d+\).*6 finished responses are kept.*rerun to resume"):
             run(params, tmp_path, seeds, benchmarks)
         finished = {r.last_user for r in srv.requests if r.fault is None}
     progress = tmp_path / "out" / "questions.progress.jsonl"
@@ -174,15 +191,43 @@ def test_exhausted_retries_fail_clearly_and_the_rerun_sends_no_finished_request(
     assert (tmp_path / "out" / "questions.jsonl").read_bytes() == (tmp_path / "clean" / "questions.jsonl").read_bytes()
 
 
-def test_budget_stops_cleanly_and_keeps_what_was_made(tmp_path, openai_key, seeds, benchmarks):
-    with FakeOpenAIServer(responder=fake_question) as srv:
-        prices = {"fake-model": PriceCfg(input_per_mtok=1000.0, output_per_mtok=1000.0)}  # ~$0.4 per request here
-        params = make_params(tmp_path, "openai", srv.base_url, n=50, max_usd=2.0, prices=prices)
+def test_budget_is_a_cap_at_concurrency_8_and_keeps_what_was_made(tmp_path, openai_key, seeds, benchmarks):
+    """max_usd of ~5 requests at concurrency 8: the first wave used to go out whole before any cost was known."""
+    price = PriceCfg(input_per_mtok=1000.0, output_per_mtok=1000.0)  # ~$0.4 per request here
+    with FakeOpenAIServer(responder=fake_question, latency_s=0.05) as srv:
+        params = make_params(tmp_path, "openai", srv.base_url, n=50, max_usd=2.0, prices={"fake-model": price},
+                             generator={"concurrency": 8})
         report = run(params, tmp_path, seeds, benchmarks)
+        worst_one = max(count_tokens(r.prompt) for r in srv.requests) * 1e-3 + params.synth.generator.max_tokens * 1e-3
         assert report["stopped"] == "budget" and 0 < report["accepted"] < 50
-        assert report["cost_usd"] >= 2.0 and report["cost_usd"] < 2.0 + 3 * 0.6  # at most one wave over
-        assert len(srv.requests) == report["attempts"]
+        assert 2.0 <= report["cost_usd"] <= 2.0 + worst_one and report["spend_usd_this_run"] == report["cost_usd"]
+        assert len(srv.requests) == report["attempts"] == report["requests"] == report["http_requests"]
+        assert report["faults"]["budget_skipped"] > 0
     assert len(read_questions(tmp_path / "out" / "questions.jsonl")) == report["accepted"]
+
+
+def test_retried_faults_are_counted_in_the_report_mlflow_and_the_summary_line(tmp_path, monkeypatch, openai_key, seeds, benchmarks,
+                                                                              mlflow_store):
+    monkeypatch.chdir(tmp_path)
+    with FakeOpenAIServer(responder=fake_question) as srv:
+        srv.rule = first_time_faults([rate_limited(0.05), server_error(502), timed_out(1.5), malformed(), cut_body(), empty_choices(),
+                                      garbage(), dropped(), rate_limited(0.05)])
+        params = make_params(tmp_path, "openai", srv.base_url, n=10, generator={"timeout_s": 0.5, "max_retries": 2})
+        report = run(params, tmp_path, seeds, benchmarks, track=True)
+        received, applied = len(srv.requests), srv.fault_counts()
+    assert report["accepted"] == 10 and report["stopped"] == "done"
+    assert applied == {"rate_limit": 2, "server_error": 1, "timeout": 1, "malformed_body": 4, "connection": 1}
+    assert {k: v for k, v in report["faults"].items() if v} == applied
+    n = report["attempts"]  # every attempt one logical request, each fault one more HTTP request
+    assert (report["requests"], report["http_requests"], report["retries"]) == (n, received, 9) and received == n + 9
+    con = sqlite3.connect(mlflow_store.removeprefix("sqlite:///"))
+    metrics = dict(con.execute("SELECT key, value FROM latest_metrics").fetchall())
+    con.close()
+    assert (metrics["synth/requests"], metrics["synth/http_requests"], metrics["synth/retries"]) == (n, n + 9, 9)
+    assert {k.removeprefix("synth/faults/"): v for k, v in metrics.items() if k.startswith("synth/faults/") and v} == applied
+    assert metrics["synth/faults/budget_skipped"] == 0 and metrics["synth/faults/cache_corrupt"] == 0  # every kind, every run
+    line = summary_line(report)
+    assert f"{n} requests as {n + 9} HTTP requests (9 retries), faults: rate_limit 2, server_error 1, timeout 1, connection 1, malformed_body 4" in line
 
 
 def test_benchmark_and_seed_copies_are_dropped_as_contamination(tmp_path, openai_key, seeds, benchmarks):
@@ -215,18 +260,26 @@ def _all_text(root: Path) -> str:
     return "\n".join(p.read_bytes().decode("utf-8", "replace") for p in root.rglob("*") if p.is_file() and p.suffix != ".db")
 
 
+PASSWORD_CANARY = "pw-canary-0c4d9e21-do-not-leak"
+
+
+@pytest.mark.parametrize("where", ["key", "base_url_userinfo"])
 def test_canary_key_is_in_no_output_report_log_or_mlflow_record(tmp_path, monkeypatch, openai_key, seeds, benchmarks, caplog,
-                                                                 capfd, mlflow_store):
+                                                                 capfd, mlflow_store, where):
+    """The API key, or a proxy password in base_url's ``user:pass@`` (sent as Basic auth), written nowhere."""
     monkeypatch.chdir(tmp_path)  # MLflow's artifact root lands here
     caplog.set_level("DEBUG")
+    canary = CANARY if where == "key" else PASSWORD_CANARY
     with FakeOpenAIServer(responder=fake_question) as srv:
-        params = make_params(tmp_path, "openai", srv.base_url, n=4)
+        base_url = srv.base_url if where == "key" else srv.base_url.replace("http://", f"http://synth:{PASSWORD_CANARY}@")
+        params = make_params(tmp_path, "openai", base_url, n=4)
         report = run(params, tmp_path, seeds, benchmarks, track=True)
-        assert srv.requests[0].headers["authorization"] == f"Bearer {CANARY}"  # the key was really used
-        srv.script(*[auth_error(echo_key=True)] * 3)  # a server that echoes the key in its error message
+        sent = srv.requests[0].headers["authorization"]
+        assert sent == f"Bearer {CANARY}" if where == "key" else sent.startswith("Basic ")  # the credential was really used
+        srv.script(*[auth_error(echo_key=True)] * 3)  # a server that echoes the credential in its error message
         with pytest.raises(SynthError) as err:
-            run(make_params(tmp_path, "openai", srv.base_url, n=8), tmp_path, seeds, benchmarks, out="out2")
-    assert report["accepted"] == 4 and "401" in str(err.value) and CANARY not in str(err.value)
+            run(make_params(tmp_path, "openai", base_url, n=8), tmp_path, seeds, benchmarks, out="out2")
+    assert report["accepted"] == 4 and "401" in str(err.value) and canary not in str(err.value)
     out, errout = capfd.readouterr()
     blobs = [_all_text(tmp_path), caplog.text, out, errout, json.dumps(report)]
     con = sqlite3.connect(mlflow_store.removeprefix("sqlite:///"))
@@ -235,7 +288,8 @@ def test_canary_key_is_in_no_output_report_log_or_mlflow_record(tmp_path, monkey
     metrics = dict(con.execute("SELECT key, value FROM latest_metrics").fetchall())
     params_logged = dict(con.execute("SELECT key, value FROM params").fetchall())
     con.close()
-    assert not [b[:200] for b in blobs if CANARY in b]
+    assert not [b[:200] for b in blobs if canary in b or CANARY in b]
+    assert "HTTP Request: POST http://127.0.0.1" in caplog.text  # httpx2's request log (it printed user:pass@ URLs in clear)
     assert metrics["synth/accepted"] == 4 and metrics["synth/rare_ratio_target"] == 0 and "synth/tokens_per_question" in metrics
     assert params_logged["synth.n"] == "4" and params_logged["synth.generator.base_url"] == srv.base_url
 
@@ -247,9 +301,11 @@ def _project(tmp: Path, base_url: str, seeds, benchmarks, n: int) -> tuple[Path,
     write_jsonl(tmp / "prepared" / "entities.jsonl", [{"name": "Fabry disease"}])
     for name, qs in benchmarks.items():
         write_jsonl(tmp / "prepared" / "benchmarks" / f"{name}.jsonl", qs)
-    params = {"project": {"experiment": "synth-crash"},
-              "synth": {"n": n, "rare_ratio": 0.0, "seed": 5, "cache_dir": str(tmp / "cache"),
-                        "generator": {"backend": "openai", "model": "fake-model", "base_url": base_url, "concurrency": 2, "max_retries": 2}}}
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())  # a params file is whole: the shipped one, changed
+    params["project"]["experiment"] = "synth-crash"
+    params["synth"].update(n=n, rare_ratio=0.0, seed=5, cache_dir=str(tmp / "cache"), prompt_variant="", max_usd=None, max_attempts=None)
+    params["synth"]["generator"].update(backend="openai", model="fake-model", base_url=base_url, concurrency=2, max_retries=2,
+                                        structured=True, guided_layout=False)
     (tmp / "params.yaml").write_text(yaml.safe_dump(params))
     env = {**os.environ, "OPENAI_API_KEY": CANARY, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db", "MEDSSR_ROOT": str(tmp)}
     return tmp, env

@@ -15,27 +15,29 @@ from pathlib import Path
 from typing import Any
 
 from medssr.config import GeneratorCfg, PriceCfg
-from medssr.llm.base import AsyncAPIGenerator, LLMError, LLMRequest, LLMResponse, MalformedResponse, shared_ssl_context
+from medssr.llm.base import AsyncAPIGenerator, LLMError, LLMRequest, LLMResponse, MalformedResponse
 from medssr.llm.ledger import Ledger
 
 KEY_ENV = "ANTHROPIC_API_KEY"
 
 
 class AnthropicGenerator(AsyncAPIGenerator):
+    schema_overhead_tokens = 400  # the hidden tool-use system prompt: a few hundred tokens (Anthropic's tool-use docs)
+
     def __init__(self, cfg: GeneratorCfg, cache_dir: str | Path, prices: Mapping[str, PriceCfg] | None = None):
         key = os.environ.get(KEY_ENV, "").strip()
         if not key:
             raise LLMError(f"synth.generator.backend 'anthropic' needs an API key: set the {KEY_ENV} environment variable")
         super().__init__(cfg, cache_dir, Ledger(prices), name=f"anthropic:{cfg.model}", model_id=cfg.model)
         self._api_key = key
-        self._secrets.append(key)
+        self._add_secret(key)
 
     def _make_client(self) -> Any:
         from anthropic import AsyncAnthropic, DefaultAsyncHttpxClient
 
         # An explicit timeout also switches off the client's "streaming required" guess for large max_tokens.
-        return AsyncAnthropic(api_key=self._api_key, base_url=self.cfg.base_url, max_retries=self.cfg.max_retries,
-                              timeout=self.cfg.timeout_s, http_client=DefaultAsyncHttpxClient(verify=shared_ssl_context()))
+        return AsyncAnthropic(api_key=self._api_key, base_url=self.client_base_url, max_retries=self.cfg.max_retries,
+                              timeout=self.cfg.timeout_s, http_client=self._http_client(DefaultAsyncHttpxClient))
 
     def _structured(self, request: LLMRequest) -> bool:
         return self.cfg.structured and request.json_schema is not None

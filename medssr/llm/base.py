@@ -3,6 +3,11 @@
 A backend only knows how to execute requests that missed the cache; ``Generator.run`` serves hits, writes
 each success to the cache the moment it arrives (a killed run loses nothing finished), keeps the ledger and
 never raises for a single failed request: the response carries ``error`` instead.
+
+Remote backends reserve each request's worst-case cost in the ledger before sending it (``max_usd`` is a real
+cap under concurrency), and count every HTTP request and fault, retried or not, at the transport (the official
+clients retry internally and would otherwise hide them). Everything the generator writes (error texts, log
+lines, cache entries) goes through :func:`medssr.secrets.scrub_text` with the backend's known secrets.
 """
 
 from __future__ import annotations
@@ -17,11 +22,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from medssr.config import GeneratorCfg, PriceCfg
 from medssr.errors import MedssrError
 from medssr.llm.cache import ResponseCache, request_key
-from medssr.llm.ledger import Ledger, LedgerEntry
+from medssr.llm.ledger import FAULT_KINDS, Ledger, LedgerEntry
+from medssr.secrets import scrub_text
 
 log = logging.getLogger("medssr.llm")
 
@@ -30,7 +37,12 @@ BUDGET_ERROR = "budget exhausted"  # prefix of the error for requests never sent
 BACKENDS = ("openai", "anthropic", "openai_compatible", "local")
 
 OnDone = Callable[[int, "LLMResponse"], None]
-Finish = Callable[[int, str, "LLMResponse"], None]
+Finish = Callable[..., None]  # finish(index, key, response, reserved=0.0)
+
+# Worst-case input tokens without the model's tokenizer: byte-level BPE tokens cover at least one UTF-8 byte
+# each, so bytes bound the tokens; chat templates add a few tokens per message and per request.
+TOKENS_PER_MESSAGE, TOKENS_PER_REQUEST = 8, 16
+MIN_SECRET_LEN = 6  # shorter values (a 'user' name) would blank ordinary words; URLs lose their userinfo anyway
 
 
 class LLMError(MedssrError, RuntimeError):
@@ -96,14 +108,15 @@ class Generator:
 
     name: str
     ledger: Ledger
+    schema_overhead_tokens = 0  # tokens a backend adds to the input for structured output, beyond the schema itself
 
     def __init__(self, cfg: GeneratorCfg, cache_dir: str | Path, ledger: Ledger, name: str, model_id: str):
         self.cfg = cfg
         self.cache = ResponseCache(cache_dir)
         self.ledger = ledger
-        self.name = name
-        self.model_id = model_id  # what identifies the weights in the cache key
         self._secrets: list[str] = []
+        self.name = scrub_text(name)
+        self.model_id = model_id  # what identifies the weights in the cache key
 
     # -- keys and hygiene -------------------------------------------------------------------------
     def key(self, request: LLMRequest) -> str:
@@ -122,16 +135,30 @@ class Generator:
             "nonce": request.nonce,
         })
 
-    def _scrub(self, text: str) -> str:
-        for s in self._secrets:
-            if s:
-                text = text.replace(s, "***")
-        return text
+    def _add_secret(self, value: str | None) -> None:
+        if value and len(value) >= MIN_SECRET_LEN and value not in self._secrets:
+            self._secrets.append(value)
 
-    def _budget_error(self, max_usd: float | None) -> str | None:
-        if max_usd is not None and self.ledger.spend_usd >= max_usd:
-            return f"{BUDGET_ERROR}: spent ${self.ledger.spend_usd:.4f} of max_usd ${max_usd:.4f}; request not sent"
-        return None
+    def _scrub(self, text: str) -> str:
+        return scrub_text(text, secrets=self._secrets)
+
+    # -- budget ------------------------------------------------------------------------------------------
+    def worst_case_input_tokens(self, request: LLMRequest) -> int:
+        """An upper bound on the request's input tokens (its UTF-8 bytes plus template and schema overhead)."""
+        n = TOKENS_PER_REQUEST + sum(len(c.encode("utf-8")) + TOKENS_PER_MESSAGE for _, c in request.messages)
+        n += len((request.assistant_prefix or "").encode("utf-8"))
+        if self.cfg.structured and request.json_schema is not None:
+            n += len(json.dumps(request.json_schema).encode("utf-8")) + self.schema_overhead_tokens
+        return n
+
+    def worst_case_cost(self, request: LLMRequest) -> float:
+        """USD if the prompt were one token per byte and the reply ran to max_tokens: what a request reserves."""
+        return self.ledger.cost(self.cfg.model, self.worst_case_input_tokens(request), self.cfg.max_tokens)
+
+    def _budget_error(self, max_usd: float | None) -> str:
+        led = self.ledger
+        return (f"{BUDGET_ERROR}: spent ${led.spend_usd:.4f} (+${led.reserved_usd:.4f} reserved for requests in flight) "
+                f"of max_usd ${max_usd or 0.0:.4f}; request not sent")
 
     # -- the run loop -----------------------------------------------------------------------------
     def run(self, requests: Sequence[LLMRequest], on_done: OnDone | None = None, progress: bool = True,
@@ -139,7 +166,9 @@ class Generator:
         """Execute ``requests`` (cache first, then the backend, cfg.concurrency at a time); responses in order.
 
         ``on_done(index, response)`` is called as each finishes, in the calling thread. Identical requests in
-        one call are sent once. ``max_usd`` stops sending once the ledger's spend reaches it (those get error).
+        one call are sent once. ``max_usd`` caps the ledger's spend: a request is sent only while spend plus the
+        worst-case cost reserved by those in flight is under it (so at most one request's worst case lands
+        beyond it); the rest get a ``budget exhausted`` error and count as ``budget_skipped``.
         """
         from tqdm.auto import tqdm
 
@@ -147,6 +176,7 @@ class Generator:
         out: list[LLMResponse | None] = [None] * len(requests)
         bar = tqdm(total=len(requests), desc=self.name, unit="req", disable=not progress, dynamic_ncols=True)
         errors = 0
+        counts0 = self.ledger.counts()
 
         def deliver(i: int, resp: LLMResponse) -> None:
             nonlocal errors
@@ -166,22 +196,32 @@ class Generator:
                 deliver(i, replace(served[k]))
             elif k in groups:
                 groups[k].append(i)
-            elif (hit := self.cache.get(k)) is not None:
-                served[k] = self._from_cache(hit)
-                self._record_hit(k, served[k])
-                deliver(i, served[k])
             else:
-                groups[k] = [i]
+                hit, status = self.cache.lookup(k)
+                if status in ("corrupt", "unverified"):  # not served: asked again below (the cache warned)
+                    self.ledger.fault(f"cache_{status}")
+                if hit is not None:
+                    served[k] = self._from_cache(hit)
+                    self._record_hit(k, served[k])
+                    deliver(i, served[k])
+                else:
+                    groups[k] = [i]
 
-        def finish(i: int, key: str, resp: LLMResponse) -> None:
+        def finish(i: int, key: str, resp: LLMResponse, reserved: float = 0.0) -> None:
+            resp.text = self._scrub(resp.text)  # a server may echo a credential into a 200 as well as into an error
+            resp.error = None if resp.error is None else self._scrub(resp.error)
+            skipped = resp.error is not None and resp.error.startswith(BUDGET_ERROR)
             if resp.error is None:
                 self.cache.put(key, {"text": resp.text, "input_tokens": resp.input_tokens, "output_tokens": resp.output_tokens,
                                      "cost_usd": resp.cost_usd, "finish_reason": resp.finish_reason, "generator": self.name})
-            elif not resp.error.startswith(BUDGET_ERROR):  # unsent requests are neither logged one by one nor counted
+            elif not skipped:  # unsent requests are counted as budget_skipped, not logged one by one
                 log.warning("%s: request %d failed: %s", self.name, i, resp.error)
-            if resp.error is None or not resp.error.startswith(BUDGET_ERROR):
+            if skipped:
+                self.ledger.fault("budget_skipped")
+                self.ledger.release(reserved)
+            else:
                 self.ledger.record(LedgerEntry(key, self.cfg.model, resp.input_tokens, resp.output_tokens, resp.cost_usd,
-                                               cached=False, latency_s=resp.latency_s, failed=resp.error is not None))
+                                               cached=False, latency_s=resp.latency_s, failed=resp.error is not None), reserved=reserved)
             deliver(i, resp)
             for j in groups[key][1:]:
                 dup = replace(resp, cached=resp.error is None, latency_s=0.0)
@@ -201,8 +241,9 @@ class Generator:
         unsent = sum(1 for r in out if r is not None and r.error is not None and r.error.startswith(BUDGET_ERROR))
         if unsent:
             log.warning("%s: %d requests not sent: max_usd $%.4f reached", self.name, unsent, max_usd or 0.0)
-        log.info("%s: %d requests, %d cache hits, %d failed; total spend $%.4f", self.name, len(todo) - unsent,
-                 len(requests) - len(todo), errors - unsent, self.ledger.spend_usd)
+        counts = self.ledger.counts()
+        log.info("%s: %d requests (%s), %d cache hits, %d failed; total spend $%.4f", self.name, len(todo) - unsent,
+                 fault_summary(counts, counts0), len(requests) - len(todo), errors - unsent, self.ledger.spend_usd)
         return out  # type: ignore[return-value]
 
     def _from_cache(self, entry: dict[str, Any]) -> LLMResponse:
@@ -222,15 +263,31 @@ class Generator:
 class AsyncAPIGenerator(Generator):
     """Remote APIs: ``cfg.concurrency`` asyncio workers over one official async client.
 
-    Retries, backoff, Retry-After and timeouts are the client's own (max_retries, timeout from cfg). A 200
+    Retries, backoff, Retry-After and timeouts are the client's own (max_retries, timeout from cfg); the
+    transport under the client counts each HTTP attempt and fault and warns once per retried fault. A 200
     whose body is not a usable response (bad JSON, missing fields) is retried once here, because the clients
     do not retry it and it is usually a transient proxy fault; a second bad body becomes the error.
     """
 
     malformed_retries = 1
 
+    def __init__(self, cfg: GeneratorCfg, cache_dir: str | Path, ledger: Ledger, name: str, model_id: str):
+        super().__init__(cfg, cache_dir, ledger, name, model_id)
+        # ``user:pass@`` in base_url: sent as Basic auth by the HTTP client (as before), but kept out of the URL
+        # the client logs and puts in its errors.
+        self.client_base_url, self._basic_auth = split_userinfo(cfg.base_url)
+        if self._basic_auth:
+            self._add_secret(self._basic_auth[1])
+
     def _make_client(self) -> Any:
         raise NotImplementedError
+
+    def _http_client(self, factory: Callable[..., Any]) -> Any:
+        """The SDK's default async HTTP client (``factory``) over a counting transport; Basic auth from base_url."""
+        import httpx2
+
+        inner = httpx2.AsyncHTTPTransport(verify=shared_ssl_context(), limits=httpx2.Limits(**HTTP_LIMITS))
+        return factory(transport=_CountingTransport(inner, self), auth=self._basic_auth)
 
     async def _call(self, client: Any, request: LLMRequest, key: str) -> LLMResponse:
         raise NotImplementedError
@@ -260,12 +317,36 @@ class AsyncAPIGenerator(Generator):
     async def _execute_async(self, todo: list[tuple[int, LLMRequest, str]], finish: Finish, max_usd: float | None) -> None:
         client = self._make_client()
         pending = iter(todo)
+        settled = asyncio.Condition()
+        in_flight = 0
+
+        async def admit(req: LLMRequest) -> float | None:
+            """Reserve the request's worst case; while the cap is held by requests in flight, wait for them to
+            settle (their true cost is usually far below the worst case). None: the cap is reached by spend."""
+            nonlocal in_flight
+            worst = self.worst_case_cost(req)
+            async with settled:
+                while not self.ledger.reserve(worst, max_usd):
+                    if in_flight == 0:
+                        return None
+                    await settled.wait()
+                in_flight += 1
+            return worst
 
         async def worker() -> None:
+            nonlocal in_flight
             for i, req, key in pending:  # one shared iterator: each item goes to exactly one worker
-                err = self._budget_error(max_usd)
-                resp = LLMResponse("", 0, 0, False, 0.0, 0.0, error=err) if err else await self._call_guarded(client, req, key)
-                finish(i, key, resp)
+                reserved = await admit(req)
+                if reserved is None:
+                    finish(i, key, LLMResponse("", 0, 0, False, 0.0, 0.0, error=self._budget_error(max_usd)))
+                    continue
+                try:
+                    resp = await self._call_guarded(client, req, key)
+                    finish(i, key, resp, reserved=reserved)
+                finally:
+                    async with settled:
+                        in_flight -= 1
+                        settled.notify_all()
 
         try:
             await asyncio.gather(*(worker() for _ in range(min(self.cfg.concurrency, len(todo)))))
@@ -280,11 +361,27 @@ class AsyncAPIGenerator(Generator):
                 resp.latency_s = time.perf_counter() - t0
                 return resp
             except Exception as e:  # noqa: BLE001 - every failure becomes response.error, never an exception
-                if _is_malformed(e) and attempt < self.malformed_retries:
-                    log.info("%s: malformed response body (%s); retrying once", self.name, type(e).__name__)
-                    continue
+                if _is_malformed(e):
+                    self.ledger.fault("malformed_body")
+                    if attempt < self.malformed_retries:
+                        self.ledger.retried()
+                        log.warning("%s: malformed_body fault (%s); retrying (%d of %d)", self.name,
+                                    self._scrub(f"{type(e).__name__}: {str(e)[:200]}").replace("\n", " "), attempt + 1,
+                                    self.malformed_retries)
+                        continue
                 return LLMResponse("", 0, 0, False, 0.0, time.perf_counter() - t0, error=self._describe(e))
         raise AssertionError("unreachable")
+
+    def _http_fault(self, kind: str, detail: str, attempt: int, status: int | None, should_retry: str | None) -> None:
+        """Count one fault seen at the transport; warn (one line) when the client is going to retry it."""
+        self.ledger.fault(kind)
+        if should_retry in ("true", "false"):
+            retryable = should_retry == "true"
+        else:
+            retryable = kind in RETRIED_FAULTS or status in (408, 409)
+        if retryable and attempt < self.cfg.max_retries:
+            log.warning("%s: %s fault (%s); the client retries (%d of %d)", self.name, kind, self._scrub(detail),
+                        attempt + 1, self.cfg.max_retries)
 
     def _describe(self, e: BaseException) -> str:
         """A one-line, key-free error text that says whether retries were spent."""
@@ -303,6 +400,120 @@ class AsyncAPIGenerator(Generator):
         else:
             note = "not retried"
         return self._scrub(f"{type(e).__name__}: {msg[:1500]} ({note})")
+
+
+HTTP_LIMITS = {"max_connections": 1000, "max_keepalive_connections": 100}  # the openai/anthropic SDKs' defaults
+RETRIED_FAULTS = ("rate_limit", "server_error", "timeout", "connection", "malformed_body")  # what the clients retry
+
+
+def status_fault(status: int) -> str | None:
+    """The fault kind of an HTTP status (None for success and redirects)."""
+    if status == 429:
+        return "rate_limit"
+    if status == 408:
+        return "timeout"
+    if status >= 500:
+        return "server_error"
+    if status >= 400:
+        return "client_error"
+    return None
+
+
+class _CountingTransport:  # duck-typed httpx2.AsyncBaseTransport (importing httpx2 here would slow every import)
+    """Wraps the HTTP client's transport: one ledger count per HTTP request that reached the server (retries
+    included, told apart by the SDKs' ``x-stainless-retry-count`` header) and one per fault, by kind. A body
+    cut mid-stream surfaces while the client reads it, so the response stream is wrapped too."""
+
+    def __init__(self, inner: Any, gen: AsyncAPIGenerator):
+        self.inner, self.gen = inner, gen
+
+    async def handle_async_request(self, request: Any) -> Any:
+        import httpx2
+
+        try:
+            attempt = int(request.headers.get("x-stainless-retry-count") or 0)
+        except ValueError:
+            attempt = 0
+        where = f"{request.method} {request.url.path}"
+        try:
+            response = await self.inner.handle_async_request(request)
+        except (httpx2.ConnectError, httpx2.ConnectTimeout) as e:  # never reached the server: not an HTTP request
+            self.gen._http_fault("connection", f"{type(e).__name__} on {where}: {e}", attempt, None, None)
+            raise
+        except httpx2.TimeoutException as e:
+            self.gen.ledger.http_request(retry=attempt > 0)
+            self.gen._http_fault("timeout", f"{type(e).__name__} on {where} (timeout_s={self.gen.cfg.timeout_s})", attempt, None, None)
+            raise
+        except httpx2.TransportError as e:
+            self.gen.ledger.http_request(retry=attempt > 0)
+            self.gen._http_fault("connection", f"{type(e).__name__} on {where}: {e}", attempt, None, None)
+            raise
+        self.gen.ledger.http_request(retry=attempt > 0)
+        if (kind := status_fault(response.status_code)) is not None:
+            self.gen._http_fault(kind, f"HTTP {response.status_code} on {where}", attempt, response.status_code,
+                                 response.headers.get("x-should-retry"))
+        else:
+            response.stream = _make_counting_stream(response.stream, self.gen, where, attempt)
+        return response
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    async def __aenter__(self) -> _CountingTransport:
+        await self.inner.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.inner.__aexit__(*exc)
+
+
+def _make_counting_stream(inner: Any, gen: AsyncAPIGenerator, where: str, attempt: int) -> Any:
+    import httpx2
+
+    class _CountingStream(httpx2.AsyncByteStream):
+        """A 200 body that breaks off while being read is a malformed_body fault (a slow one is a timeout)."""
+
+        async def __aiter__(self):  # type: ignore[override]
+            try:
+                async for chunk in inner:
+                    yield chunk
+            except httpx2.TimeoutException as e:
+                gen._http_fault("timeout", f"{type(e).__name__} reading the body of {where}", attempt, None, None)
+                raise
+            except httpx2.TransportError as e:
+                gen._http_fault("malformed_body", f"body cut off ({type(e).__name__}: {e}) on {where}", attempt, None, None)
+                raise
+
+        async def aclose(self) -> None:
+            await inner.aclose()
+
+    return _CountingStream()
+
+
+def split_userinfo(url: str | None) -> tuple[str | None, tuple[str, str] | None]:
+    """``url`` without ``user:pass@`` and the (user, password) pair it carried, if any (percent-decoded)."""
+    if not url:
+        return url, None
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url, None
+    userinfo, host = parts.netloc.rsplit("@", 1)
+    user, _, password = userinfo.partition(":")
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment)), (unquote(user), unquote(password))
+
+
+def fault_summary(counts: Mapping[str, Any], before: Mapping[str, Any] | None = None) -> str:
+    """'49 HTTP requests, 17 retries; faults: rate_limit 5, timeout 2' from ledger counts (minus ``before``)."""
+    d = diff_counts(counts, before) if before else counts
+    faults = ", ".join(f"{k} {v}" for k, v in d["faults"].items() if v) or "none"
+    return f"{d['http_requests']} HTTP requests, {d['retries']} retries; faults: {faults}"
+
+
+def diff_counts(after: Mapping[str, Any], before: Mapping[str, Any]) -> dict[str, Any]:
+    """Ledger counts of one run: ``after - before`` (see Ledger.counts)."""
+    return {"requests": after["requests"] - before["requests"], "http_requests": after["http_requests"] - before["http_requests"],
+            "retries": after["retries"] - before["retries"],
+            "faults": {k: after["faults"].get(k, 0) - before["faults"].get(k, 0) for k in FAULT_KINDS}}
 
 
 @functools.cache

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from medssr.config import GeneratorCfg, PriceCfg
-from medssr.llm.base import AsyncAPIGenerator, LLMError, LLMRequest, LLMResponse, MalformedResponse, seed_from_key, shared_ssl_context
+from medssr.llm.base import AsyncAPIGenerator, LLMError, LLMRequest, LLMResponse, MalformedResponse, seed_from_key
 from medssr.llm.ledger import Ledger
 
 KEY_ENV = "OPENAI_API_KEY"
@@ -28,14 +28,13 @@ class OpenAIGenerator(AsyncAPIGenerator):
             raise LLMError("synth.generator.base_url is required for backend 'openai_compatible' (e.g. http://127.0.0.1:8000/v1 for vllm serve)")
         super().__init__(cfg, cache_dir, Ledger(prices), name=f"{cfg.backend}:{cfg.model}", model_id=cfg.model)
         self._api_key = key or NO_KEY
-        if key:
-            self._secrets.append(key)
+        self._add_secret(key)
 
     def _make_client(self) -> Any:
         from openai import AsyncOpenAI, DefaultAsyncHttpxClient
 
-        return AsyncOpenAI(api_key=self._api_key, base_url=self.cfg.base_url, max_retries=self.cfg.max_retries,
-                           timeout=self.cfg.timeout_s, http_client=DefaultAsyncHttpxClient(verify=shared_ssl_context()))
+        return AsyncOpenAI(api_key=self._api_key, base_url=self.client_base_url, max_retries=self.cfg.max_retries,
+                           timeout=self.cfg.timeout_s, http_client=self._http_client(DefaultAsyncHttpxClient))
 
     def request_body(self, request: LLMRequest, key: str) -> dict[str, Any]:
         """The chat.completions arguments for one request (assistant_prefix is not supported by the API: ignored)."""

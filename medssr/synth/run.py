@@ -22,6 +22,7 @@ from typing import Any
 
 from medssr.config import Params, to_flat_dict
 from medssr.errors import MedssrError
+from medssr.llm.base import BUDGET_ERROR, diff_counts
 from medssr.records import Question, append_jsonl, iter_jsonl, read_partial_jsonl, read_questions, write_jsonl
 from medssr.secrets import scrub_params
 from medssr.synth.contamination import build_index, question_text
@@ -193,6 +194,7 @@ def run_synthesize(params: Params, inputs: SynthInputs, out_path: str | os.PathL
     stopped = "max_attempts"
     errors: list[str] = []
     spend0 = generator.ledger.spend_usd
+    counts0 = generator.ledger.counts()
 
     from tqdm.auto import tqdm
 
@@ -230,13 +232,9 @@ def run_synthesize(params: Params, inputs: SynthInputs, out_path: str | os.PathL
                 stopped = "max_attempts"
                 break
             size = min(cfg.generator.concurrency, max_attempts - next_attempt)
-            if cfg.max_usd is not None:
-                if dataset_cost >= cfg.max_usd:
-                    stopped = "budget"
-                    break
-                per = dataset_cost / attempts if attempts else 0.0
-                if per > 0:
-                    size = max(1, min(size, int((cfg.max_usd - dataset_cost) / per)))
+            if cfg.max_usd is not None and dataset_cost >= cfg.max_usd:
+                stopped = "budget"
+                break
             wave = [plan_attempt(i, cfg.seed, cfg.rare_ratio, len(seeds), pool) for i in range(next_attempt, next_attempt + size)]
             next_attempt += size
             built = [build_request(a, seeds, prompts, retriever, cfg.top_k, cfg.generator.structured, assistant_prefix) for a in wave]
@@ -261,13 +259,13 @@ def run_synthesize(params: Params, inputs: SynthInputs, out_path: str | os.PathL
                 done[keys[j]] = fin
 
             if todo:
-                allowance = None
+                allowance = None  # the generator reserves each request's worst case against it (medssr.llm.ledger)
                 if cfg.max_usd is not None:
                     allowance = generator.ledger.spend_usd + max(0.0, cfg.max_usd - dataset_cost)
                 responses = generator.run([built[j][0] for j in todo], on_done=on_done, progress=False, max_usd=allowance)
                 for t, resp in enumerate(responses):
                     if resp.error is not None:
-                        if resp.error.startswith("budget exhausted"):
+                        if resp.error.startswith(BUDGET_ERROR):
                             stopped = "budget"
                         else:
                             errors.append(f"attempt {wave[todo[t]].index}: {resp.error}")
@@ -276,9 +274,11 @@ def run_synthesize(params: Params, inputs: SynthInputs, out_path: str | os.PathL
                     consume(a, results[j], built[j][1], prompts[a.kind])
             bar.set_postfix_str(f"attempts={attempts} valid={valid} ${dataset_cost:.4f}", refresh=False)
             if errors:
+                c = diff_counts(generator.ledger.counts(), counts0)
+                faults = ", ".join(f"{k} {v}" for k, v in c["faults"].items() if v) or "none"
                 raise SynthError(
                     f"synthesize: {len(errors)} request(s) failed (retryable errors were retried synth.generator.max_retries={cfg.generator.max_retries} "
-                    f"times); "
+                    f"times; this run: {c['requests']} requests as {c['http_requests']} HTTP requests, faults: {faults}); "
                     f"{len(done)} finished responses are kept in {progress_path} (rerun to resume). First: {errors[0]}")
             if stopped == "budget":
                 break
@@ -291,6 +291,7 @@ def run_synthesize(params: Params, inputs: SynthInputs, out_path: str | os.PathL
     write_jsonl(out_path, final)
     n_rare = sum(q.rare_disease is not None for q in final)
     ledger = generator.ledger.to_dict()
+    counts = diff_counts(generator.ledger.counts(), counts0)
     report = {
         "accepted": len(final),
         "target_n": cfg.n,
@@ -314,6 +315,12 @@ def run_synthesize(params: Params, inputs: SynthInputs, out_path: str | os.PathL
         "cost_usd": round(dataset_cost, 6),
         "spend_usd_this_run": round(generator.ledger.spend_usd - spend0, 6),
         "cache_hits": ledger.get("cache_hits", 0),
+        # this run's requests as made (logical) and as the server received them (retries included), and every
+        # fault met on the way by kind (FAULT_KINDS), also those retried into a good answer
+        "requests": counts["requests"],
+        "http_requests": counts["http_requests"],
+        "retries": counts["retries"],
+        "faults": counts["faults"],
         "resumed_from_progress": reused,
         "generator": generator.name,
         "prompt_variant": prompt_variant,
@@ -364,7 +371,12 @@ def log_to_mlflow(params: Params, report: Mapping[str, Any]) -> None:
         metric("synth", "cost_usd"): report["cost_usd"],
         metric("synth", "contamination_dropped"): report["contamination_dropped"],
         metric("synth", "cache_hits"): report["cache_hits"],
+        metric("synth", "requests"): report["requests"],
+        metric("synth", "http_requests"): report["http_requests"],
+        metric("synth", "retries"): report["retries"],
     }
+    for kind, c in report["faults"].items():
+        metrics[metric("synth", f"faults/{kind}")] = c
     for reason, c in report["rejected"].items():
         metrics[metric("synth", f"rejected/{reason}")] = c
     with stage_run("synthesize", params, synth_section(params)) as mlflow:
@@ -389,7 +401,9 @@ def default_retriever(params: Params) -> Retriever:
 def summary_line(report: Mapping[str, Any]) -> str:
     """The one line the stage prints."""
     rej = sum(report["rejected"].values())
+    faults = ", ".join(f"{k} {v}" for k, v in report["faults"].items() if v) or "none"
     return (f"synthesize: {report['accepted']}/{report['target_n']} questions from {report['attempts']} attempts "
             f"(acceptance {report['acceptance_rate']:.0%}, {rej} rejected, {report['contamination_dropped']} contamination/duplicate drops), "
             f"rare {report['rare_ratio_achieved']:.2f} vs α={report['rare_ratio_target']}, "
-            f"{report['tokens']['per_question']:.0f} tok/q, ${report['cost_usd']:.4f}, stopped: {report['stopped']}")
+            f"{report['tokens']['per_question']:.0f} tok/q, ${report['cost_usd']:.4f}, stopped: {report['stopped']}; "
+            f"{report['requests']} requests as {report['http_requests']} HTTP requests ({report['retries']} retries), faults: {faults}")
