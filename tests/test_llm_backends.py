@@ -210,8 +210,8 @@ def test_invalid_question_text_is_returned_as_is(srv, tmp_path, openai_key):
 
 
 def every_fault() -> list[Fault]:
-    """One of each fault kind the transport and the parser must count (the timeout needs timeout_s < 1.5)."""
-    return [rate_limited(0.05), server_error(503), timed_out(1.5), malformed(), cut_body(), empty_choices(), garbage(), dropped()]
+    """One of each fault kind the transport and the parser must count (the timeout needs timeout_s < 2.5)."""
+    return [rate_limited(0.05), server_error(503), timed_out(2.5), malformed(), cut_body(), empty_choices(), garbage(), dropped()]
 
 
 def nonzero(d: dict) -> dict:
@@ -221,7 +221,7 @@ def nonzero(d: dict) -> dict:
 def test_every_retried_fault_is_counted_by_kind_and_http_requests_match_the_server(srv, tmp_path, openai_key, caplog):
     caplog.set_level(logging.WARNING, logger="medssr.llm")
     srv.rule = first_time_faults(every_fault())
-    gen = openai_gen(srv, tmp_path, concurrency=4, timeout_s=0.5, max_retries=2)
+    gen = openai_gen(srv, tmp_path, concurrency=4, timeout_s=1.0, max_retries=2)
     out = gen.run([chat(f"q{i}") for i in range(10)], progress=False)
     assert all(r.ok for r in out)
     totals = gen.ledger.to_dict()

@@ -210,9 +210,9 @@ def test_retried_faults_are_counted_in_the_report_mlflow_and_the_summary_line(tm
                                                                               mlflow_store):
     monkeypatch.chdir(tmp_path)
     with FakeOpenAIServer(responder=fake_question) as srv:
-        srv.rule = first_time_faults([rate_limited(0.05), server_error(502), timed_out(1.5), malformed(), cut_body(), empty_choices(),
+        srv.rule = first_time_faults([rate_limited(0.05), server_error(502), timed_out(2.5), malformed(), cut_body(), empty_choices(),
                                       garbage(), dropped(), rate_limited(0.05)])
-        params = make_params(tmp_path, "openai", srv.base_url, n=10, generator={"timeout_s": 0.5, "max_retries": 2})
+        params = make_params(tmp_path, "openai", srv.base_url, n=10, generator={"timeout_s": 1.0, "max_retries": 2})
         report = run(params, tmp_path, seeds, benchmarks, track=True)
         received, applied = len(srv.requests), srv.fault_counts()
     assert report["accepted"] == 10 and report["stopped"] == "done"
