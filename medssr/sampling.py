@@ -6,8 +6,10 @@ One interface, two backends, picked by ``sampling.backend``:
 row finished but keeps computing it until the whole batch ends. The loop does continuous batching: up to
 ``batch_size`` sequences share one forward pass over a preallocated, left-padded KV cache; a row leaves the
 batch as soon as it emits EOS, a stop string, or (with ``options`` and ``stop_at_answer``) a committed answer
-(``medssr.answers.has_committed_answer``), and waiting rows take its place. Each prompt is prefilled once and its
-KV copied to its n rows. Every row draws its randomness from its own generator seeded by
+(``medssr.answers.has_committed_answer``), and waiting rows take its place. Each prompt is prefilled once. Llama,
+Qwen2 and Qwen3 models on CPU then decode with our own step (``_LlamaDecoder``): the prompt's KV is stored once and
+shared by its n rows, each row keeps only its generated tokens' KV (``_SharedKV``; issue #16 says why); other
+models decode through transformers' forward with the prompt's KV copied to each row. Every row draws its randomness from its own generator seeded by
 ``(seed, key, sample index)``, so a question's samples do not depend on which other prompts share the batch
 (up to float rounding; identical batch composition gives bit-identical results). An out-of-memory forward
 halves the batch (the youngest rows go back to the queue and restart from their seed) and carries on.
@@ -276,7 +278,7 @@ class HFSampler:
 
     def close(self) -> None:
         """Drop the model so the next checkpoint's fits (the caller must drop its own reference too)."""
-        self.model = None
+        self.model = self.decoder = None  # the decoder holds the model and its fused weights
 
     def _encode(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"]
@@ -647,7 +649,7 @@ class _LlamaDecoder:
         return norm.weight * x32.to(dtype)
 
     def step(self, tokens, positions, kv: _SharedKV):
-        """Logits (B, vocab) for one new token per row at ``positions``; writes its K/V at column ``kv.length``."""
+        """Logits (B, vocab) for one new token per row at ``positions``; writes its K/V after its cohort's tokens."""
         torch = __import__("torch")
         F = torch.nn.functional
         inner = self.model.model
@@ -656,7 +658,7 @@ class _LlamaDecoder:
         cos, sin = inner.rotary_emb(x, positions[:, None])  # (B, 1, D)
         cos, sin = cos.view(B, 1, D), sin.view(B, 1, D)
         half = D // 2
-        masks = kv.masks()
+        prefix_mask = kv.prefix_mask()
         for li, (ln1, wqkv, bqkv, o_proj, ln2, wgu, down, qn, kn) in enumerate(self._fused):
             qkv = F.linear(self._rms(x, ln1), wqkv, bqkv)
             q = qkv[:, : H * D].view(B, H, D)
@@ -666,68 +668,83 @@ class _LlamaDecoder:
                 q, k = qn(q), kn(k)
             q = q * cos + torch.cat((-q[..., half:], q[..., :half]), -1) * sin
             k = k * cos + torch.cat((-k[..., half:], k[..., :half]), -1) * sin
-            attn = kv.attend(li, q.view(B, KH, self.rep, D), k, v, masks, self.scale)
+            attn = kv.attend(li, q.view(B, KH, self.rep, D), k, v, prefix_mask, self.scale)
             x = x + o_proj(attn.reshape(B, H * D))
             gate, up = F.linear(self._rms(x, ln2), wgu).chunk(2, dim=-1)
             x = x + down(F.silu(gate) * up)
         return self.model.lm_head(self._rms(x, inner.norm))
 
 
-class _SharedKV:
-    """The decode batch's KV: each prompt's KV once (``prefix``, one slot per prompt in the batch) and each row's
-    own generated tokens (``suffix``, right-aligned so a step writes one column for all rows).
+@dataclass
+class _Cohort:
+    """Rows admitted at the same rebuild: their generated tokens' KV has one length, so it needs no padding or mask."""
 
-    Row r belongs to prompt slot ``group[r]`` at query slot ``slot[r]`` (= group * width + rank within the group);
-    its suffix occupies columns ``start[r] .. length-1``.
-    """
-
-    def __init__(self, prefix_k: list, prefix_v: list, prefix_len, suffix_k: list, suffix_v: list, start, slot, width: int,
-                 length: int):
-        self.pk, self.pv, self.plen = prefix_k, prefix_v, prefix_len
-        self.sk, self.sv, self.start, self.slot = suffix_k, suffix_v, start, slot
-        self.width, self.length = width, length
-
-    @property
-    def rows(self) -> int:
-        return int(self.slot.shape[0])
-
-    def masks(self):
-        """Additive masks for this step: prefix (G, 1, 1, P) and suffix (B, 1, 1, length + 1)."""
-        torch = __import__("torch")
-        ref = self.pk[0]
-        neg = torch.finfo(ref.dtype).min
-        cols = torch.arange(ref.shape[2], device=ref.device)
-        pre = torch.where(cols[None] < self.plen[:, None], 0.0, neg).to(ref.dtype)[:, None, None]
-        cols = torch.arange(self.length + 1, device=ref.device)
-        suf = torch.where(cols[None] >= self.start[:, None], 0.0, neg).to(ref.dtype)[:, None, None]
-        return pre, suf
+    k: list  # per layer (rows, kv_heads, capacity, D)
+    v: list
+    length: int = 0
 
     def grow(self, extra: int) -> None:
-        torch = __import__("torch")
-        for buf in (self.sk, self.sv):
+        for buf in (self.k, self.v):
             for li, t in enumerate(buf):
-                b, h, _, d = t.shape
-                new = torch.empty((b, h, self.length + extra, d), dtype=t.dtype, device=t.device)
+                new = t.new_empty((t.shape[0], t.shape[1], self.length + extra, t.shape[3]))
                 new[:, :, : self.length] = t[:, :, : self.length]
                 buf[li] = new
 
-    def attend(self, li: int, q, k, v, masks, scale: float):
-        """Attention output (B, kv_heads, rep, D) of one layer for queries q (B, kv_heads, rep, D)."""
+
+class _SharedKV:
+    """The decode batch's KV: each prompt's KV once (``pk``/``pv``, one slot per prompt in the batch, padded to the
+    longest and masked) and each row's generated tokens (``cohorts``: the batch's rows in order, cut into spans).
+
+    Row r is query slot ``slot[r]`` (= prompt slot * width + rank among that prompt's rows) of the prefix attention.
+    """
+
+    def __init__(self, prefix_k: list, prefix_v: list, prefix_len, cohorts: list[_Cohort], slot, width: int):
+        self.pk, self.pv, self.plen, self.cohorts = prefix_k, prefix_v, prefix_len, cohorts
+        self.slot, self.width = slot, width
+        self.groups: tuple[int, ...] = ()  # the prompt in each prefix slot
+        self.spans, r = [], 0
+        for c in cohorts:
+            self.spans.append((r, r + c.k[0].shape[0]))
+            r += c.k[0].shape[0]
+
+    def prefix_mask(self):
+        """Additive mask (G, 1, 1, P) hiding each prompt slot's padding."""
+        torch = __import__("torch")
+        ref = self.pk[0]
+        cols = torch.arange(ref.shape[2], device=ref.device)
+        return torch.where(cols[None] < self.plen[:, None], 0.0, torch.finfo(ref.dtype).min).to(ref.dtype)[:, None, None]
+
+    def reserve(self, extra: int) -> None:
+        """Room for one more token in every cohort."""
+        for c in self.cohorts:
+            if c.length >= c.k[0].shape[2]:
+                c.grow(extra)
+
+    def advance(self) -> None:
+        for c in self.cohorts:
+            c.length += 1
+
+    def attend(self, li: int, q, k, v, prefix_mask, scale: float):
+        """Attention output (B, kv_heads, rep, D) of one layer for queries q (B, kv_heads, rep, D); writes k, v."""
         torch = __import__("torch")
         flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
         B, KH, R, D = q.shape
-        L = self.length
-        self.sk[li][:, :, L] = k
-        self.sv[li][:, :, L] = v
-        o2, l2 = flash(q, self.sk[li][:, :, : L + 1], self.sv[li][:, :, : L + 1], 0.0, False, attn_mask=masks[1], scale=scale)
+        outs, lses = [], []
+        for c, (r0, r1) in zip(self.cohorts, self.spans, strict=True):
+            L = c.length
+            c.k[li][:, :, L] = k[r0:r1]
+            c.v[li][:, :, L] = v[r0:r1]
+            o, lse = flash(q[r0:r1], c.k[li][:, :, : L + 1], c.v[li][:, :, : L + 1], 0.0, False, scale=scale)
+            outs.append(o)
+            lses.append(lse)
+        o2, l2 = (outs[0], lses[0]) if len(outs) == 1 else (torch.cat(outs), torch.cat(lses))
         G = self.pk[li].shape[0]
         qs = q.new_zeros((G * self.width, KH, R, D))
         qs.index_copy_(0, self.slot, q)
         qs = qs.view(G, self.width, KH, R, D).transpose(1, 2).reshape(G, KH, self.width * R, D)
-        o1, l1 = flash(qs, self.pk[li], self.pv[li], 0.0, False, attn_mask=masks[0], scale=scale)
+        o1, l1 = flash(qs, self.pk[li], self.pv[li], 0.0, False, attn_mask=prefix_mask, scale=scale)
         o1 = o1.view(G, KH, self.width, R, D).transpose(1, 2).reshape(G * self.width, KH, R, D).index_select(0, self.slot)
         l1 = l1.view(G, KH, self.width, R).transpose(1, 2).reshape(G * self.width, KH, R).index_select(0, self.slot)
-        l2 = l2.view(B, KH, R)
         lse = torch.logaddexp(l1, l2)  # float32 even for bf16 queries
         return (o1 * (l1 - lse).exp_().unsqueeze(-1) + o2 * (l2 - lse).exp_().unsqueeze(-1)).to(q.dtype)
 
@@ -808,7 +825,9 @@ class _SharedRun(_Run):
         ref = self.prompt_kv[self.rows[0].p][0][0]
         kh, hd = ref.shape[0], ref.shape[2]
         pk, pv = [], []
-        for li in range(self.s.n_layers):
+        if old is not None and old.groups == tuple(groups):
+            pk, pv = old.pk, old.pv  # the same prompts in the same slots: no copy
+        for li in range(self.s.n_layers if not pk else 0):
             k = ref.new_zeros((len(groups), kh, max(lens), hd))
             v = torch.zeros_like(k)
             for gi, p in enumerate(groups):
@@ -816,34 +835,28 @@ class _SharedRun(_Run):
                 k[gi, :, :P], v[gi, :, :P] = self.prompt_kv[p][li]
             pk.append(k)
             pv.append(v)
-        B = len(self.rows)
-        used, trim, starts = 0, 0, []
+        cohorts: list[_Cohort] = []
         if keep:
-            keep_t = torch.tensor(keep, dtype=torch.long, device=dev)
-            kept_start = old.start.index_select(0, keep_t)
-            trim = int(kept_start.min())
-            used = old.length - trim
-            starts = (kept_start - trim).tolist()
-        cap = used + max(1, min(self.max_new, 128))
-        sk, sv = [], []
-        for li in range(self.s.n_layers):
-            k = ref.new_zeros((B, kh, cap, hd))
-            v = torch.zeros_like(k)
-            if keep and used:
-                k[: len(keep), :, :used] = old.sk[li][:, :, trim : old.length].index_select(0, keep_t)
-                v[: len(keep), :, :used] = old.sv[li][:, :, trim : old.length].index_select(0, keep_t)
-            sk.append(k)
-            sv.append(v)
-        start = torch.tensor(starts + [used] * len(new), dtype=torch.long, device=dev)
-        self.kv = _SharedKV(pk, pv, torch.tensor(lens, device=dev), sk, sv, start, torch.tensor(slot, dtype=torch.long, device=dev),
-                            width, used)
+            kept = set(keep)
+            for c, (r0, r1) in zip(old.cohorts, old.spans, strict=True):
+                idx = [i - r0 for i in range(r0, r1) if i in kept]
+                if len(idx) == r1 - r0:
+                    cohorts.append(c)  # all its rows stay: no copy
+                elif idx:
+                    t = torch.tensor(idx, dtype=torch.long, device=dev)
+                    cohorts.append(_Cohort([x.index_select(0, t) for x in c.k], [x.index_select(0, t) for x in c.v], c.length))
+        if new:
+            cap = max(1, min(self.max_new, 128))
+            cohorts.append(_Cohort([ref.new_empty((len(new), kh, cap, hd)) for _ in range(self.s.n_layers)],
+                                   [ref.new_empty((len(new), kh, cap, hd)) for _ in range(self.s.n_layers)]))
+        self.kv = _SharedKV(pk, pv, torch.tensor(lens, device=dev), cohorts, torch.tensor(slot, dtype=torch.long, device=dev), width)
+        self.kv.groups = tuple(groups)
 
     def step(self) -> None:
         """One decode step for every row in the batch (finished rows ride along until the next rebuild)."""
         torch = self.torch
         dev, kv = self.s.device, self.kv
-        if kv.length >= kv.sk[0].shape[2]:
-            kv.grow(max(1, min(self.max_new, 128)))
+        kv.reserve(max(1, min(self.max_new, 128)))
         inp = torch.tensor([[r.tokens[-1] if r.reason is None else self.s.pad_id] for r in self.rows], device=dev)
         pos = torch.tensor([[r.pos] for r in self.rows], device=dev)
         try:
@@ -853,7 +866,7 @@ class _SharedRun(_Run):
                 raise
             self.halve()
             return
-        kv.length += 1
+        kv.advance()
         self.stats.forward_passes += 1
         toks = sample_tokens(logits, self.uniforms(self.rows), self.temperature, self.top_p, self.top_k).tolist()
         for r, t in zip(self.rows, toks, strict=True):
@@ -861,7 +874,7 @@ class _SharedRun(_Run):
                 self.emit(r, int(t))
 
     def halve(self) -> None:
-        """Out of memory: as ``_Run.halve`` (the failed step's writes at column ``length`` are simply overwritten)."""
+        """Out of memory: as ``_Run.halve`` (the failed step's K/V writes past each cohort's length are overwritten)."""
         self.cap = max(1, len(self.rows) // 2)
         self.stats.oom_halvings += 1
         for r in self.rows:
