@@ -481,7 +481,9 @@ def test_unknown_model_price_warns_once_and_costs_zero(caplog):
 
 # ---------------------------------------------------------------------------------------------- local
 def local_gen(model_dir: Path, cache: Path, **kw) -> Generator:
-    cfg = GeneratorCfg(**{"backend": "local", "model": "tiny", "max_tokens": 8, "concurrency": 4, "temperature": 0.8, **kw})
+    # free decoding unless a test asks for the guide (the shipped default guides: params.yaml's 135M generator)
+    cfg = GeneratorCfg(**{"backend": "local", "model": "tiny", "max_tokens": 8, "concurrency": 4, "temperature": 0.8,
+                          "guided_layout": False, **kw})
     return make_generator(cfg, cache, model_dir=str(model_dir))
 
 

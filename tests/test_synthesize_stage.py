@@ -379,7 +379,7 @@ def test_llm_classifiers_parse_strictly_through_the_openai_client(tmp_path, open
 def test_local_backend_runs_the_stage_and_counts_rejections(tmp_path, tiny_model_dir, seeds, benchmarks):
     """A tiny random Llama writes gibberish: every attempt is rejected by reason, nothing crashes, the cap stops it."""
     params = make_params(tmp_path, "local", None, n=2, max_attempts=3,
-                         generator={"model": str(tiny_model_dir), "max_tokens": 24, "concurrency": 3})
+                         generator={"model": str(tiny_model_dir), "max_tokens": 24, "concurrency": 3, "guided_layout": False})
     gen = make_generator(params.synth.generator, params.synth.cache_dir, model_dir=str(tiny_model_dir))
     report = run(params, tmp_path, seeds[:10], {}, generator=gen, prompt_variant="small")
     assert report["stopped"] == "max_attempts" and report["attempts"] == 3 and report["accepted"] == 0
