@@ -127,12 +127,15 @@ class GeneratorCfg:
     max_tokens: int = field(default=384, metadata=_range(1))
     structured: bool = True  # JSON schema / tool schema where the backend supports it
     guided_layout: bool = True  # local backend: decode the plain-text question layout part by part (small models)
+    batch: bool = False  # API backends: send through the provider's batch endpoint (OpenAI Batch API, Anthropic Message Batches)
+    batch_poll_s: float = field(default=30.0, metadata=_range(0.001))  # seconds between batch status polls
 
 
 @dataclass
 class PriceCfg:
     input_per_mtok: float = field(default=0.0, metadata=_range(0))
     output_per_mtok: float = field(default=0.0, metadata=_range(0))
+    batch_discount: float = field(default=0.5, metadata=_range(0, 1))  # share of the price charged through batch endpoints
 
 
 @dataclass
