@@ -91,12 +91,53 @@ def _sampler(model_dir, slow_s: float = 0.0):
     return s
 
 
-def child_main(model_dir: str, tmp: str, out_name: str, slow_s: str) -> None:
-    """Entry point of the subprocess that the resume test kills: same params, same forced sampler."""
+def _params_for(backend: str) -> Params:
+    """hf, or a backend whose samples depend on their seeds alone (like vLLM): the forced sampler's are, exactly,
+    since it replaces the model's logits by constants, so it stands in for that rule with the real decode loop."""
+    params = _params()
+    params.label.sampling.backend = backend
+    return params
+
+
+def child_main(model_dir: str, tmp: str, out_name: str, slow_s: str, chunk: str = "3", backend: str = "hf") -> None:
+    """Entry point of the subprocess that the resume tests kill: same params, same forced sampler."""
     torch.set_num_threads(1)
     t = Path(tmp)
-    run_label(_params(), model_dir, t / "synthetic" / "questions.jsonl", t / "benchmarks", t / out_name, t / "report.json",
-              t / "plot.png", sampler=_sampler(model_dir, float(slow_s)), chunk_size=3, progress=False, track=False)
+    run_label(_params_for(backend), model_dir, t / "synthetic" / "questions.jsonl", t / "benchmarks", t / out_name, t / "report.json",
+              t / "plot.png", sampler=_sampler(model_dir, float(slow_s)), chunk_size=int(chunk) if chunk != "default" else None,
+              progress=False, track=False)
+
+
+def _run_and_kill(tiny_model_dir, tmp_path: Path, out_name: str, chunk: str, backend: str = "hf", at_least: int = 4) -> list[str]:
+    """Start the label stage in a subprocess, SIGKILL it once ``at_least`` questions are in its progress file; their keys."""
+    code = "import sys; from tests.test_label_stage import child_main; child_main(*sys.argv[1:])"
+    cmd = [sys.executable, "-c", code, str(tiny_model_dir), str(tmp_path), out_name, "0.03", chunk, backend]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    prog = progress_path_for(tmp_path / out_name)
+    child = subprocess.Popen(cmd, cwd=ROOT, env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline and child.poll() is None:
+        if prog.exists() and len(prog.read_text().splitlines()) >= at_least:
+            break
+        time.sleep(0.01)
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=30)
+    assert child.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (tmp_path / out_name).exists()
+    return [json.loads(line)["key"] for line in prog.read_text().splitlines() if line.endswith("}")]
+
+
+def _recording(sampler) -> list[list[str]]:
+    """The keys of every ``sample`` call the sampler gets (the sampler itself runs unchanged)."""
+    calls: list[list[str]] = []
+    real = sampler.sample
+
+    def sample(prompts, *a, keys=None, **kw):
+        calls.append(list(keys))
+        return real(prompts, *a, keys=keys, **kw)
+
+    sampler.sample = sample
+    return calls
 
 
 # --- end to end ------------------------------------------------------------------------------------------------
@@ -166,36 +207,97 @@ def test_ties_drop_and_min_agreement_are_applied_and_counted(tiny_model_dir, tmp
     assert all(q.agreement >= 0.75 for q in read_questions(tmp_path / "b.jsonl"))
 
 
+def _label(tiny_model_dir, tmp_path: Path, out_name: str, params: Params | None = None, sampler=None, **kw) -> dict:
+    t = tmp_path
+    return run_label(params or _params(), tiny_model_dir, t / "synthetic" / "questions.jsonl", t / "benchmarks", t / out_name,
+                     t / f"{out_name}.report.json", t / "plot.png", sampler=sampler or _sampler(tiny_model_dir), progress=False,
+                     track=False, **kw)
+
+
 def test_resume_after_sigkill_gives_a_byte_identical_labeled_file(tiny_model_dir, tmp_path):
+    """Explicit chunks of 3 with hf: the killed chunk is re-sampled whole (its composition fixes the floats)."""
     _write_inputs(tmp_path, 9)
     # uninterrupted reference, in this process (one thread, like the child)
-    ref_report = run_label(_params(), tiny_model_dir, tmp_path / "synthetic" / "questions.jsonl", tmp_path / "benchmarks",
-                           tmp_path / "ref.jsonl", tmp_path / "ref.json", tmp_path / "ref.png", sampler=_sampler(tiny_model_dir),
-                           chunk_size=3, progress=False, track=False)
+    ref_report = _label(tiny_model_dir, tmp_path, "ref.jsonl", chunk_size=3)
     assert ref_report["kept"] > 0
-    code = "import sys; from tests.test_label_stage import child_main; child_main(*sys.argv[1:])"
-    cmd = [sys.executable, "-c", code, str(tiny_model_dir), str(tmp_path), "killed.jsonl", "0.03"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    prog = progress_path_for(tmp_path / "killed.jsonl")
-    child = subprocess.Popen(cmd, cwd=ROOT, env=env)
-    deadline = time.time() + 120
-    while time.time() < deadline and child.poll() is None:
-        if prog.exists() and len(prog.read_text().splitlines()) >= 4:  # chunk 0 done, chunk 1 under way
-            break
-        time.sleep(0.01)
-    child.send_signal(signal.SIGKILL)
-    child.wait(timeout=30)
-    assert child.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    written = len(prog.read_text().splitlines())
-    assert 0 < written < 9 + 2 and not (tmp_path / "killed.jsonl").exists()
+    finished = _run_and_kill(tiny_model_dir, tmp_path, "killed.jsonl", "3")
+    assert 0 < len(finished) < 9 + 2
 
-    # the rerun (here in-process: same code, same single thread) skips what the killed run finished
-    report = run_label(_params(), tiny_model_dir, tmp_path / "synthetic" / "questions.jsonl", tmp_path / "benchmarks",
-                       tmp_path / "killed.jsonl", tmp_path / "report.json", tmp_path / "plot.png", sampler=_sampler(tiny_model_dir),
-                       chunk_size=3, progress=False, track=False)
+    # the rerun (here in-process: same code, same single thread) skips the chunks the killed run finished
+    sampler = _sampler(tiny_model_dir)
+    calls = _recording(sampler)
+    report = _label(tiny_model_dir, tmp_path, "killed.jsonl", sampler=sampler, chunk_size=3)
     assert (tmp_path / "killed.jsonl").read_bytes() == (tmp_path / "ref.jsonl").read_bytes()
-    assert report["timing"]["resumed_questions"] >= 3
     assert report["reliability"] == ref_report["reliability"]
+    syn = [f"syn-{i:04d}" for i in range(9)]
+    whole = [c for c in (syn[0:3], syn[3:6], syn[6:9]) if set(c) <= set(finished)]
+    sampled = [k for c in calls for k in c]
+    assert not set(sampled) & {k for c in whole for k in c} and len(sampled) == 9 + 2 - 3 * len(whole)
+    t = report["timing"]  # counts of this run's work only: a re-sampled question is not 'resumed'
+    assert (t["resumed_questions"], t["sampled_questions"], t["votes"]) == (3 * len(whole), len(sampled), 4 * len(sampled))
+
+
+@pytest.mark.parametrize("backend", ["hf", "vllm"], ids=["hf-chunk-of-one-batch", "seeds-alone"])
+def test_sigkill_mid_chunk_loses_only_the_questions_in_flight(tiny_model_dir, tmp_path, backend):
+    """Issue #13.6: each question is appended when its G votes are done and a resume samples only what is missing.
+    hf: a chunk is what one batch holds (here batch 4 / G 4 = one question); seeds alone (vLLM's rule): the
+    unfinished questions of a chunk are sampled on their own (here all 9 + 2 in one chunk)."""
+    _write_inputs(tmp_path, 9)
+    ref = _label(tiny_model_dir, tmp_path, "ref.jsonl", _params_for(backend))
+    finished = _run_and_kill(tiny_model_dir, tmp_path, "killed.jsonl", "default", backend)
+    assert 4 <= len(finished) < 9 + 2
+
+    sampler = _sampler(tiny_model_dir)
+    calls = _recording(sampler)
+    report = _label(tiny_model_dir, tmp_path, "killed.jsonl", _params_for(backend), sampler=sampler)
+    sampled = [k for c in calls for k in c]
+    assert not set(sampled) & set(finished) and len(sampled) == 9 + 2 - len(finished)  # nothing finished is sampled again
+    t = report["timing"]
+    assert (t["resumed_questions"], t["sampled_questions"], t["votes"]) == (len(finished), len(sampled), 4 * len(sampled))
+    assert (tmp_path / "killed.jsonl").read_bytes() == (tmp_path / "ref.jsonl").read_bytes()
+    assert report["reliability"] == ref["reliability"]
+
+
+def test_hf_chunk_is_what_one_batch_holds_and_its_fingerprint_ignores_the_engine_count():
+    """A kill loses at most ceil(batch_size / G) questions per engine (default 32 / 8 = 4, was 32), and each engine's
+    share is the same on any number of engines, so resuming on fewer engines reuses the votes."""
+    from medssr.label.run import chunk_size_for, run_fingerprint
+
+    paper = SamplingCfg(n=8, batch_size=32)
+    assert chunk_size_for(paper) == 4 and chunk_size_for(SamplingCfg(n=8, batch_size=30)) == 4
+    assert chunk_size_for(dataclasses.replace(paper, engines=3)) == 12
+    fps = {run_fingerprint("w", dataclasses.replace(paper, engines=e), 0, chunk_size_for(dataclasses.replace(paper, engines=e)))
+           for e in (1, 2, 4)}
+    assert len(fps) == 1 and run_fingerprint("w", paper, 0, 5) not in fps
+
+
+@pytest.mark.parametrize("where", ["middle", "last-with-newline"])
+def test_damaged_progress_line_is_quarantined_voted_again_and_the_output_equals_an_uninterrupted_run(tiny_model_dir, tmp_path,
+                                                                                                   where):
+    """Issue #13.5: a damaged line costs its question, not the run; it is set aside, counted, and gone next time."""
+    from medssr.label.run import summary_line
+    from medssr.records import quarantine_path_for
+
+    _write_inputs(tmp_path, 4)
+    params = _params(reliability_n=0)
+    _label(tiny_model_dir, tmp_path, "ref.jsonl", params)
+    lines = progress_path_for(tmp_path / "ref.jsonl").read_text().splitlines(keepends=True)
+    n = 1 if where == "middle" else len(lines) - 1
+    bad = lines[n][:40] + "\n"
+    prog = progress_path_for(tmp_path / "damaged.jsonl")
+    prog.write_text("".join(lines[:n] + [bad] + lines[n + 1 :]))
+
+    report = _label(tiny_model_dir, tmp_path, "damaged.jsonl", params)
+    assert (tmp_path / "damaged.jsonl").read_bytes() == (tmp_path / "ref.jsonl").read_bytes()
+    assert report["progress"] == {"quarantined_lines": 1, "torn_tail": 0, "quarantine_files": [str(quarantine_path_for(prog))]}
+    assert (report["timing"]["sampled_questions"], report["timing"]["resumed_questions"]) == (1, 3)
+    assert f"1 damaged progress line quarantined to {quarantine_path_for(prog)}" in summary_line(report)
+    assert [json.loads(x)["raw"] for x in quarantine_path_for(prog).read_text().splitlines()] == [bad.rstrip("\n")]
+
+    again = _label(tiny_model_dir, tmp_path, "damaged.jsonl", params)  # no error, nothing damaged, nothing to sample
+    assert again["progress"]["quarantined_lines"] == 0 and again["timing"]["resumed_questions"] == 4
+    assert (tmp_path / "damaged.jsonl").read_bytes() == (tmp_path / "ref.jsonl").read_bytes()
+    assert "quarantined" not in summary_line(again)
 
 
 def test_progress_rows_from_another_prompt_or_model_are_not_reused(tiny_model_dir, tmp_path):

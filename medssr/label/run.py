@@ -4,11 +4,14 @@ Prompt: F.4 (``prompts/eval_f4.txt``), the same prompt evaluation uses, with the
 ``Question.render()``; sampling settings from ``label.sampling`` (paper C.2: G = 8, T = 1.0, top-p 1.0, top-k -1).
 
 Resumable and reproducible: each question's G samples draw from their own random streams seeded by
-``(label.seed, question id, sample index)``, and questions are processed in fixed chunks of the input order, so
-a rerun after a crash re-samples an unfinished chunk with exactly the same batch composition. Finished
-questions are appended (fsync'd) to ``<out dir>/.<out stem>.progress.jsonl`` as they complete; rows whose
-prompt, model or sampling settings differ are ignored. The final file is written atomically in input order,
-byte-identical to an uninterrupted run.
+``(label.seed, question id, sample index)``, and each question's votes are appended (fsync'd) to
+``<out dir>/.<out stem>.progress.jsonl`` as soon as its G samples are complete; rows whose prompt, model or
+sampling settings differ are ignored, damaged lines are quarantined beside the file (``medssr.records``) and
+their questions voted again. Questions go to the sampler in fixed chunks of the input order. With hf, whose floats
+move with the batch composition, a chunk is what one batch holds at once (ceil(batch_size / G) questions) and an
+unfinished chunk is re-sampled whole with the same composition, so a kill loses at most the questions in flight;
+with vLLM, whose samples depend on their seeds alone, only a chunk's missing questions are sampled. The final file
+is written atomically in input order, byte-identical to an uninterrupted run.
 
 The label's reliability is measured the same way on ``label.reliability_n`` real benchmark questions with gold
 answers: majority-vote accuracy vs single-sample accuracy, by agreement bucket.
@@ -36,14 +39,22 @@ from medssr.records import Question, append_jsonl, read_partial_jsonl, read_ques
 
 PROMPT_NAME = "eval_f4"
 BUCKETS = (0.0, 0.5, 0.75, 1.0)
-DEFAULT_CHUNK = 32  # questions per fixed chunk (hf): the unit re-sampled after a crash
+DEFAULT_CHUNK = 32  # questions per chunk for a caller that names none
+
+
+def composition_matters(sampling: SamplingCfg) -> bool:
+    """Whether a question's samples depend on the other prompts of its call: hf's floats move with the batch
+    composition (medssr.sampling), vLLM's samples depend on their seeds alone."""
+    return sampling.backend == "hf"
 
 
 def chunk_size_for(sampling: SamplingCfg) -> int:
-    """Questions per chunk: hf takes DEFAULT_CHUNK whatever the engines (its chunk is in the fingerprint); each
-    vLLM engine gets two full batches of sequences (batch_size = max_num_seqs), so a chunk's tail stays short."""
-    if sampling.backend == "hf":
-        return DEFAULT_CHUNK
+    """Questions per chunk. hf: what its batches hold at once (ceil(batch_size / G) per engine, so each engine's
+    share, and so its floats, is the same on any number of engines); since an unfinished chunk is re-sampled
+    whole, a kill loses at most the questions in flight. vLLM (one ``generate`` per call, a question's samples
+    fixed by its seeds): two full batches of sequences per engine, so a chunk's tail stays short."""
+    if composition_matters(sampling):
+        return -(-sampling.batch_size // sampling.n) * sampling.engines
     return max(DEFAULT_CHUNK, -(-2 * sampling.batch_size // sampling.n)) * sampling.engines
 
 
@@ -72,10 +83,11 @@ SCALE_KNOBS = ("engines", "tensor_parallel_size", "enable_prefix_caching", "gpu_
 
 def run_fingerprint(model_fp: str, sampling: SamplingCfg, seed: int, chunk_size: int) -> str:
     """Everything besides the prompt that decides a question's samples. The chunk counts only for hf (batch
-    composition moves its floats); vLLM's samples depend on their seeds alone."""
+    composition moves its floats), as the questions each engine gets at once; vLLM's depend on their seeds alone."""
     decoding = {k: v for k, v in dataclasses.asdict(sampling).items() if k not in SCALE_KNOBS}
+    per_engine = chunk_size // sampling.engines if chunk_size % sampling.engines == 0 else f"{chunk_size}/{sampling.engines}"
     blob = json.dumps({"model": model_fp, "sampling": decoding, "seed": seed,
-                       "chunk": chunk_size if sampling.backend == "hf" else None}, sort_keys=True)
+                       "chunk": per_engine if composition_matters(sampling) else None}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -85,29 +97,42 @@ def _prompt_hash(prompt: str) -> str:
 
 def vote_questions(sampler: Any, keys: Sequence[str], questions: Sequence[Question], prompts: Sequence[str], sampling: SamplingCfg,
                    seed: int, progress_file: Path, fingerprint: str, chunk_size: int = DEFAULT_CHUNK, progress: bool = True,
-                   on_chunk: Callable[[int], None] | None = None, desc: str = "label votes") -> tuple[dict[str, Voted], dict[str, float]]:
-    """G votes for every question, resuming from ``progress_file``; returns votes by key and sampling stats.
+                   on_chunk: Callable[[int], None] | None = None, desc: str = "label votes") -> tuple[dict[str, Voted], dict[str, Any]]:
+    """G votes for every question, resuming from ``progress_file``; returns votes by key and this run's stats.
 
-    Chunks are fixed slices of the given order; an unfinished chunk is re-sampled whole (same composition,
-    same numbers) and only its missing questions are appended.
+    Each question's row is appended as soon as its G votes are complete. Chunks are fixed slices of the given
+    order; where the batch composition moves the floats (hf) an unfinished chunk is re-sampled whole (same
+    composition, same numbers) and only its missing questions are appended, elsewhere only the missing questions
+    are sampled. The stats count work done in this run only: ``resumed`` questions were not sampled again.
     """
     want = {k: _prompt_hash(p) for k, p in zip(keys, prompts, strict=True)}
     done: dict[str, Voted] = {}
-    for row in read_partial_jsonl(progress_file):
+    rows = read_partial_jsonl(progress_file)
+    for row in rows:
         k = row.get("key")
-        if row.get("fp") == fingerprint and k in want and row.get("prompt") == want[k] and len(row.get("votes", [])) == sampling.n:
+        if row.get("fp") == fingerprint and k in want and row.get("prompt") == want[k] and _complete(row, sampling.n):
             done[k] = Voted(k, row["votes"], row["n_tokens"], row["finish"])
-    stats = {"votes": 0, "tokens": 0, "seconds": 0.0, "resumed": len(done), "sampled_questions": 0}
+    stats: dict[str, Any] = {"votes": 0, "tokens": 0, "seconds": 0.0, "resumed": 0, "sampled_questions": 0,
+                             "quarantined": rows.quarantined, "torn_tail": rows.torn_tail,
+                             "quarantine_files": [str(rows.side_file)] if rows.side_file else []}
+    whole_chunks = composition_matters(sampling)
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(keys), initial=sum(k in done for k in keys), desc=desc, unit="question", disable=not progress)
     for c0 in range(0, len(keys), chunk_size):
         idx = list(range(c0, min(c0 + chunk_size, len(keys))))
-        if all(keys[i] in done for i in idx):
+        todo = [i for i in idx if keys[i] not in done]
+        if todo and whole_chunks:
+            todo = idx  # its finished questions are sampled again for the composition (and not appended twice)
+        stats["resumed"] += len(idx) - len(todo)
+        if not todo:
             continue
 
-        def finished(local: int, comps: list, idx: list[int] = idx) -> None:
-            i = idx[local]
+        def finished(local: int, comps: list, todo: list[int] = todo) -> None:
+            i = todo[local]
+            stats["votes"] += len(comps)
+            stats["tokens"] += sum(c.n_tokens for c in comps)
+            stats["sampled_questions"] += 1
             if keys[i] in done:
                 return
             # a cut-off last line is unfinished, not a vote (same rule as the evaluation)
@@ -116,20 +141,23 @@ def vote_questions(sampler: Any, keys: Sequence[str], questions: Sequence[Questi
             append_jsonl(progress_file, {"key": v.key, "fp": fingerprint, "prompt": want[v.key], "votes": v.votes,
                                          "n_tokens": v.n_tokens, "finish": v.finish})
             done[v.key] = v
-            stats["votes"] += len(comps)
-            stats["tokens"] += sum(v.n_tokens)
-            stats["sampled_questions"] += 1
             bar.update(1)
 
         t0 = time.perf_counter()
-        sampler.sample([prompts[i] for i in idx], n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
-                       max_new_tokens=sampling.max_new_tokens, options=[questions[i].options for i in idx], seed=seed, progress=False,
-                       keys=[keys[i] for i in idx], stop_at_answer=sampling.stop_at_answer, on_prompt_done=finished)
+        sampler.sample([prompts[i] for i in todo], n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
+                       top_k=sampling.top_k, max_new_tokens=sampling.max_new_tokens, options=[questions[i].options for i in todo],
+                       seed=seed, progress=False, keys=[keys[i] for i in todo], stop_at_answer=sampling.stop_at_answer,
+                       on_prompt_done=finished)
         stats["seconds"] += time.perf_counter() - t0
         if on_chunk is not None:
             on_chunk(c0 // chunk_size)
     bar.close()
     return done, stats
+
+
+def _complete(row: dict, n: int) -> bool:
+    """A progress row with all G votes (a row of another G, or cut short by hand, is voted again)."""
+    return all(isinstance(row.get(f), list) and len(row[f]) == n for f in ("votes", "n_tokens", "finish"))
 
 
 def reliability_sample(benchmarks_dir: str | os.PathLike, n: int, seed: int) -> list[Question]:
@@ -245,7 +273,8 @@ def run_label(params: Params, model_dir: str | os.PathLike, synthetic_path: str 
 
     items_syn = [(q.id, q) for q in questions]
     items_real = [(f"real:{q.source}:{q.id}", q) for q in real]
-    all_stats = {"votes": 0, "tokens": 0, "seconds": 0.0, "resumed": 0, "sampled_questions": 0}
+    all_stats: dict[str, Any] = {"votes": 0, "tokens": 0, "seconds": 0.0, "resumed": 0, "sampled_questions": 0, "quarantined": 0,
+                                 "torn_tail": 0, "quarantine_files": []}
     voted: dict[str, Voted] = {}
     real_prog = prog if reliability_cache is None else Path(reliability_cache) / f"{hashlib.sha256(fp.encode()).hexdigest()[:16]}.jsonl"
     for items, desc, path in ((items_syn, "voting on synthetic", prog), (items_real, "voting on real (reliability)", real_prog)):
@@ -257,7 +286,7 @@ def run_label(params: Params, model_dir: str | os.PathLike, synthetic_path: str 
                                  chunk_size, progress, on_chunk, desc)
         voted.update(got)
         for k in all_stats:
-            all_stats[k] += st[k]
+            all_stats[k] += st[k] if k != "quarantine_files" else [f for f in st[k] if f not in all_stats[k]]
 
     results = [majority_vote(voted[q.id].votes, q.id, cfg.seed, cfg.ties, cfg.min_agreement) for q in questions]
     labeled = [dataclasses.replace(q, votes=r.votes, majority=r.majority, agreement=round(r.agreement, 6), n_valid=r.n_valid)
@@ -289,6 +318,8 @@ def run_label(params: Params, model_dir: str | os.PathLike, synthetic_path: str 
                    "votes": all_stats["votes"], "tokens": all_stats["tokens"], "seconds": round(all_stats["seconds"], 3),
                    "votes_per_s": (all_stats["votes"] / all_stats["seconds"]) if all_stats["seconds"] else 0.0,
                    "tokens_per_s": (all_stats["tokens"] / all_stats["seconds"]) if all_stats["seconds"] else 0.0},
+        "progress": {"quarantined_lines": all_stats["quarantined"], "torn_tail": all_stats["torn_tail"],
+                     "quarantine_files": all_stats["quarantine_files"]},
         "out": str(out_path),
     }
     Path(report_path).parent.mkdir(parents=True, exist_ok=True)
@@ -340,8 +371,15 @@ def summary_line(report: dict[str, Any]) -> str:
     t = report["timing"]
     return (f"[label] kept {report['kept']}/{report['questions']} (no valid {report['dropped_no_valid']}, ties {report['dropped_ties']}, "
             f"low agreement {report['dropped_low_agreement']}), mean agreement {report['agreement_mean']:.2f}{rel_txt}; "
-            f"{t['votes']} votes in {t['seconds']:.0f}s ({t['votes_per_s']:.2f}/s, {t['resumed_questions']} questions resumed) "
-            f"-> {report['out']}")
+            f"{t['votes']} votes in {t['seconds']:.0f}s ({t['votes_per_s']:.2f}/s, {t['resumed_questions']} questions resumed"
+            f"{_quarantine_note(report.get('progress', {}))}) -> {report['out']}")
+
+
+def _quarantine_note(progress: dict[str, Any]) -> str:
+    n = progress.get("quarantined_lines", 0)
+    if not n:
+        return ""
+    return f", {n} damaged progress line{'s' if n != 1 else ''} quarantined to {', '.join(progress['quarantine_files'])}"
 
 
 __all__ = ["LabelError", "STATUSES", "run_label", "vote_questions", "reliability_sample", "reliability_table", "summary_line",
