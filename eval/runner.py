@@ -10,10 +10,12 @@ Outputs with no valid single answer, and outputs that only repeat the prompt's o
 pass (``second_pass_reason`` 'no_answer' | 'echo' in the prediction): ``Sampler.constrained_choice`` restricts the
 next token after ``<prompt><output>\\nThe answer is`` to the option letters (allowed_token_ids on vLLM; the official
 script adds +100 to the letters' logits, the same argmax). Sampled outputs are appended to
-``.cache/eval_progress/<checkpoint>-<fingerprint>.jsonl`` in the project root as they finish, so a killed run
-resumes where it stopped (outside data/eval, which DVC clears before the stage runs), and the file is kept: the
-fingerprint is the weights' content, decoding (stop rule included), k, seed, prompt and chat-template rule, so a
-later run of the same model reuses its samples (the base model in every value of a sweep, a DVC queue copy included).
+``.cache/eval_progress/<checkpoint>-<fingerprint>.jsonl`` in the project root as each question's k runs finish
+(outside data/eval, which DVC clears before the stage runs), so a killed run resumes where it stopped; a damaged
+line goes to a ``.quarantine.jsonl`` beside it, is counted in the stage's output, and its question is sampled
+again. The file is kept: the fingerprint is the weights' content, decoding (stop rule included), k, seed, prompt
+and chat-template rule, so a later run of the same model reuses its samples (the base model in every value of a
+sweep, a DVC queue copy included).
 See docs/evaluation.md, "Decoding and answer extraction".
 
 Outputs: ``data/eval/predictions_<checkpoint>.jsonl``, ``metrics/eval.json`` and MLflow metrics (accuracy with Wilson
@@ -116,16 +118,26 @@ def second_pass_reason(output: str, options: Mapping[str, str], complete: bool =
 
 def evaluate_model(sampler: Any, benchmarks: Mapping[str, Sequence[Question]], sampling: SamplingCfg, runs: int, seed: int,
                    template: Any, constrained_pass: bool = True, progress_path: str | os.PathLike | None = None,
-                   progress: bool = True) -> list[Prediction]:
-    """Predictions of one loaded model: k samples per question, answer extraction, constrained pass for invalid ones."""
+                   progress: bool = True, stats: dict[str, Any] | None = None) -> list[Prediction]:
+    """Predictions of one loaded model: k samples per question, answer extraction, constrained pass for invalid ones.
+
+    Each question's k outputs are appended to ``progress_path`` as soon as they are complete and reused by a later
+    call; ``stats`` (if given) receives this call's resumed and sampled question counts and the progress lines
+    quarantined as damaged (``quarantined``, ``torn_tail``, ``quarantine_file``)."""
     done: dict[str, list[list[Any]]] = {}
+    counts: dict[str, Any] = {"resumed": 0, "sampled": 0, "quarantined": 0, "torn_tail": 0, "quarantine_file": None}
     if progress_path is not None:
-        done = {r["key"]: r["outputs"] for r in read_partial_jsonl(progress_path) if len(r.get("outputs", [])) == runs}
+        rows = read_partial_jsonl(progress_path)
+        done = {r["key"]: r["outputs"] for r in rows if _complete(r, runs)}
+        counts.update(quarantined=rows.quarantined, torn_tail=rows.torn_tail,
+                      quarantine_file=str(rows.side_file) if rows.side_file else None)
     preds: list[Prediction] = []
     for bench, questions in benchmarks.items():
         prompts = [template.render(question=q.render()) for q in questions]
         keys = [f"{bench}:{q.id}" for q in questions]
         todo = [i for i, k in enumerate(keys) if k not in done]
+        counts["resumed"] += len(keys) - len(todo)
+        counts["sampled"] += len(todo)
         if todo:
             def saved(i: int, comps: list, todo=todo, keys=keys) -> None:
                 row = {"key": keys[todo[i]], "outputs": [[c.text, c.n_tokens, c.finish_reason] for c in comps]}
@@ -153,7 +165,16 @@ def evaluate_model(sampler: Any, benchmarks: Mapping[str, Sequence[Question]], s
                 preds.append(pred)
     if constrained_pass:
         _constrained_pass(sampler, benchmarks, preds, template)
+    if stats is not None:
+        stats.update(counts)
     return preds
+
+
+def _complete(row: dict, runs: int) -> bool:
+    """A progress row with all k outputs, each ``[text, n_tokens, finish_reason]``; anything else is sampled again."""
+    outs = row.get("outputs")
+    return isinstance(row.get("key"), str) and isinstance(outs, list) and len(outs) == runs and \
+        all(isinstance(o, list) and len(o) == 3 and isinstance(o[0], str) for o in outs)
 
 
 def _constrained_pass(sampler: Any, benchmarks: Mapping[str, Sequence[Question]], preds: list[Prediction], template: Any) -> None:
@@ -292,11 +313,17 @@ def run_evaluate(params: Any, checkpoints: Mapping[str, str] | None = None, metr
         print(f"[evaluate] {name}: {model_dir} (family {family}, T={sampling.temperature}, top_p={sampling.top_p}, "
               f"top_k={sampling.top_k}, k={cfg.runs}, chat template {'yes' if use_template else 'no'}: {rule}, "
               f"{'stop at first answer' if sampling.stop_at_answer else 'generate to the end'})")
+        counts: dict[str, Any] = {}
         try:
-            preds = evaluate_model(sampler, benchmarks, sampling, cfg.runs, cfg.seed, template, cfg.constrained_pass, prog, progress)
+            preds = evaluate_model(sampler, benchmarks, sampling, cfg.runs, cfg.seed, template, cfg.constrained_pass, prog, progress,
+                                   counts)
         finally:
             _release(sampler)
             sampler = None
+        damaged = counts["quarantined"]
+        print(f"[evaluate] {name}: {counts['sampled']} questions sampled, {counts['resumed']} resumed from {prog}"
+              + (f"; {damaged} damaged progress line{'s' if damaged != 1 else ''} quarantined to {counts['quarantine_file']}"
+                 if damaged else ""))
         write_jsonl(pred_dir / f"predictions_{_safe_name(name)}.jsonl", (p.to_dict() for p in preds))
         preds_by[name] = preds
     results = results_json(preds_by, reference=REFERENCE, n_boot=cfg.bootstrap, confidence=cfg.confidence, seed=cfg.seed,

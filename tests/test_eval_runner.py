@@ -192,6 +192,37 @@ def test_resume_reuses_saved_samples_and_samples_only_the_rest(tmp_path, tiny_mo
     assert len(read_partial_jsonl(prog)) == 3
 
 
+@pytest.mark.parametrize("where", ["middle", "last-with-newline"])
+def test_damaged_progress_lines_are_quarantined_and_the_rerun_equals_an_uninterrupted_run(evaluated, tiny_model_dir, tmp_path,
+                                                                                         capsys, where):
+    """A progress line damaged by a full disk or an editor costs one question, not the run (issue #13.5)."""
+    import shutil
+
+    from medssr.records import quarantine_path_for
+
+    d = evaluated["dir"]
+    progress = shutil.copytree(d / "progress", tmp_path / "progress")
+    base = next(progress.glob("base-*.jsonl"))
+    lines = base.read_text().splitlines(keepends=True)
+    n = 1 if where == "middle" else len(lines) - 1
+    bad = lines[n][: len(lines[n]) // 2] + "\n"
+    base.write_text("".join(lines[:n] + [bad] + lines[n + 1 :]))
+    kw = dict(checkpoints={"base": str(tiny_model_dir), "stage2": str(tiny_model_dir)}, metrics_path=tmp_path / "eval.json",
+              predictions_dir=tmp_path / "eval", reports_dir=d / "reports", progress=False, progress_dir=progress, log_mlflow=False)
+    capsys.readouterr()
+    assert run_evaluate(evaluated["params"], **kw) == evaluated["results"]
+    out = capsys.readouterr().out
+    assert f"[evaluate] base: 1 questions sampled, {len(lines) - 1} resumed" in out
+    assert f"1 damaged progress line quarantined to {quarantine_path_for(base)}" in out
+    assert [json.loads(x)["raw"] for x in quarantine_path_for(base).read_text().splitlines()] == [bad.rstrip("\n")]
+    for ckpt in ("base", "stage2"):
+        assert (tmp_path / "eval" / f"predictions_{ckpt}.jsonl").read_bytes() == (d / "eval" / f"predictions_{ckpt}.jsonl").read_bytes()
+    # the next run meets a clean file: nothing damaged, nothing sampled
+    assert run_evaluate(evaluated["params"], **kw) == evaluated["results"]
+    out = capsys.readouterr()
+    assert "quarantined" not in out.out + out.err and f"[evaluate] base: 0 questions sampled, {len(lines)} resumed" in out.out
+
+
 def test_missing_standard_checkpoint_is_skipped_but_missing_explicit_dir_is_an_error(tmp_path, tiny_model_dir, monkeypatch):
     monkeypatch.chdir(tmp_path)
     got = resolve_checkpoints(["base", "stage1", f"mine={tiny_model_dir}"], base_dir=str(tiny_model_dir))
