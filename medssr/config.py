@@ -58,17 +58,79 @@ class BenchmarkCfg:
     paper_rare: int | None = field(default=None, metadata=_range(0))  # paper Table 7 "# Rare", compared by prepare
 
 
+# Training-set layouts prepare can read (medssr.data.loaders.load_train_source). The file type comes from the path:
+# a directory written by `datasets.save_to_disk`, .parquet, .jsonl or .json (a JSON list or JSON lines), gz or plain.
+TRAIN_FORMATS = {
+    "medqa": "MedQA's 4-option JSONL: question, options {A..D}, answer_idx, meta_info",
+    "medmcqa": "MedMCQA's official JSON lines: id, question, opa..opd, cop 1-4 (1 = A)",
+    "medmcqa_hf": "MedMCQA as on Hugging Face (openlifescienceai/medmcqa): as medmcqa with cop 0-3 (0 = A)",
+    "redisqa": "ReDis-QA (guan-wang/ReDis-QA): question, opa..opd, cop 0-3, 'rare disease' (list of names)",
+    "columns": "any table: `columns` names the question, options and answer columns",
+    "headqa": "HEAD-QA's exam JSON ({train,dev,test}_HEAD_EN.json in a directory, or one file)",
+    "pubmedqa_pqal": "PubMedQA PQA-L ori_pqal.json (a test_ground_truth.json beside it marks the official test PMIDs)",
+    "bioasq_yesno": "the bundled BioASQ yes/no JSONL (MANIFEST: derived from MIRAGE)",
+}
+EXTRA_RAREDIS_FORMATS = ("benchmark", "redisqa")  # a string entry of data.extra_raredis is a benchmark JSON list
+
+
+@dataclass
+class TrainColumnsCfg:
+    """Where a generic table (format: columns) keeps the question, its options and its answer."""
+
+    question: str = "question"
+    options: list[str] | str = "options"  # one column holding a list or an {A: ..} mapping, or one column per option (A, B, ...)
+    answer: str = "answer"
+    answer_is: Literal["letter", "index0", "index1", "text"] = "letter"  # a letter, a 0- or 1-based index, or the option's text
+    id: str | None = None  # None: the row's number makes the id
+
+
+@dataclass
+class TrainSourceCfg:
+    """One training set declared as data (params ``data.train``): a file or directory in a format people have."""
+
+    path: str = ""  # file or directory, relative to data.raw_dir (or absolute)
+    format: str = ""  # one of TRAIN_FORMATS
+    split: str | None = None  # the file's split (meta.orig_split; which split of a saved DatasetDict); None: from the file name
+    columns: TrainColumnsCfg | None = None  # format: columns only
+    max_rows: int | None = field(default=None, metadata=_range(1))  # read only the file's first max_rows records
+
+
+def bundled_train_sources() -> dict[str, TrainSourceCfg]:
+    """The four training sets shipped under data/raw/train (the shipped params.yaml declares exactly these)."""
+    return {
+        "medmcqa": TrainSourceCfg(path="train/medmcqa/dev.json.gz", format="medmcqa"),
+        "headqa": TrainSourceCfg(path="train/headqa_en", format="headqa"),
+        "pubmedqa": TrainSourceCfg(path="train/pubmedqa/ori_pqal.json.gz", format="pubmedqa_pqal"),
+        "bioasq": TrainSourceCfg(path="train/bioasq/bioasq_7b-11b_golden_yesno.jsonl.gz", format="bioasq_yesno"),
+    }
+
+
+def _check_source(key: str, decl: TrainSourceCfg, formats: tuple[str, ...] | dict) -> None:
+    if not decl.path.strip():
+        raise ConfigError(f"{key}.path: missing (a file or directory under data.raw_dir, or an absolute path)")
+    if decl.format not in formats:
+        what = "missing" if not decl.format else f"unknown format {decl.format!r}"
+        raise ConfigError(f"{key}.format: {what}; one of {', '.join(formats)}")
+    if decl.format == "columns" and decl.columns is None:
+        raise ConfigError(f"{key}.columns: missing (format: columns needs {{question: ..., options: ..., answer: ...}})")
+    if decl.format != "columns" and decl.columns is not None:
+        raise ConfigError(f"{key}.columns: only for format: columns (format {decl.format!r} knows its own columns)")
+
+
 @dataclass
 class DataCfg:
     raw_dir: str = "data/raw"
     out_dir: str = "data/prepared"
     strict: bool = True  # false: quarantine malformed rows to a side file and count them
-    train_sources: list[str] = field(default_factory=lambda: ["medmcqa", "headqa", "pubmedqa", "bioasq"])
+    # name -> declaration; every declared training set gets leakage removal, the reasoning filter and seed selection
+    train: dict[str, TrainSourceCfg] = field(default_factory=bundled_train_sources)
+    train_sources: list[str] | None = None  # which data.train entries prepare reads, in this order; None = all of them
     max_train: int | None = field(default=None, metadata=_range(1))  # cap on real training rows (None = all)
     max_seeds: int | None = field(default=None, metadata=_range(1))
     reasoning_filter: Literal["heuristic", "llm"] = "heuristic"
     category_classifier: Literal["rules", "llm"] = "rules"
-    extra_raredis: list[str] = field(default_factory=list)  # e.g. a local ReDis-QA file
+    # benchmark JSON lists (strings) or {path, format: redisqa | benchmark, split, max_rows} mappings, e.g. ReDis-QA
+    extra_raredis: list[str | dict] = field(default_factory=list)
     min_entity_len: int = field(default=5, metadata=_range(1))
     rare_scope: Literal["stem", "stem+answer", "all"] = "all"  # which parts of a question are searched for rare diseases
     rare_gard: bool = True  # GARD focus names join the Orphanet list
@@ -88,6 +150,26 @@ class DataCfg:
                 raise ConfigError(f"data.benchmarks.{name}: {problem}")
             if not decl.file.strip():
                 raise ConfigError(f"data.benchmarks.{name}.file: missing (a benchmark JSON list under data.raw_dir)")
+        for name, decl in self.train.items():
+            if not BENCHMARK_NAME_RE.fullmatch(name):
+                raise ConfigError(f"data.train.{name}: a training set name must match [A-Za-z0-9_.-]+ (it becomes a metric name)")
+            _check_source(f"data.train.{name}", decl, TRAIN_FORMATS)
+        if self.train_sources is not None:
+            for i, name in enumerate(self.train_sources):
+                if name not in self.train:
+                    declared = ", ".join(self.train) or "none"
+                    raise ConfigError(f"data.train_sources[{i}]: {name!r} is not declared in data.train (declared: {declared}); "
+                                      "data.train_sources picks data.train entries by name, null = all of them")
+        entries: list[str | TrainSourceCfg] = []
+        for i, entry in enumerate(self.extra_raredis):
+            key = f"data.extra_raredis[{i}]"
+            if isinstance(entry, dict):
+                entry = build(TrainSourceCfg, entry, key)
+                _check_source(key, entry, EXTRA_RAREDIS_FORMATS)
+            elif not isinstance(entry, (str, TrainSourceCfg)):
+                raise ConfigError(f"{key}: expected a file path or a mapping {{path, format}}, got {entry!r}")
+            entries.append(entry)
+        self.extra_raredis = entries
 
 
 @dataclass

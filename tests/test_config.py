@@ -28,6 +28,9 @@ def test_embedded_default_params_validate():
         ("train.strategy", "three_stage", "train.strategy: expected one of 'two_stage'"),
         ("label.sampling.top_p", 2, "label.sampling.top_p: expected float in [0, 1], got 2"),
         ("data.train_sources", "medmcqa", "data.train_sources: expected list of str"),
+        ("data.train_sources", ["medqa"], "data.train_sources[0]: 'medqa' is not declared in data.train"),
+        ("data.train", {"m": {"path": "x.jsonl", "format": "medqa", "colour": 1}}, "data.train.m.colour: unknown key"),
+        ("data.extra_raredis", [3], "data.extra_raredis[0]: expected a file path or a mapping {path, format}, got 3"),
         ("eval.benchmarks", ["medqa"], "eval.benchmarks: expected mapping of str"),
         ("synth.prices", {"gpt-4.1": {"input_per_mtok": -1}}, "synth.prices.gpt-4.1.input_per_mtok: expected float >= 0"),
     ],
@@ -97,7 +100,9 @@ def test_a_profile_with_a_bad_value_is_rejected_before_writing(tmp_path):
 
 
 # -- one source of defaults, whole files everywhere (#13.8) ------------------------------------------------------
-USER_MAPPINGS = ("data.benchmarks", "synth.prices")  # declarations a user writes; the code's default is "none declared"
+# declarations a user writes; the code's default is "none declared" (data.train: the bundled sets, checked in
+# tests/test_data_loaders.py against the shipped entries)
+USER_MAPPINGS = ("data.benchmarks", "data.train", "synth.prices")
 
 
 def _flat_yaml(d: dict, prefix: str = "") -> dict:
@@ -112,7 +117,8 @@ def _flat_yaml(d: dict, prefix: str = "") -> dict:
 
 def test_code_defaults_equal_the_shipped_params_yaml_for_every_key():
     shipped = _flat_yaml(yaml.safe_load((ROOT / "params.yaml").read_text()))
-    code = {k: v for k, v in to_flat_dict(Params()).items() if not k.startswith(USER_MAPPINGS)}
+    code = {k: v for k, v in to_flat_dict(Params()).items() if not k.startswith(tuple(f"{m}." for m in USER_MAPPINGS))
+            and k not in USER_MAPPINGS}
     shipped = {k: v for k, v in shipped.items() if k not in USER_MAPPINGS}
     assert sorted(set(code) - set(shipped)) == [], "keys the code has but params.yaml lacks"
     assert sorted(set(shipped) - set(code)) == [], "keys params.yaml has but the code lacks"

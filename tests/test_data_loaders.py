@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
 import pytest
+import yaml
 
-from medssr.config import ConfigError, load_params
+from medssr.config import ConfigError, TrainColumnsCfg, TrainSourceCfg, bundled_train_sources, load_params
 from medssr.data.loaders import (
     BenchmarkRecordError,
+    TrainRecordError,
     load_benchmark_file,
     load_benchmarks,
+    load_train_source,
     load_training_source,
+    split_from_name,
     split_options,
 )
 
@@ -232,5 +238,177 @@ def test_training_ids_are_unique_and_prefixed(name):
 
 
 def test_unknown_training_source_names_the_known_ones():
-    with pytest.raises(KeyError, match="medmcqa"):
+    with pytest.raises(KeyError, match="medmcqa.*others are declared in data.train"):
         load_training_source("medqa-train", RAW)
+
+
+# --- training data declared in params, in the formats people have (#17.1) -----------------------------------------
+FORMATS = ROOT / "tests" / "data" / "train_formats"  # hand-written: the same three questions in each layout
+TABLE_COLUMNS = {"question": "stem", "options": "choices", "answer": "label", "answer_is": "text", "id": "qid"}
+
+
+def _decl(**kw) -> TrainSourceCfg:
+    columns = kw.pop("columns", None)
+    return TrainSourceCfg(columns=TrainColumnsCfg(**columns) if columns else None, **kw)
+
+
+def _hf_rows() -> list[dict]:
+    return [json.loads(line) for line in (FORMATS / "medmcqa_hf.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.fixture(scope="module")
+def saved_formats(tmp_path_factory) -> Path:
+    """The Hugging Face MedMCQA fixture rows written by `datasets` itself: parquet, save_to_disk (Dataset and DatasetDict)."""
+    from datasets import Dataset, DatasetDict
+
+    tmp = tmp_path_factory.mktemp("hf")
+    ds = Dataset.from_list(_hf_rows())
+    ds.to_parquet(str(tmp / "train-00000-of-00001.parquet"))
+    ds.save_to_disk(str(tmp / "medmcqa_hf_disk"))
+    DatasetDict({"train": ds, "validation": ds.select([0])}).save_to_disk(str(tmp / "medmcqa_hf_dict"))
+    return tmp
+
+
+def _every_format(saved: Path) -> dict[str, TrainSourceCfg]:
+    return {
+        "medqa": _decl(path=str(FORMATS / "medqa.jsonl"), format="medqa"),
+        "medmcqa": _decl(path=str(FORMATS / "medmcqa.json"), format="medmcqa"),
+        "medmcqa_hf": _decl(path=str(FORMATS / "medmcqa_hf.jsonl"), format="medmcqa_hf"),
+        "parquet": _decl(path=str(saved / "train-00000-of-00001.parquet"), format="medmcqa_hf"),
+        "hf_disk": _decl(path=str(saved / "medmcqa_hf_disk"), format="medmcqa_hf", split="train"),
+        "hf_dict": _decl(path=str(saved / "medmcqa_hf_dict"), format="medmcqa_hf", split="train"),
+        "table": _decl(path=str(FORMATS / "table.json"), format="columns", columns=TABLE_COLUMNS),
+        "parquet_columns": _decl(path=str(saved / "train-00000-of-00001.parquet"), format="columns",
+                                 columns={"options": ["opa", "opb", "opc", "opd"], "answer": "cop", "answer_is": "index0"}),
+    }
+
+
+def test_every_training_format_reads_the_same_questions(saved_formats):
+    expected = [(q.question, q.options, q.answer) for q in load_train_source("medqa", _every_format(saved_formats)["medqa"], RAW)]
+    assert [a for _, _, a in expected] == ["A", "C", "D"] and expected[2][1]["D"] == "Factor XII"
+    for name, decl in _every_format(saved_formats).items():
+        rows = load_train_source(name, decl, RAW)
+        assert [(q.question, q.options, q.answer) for q in rows] == expected, name
+        assert {q.source for q in rows} == {name} and {q.split for q in rows} == {"train"}
+
+
+def test_medmcqa_official_huggingface_parquet_and_saved_datasets_give_identical_records(saved_formats):
+    """cop 1-4 in the official JSON, 0-3 in the Hugging Face layout: the same Question records either way."""
+    declared = _every_format(saved_formats)
+    official = [q.to_dict() for q in load_train_source("mm", declared["medmcqa"], RAW)]
+    assert [q["id"] for q in official] == ["medmcqa-fx-0001", "medmcqa-fx-0002", "medmcqa-fx-0003"]  # MedMCQA's own ids
+    assert official[0]["meta"] == {"orig_split": "train", "choice_type": "single", "subject": "Medicine", "topic": "Cardiology"}
+    for name in ("medmcqa_hf", "parquet", "hf_disk", "hf_dict"):
+        decl = dataclasses.replace(declared[name], split="train")
+        assert [q.to_dict() for q in load_train_source("mm", decl, RAW)] == official, name
+
+
+def test_medqa_rows_keep_meta_info_and_get_ids_that_cannot_clash_with_benchmark_ids():
+    rows = load_train_source("medqa", _decl(path=str(FORMATS / "medqa.jsonl"), format="medqa"), RAW)
+    assert [q.id for q in rows] == ["medqa-train-1", "medqa-train-2", "medqa-train-3"]  # the benchmark's are medqa-000001...
+    assert rows[0].meta == {"orig_split": "train", "meta_info": "step2&3"}
+
+
+def test_the_split_comes_from_the_file_name_unless_declared():
+    assert split_from_name("phrases_no_exclude_train.jsonl") == "train"
+    assert split_from_name("dev.json.gz") == "dev" and split_from_name("validation-00000-of-00001.parquet") == "validation"
+    rows = load_train_source("m", _decl(path=str(FORMATS / "medmcqa.json"), format="medmcqa", split="dev"), RAW)
+    assert {q.meta["orig_split"] for q in rows} == {"dev"}
+
+
+def test_redisqa_rows_carry_their_rare_disease():
+    rows = load_train_source("redisqa", _decl(path=str(FORMATS / "redisqa.jsonl"), format="redisqa"), RAW, label="test")
+    assert [(q.rare_disease, q.answer, q.split) for q in rows] == [("Fabry disease", "A", "test"), ("Wilson disease", "B", "test")]
+    assert rows[0].options["A"] == "Alpha-galactosidase A"
+
+
+def test_max_rows_reads_only_the_first_records(saved_formats):
+    for decl in (_decl(path=str(FORMATS / "medqa.jsonl"), format="medqa", max_rows=2),
+                 _decl(path=str(saved_formats / "train-00000-of-00001.parquet"), format="medmcqa_hf", max_rows=2)):
+        assert [q.answer for q in load_train_source("x", decl, RAW)] == ["A", "C"]
+
+
+def test_the_bundled_sets_are_declared_in_the_shipped_params_like_any_other():
+    shipped = load_params(ROOT / "params.yaml").data
+    assert shipped.train == bundled_train_sources() and shipped.train_sources is None
+    assert {n: d.format for n, d in shipped.train.items()} == {
+        "medmcqa": "medmcqa", "headqa": "headqa", "pubmedqa": "pubmedqa_pqal", "bioasq": "bioasq_yesno"}
+
+
+# errors name the file, the line or record, and the field
+def test_a_missing_training_file_names_its_params_key(tmp_path):
+    with pytest.raises(FileNotFoundError, match=rf"^data\.train\.medqa_train\.path: {tmp_path}/medqa/train\.jsonl: no such file"):
+        load_train_source("medqa_train", _decl(path="medqa/train.jsonl", format="medqa"), tmp_path)
+
+
+def test_an_unknown_column_names_the_key_the_file_and_its_columns(saved_formats):
+    decl = _decl(path=str(FORMATS / "table.json"), format="columns", columns=dict(TABLE_COLUMNS, answer="gold"))
+    with pytest.raises(ConfigError, match=r"^data\.train\.mine\.columns\.answer: unknown column 'gold': not in .*table\.json "
+                                          r"\(its first row has: qid, stem, choices, label\)$"):
+        load_train_source("mine", decl, RAW)
+    decl = _decl(path=str(saved_formats / "train-00000-of-00001.parquet"), format="columns", columns={"question": "stem"})
+    with pytest.raises(ConfigError, match=r"^data\.train\.mine\.columns\.question: unknown column 'stem': not in .*\.parquet "
+                                          r"\(its columns are: question, exp, cop, opa"):
+        load_train_source("mine", decl, RAW)
+
+
+def test_a_file_in_another_layout_than_declared_is_a_params_error():
+    with pytest.raises(ConfigError, match=r"^data\.train\.x\.format: medmcqa rows have a 'opa' column; .*medqa\.jsonl \(its first "
+                                          r"row has: question, answer, options, meta_info, answer_idx\)"):
+        load_train_source("x", _decl(path=str(FORMATS / "medqa.jsonl"), format="medmcqa"), RAW)
+
+
+def test_a_bad_cop_names_file_line_and_field():
+    with pytest.raises(TrainRecordError) as err:
+        load_train_source("x", _decl(path=str(FORMATS / "medmcqa_bad_cop.json"), format="medmcqa"), RAW)
+    assert str(err.value) == f"{FORMATS}/medmcqa_bad_cop.json:2: cop: 5 is not an answer index (1-4, 1 = A)"
+
+
+def test_a_bad_cop_in_a_parquet_file_names_the_record(tmp_path):
+    from datasets import Dataset
+
+    rows = _hf_rows()
+    rows[1]["cop"] = -1  # how the Hugging Face MedMCQA test split marks its missing answers
+    Dataset.from_list(rows).to_parquet(str(tmp_path / "test.parquet"))
+    with pytest.raises(TrainRecordError, match=r"test\.parquet: record 2: cop: -1 is not an answer index \(0-3, 0 = A\)$"):
+        load_train_source("x", _decl(path=str(tmp_path / "test.parquet"), format="medmcqa_hf"), RAW)
+
+
+def test_a_bad_row_is_quarantined_when_not_strict():
+    rejected: list[dict] = []
+    rows = load_train_source("x", _decl(path=str(FORMATS / "medmcqa_bad_cop.json"), format="medmcqa"), RAW, strict=False,
+                             rejected=rejected)
+    assert [q.id for q in rows] == ["medmcqa-fx-0002"]
+    assert rejected == [{"file": f"{FORMATS}/medmcqa_bad_cop.json", "record": None, "line": 2,
+                         "error": f"{FORMATS}/medmcqa_bad_cop.json:2: cop: 5 is not an answer index (1-4, 1 = A)"}]
+
+
+def test_a_medqa_answer_that_is_not_an_option_names_line_and_field(tmp_path):
+    lines = (FORMATS / "medqa.jsonl").read_text(encoding="utf-8").splitlines()
+    lines[2] = lines[2].replace('"answer_idx": "D"', '"answer_idx": "E"')
+    (tmp_path / "train.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(TrainRecordError, match=r"train\.jsonl:3: answer_idx: 'E' is not among options A, B, C, D$"):
+        load_train_source("x", _decl(path="train.jsonl", format="medqa"), tmp_path)
+
+
+def test_a_saved_dataset_dict_needs_its_split_named(saved_formats):
+    with pytest.raises(ConfigError, match=r"data\.train\.x\.path: .*medmcqa_hf_dict holds the splits train, validation; name one"):
+        load_train_source("x", _decl(path=str(saved_formats / "medmcqa_hf_dict"), format="medmcqa_hf"), RAW)
+
+
+@pytest.mark.parametrize(("entry", "message"), [
+    ("{path: x.jsonl}", "data.train.mine.format: missing; one of medqa, medmcqa, medmcqa_hf"),
+    ("{path: x.jsonl, format: medqa_jsonl}", "data.train.mine.format: unknown format 'medqa_jsonl'; one of medqa"),
+    ("{format: medqa}", "data.train.mine.path: missing"),
+    ("{path: x.parquet, format: columns}", "data.train.mine.columns: missing (format: columns needs"),
+    ("{path: x.jsonl, format: medqa, columns: {question: q}}", "data.train.mine.columns: only for format: columns"),
+    ("{path: x.jsonl, format: columns, columns: {answer_is: position}}", "data.train.mine.columns.answer_is: expected one of"),
+    ("{path: x.jsonl, format: medqa, max_rows: 0}", "data.train.mine.max_rows: expected int >= 1"),
+])
+def test_a_bad_training_declaration_names_its_key(tmp_path, entry, message):
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+    raw["data"]["train"]["mine"] = yaml.safe_load(entry)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_params(path)

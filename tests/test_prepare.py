@@ -329,3 +329,122 @@ def test_data_allow_empty_lets_an_empty_extra_file_pass(tmp_path):
                                   f"  extra_raredis: [{tmp_path}/empty.json]\n")
     summary = run_prepare(load_params(path), report_path=tmp_path / "r.json", log_mlflow=False)
     assert summary["extra_raredis"] == {"empty": 0}
+
+
+# --- training data declared in params (#17.1, #17.2) ----------------------------------------------------------------
+FORMATS = ROOT / "tests" / "data" / "train_formats"
+TABLE = {"question": "stem", "options": "choices", "answer": "label", "answer_is": "text", "id": "qid"}
+
+
+@pytest.fixture(scope="module")
+def medqa_index():
+    return build_index(load_benchmarks(DECLARED, RAW, names=["medqa"])["medqa"])
+
+
+@pytest.mark.parametrize(("fmt", "file", "extra"), [
+    ("medqa", "medqa.jsonl", {}), ("medmcqa", "medmcqa.json", {}), ("medmcqa_hf", "medmcqa_hf.jsonl", {}),
+    ("columns", "table.json", {"columns": TABLE}),
+])
+def test_a_row_that_copies_a_benchmark_question_is_leakage_in_every_format(medqa_index, fmt, file, extra):
+    from medssr.config import TrainColumnsCfg, TrainSourceCfg
+    from medssr.data.loaders import load_train_source
+
+    cols = TrainColumnsCfg(**extra["columns"]) if extra else None
+    rows = load_train_source("mine", TrainSourceCfg(path=str(FORMATS / file), format=fmt, columns=cols), RAW)
+    kept, removed = remove_leakage(rows, medqa_index)
+    assert removed == {"mine": {"text": 1}}  # the third row is MedQA test question medqa-000786 under another id
+    assert [q.answer for q in kept] == ["A", "C"]
+
+
+@pytest.fixture(scope="module")
+def prepared_formats(tmp_path_factory):
+    """prepare on the hand-written fixtures, one data.train entry per format, asking for 43,000 rows (a paper profile)."""
+    tmp = tmp_path_factory.mktemp("formats")
+    train = {"medqa_f": {"path": str(FORMATS / "medqa.jsonl"), "format": "medqa"},
+             "table_f": {"path": str(FORMATS / "table.json"), "format": "columns", "columns": TABLE},
+             "medmcqa_f": {"path": str(FORMATS / "medmcqa.json"), "format": "medmcqa"},
+             "medmcqa_hf_f": {"path": str(FORMATS / "medmcqa_hf.jsonl"), "format": "medmcqa_hf"}}
+    path = _params_file(tmp, f"  raw_dir: {RAW}\n  out_dir: {tmp}/p\n  max_train: 43000\n"
+                             f"  extra_raredis: [{{path: {FORMATS}/redisqa.jsonl, format: redisqa}}]\n")
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    raw["data"]["train"] = train
+    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    summary = run_prepare(load_params(path), report_path=tmp / "r.json", log_mlflow=False)
+    return tmp, summary
+
+
+def test_prepare_counts_every_declared_source_and_removes_leakage_in_each(prepared_formats):
+    tmp, summary = prepared_formats
+    assert summary["loaded_by_source"] == {"medqa_f": 3, "table_f": 3, "medmcqa_f": 3, "medmcqa_hf_f": 3}
+    assert summary["leakage_removed_by_reason"] == {"medqa_f": {"text": 1}, "table_f": {"text": 1}, "medmcqa_f": {"text": 1},
+                                                    "medmcqa_hf_f": {}}
+    # MedMCQA from its official file and from Hugging Face is the same three rows (same MedMCQA ids): kept once
+    assert summary["duplicates_removed"] == {"medqa_f": 0, "table_f": 0, "medmcqa_f": 0, "medmcqa_hf_f": 3}
+    assert summary["train_by_source"] == {"medqa_f": 2, "table_f": 2, "medmcqa_f": 2}
+    train = read_questions(tmp / "p" / "train.jsonl")
+    assert len({q.id for q in train}) == len(train) == 6
+
+
+def test_prepare_picks_reasoning_heavy_seeds_from_every_declared_format(prepared_formats):
+    tmp, summary = prepared_formats
+    seeds = read_questions(tmp / "p" / "seeds.jsonl")
+    assert summary["seeds_by_source"] == {"medqa_f": 1, "table_f": 1, "medmcqa_f": 1}  # the chest-pain vignette, not scurvy
+    assert all(q.question.startswith("A 62-year-old man") for q in seeds)
+
+
+def test_prepare_says_how_many_rows_stage_two_will_get_when_fewer_than_asked(prepared_formats):
+    _, summary = prepared_formats
+    assert summary["train_asked"] == 43000
+    assert summary["train_note"] == (
+        "stage II will train on 6 real rows (asked 43,000 by data.max_train): the declared training data (medqa_f 3, "
+        "table_f 3, medmcqa_f 3, medmcqa_hf_f 3) has 6 after leakage removal (3 removed), 3 of them picked as "
+        "reasoning-heavy seeds; declare MedQA train and MedMCQA train under data.train (see the commented entries in "
+        "params/paper-*.yaml) to reach it")
+    assert summary_line(summary).endswith("\n[prepare] " + summary["train_note"])
+
+
+def test_a_redisqa_file_joins_raredis_sub_with_its_own_diseases(prepared_formats):
+    tmp, summary = prepared_formats
+    assert summary["extra_raredis"] == {"redisqa": 2}
+    sub = {q.id: q for q in read_questions(tmp / "p" / "raredis_sub.jsonl")}
+    assert sub["redisqa-test-1"].rare_disease == "Fabry disease" and sub["redisqa-test-1"].category in CATEGORIES
+    assert sub["redisqa-test-2"].rare_disease == "Wilson disease"
+
+
+def test_the_shipped_default_asks_for_no_volume_and_gets_no_note(prepared):
+    _, summary = prepared
+    assert summary["train_asked"] is None and summary["train_note"] is None
+    assert summary["duplicates_removed"] == {"medmcqa": 0, "headqa": 0, "pubmedqa": 0, "bioasq": 0}
+
+
+def test_train_sources_picks_declared_entries_and_names_the_declared_ones_otherwise(tmp_path):
+    path = _params_file(tmp_path, f"  raw_dir: {RAW}\n  out_dir: {tmp_path}/p\n  train_sources: [medqa]\n")
+    with pytest.raises(ConfigError, match=r"data\.train_sources\[0\]: 'medqa' is not declared in data\.train \(declared: "
+                                          r"medmcqa, headqa, pubmedqa, bioasq\)"):
+        load_params(path)
+
+
+def test_a_bad_extra_raredis_mapping_names_its_key(tmp_path):
+    path = _params_file(tmp_path, "  extra_raredis: [{path: r.parquet, format: medqa}]\n")
+    with pytest.raises(ConfigError, match=r"data\.extra_raredis\[0\]\.format: unknown format 'medqa'; one of benchmark, redisqa"):
+        load_params(path)
+
+
+@pytest.mark.parametrize("profile", ["paper-qwen3-8b", "paper-llama3.1-8b"])
+def test_paper_profiles_ask_prepare_for_the_rows_stage_two_trains_on_and_show_how_to_declare_them(profile, tmp_path):
+    from medssr.config import TrainSourceCfg, build
+    from medssr.profiles import apply_profile
+
+    target = tmp_path / "params.yaml"
+    target.write_text((ROOT / "params.yaml").read_text(encoding="utf-8"), encoding="utf-8")
+    apply_profile(profile, params_path=target)
+    params = load_params(target)
+    assert params.data.max_train == params.train.stage2.max_samples == 43000
+    # the commented data.train entries are valid declarations once uncommented
+    text = (ROOT / "params" / f"{profile}.yaml").read_text(encoding="utf-8")
+    entries = [line[len("  #   "):] for line in text.splitlines() if line.startswith("  #   ") and ": {path:" in line]
+    declared = yaml.safe_load("\n".join(entries))
+    assert {"medqa_train", "medmcqa_train"} <= set(declared)
+    assert declared["medqa_train"]["format"] == "medqa" and declared["medmcqa_train"]["format"] == "medmcqa"
+    for name, entry in declared.items():
+        build(TrainSourceCfg, entry, f"data.train.{name}")

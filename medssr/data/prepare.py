@@ -16,10 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from medssr.config import ConfigError
+from medssr.config import ConfigError, TrainSourceCfg
 from medssr.data.categories import classify_category
 from medssr.data.leakage import build_index, normalize_text, remove_leakage
-from medssr.data.loaders import TRAINING_SOURCES, benchmark_name_for, load_benchmark_file, load_benchmarks, load_training_source
+from medssr.data.loaders import benchmark_name_for, load_benchmark_file, load_benchmarks, load_train_source, source_path
 from medssr.data.rare import STOPLIST, build_tagger, load_entities, normalize_name, tag_question
 from medssr.data.reasoning import is_reasoning_heavy, select_seeds
 from medssr.records import CATEGORIES, Question, RecordError, write_jsonl
@@ -92,9 +92,10 @@ def run_prepare(params: Any, classifier: Callable[[Question], bool] | None = Non
         if cfg.category_classifier != "rules":
             raise ConfigError(f"data.category_classifier={cfg.category_classifier!r} needs a classifier passed to run_prepare")
         category_classifier = classify_category
-    unknown = [s for s in cfg.train_sources if s not in TRAINING_SOURCES]
+    sources = list(cfg.train) if cfg.train_sources is None else list(cfg.train_sources)
+    unknown = [s for s in sources if s not in cfg.train]
     if unknown:
-        raise ConfigError(f"data.train_sources: unknown source {unknown[0]!r}; known: {', '.join(TRAINING_SOURCES)}")
+        raise ConfigError(f"data.train_sources: {unknown[0]!r} is not declared in data.train (declared: {', '.join(cfg.train)})")
     if not cfg.benchmarks:
         raise ConfigError("data.benchmarks is empty: declare each benchmark as `name: {file: benchmarks/<file>.json.gz, display: ...}`")
     rejected: list[dict] = []
@@ -104,22 +105,37 @@ def run_prepare(params: Any, classifier: Callable[[Question], bool] | None = Non
     # takes part in leakage removal and rare tagging, and its prepared file feeds the contamination index
     benchmarks = load_benchmarks(cfg.benchmarks, raw, strict=cfg.strict, rejected=rejected)
     extras: dict[str, list[Question]] = {}
-    for p in cfg.extra_raredis:
-        key = benchmark_name_for(p)
+    for i, p in enumerate(cfg.extra_raredis):
+        decl = p if isinstance(p, TrainSourceCfg) else None
+        path = source_path(decl, raw) if decl else p  # a plain string entry is read as given (a benchmark JSON list)
+        key = "redisqa" if decl and decl.format == "redisqa" else benchmark_name_for(path)
         while key in benchmarks or key in extras:
             key += "-extra"
-        extras[key] = load_benchmark_file(p, key, cfg.strict, rejected)
-        _check_not_empty(extras[key], p, "data.extra_raredis", cfg.allow_empty, rejected)
+        if decl and decl.format == "redisqa":
+            extras[key] = load_train_source(key, decl, raw, cfg.strict, rejected, key=f"data.extra_raredis[{i}]", label="test")
+        else:
+            if decl and not path.exists():
+                raise FileNotFoundError(f"data.extra_raredis[{i}].path: {path}: no such file")
+            extras[key] = load_benchmark_file(path, key, cfg.strict, rejected)
+            if decl and decl.max_rows is not None:
+                extras[key] = extras[key][: decl.max_rows]
+        _check_not_empty(extras[key], path, "data.extra_raredis", cfg.allow_empty, rejected)
     for name, rows in benchmarks.items():
         _check_not_empty(rows, raw / cfg.benchmarks[name].file, f"data.benchmarks.{name}", cfg.allow_empty, rejected)
     index = build_index(q for rows in (*benchmarks.values(), *extras.values()) for q in rows)
     loaded: dict[str, int] = {}
     train_pool: list[Question] = []
     leakage: dict[str, dict[str, int]] = {}
-    for source in cfg.train_sources:  # leakage is checked against every benchmark and extra RareDis file
-        rows = load_training_source(source, raw, cfg.strict, rejected)
+    duplicates: dict[str, int] = {}
+    seen_ids: set[str] = set()
+    for source in sources:  # leakage is checked against every benchmark and extra RareDis file
+        rows = load_train_source(source, cfg.train[source], raw, cfg.strict, rejected)
         loaded[source] = len(rows)
-        kept, removed = remove_leakage(rows, index, min_option_overlap)
+        # the same row declared twice (MedMCQA from its official file and from Hugging Face) is kept once
+        fresh = [q for q in rows if q.id not in seen_ids]
+        duplicates[source] = len(rows) - len(fresh)
+        seen_ids.update(q.id for q in fresh)
+        kept, removed = remove_leakage(fresh, index, min_option_overlap)
         leakage[source] = removed.get(source, {})
         train_pool.extend(kept)
 
@@ -188,6 +204,7 @@ def run_prepare(params: Any, classifier: Callable[[Question], bool] | None = Non
         "train_by_source": dict(Counter(q.source for q in train)),
         "train_by_source_split": {f"{s}/{sp}": n for (s, sp), n in sorted(split_counts.items())},
         "loaded_by_source": loaded,
+        "duplicates_removed": duplicates,
         "leakage_removed": {s: sum(r.values()) for s, r in leakage.items()},
         "leakage_removed_by_reason": leakage,
         "seeds": len(seeds),
@@ -202,6 +219,8 @@ def run_prepare(params: Any, classifier: Callable[[Question], bool] | None = Non
         "tagger_surfaces": tagger.n_surfaces,
         "tag_scope": tag_scope,
         "quarantined": len(rejected),
+        "train_asked": cfg.max_train,
+        "train_note": train_volume_note(cfg.max_train, len(train_pool), loaded, leakage, len(seeds)),
         "seconds": round(time.time() - t0, 2),
     }
     report_path = Path(report_path)
@@ -231,6 +250,22 @@ def _log_mlflow(params: Any, summary: dict[str, Any]) -> None:
         mlflow.log_metrics({k: float(v) for k, v in m.items()})
 
 
+def train_volume_note(asked: int | None, pool: int, loaded: dict[str, int], leakage: dict[str, dict[str, int]],
+                      heavy: int) -> str | None:
+    """What a params file that asks for ``asked`` real rows (``data.max_train``) will really train on, and why; None when it gets them.
+
+    Stage II trains on train.jsonl, so a paper profile (43,000 asked) learns here, at prepare time, that the bundled
+    sets give about 10K rows, and what to declare to reach its volume.
+    """
+    if asked is None or pool >= asked:
+        return None
+    removed = sum(sum(r.values()) for r in leakage.values())
+    return (f"stage II will train on {pool:,} real rows (asked {asked:,} by data.max_train): the declared training data "
+            f"({', '.join(f'{s} {n:,}' for s, n in loaded.items())}) has {pool:,} after leakage removal ({removed:,} removed), "
+            f"{heavy:,} of them picked as reasoning-heavy seeds; declare MedQA train and MedMCQA train under data.train "
+            "(see the commented entries in params/paper-*.yaml) to reach it")
+
+
 def summary_line(summary: dict[str, Any]) -> str:
     """The stage's one-line summary."""
     rare = sum(r["ours"] for r in summary["rare"].values())
@@ -238,4 +273,4 @@ def summary_line(summary: dict[str, Any]) -> str:
             f"{summary['seeds']} seeds, {sum(summary['benchmarks'].values())} benchmark questions, "
             f"RareDis-Sub {summary['raredis_sub']} ({rare} tagged), {summary['entities']} rare entities, "
             f"leakage removed {sum(summary['leakage_removed'].values())}, quarantined {summary['quarantined']} "
-            f"in {summary['seconds']}s")
+            f"in {summary['seconds']}s" + (f"\n[prepare] {summary['train_note']}" if summary.get("train_note") else ""))
