@@ -11,6 +11,11 @@ and a responder callback decides the model text from the request.
 
 Each fault has the ``kind`` a client should count it as (medssr.llm.ledger.FAULT_KINDS), so a test can compare
 what the server did (``srv.fault_counts()``, ``len(srv.requests)``) with what the generator reported.
+
+Both also speak their batch endpoints (OpenAI: /v1/files upload, /v1/batches, /v1/files/{id}/content;
+Anthropic: /v1/messages/batches[/{id}[/results]]). A batch ends on its ``batch_polls``-th status poll; its items
+are answered by the responder, or marked by ``batch_rule(item) -> 'errored' | 'expired' | None``;
+``srv.batch_creates`` counts creates and ``srv.batch_items`` logs every item request.
 """
 
 from __future__ import annotations
@@ -180,7 +185,9 @@ class _FakeLLMServer:
     path = ""
 
     def __init__(self, responder: Responder = question_responder, latency_s: float = 0.0, faults: Iterable[Fault | None] = (),
-                 rule: FaultRule | None = None, model: str = "fake-model"):
+                 rule: FaultRule | None = None, model: str = "fake-model", batch_polls: int = 1,
+                 batch_rule: Callable[[LoggedRequest], str | None] | None = None,
+                 batch_error: str = "Invalid request: injected by the test server"):
         self.responder = responder
         self.latency_s = latency_s
         self.rule = rule
@@ -194,6 +201,14 @@ class _FakeLLMServer:
         self._n = 0
         self.in_flight = 0
         self.max_in_flight = 0  # most requests handled at once (concurrency tests)
+        self.batch_polls = batch_polls  # the status poll on which a batch ends (the ones before report it running)
+        self.batch_rule = batch_rule
+        self.batch_error = batch_error  # an errored item's message; may use {authorization} / {x-api-key}
+        self.batch_creates = 0
+        self.batch_polls_seen = 0
+        self.batches: dict[str, dict[str, Any]] = {}
+        self.files: dict[str, bytes] = {}
+        self.batch_items: list[LoggedRequest] = []
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     def start(self) -> _FakeLLMServer:
@@ -207,7 +222,9 @@ class _FakeLLMServer:
                 server._handle(self)
 
             def do_GET(self) -> None:  # noqa: N802
-                if self.path == "/_stats":  # for callers in another process (the benchmark)
+                if server._batch_route(self, "GET"):
+                    pass
+                elif self.path == "/_stats":  # for callers in another process (the benchmark)
                     server._send(self, 200, json.dumps(server.stats()))
                 elif self.path == "/_reset":
                     server.reset_stats()
@@ -291,6 +308,8 @@ class _FakeLLMServer:
                 self.in_flight -= 1
 
     def _answer(self, h: BaseHTTPRequestHandler) -> None:
+        if self._batch_route(h, "POST"):
+            return
         raw = h.rfile.read(int(h.headers.get("content-length") or 0)).decode("utf-8", "replace")
         headers = {k.lower(): v for k, v in h.headers.items()}
         if h.path.rstrip("/") != self.path:
@@ -352,6 +371,70 @@ class _FakeLLMServer:
                 h.close_connection = True
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up (timeout) before we answered
+
+    # -- batch endpoints ----------------------------------------------------------------------------------------
+    def _batch_route(self, h: BaseHTTPRequestHandler, method: str) -> bool:
+        """Answer a batch-endpoint request (True), or leave it to the chat path (False)."""
+        path = h.path.split("?", 1)[0].rstrip("/")
+        route = next(((name, m.groupdict()) for name, (verb, pattern) in self.batch_routes.items()
+                      if verb == method and (m := re.fullmatch(pattern, path))), None)
+        if route is None:
+            return False
+        raw = h.rfile.read(int(h.headers.get("content-length") or 0)) if method == "POST" else b""
+        headers = {k.lower(): v for k, v in h.headers.items()}
+        text = raw.decode("utf-8", "replace")
+        try:
+            body = json.loads(text) if text and "json" in headers.get("content-type", "") else None
+        except ValueError:
+            body = None
+        with self._lock:
+            self.requests.append(LoggedRequest(h.path, headers, text, body, t=time.time()))
+            fault = self._faults.popleft() if self._faults else None
+        if fault is not None and fault.status is not None:
+            self._send(h, fault.status, self._error_body(fault.status, fault.message))
+            return True
+        name, args = route
+        status, payload, ctype = getattr(self, f"_b_{name}")(raw, headers, body, **args)
+        data = payload.encode("utf-8")
+        try:
+            h.send_response(status)
+            h.send_header("content-type", ctype)
+            h.send_header("content-length", str(len(data)))
+            h.end_headers()
+            h.wfile.write(data)
+            h.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        return True
+
+    batch_routes: dict[str, tuple[str, str]] = {}
+
+    def _batch_items(self, headers: dict[str, str], items: list[tuple[str, dict]]) -> list[dict[str, Any]]:
+        """Answer every (custom_id, request body) now; the answers are shown once the batch ends."""
+        out = []
+        for custom_id, body in items:
+            req = LoggedRequest(self.path, headers, json.dumps(body), body, self._messages(body), t=time.time())
+            with self._lock:
+                self.batch_items.append(req)
+                self._n += 1
+                n = self._n
+            outcome = self.batch_rule(req) if self.batch_rule is not None else None
+            error = re.sub(r"\{([a-z-]+)\}", lambda m: _echoed(headers, m.group(1)), self.batch_error)
+            out.append({"custom_id": custom_id, "outcome": outcome or "succeeded", "error": error,
+                        "body": self._ok_body(req, self.responder(req), n) if outcome is None else None})
+        return out
+
+    def _poll(self, batch_id: str) -> dict[str, Any] | None:
+        """One status poll: the batch ends on the ``batch_polls``-th."""
+        with self._lock:
+            b = self.batches.get(batch_id)
+            if b is None:
+                return None
+            self.batch_polls_seen += 1
+            b["polls"] += 1
+            if b["polls"] >= self.batch_polls:
+                b["ended"] = True
+            return b
 
     def _emptied(self, ok: dict) -> dict:
         raise NotImplementedError
@@ -416,6 +499,89 @@ class FakeOpenAIServer(_FakeLLMServer):
     def _emptied(self, ok: dict) -> dict:
         return {**ok, "choices": []}
 
+    batch_routes = {"upload": ("POST", r"/v1/files"), "create": ("POST", r"/v1/batches"), "list": ("GET", r"/v1/batches"),
+                    "retrieve": ("GET", r"/v1/batches/(?P<batch_id>[\w-]+)"),
+                    "content": ("GET", r"/v1/files/(?P<file_id>[\w-]+)/content")}
+
+    def _b_upload(self, raw: bytes, headers: dict[str, str], body: Any) -> tuple[int, str, str]:
+        from email.parser import BytesParser
+        from email.policy import HTTP
+
+        msg = BytesParser(policy=HTTP).parsebytes(b"content-type: " + headers["content-type"].encode() + b"\r\n\r\n" + raw)
+        fields = {part.get_param("name", header="content-disposition"): part for part in msg.iter_parts()}
+        part = fields["file"]
+        content = part.get_payload(decode=True)
+        with self._lock:
+            file_id = f"file-fake{len(self.files) + 1}"
+            self.files[file_id] = content
+        return 200, json.dumps({"id": file_id, "object": "file", "bytes": len(content), "created_at": int(time.time()),
+                                "filename": part.get_filename() or "input.jsonl", "purpose": fields["purpose"].get_content().strip(),
+                                "status": "processed"}), "application/json"
+
+    def _b_create(self, raw: bytes, headers: dict[str, str], body: Any) -> tuple[int, str, str]:
+        body = body or {}
+        content = self.files.get(body.get("input_file_id", ""))
+        if content is None:
+            return 404, self._error_body(404, f"no file {body.get('input_file_id')!r}"), "application/json"
+        lines = [json.loads(line) for line in content.decode("utf-8").splitlines() if line.strip()]
+        items = self._batch_items(headers, [(row["custom_id"], row["body"]) for row in lines])
+        with self._lock:
+            self.batch_creates += 1
+            batch_id = f"batch_fake{self.batch_creates}"
+            self.batches[batch_id] = {"id": batch_id, "input_file_id": body["input_file_id"], "endpoint": body.get("endpoint"),
+                                      "metadata": body.get("metadata"), "items": items, "polls": 0, "ended": False,
+                                      "created_at": int(time.time())}
+        return 200, json.dumps(self._batch_json(self.batches[batch_id])), "application/json"
+
+    def _batch_json(self, b: dict[str, Any]) -> dict[str, Any]:
+        items = b["items"]
+        done = b["ended"]
+        failed = sum(1 for it in items if it["outcome"] != "succeeded")
+        if done and "output_file_id" not in b:  # write the output and error files once
+            ok_lines, err_lines = [], []
+            for n, it in enumerate(items):
+                if it["outcome"] == "succeeded":
+                    ok_lines.append({"id": f"batch_req_{n}", "custom_id": it["custom_id"], "error": None,
+                                     "response": {"status_code": 200, "request_id": f"req_{n}", "body": it["body"]}})
+                elif it["outcome"] == "expired":
+                    err_lines.append({"id": f"batch_req_{n}", "custom_id": it["custom_id"], "response": None,
+                                      "error": {"code": "batch_expired", "message": "This request could not be executed before the completion window expired."}})
+                else:
+                    err_lines.append({"id": f"batch_req_{n}", "custom_id": it["custom_id"], "error": None,
+                                      "response": {"status_code": 400, "request_id": f"req_{n}",
+                                                   "body": {"error": {"message": it["error"],
+                                                                      "type": "invalid_request_error", "param": None, "code": None}}}})
+            with self._lock:
+                for name, rows in (("output_file_id", ok_lines), ("error_file_id", err_lines)):
+                    if rows:
+                        file_id = f"file-fake{len(self.files) + 1}"
+                        self.files[file_id] = ("\n".join(json.dumps(r) for r in rows) + "\n").encode("utf-8")
+                        b[name] = file_id
+                    else:
+                        b[name] = None
+        return {"id": b["id"], "object": "batch", "endpoint": b["endpoint"], "input_file_id": b["input_file_id"],
+                "completion_window": "24h", "status": "completed" if done else "in_progress", "created_at": b["created_at"],
+                "output_file_id": b.get("output_file_id"), "error_file_id": b.get("error_file_id"), "metadata": b["metadata"],
+                "request_counts": {"total": len(items), "completed": len(items) - failed if done else 0, "failed": failed if done else 0}}
+
+    def _b_retrieve(self, raw: bytes, headers: dict[str, str], body: Any, batch_id: str) -> tuple[int, str, str]:
+        b = self._poll(batch_id)
+        if b is None:
+            return 404, self._error_body(404, f"no batch {batch_id!r}"), "application/json"
+        return 200, json.dumps(self._batch_json(b)), "application/json"
+
+    def _b_list(self, raw: bytes, headers: dict[str, str], body: Any) -> tuple[int, str, str]:
+        with self._lock:
+            data = [self._batch_json(b) for b in reversed(list(self.batches.values()))]
+        return 200, json.dumps({"object": "list", "data": data, "has_more": False,
+                                "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None}), "application/json"
+
+    def _b_content(self, raw: bytes, headers: dict[str, str], body: Any, file_id: str) -> tuple[int, str, str]:
+        content = self.files.get(file_id)
+        if content is None:
+            return 404, self._error_body(404, f"no file {file_id!r}"), "application/json"
+        return 200, content.decode("utf-8"), "application/octet-stream"
+
     def _error_body(self, status: int, message: str) -> str:
         kind = _OPENAI_ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
         return json.dumps({"error": {"message": message, "type": kind, "param": None, "code": None}})
@@ -457,6 +623,48 @@ class FakeAnthropicServer(_FakeLLMServer):
 
     def _emptied(self, ok: dict) -> dict:
         return {**ok, "content": None}
+
+    batch_routes = {"create": ("POST", r"/v1/messages/batches"), "retrieve": ("GET", r"/v1/messages/batches/(?P<batch_id>[\w-]+)"),
+                    "results": ("GET", r"/v1/messages/batches/(?P<batch_id>[\w-]+)/results")}
+
+    def _b_create(self, raw: bytes, headers: dict[str, str], body: Any) -> tuple[int, str, str]:
+        items = self._batch_items(headers, [(r["custom_id"], r["params"]) for r in (body or {}).get("requests", [])])
+        with self._lock:
+            self.batch_creates += 1
+            batch_id = f"msgbatch_fake{self.batch_creates}"
+            self.batches[batch_id] = {"id": batch_id, "items": items, "polls": 0, "ended": False}
+        return 200, json.dumps(self._batch_json(self.batches[batch_id])), "application/json"
+
+    def _batch_json(self, b: dict[str, Any]) -> dict[str, Any]:
+        done = b["ended"]
+        counts = Counter(it["outcome"] for it in b["items"]) if done else Counter()
+        return {"id": b["id"], "type": "message_batch", "processing_status": "ended" if done else "in_progress",
+                "created_at": "2026-01-01T00:00:00Z", "expires_at": "2026-01-02T00:00:00Z", "ended_at": "2026-01-01T00:10:00Z" if done else None,
+                "archived_at": None, "cancel_initiated_at": None,
+                "results_url": f"{self.root_url}/v1/messages/batches/{b['id']}/results" if done else None,
+                "request_counts": {"processing": 0 if done else len(b["items"]), "succeeded": counts["succeeded"],
+                                   "errored": counts["errored"], "canceled": counts["canceled"], "expired": counts["expired"]}}
+
+    def _b_retrieve(self, raw: bytes, headers: dict[str, str], body: Any, batch_id: str) -> tuple[int, str, str]:
+        b = self._poll(batch_id)
+        if b is None:
+            return 404, self._error_body(404, f"no batch {batch_id!r}"), "application/json"
+        return 200, json.dumps(self._batch_json(b)), "application/json"
+
+    def _b_results(self, raw: bytes, headers: dict[str, str], body: Any, batch_id: str) -> tuple[int, str, str]:
+        b = self.batches.get(batch_id)
+        if b is None or not b["ended"]:
+            return 400, self._error_body(400, f"batch {batch_id!r} has not ended"), "application/json"
+        rows = []
+        for it in b["items"]:
+            if it["outcome"] == "succeeded":
+                result: dict[str, Any] = {"type": "succeeded", "message": it["body"]}
+            elif it["outcome"] == "errored":
+                result = {"type": "errored", "error": {"type": "error", "error": {"type": "invalid_request_error", "message": it["error"]}}}
+            else:
+                result = {"type": it["outcome"]}
+            rows.append(json.dumps({"custom_id": it["custom_id"], "result": result}))
+        return 200, "\n".join(rows) + "\n", "application/binary"
 
     def _error_body(self, status: int, message: str) -> str:
         kind = _ANTHROPIC_ERROR_TYPES.get(status, "api_error")

@@ -3,6 +3,7 @@ faults, real seeds, real benchmark questions and real corpus passages; crash-res
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -290,7 +291,7 @@ def test_canary_key_is_in_no_output_report_log_or_mlflow_record(tmp_path, monkey
     con.close()
     assert not [b[:200] for b in blobs if canary in b or CANARY in b]
     assert "HTTP Request: POST http://127.0.0.1" in caplog.text  # httpx2's request log (it printed user:pass@ URLs in clear)
-    assert metrics["synth/accepted"] == 4 and metrics["synth/rare_ratio_target"] == 0 and "synth/tokens_per_question" in metrics
+    assert metrics["synth/accepted"] == 4 and metrics["synth/rare_ratio_target"] == 0 and "synth/tokens_per_accepted_question/total" in metrics and "synth/tokens_per_question" not in metrics
     assert params_logged["synth.n"] == "4" and params_logged["synth.generator.base_url"] == srv.base_url
 
 
@@ -373,6 +374,103 @@ def test_llm_classifiers_parse_strictly_through_the_openai_client(tmp_path, open
     assert set(cats) <= {"Treatment", "Diagnosis", None}
     sent = [r.last_user for r in srv.requests[:6]]  # arrival order is not question order (concurrent workers)
     assert all(any(u.endswith("Question:\n" + q.render()) for u in sent) for q in qs)
+
+
+# -- batch endpoints (#17.3) and tokens per accepted question (#17.4) --------------------------------------------
+BATCH_PRICES = {"fake-model": PriceCfg(input_per_mtok=2.0, output_per_mtok=8.0, batch_discount=0.5)}
+
+
+@pytest.mark.parametrize("server", [FakeOpenAIServer, FakeAnthropicServer])
+def test_batch_synthesis_writes_the_synchronous_questions_at_the_batch_price(tmp_path, openai_key, anthropic_key, seeds, benchmarks, server):
+    backend = "openai" if server is FakeOpenAIServer else "anthropic"
+    with server(responder=fake_question, batch_polls=2) as srv:
+        sync = run(make_params(tmp_path / "s", backend, srv.base_url, n=6, prices=BATCH_PRICES), tmp_path, seeds, benchmarks, out="sync")
+        params = make_params(tmp_path / "b", backend, srv.base_url, n=6, prices=BATCH_PRICES,
+                             generator={"batch": True, "batch_poll_s": 0.05})
+        batch = run(params, tmp_path, seeds, benchmarks, out="batch")
+        assert srv.batch_creates == 1  # one round: the wave covers every question still needed
+    assert read_questions(tmp_path / "batch" / "questions.jsonl") == read_questions(tmp_path / "sync" / "questions.jsonl")
+    assert batch["accepted"] == 6 and batch["attempts"] == sync["attempts"] == 6
+    assert batch["cost_usd"] == pytest.approx(sync["cost_usd"] / 2) and sync["cost_usd"] > 0
+    assert batch["tokens_per_accepted_question"] == sync["tokens_per_accepted_question"]
+    tpq = batch["tokens_per_accepted_question"]
+    assert tpq["total"] == pytest.approx(tpq["input"] + tpq["output"], abs=0.11) and tpq["output"] > 0
+    assert tpq["input"] == pytest.approx(batch["tokens"]["input"] / 6, abs=0.05) and batch["batch_failures"] == []
+    assert "per_question" not in batch["tokens"] and batch["tokenizer"]
+
+
+def test_tokens_per_accepted_question_counts_rejected_attempts_too(tmp_path, openai_key, seeds, benchmarks):
+    with FakeOpenAIServer(responder=fake_question) as srv:
+        srv.script(reply("not a question at all"), reply("nor this one"))
+        report = run(make_params(tmp_path, "openai", srv.base_url, n=4), tmp_path, seeds, benchmarks)
+    assert report["attempts"] == 6 and report["accepted"] == 4
+    tpq = report["tokens_per_accepted_question"]
+    assert tpq["input"] == round(report["tokens"]["input"] / 4, 1) and tpq["output"] == round(report["tokens"]["output"] / 4, 1)
+    assert f"{tpq['total']:.0f} tok/q" in summary_line(report)
+
+
+def test_failed_batch_items_stop_the_run_listed_with_their_custom_id_and_the_rerun_resends_only_them(tmp_path, openai_key, seeds,
+                                                                                                   benchmarks):
+    failed_once: set[str] = set()
+
+    def rule(item):
+        if "year-old" in item.last_user and len(failed_once) < 2 and item.last_user not in failed_once:
+            failed_once.add(item.last_user)
+            return "errored" if len(failed_once) == 1 else "expired"
+        return None
+
+    with FakeOpenAIServer(responder=fake_question, batch_rule=rule, batch_error="Invalid request (key {authorization})") as srv:
+        params = make_params(tmp_path, "openai", srv.base_url, n=6, generator={"batch": True, "batch_poll_s": 0.05})
+        with pytest.raises(SynthError, match="2 request"):
+            run(params, tmp_path, seeds, benchmarks)
+        failure = json.loads((tmp_path / "out" / "synth.json").read_text())
+        assert [f["kind"] for f in failure["batch_failures"]] == ["batch_errored", "batch_expired"]
+        assert all(len(f["custom_id"]) == 64 and f["batch_id"] == "batch_fake1" for f in failure["batch_failures"])
+        assert failure["faults"]["batch_errored"] == 1 and failure["faults"]["batch_expired"] == 1
+        report = run(params, tmp_path, seeds, benchmarks)
+        assert report["accepted"] == 6 and srv.batch_creates == 2 and len(srv.batch_items) == 6 + 2
+        assert report["resumed_from_progress"] == 4
+    assert CANARY not in _all_text(tmp_path) and "Invalid request (key" in json.dumps(failure)
+
+
+def test_sigkill_between_batch_create_and_collect_then_rerun_collects_the_same_batch(tmp_path, openai_key, seeds, benchmarks):
+    """The issue's check (#17.3): a batch synthesis survives a kill between create and collect without resubmitting."""
+    n = 6
+    with FakeOpenAIServer(responder=fake_question, batch_polls=10**9) as srv:  # the batch runs until the first process is gone
+        tmp, env = _project(tmp_path / "crash", srv.base_url, seeds, benchmarks, n)
+        params = yaml.safe_load((tmp / "params.yaml").read_text())
+        params["synth"]["generator"].update(batch=True, batch_poll_s=0.05)
+        (tmp / "params.yaml").write_text(yaml.safe_dump(params))
+        proc = _stage(tmp, env)
+        deadline = time.time() + 120
+        while srv.batch_polls_seen < 2 and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        assert proc.returncode == -signal.SIGKILL, proc.stdout.read()
+        assert srv.batch_creates == 1 and list((tmp / "cache" / "batches").iterdir())
+        srv.batch_polls = 0  # the provider finished the batch meanwhile
+        rerun = _stage(tmp, env)
+        log, _ = rerun.communicate(timeout=180)
+        assert rerun.returncode == 0, log
+        assert srv.batch_creates == 1 and f"synthesize: {n}/{n} questions" in log and CANARY not in log
+    assert len(read_questions(tmp / "synthetic" / "questions.jsonl")) == n
+    assert not list((tmp / "cache" / "batches").iterdir()) and CANARY not in _all_text(tmp)
+
+
+def test_llm_classifiers_through_message_batches_give_the_synchronous_labels(tmp_path, anthropic_key, benchmarks):
+    qs = benchmarks["medqa"][:5]
+
+    def answer(req) -> str:
+        return "<Reasoning>" if len(req.last_user) % 2 else "<Memorization>"
+
+    with FakeAnthropicServer(responder=answer) as srv:
+        cfg = GeneratorCfg(backend="anthropic", model="fake-model", base_url=srv.base_url, max_retries=0)
+        sync = classify_reasoning(qs, make_generator(cfg, tmp_path / "s"), progress=False)
+        batched = classify_reasoning(qs, make_generator(dataclasses.replace(cfg, batch=True, batch_poll_s=0.05), tmp_path / "b"),
+                                     progress=False)
+        assert srv.batch_creates == 1 and len(srv.batch_items) == 5
+    assert batched == sync and None not in sync
 
 
 # -- the local backend -----------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from typing import Any
 
 from medssr.config import GeneratorCfg, PriceCfg
 from medssr.llm.base import AsyncAPIGenerator, LLMError, LLMRequest, LLMResponse, MalformedResponse
+from medssr.llm.batch import BatchItem, BatchJournal
 from medssr.llm.ledger import Ledger
 
 KEY_ENV = "ANTHROPIC_API_KEY"
@@ -64,7 +65,10 @@ class AnthropicGenerator(AsyncAPIGenerator):
         return body
 
     async def _call(self, client: Any, request: LLMRequest, key: str) -> LLMResponse:
-        msg = await client.messages.create(**self.request_body(request))
+        return self._from_message(await client.messages.create(**self.request_body(request)), self._prefix(request))
+
+    def _from_message(self, msg: Any, prefix: str, batch: bool = False) -> LLMResponse:
+        """An LLMResponse from a Message whose request prefilled ``prefix`` (``batch``: priced at the batch discount)."""
         if isinstance(msg, str):
             raise MalformedResponse(f"response body is not JSON: {msg[:120]!r}")
         try:
@@ -75,7 +79,39 @@ class AnthropicGenerator(AsyncAPIGenerator):
             if tool is not None:
                 text = json.dumps(tool.input, ensure_ascii=False)
             else:
-                text = self._prefix(request) + "".join(b.text for b in blocks if b.type == "text")
+                text = prefix + "".join(b.text for b in blocks if b.type == "text")
         except (AttributeError, TypeError, ValueError) as e:
             raise MalformedResponse(f"message without content blocks/usage ({type(e).__name__}: {e})") from None
-        return LLMResponse(text, n_in, n_out, False, self.ledger.cost(self.cfg.model, n_in, n_out), 0.0, finish_reason=finish)
+        return LLMResponse(text, n_in, n_out, False, self.ledger.cost(self.cfg.model, n_in, n_out, batch=batch), 0.0, finish_reason=finish)
+
+    # -- Message Batches (medssr.llm.batch drives these) ---------------------------------------------------------
+    batch_provider = "anthropic"
+
+    async def batch_create(self, client: Any, items: list[tuple[str, LLMRequest]], journal: BatchJournal) -> str:
+        """One Message Batch of the requests, custom_id = cache key."""
+        journal.prefixes = {key: p for key, req in items if (p := self._prefix(req))}
+        journal.save()
+        b = await client.messages.batches.create(requests=[{"custom_id": key, "params": self.request_body(req)} for key, req in items])
+        return b.id
+
+    async def batch_poll(self, client: Any, batch_id: str) -> str | None:
+        """'ended' once the batch has stopped processing, else None."""
+        b = await client.messages.batches.retrieve(batch_id)
+        return "ended" if b.processing_status == "ended" else None
+
+    async def batch_results(self, client: Any, batch_id: str, journal: BatchJournal) -> list[BatchItem]:
+        """Every item of the results stream: a response, or the failure kind and the provider's message."""
+        out: list[BatchItem] = []
+        async for row in await client.messages.batches.results(batch_id):
+            key, result = str(row.custom_id), row.result
+            if result.type == "succeeded":
+                try:
+                    out.append(BatchItem(key, self._from_message(result.message, journal.prefixes.get(key, ""), batch=True)))
+                except MalformedResponse as e:
+                    out.append(BatchItem(key, None, "batch_errored", str(e)))
+            elif result.type == "errored":
+                err = getattr(result.error, "error", None)
+                out.append(BatchItem(key, None, "batch_errored", f"{getattr(err, 'type', 'error')}: {getattr(err, 'message', '')}"))
+            else:  # canceled, expired
+                out.append(BatchItem(key, None, "batch_expired" if result.type == "expired" else "batch_canceled", result.type))
+        return out

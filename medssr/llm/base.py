@@ -28,6 +28,7 @@ from medssr.config import GeneratorCfg, PriceCfg
 from medssr.errors import MedssrError
 from medssr.llm.cache import ResponseCache, request_key
 from medssr.llm.ledger import FAULT_KINDS, Ledger, LedgerEntry
+from medssr.llm.tokens import offline_tokenizer
 from medssr.secrets import scrub_text
 
 log = logging.getLogger("medssr.llm")
@@ -35,6 +36,7 @@ log = logging.getLogger("medssr.llm")
 ROLES = ("system", "user", "assistant")
 BUDGET_ERROR = "budget exhausted"  # prefix of the error for requests never sent because max_usd was reached
 BACKENDS = ("openai", "anthropic", "openai_compatible", "local")
+BATCH_BACKENDS = ("openai", "anthropic")  # synth.generator.batch: the providers' batch endpoints (medssr.llm.batch)
 
 OnDone = Callable[[int, "LLMResponse"], None]
 Finish = Callable[..., None]  # finish(index, key, response, reserved=0.0)
@@ -117,6 +119,8 @@ class Generator:
         self._secrets: list[str] = []
         self.name = scrub_text(name)
         self.model_id = model_id  # what identifies the weights in the cache key
+        self.batch_failures: list[dict[str, str]] = []  # batch items the provider failed: custom_id, batch_id, kind, message
+        self.count_tokens = offline_tokenizer(cfg.backend, cfg.model)  # the provider's tokenizer where one works offline
 
     # -- keys and hygiene -------------------------------------------------------------------------
     def key(self, request: LLMRequest) -> str:
@@ -145,15 +149,17 @@ class Generator:
     # -- budget ------------------------------------------------------------------------------------------
     def worst_case_input_tokens(self, request: LLMRequest) -> int:
         """An upper bound on the request's input tokens (its UTF-8 bytes plus template and schema overhead)."""
-        n = TOKENS_PER_REQUEST + sum(len(c.encode("utf-8")) + TOKENS_PER_MESSAGE for _, c in request.messages)
-        n += len((request.assistant_prefix or "").encode("utf-8"))
+        size = self.count_tokens or (lambda text: len(text.encode("utf-8")))
+        n = TOKENS_PER_REQUEST + sum(size(c) + TOKENS_PER_MESSAGE for _, c in request.messages)
+        n += size(request.assistant_prefix or "")
         if self.cfg.structured and request.json_schema is not None:
             n += len(json.dumps(request.json_schema).encode("utf-8")) + self.schema_overhead_tokens
         return n
 
-    def worst_case_cost(self, request: LLMRequest) -> float:
-        """USD if the prompt were one token per byte and the reply ran to max_tokens: what a request reserves."""
-        return self.ledger.cost(self.cfg.model, self.worst_case_input_tokens(request), self.cfg.max_tokens)
+    def worst_case_cost(self, request: LLMRequest, batch: bool = False) -> float:
+        """USD if the prompt were one token per byte (or its tokenizer count) and the reply ran to max_tokens:
+        what a request reserves (``batch``: at the batch price)."""
+        return self.ledger.cost(self.cfg.model, self.worst_case_input_tokens(request), self.cfg.max_tokens, batch=batch)
 
     def _budget_error(self, max_usd: float | None) -> str:
         led = self.ledger
@@ -212,8 +218,7 @@ class Generator:
             resp.error = None if resp.error is None else self._scrub(resp.error)
             skipped = resp.error is not None and resp.error.startswith(BUDGET_ERROR)
             if resp.error is None:
-                self.cache.put(key, {"text": resp.text, "input_tokens": resp.input_tokens, "output_tokens": resp.output_tokens,
-                                     "cost_usd": resp.cost_usd, "finish_reason": resp.finish_reason, "generator": self.name})
+                self._cache_put(key, resp)
             elif not skipped:  # unsent requests are counted as budget_skipped, not logged one by one
                 log.warning("%s: request %d failed: %s", self.name, i, resp.error)
             if skipped:
@@ -245,6 +250,17 @@ class Generator:
         log.info("%s: %d requests (%s), %d cache hits, %d failed; total spend $%.4f", self.name, len(todo) - unsent,
                  fault_summary(counts, counts0), len(requests) - len(todo), errors - unsent, self.ledger.spend_usd)
         return out  # type: ignore[return-value]
+
+    def _cache_put(self, key: str, resp: LLMResponse) -> None:
+        self.cache.put(key, {"text": resp.text, "input_tokens": resp.input_tokens, "output_tokens": resp.output_tokens,
+                             "cost_usd": resp.cost_usd, "finish_reason": resp.finish_reason, "generator": self.name})
+
+    def _store(self, key: str, resp: LLMResponse) -> None:
+        """Keep a paid answer no request of this run asked for (a batch item collected late): cache and spend."""
+        resp.text = self._scrub(resp.text)
+        self._cache_put(key, resp)
+        self.ledger.record(LedgerEntry(key, self.cfg.model, resp.input_tokens, resp.output_tokens, resp.cost_usd,
+                                       cached=False, latency_s=resp.latency_s, failed=False))
 
     def _from_cache(self, entry: dict[str, Any]) -> LLMResponse:
         return LLMResponse(text=entry["text"], input_tokens=int(entry.get("input_tokens", 0)),
@@ -293,7 +309,12 @@ class AsyncAPIGenerator(Generator):
         raise NotImplementedError
 
     def _execute(self, todo: list[tuple[int, LLMRequest, str]], finish: Finish, max_usd: float | None) -> None:
-        coro_fn = lambda: self._execute_async(todo, finish, max_usd)  # noqa: E731
+        if self.cfg.batch:
+            from medssr.llm.batch import execute_batch
+
+            coro_fn = lambda: execute_batch(self, todo, finish, max_usd)  # noqa: E731
+        else:
+            coro_fn = lambda: self._execute_async(todo, finish, max_usd)  # noqa: E731
         try:
             asyncio.get_running_loop()
         except RuntimeError:
@@ -533,6 +554,10 @@ def _is_malformed(e: BaseException) -> bool:
 def make_generator(cfg: GeneratorCfg, cache_dir: str | Path, prices: Mapping[str, PriceCfg] | None = None,
                    model_dir: str | None = None) -> Generator:
     """Build the backend named by ``cfg.backend``; ``model_dir`` overrides where the local model is loaded from."""
+    if cfg.batch and cfg.backend not in BATCH_BACKENDS:
+        raise LLMError(f"synth.generator.batch: true needs backend {' or '.join(BATCH_BACKENDS)} (their batch endpoints); "
+                       f"backend {cfg.backend!r} has none (vLLM and other OpenAI-compatible servers do not serve /v1/batches): "
+                       "set synth.generator.batch: false")
     if cfg.backend in ("openai", "openai_compatible"):
         from medssr.llm.openai_backend import OpenAIGenerator
 

@@ -31,6 +31,9 @@ FAULT_KINDS = (
     "budget_skipped",    # not sent: max_usd reached (reservations included)
     "cache_corrupt",     # a cache entry unreadable or failing its checksum: not served, asked again
     "cache_unverified",  # a cache entry without a checksum (older medssr): not served, asked again
+    "batch_errored",     # a batch item the provider answered with an error (left a miss: the next run retries it)
+    "batch_expired",     # a batch item not processed within the completion window (left a miss)
+    "batch_canceled",    # a batch item canceled with its batch (left a miss)
 )
 
 
@@ -66,8 +69,9 @@ class Ledger:
         self.reserved_usd = 0.0  # worst-case cost of the requests in flight
         self.latency_s = 0.0
 
-    def cost(self, model: str, input_tokens: int, output_tokens: int) -> float:
-        """USD for one call from the price table; an unknown model costs 0 and warns once."""
+    def cost(self, model: str, input_tokens: int, output_tokens: int, batch: bool = False) -> float:
+        """USD for one call from the price table (``batch``: at the batch endpoints' ``batch_discount``); an
+        unknown model costs 0 and warns once."""
         if self.free:
             return 0.0
         price = self.prices.get(model)
@@ -78,7 +82,8 @@ class Ledger:
             if first:
                 log.warning("no price for model %r in synth.prices: its spend is counted as $0", model)
             return 0.0
-        return (input_tokens * price.input_per_mtok + output_tokens * price.output_per_mtok) / 1e6
+        usd = (input_tokens * price.input_per_mtok + output_tokens * price.output_per_mtok) / 1e6
+        return usd * price.batch_discount if batch else usd
 
     # -- budget ---------------------------------------------------------------------------------------------
     def reserve(self, usd: float, max_usd: float | None) -> bool:

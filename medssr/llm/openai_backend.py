@@ -6,6 +6,7 @@ connection errors are retried with exponential backoff (0.5 s doubling, 8 s cap)
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -13,10 +14,13 @@ from typing import Any
 
 from medssr.config import GeneratorCfg, PriceCfg
 from medssr.llm.base import AsyncAPIGenerator, LLMError, LLMRequest, LLMResponse, MalformedResponse, seed_from_key
+from medssr.llm.batch import BATCH_WHOLE, BatchItem, BatchJournal
 from medssr.llm.ledger import Ledger
 
 KEY_ENV = "OPENAI_API_KEY"
-NO_KEY = "EMPTY"  # vLLM servers accept any key unless started with --api-key
+NO_KEY = "EMPTY"
+BATCH_ENDPOINT = "/v1/chat/completions"
+BATCH_FINAL = ("completed", "failed", "expired", "cancelled")  # vLLM servers accept any key unless started with --api-key
 
 
 class OpenAIGenerator(AsyncAPIGenerator):
@@ -52,7 +56,10 @@ class OpenAIGenerator(AsyncAPIGenerator):
         return body
 
     async def _call(self, client: Any, request: LLMRequest, key: str) -> LLMResponse:
-        completion = await client.chat.completions.create(**self.request_body(request, key))
+        return self._from_completion(await client.chat.completions.create(**self.request_body(request, key)))
+
+    def _from_completion(self, completion: Any, batch: bool = False) -> LLMResponse:
+        """An LLMResponse from a ChatCompletion (``batch``: priced at the batch discount)."""
         if isinstance(completion, str):  # the client hands back raw text when the body was not JSON
             raise MalformedResponse(f"response body is not JSON: {completion[:120]!r}")
         try:
@@ -65,8 +72,74 @@ class OpenAIGenerator(AsyncAPIGenerator):
             n_out = int(usage.completion_tokens) if usage is not None else 0
         except (AttributeError, IndexError, TypeError, ValueError) as e:
             raise MalformedResponse(f"chat completion without choices[0].message/usage ({type(e).__name__}: {e})") from None
-        cost = self.ledger.cost(self.cfg.model, n_in, n_out)
+        cost = self.ledger.cost(self.cfg.model, n_in, n_out, batch=batch)
         if content is None:
             why = f"model refused: {refusal}" if refusal else f"empty message content (finish_reason={finish})"
             return LLMResponse("", n_in, n_out, False, cost, 0.0, error=self._scrub(why), finish_reason=finish)
         return LLMResponse(content, n_in, n_out, False, cost, 0.0, finish_reason=finish)
+
+    # -- OpenAI Batch API (medssr.llm.batch drives these) -------------------------------------------------------
+    batch_provider = "openai"
+
+    async def batch_create(self, client: Any, items: list[tuple[str, LLMRequest]], journal: BatchJournal) -> str:
+        """Upload the JSONL of chat-completions requests (custom_id = cache key), then create the batch on it.
+        The file id is journaled before the create, so a kill in between finds the batch again by its file."""
+        lines = [json.dumps({"custom_id": key, "method": "POST", "url": BATCH_ENDPOINT, "body": self.request_body(req, key)},
+                            ensure_ascii=False) for key, req in items]
+        if journal.input_file_id is None:
+            f = await client.files.create(file=(f"medssr-{journal.id}.jsonl", ("\n".join(lines) + "\n").encode("utf-8")), purpose="batch")
+            journal.input_file_id = f.id
+            journal.save()
+        else:  # resuming a create that was cut off: the batch may exist already
+            found = await self.batch_find(client, journal.input_file_id)
+            if found is not None:
+                return found
+        b = await client.batches.create(input_file_id=journal.input_file_id, endpoint=BATCH_ENDPOINT, completion_window="24h",
+                                        metadata={"medssr_journal": journal.id})
+        return b.id
+
+    async def batch_find(self, client: Any, input_file_id: str) -> str | None:
+        """The id of a batch already created on ``input_file_id`` (the most recent one), if any."""
+        async for b in client.batches.list(limit=100):
+            if b.input_file_id == input_file_id:
+                return b.id
+        return None
+
+    async def batch_poll(self, client: Any, batch_id: str) -> str | None:
+        """The batch's final status (completed, failed, expired, cancelled), or None while it runs."""
+        b = await client.batches.retrieve(batch_id)
+        return b.status if b.status in BATCH_FINAL else None
+
+    async def batch_results(self, client: Any, batch_id: str, journal: BatchJournal) -> list[BatchItem]:
+        """Every item of the output and error files: a response, or the failure kind and the provider's message."""
+        from openai.types.chat import ChatCompletion
+
+        b = await client.batches.retrieve(batch_id)
+        out: list[BatchItem] = []
+        for file_id in (b.output_file_id, b.error_file_id):
+            if not file_id:
+                continue
+            content = await client.files.content(file_id)
+            for line in content.text.splitlines():
+                if not line.strip():
+                    continue
+                row = json.loads(line)
+                key = str(row.get("custom_id"))
+                resp, err = row.get("response") or {}, row.get("error") or {}
+                status = resp.get("status_code")
+                if status == 200 and not err:
+                    try:
+                        out.append(BatchItem(key, self._from_completion(ChatCompletion.model_validate(resp.get("body")), batch=True)))
+                    except (MalformedResponse, ValueError) as e:
+                        out.append(BatchItem(key, None, "batch_errored", f"malformed batch output line: {str(e)[:300]}"))
+                    continue
+                code = str(err.get("code") or "")
+                body_err = (resp.get("body") or {}).get("error") or {} if isinstance(resp.get("body"), dict) else {}
+                msg = err.get("message") or body_err.get("message") or f"HTTP {status}"
+                kind = "batch_expired" if code == "batch_expired" else "batch_canceled" if code == "batch_cancelled" else "batch_errored"
+                out.append(BatchItem(key, None, kind, f"{code or status}: {msg}"))
+        if b.status in ("failed", "expired", "cancelled") and not out:
+            errs = "; ".join(f"{e.code}: {e.message}" for e in (getattr(b.errors, "data", None) or []))
+            kind = {"expired": "batch_expired", "cancelled": "batch_canceled"}.get(b.status, "batch_errored")
+            return [BatchItem(BATCH_WHOLE, None, kind, f"batch {b.status}" + (f": {errs}" if errs else ""))]
+        return out

@@ -23,6 +23,7 @@ from typing import Any
 from medssr.config import Params, to_flat_dict
 from medssr.errors import MedssrError
 from medssr.llm.base import BUDGET_ERROR, diff_counts
+from medssr.llm.tokens import tokenizer_name
 from medssr.records import Question, append_jsonl, iter_jsonl, read_partial_jsonl, read_questions, write_jsonl
 from medssr.secrets import scrub_params
 from medssr.synth.contamination import build_index, question_text
@@ -195,6 +196,7 @@ def run_synthesize(params: Params, inputs: SynthInputs, out_path: str | os.PathL
     errors: list[str] = []
     spend0 = generator.ledger.spend_usd
     counts0 = generator.ledger.counts()
+    failures0 = len(getattr(generator, "batch_failures", []))
 
     from tqdm.auto import tqdm
 
@@ -231,7 +233,7 @@ def run_synthesize(params: Params, inputs: SynthInputs, out_path: str | os.PathL
             if next_attempt >= max_attempts:
                 stopped = "max_attempts"
                 break
-            size = min(cfg.generator.concurrency, max_attempts - next_attempt)
+            size = min(wave_size(cfg.generator, cfg.n - len(accepted)), max_attempts - next_attempt)
             if cfg.max_usd is not None and dataset_cost >= cfg.max_usd:
                 stopped = "budget"
                 break
@@ -276,10 +278,17 @@ def run_synthesize(params: Params, inputs: SynthInputs, out_path: str | os.PathL
             if errors:
                 c = diff_counts(generator.ledger.counts(), counts0)
                 faults = ", ".join(f"{k} {v}" for k, v in c["faults"].items() if v) or "none"
+                failed_items = list(getattr(generator, "batch_failures", []))[failures0:]
+                where = ""
+                if report_path:  # the failed requests, batch items with their custom_id and the provider's message
+                    write_json(report_path, {"stopped": "request_errors", "errors": errors, "batch_failures": failed_items,
+                                             "faults": c["faults"], "progress": str(progress_path), "generator": generator.name})
+                    where = f"; all listed in {report_path}"
                 raise SynthError(
                     f"synthesize: {len(errors)} request(s) failed (retryable errors were retried synth.generator.max_retries={cfg.generator.max_retries} "
                     f"times; this run: {c['requests']} requests as {c['http_requests']} HTTP requests, faults: {faults}); "
-                    f"{len(done)} finished responses are kept in {progress_path} (rerun to resume). First: {errors[0]}")
+                    f"{len(done)} finished responses are kept in {progress_path} (rerun to resume, failed batch items go into a new batch)"
+                    f"{where}. First: {errors[0]}")
             if stopped == "budget":
                 break
         else:
@@ -310,8 +319,10 @@ def run_synthesize(params: Params, inputs: SynthInputs, out_path: str | os.PathL
         "rare_ratio_achieved": round(n_rare / len(final), 4) if final else 0.0,
         "prompt_kinds": dict(sorted(kinds.items())),
         "entity_pool": len(pool),
-        "tokens": {"input": tokens_in, "output": tokens_out,
-                   "per_question": round((tokens_in + tokens_out) / len(final), 1) if final else 0.0},
+        # the provider's billed usage tokens of every attempt (rejected ones included) per accepted question (paper Fig. 2)
+        "tokens": {"input": tokens_in, "output": tokens_out},
+        "tokens_per_accepted_question": tokens_per_accepted(tokens_in, tokens_out, len(final)),
+        "tokenizer": tokenizer_name(cfg.generator.backend, cfg.generator.model),
         "cost_usd": round(dataset_cost, 6),
         "spend_usd_this_run": round(generator.ledger.spend_usd - spend0, 6),
         "cache_hits": ledger.get("cache_hits", 0),
@@ -321,6 +332,8 @@ def run_synthesize(params: Params, inputs: SynthInputs, out_path: str | os.PathL
         "http_requests": counts["http_requests"],
         "retries": counts["retries"],
         "faults": counts["faults"],
+        # batch items the provider failed this run (left as misses: a rerun sends them in a new batch)
+        "batch_failures": list(getattr(generator, "batch_failures", []))[failures0:],
         "resumed_from_progress": reused,
         "generator": generator.name,
         "prompt_variant": prompt_variant,
@@ -335,6 +348,18 @@ def run_synthesize(params: Params, inputs: SynthInputs, out_path: str | os.PathL
     if track:
         log_to_mlflow(params, report)
     return report
+
+
+def wave_size(gen_cfg: Any, needed: int) -> int:
+    """Attempts per round: ``concurrency`` synchronously; through a batch endpoint (one batch per round, each a
+    poll-long wait), at least as many as questions still needed."""
+    return max(gen_cfg.concurrency, needed) if getattr(gen_cfg, "batch", False) else gen_cfg.concurrency
+
+
+def tokens_per_accepted(tokens_in: int, tokens_out: int, accepted: int) -> dict[str, float]:
+    """Input, output and total tokens spent per accepted question (0 when none was accepted)."""
+    per = (lambda n: round(n / accepted, 1)) if accepted else (lambda n: 0.0)
+    return {"input": per(tokens_in), "output": per(tokens_out), "total": per(tokens_in + tokens_out)}
 
 
 def _to_question(a: Attempt, pq: ParsedQuestion, fin: _Finished, seeds: Sequence[Question], retrieved: list[str],
@@ -367,7 +392,7 @@ def log_to_mlflow(params: Params, report: Mapping[str, Any]) -> None:
         metric("synth", "acceptance_rate"): report["acceptance_rate"],
         metric("synth", "rare_ratio_achieved"): report["rare_ratio_achieved"],
         metric("synth", "rare_ratio_target"): report["rare_ratio_target"],
-        metric("synth", "tokens_per_question"): report["tokens"]["per_question"],
+        **{metric("synth", f"tokens_per_accepted_question/{k}"): v for k, v in report["tokens_per_accepted_question"].items()},
         metric("synth", "cost_usd"): report["cost_usd"],
         metric("synth", "contamination_dropped"): report["contamination_dropped"],
         metric("synth", "cache_hits"): report["cache_hits"],
@@ -405,5 +430,5 @@ def summary_line(report: Mapping[str, Any]) -> str:
     return (f"synthesize: {report['accepted']}/{report['target_n']} questions from {report['attempts']} attempts "
             f"(acceptance {report['acceptance_rate']:.0%}, {rej} rejected, {report['contamination_dropped']} contamination/duplicate drops), "
             f"rare {report['rare_ratio_achieved']:.2f} vs α={report['rare_ratio_target']}, "
-            f"{report['tokens']['per_question']:.0f} tok/q, ${report['cost_usd']:.4f}, stopped: {report['stopped']}; "
+            f"{report['tokens_per_accepted_question']['total']:.0f} tok/q, ${report['cost_usd']:.4f}, stopped: {report['stopped']}; "
             f"{report['requests']} requests as {report['http_requests']} HTTP requests ({report['retries']} retries), faults: {faults}")
