@@ -412,3 +412,16 @@ def test_a_bad_training_declaration_names_its_key(tmp_path, entry, message):
     path.write_text(yaml.safe_dump(raw), encoding="utf-8")
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_params(path)
+
+
+@pytest.mark.parametrize(("options", "answer", "answer_is"), [
+    ({"B": "Vitamin B12", "A": "Vitamin A", "C": "Vitamin C"}, "C", "letter"),
+    (["Vitamin A", "Vitamin B12", "Vitamin C"], 3, "index1"),
+    (["Vitamin A", "Vitamin B12", "Vitamin C"], "2", "index0"),
+])
+def test_a_generic_table_reads_option_lists_or_mappings_and_each_answer_encoding(tmp_path, options, answer, answer_is):
+    row = {"q": "Deficiency of which vitamin causes scurvy?", "opts": options, "ans": answer}
+    (tmp_path / "t.jsonl").write_text(json.dumps(row) + "\n", encoding="utf-8")
+    decl = _decl(path="t.jsonl", format="columns", columns={"question": "q", "options": "opts", "answer": "ans", "answer_is": answer_is})
+    (q,) = load_train_source("t", decl, tmp_path)
+    assert q.options == {"A": "Vitamin A", "B": "Vitamin B12", "C": "Vitamin C"} and q.answer == "C" and q.id == "t-train-1"

@@ -463,7 +463,7 @@ def _row_columns(r: dict, c: _Ctx) -> dict:
     else:
         v = r.get(cols.options)
         if isinstance(v, dict):
-            options = {str(k).strip(): _option_text(x) for k, x in v.items()}
+            options = {str(k).strip(): _option_text(v[k]) for k in sorted(v, key=lambda k: str(k).strip())}
         elif isinstance(v, list):
             if len(v) > len(LETTERS):
                 raise _Bad(cols.options, f"{len(v)} options; at most {len(LETTERS)} (A-J)")
