@@ -246,6 +246,14 @@ def test_openai_tokenizer_counts_o200k_tokens_offline():
     assert offline_tokenizer("openai", "gpt-5-mini") is not None and tokenizer_name("openai", "gpt-4o") == "bpe-openai"
 
 
+def test_openai_worst_case_uses_the_tokenizer_count_instead_of_bytes(tmp_path):
+    pytest.importorskip("bpe_openai")
+    gen = make_generator(GeneratorCfg(backend="openai", model="gpt-4o-mini", base_url="http://127.0.0.1:9/v1"), tmp_path)
+    text = "A 45-year-old woman presents with fever and a rash. " * 20
+    worst = gen.worst_case_input_tokens(chat(text))
+    assert offline_tokenizer("openai", "gpt-4o-mini")(text) < worst < len(text.encode())
+
+
 def test_usage_tokens_are_what_the_ledger_bills(tmp_path):
     with FakeOpenAIServer() as srv:
         gen = gen_for(srv, tmp_path / "c")
