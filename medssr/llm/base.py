@@ -8,6 +8,8 @@ Remote backends reserve each request's worst-case cost in the ledger before send
 cap under concurrency), and count every HTTP request and fault, retried or not, at the transport (the official
 clients retry internally and would otherwise hide them). Everything the generator writes (error texts, log
 lines, cache entries) goes through :func:`medssr.secrets.scrub_text` with the backend's known secrets.
+With ``cfg.batch`` the remote backends send the misses through the provider's batch endpoint instead
+(:mod:`medssr.llm.batch`): same cache, same ledger, batch prices.
 """
 
 from __future__ import annotations
