@@ -93,15 +93,23 @@ def worker(args: argparse.Namespace) -> dict:
         out.update(engine_start_s=sampler.info["start_s"], ready_s=time.perf_counter() - t0)
     else:
         bs = args.generic_batch_size if args.worker == "ours_generic" and args.generic_batch_size else args.batch_size
-        sampler = HFSampler(_model_dir(args.model), dtype=args.dtype, batch_size=bs, seed=args.seed)
-        out["fast_path"] = sampler.decoder is not None and args.worker != "ours_generic"
-        if args.worker == "ours_generic":
-            sampler.decoder = None  # transformers' forward, one KV copy per row (the sampler before issue #16)
+        if args.engines > 1 and args.worker != "naive":  # sampling.engines: samplers side by side on prompt slices, threads split between them
+            torch.set_num_threads(max(1, args.threads // args.engines))
+            sampler = make_sampler(_model_dir(args.model), dtype=args.dtype, batch_size=bs, seed=args.seed,
+                                   sampling=SamplingCfg(engines=args.engines))
+        else:
+            sampler = HFSampler(_model_dir(args.model), dtype=args.dtype, batch_size=bs, seed=args.seed)
+        shards = getattr(sampler, "shards", [sampler])
+        out["fast_path"] = shards[0].decoder is not None and args.worker != "ours_generic"
+        for s in shards:
+            if args.worker == "ours_generic":
+                s.decoder = None  # transformers' forward, one KV copy per row (the sampler before issue #16)
     opts = [q.options for q in qs]
     if args.worker in ("ours", "ours_generic", "ours_no_stop", "ours_static", "vllm"):
         stop_at_answer = args.worker != "ours_no_stop"
         if args.worker == "ours_static":
-            sampler.admit_fraction = 2.0  # finished rows stay in the batch until all its rows end (what generate() does)
+            for s in getattr(sampler, "shards", [sampler]):
+                s.admit_fraction = 2.0  # finished rows stay in the batch until all its rows end (what generate() does)
         sampler.sample(prompts[:1], n=1, temperature=1.0, max_new_tokens=4, progress=False)  # warm-up
         t0, c0 = time.perf_counter(), time.process_time()
         res = sampler.sample(prompts, n=args.g, temperature=1.0, top_p=1.0, top_k=-1, max_new_tokens=args.max_new_tokens, options=opts,
@@ -153,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--generic-batch-size", type=int, default=0, help="batch for ours_generic (default --batch-size)")
     ap.add_argument("--vllm-batch-size", type=int, default=256, help="vLLM max_num_seqs (its own default)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--engines", type=int, default=1, help="ours variants: sampling.engines (threads split between them)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--variants", default=None, help="comma list of ours, ours_generic, ours_static, ours_no_stop, naive, vllm "
                     "(default ours,ours_generic,naive and vllm when .venv-vllm exists)")
@@ -165,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     base = [f"--model={args.model}", f"--questions={args.questions}", f"--g={args.g}", f"--naive-n={args.naive_n}",
             f"--naive-questions={args.naive_questions}", f"--dtype={args.dtype}",
-            f"--max-new-tokens={args.max_new_tokens}", f"--batch-size={args.batch_size}", f"--generic-batch-size={args.generic_batch_size}", f"--vllm-batch-size={args.vllm_batch_size}", f"--threads={args.threads}", f"--seed={args.seed}"]
+            f"--max-new-tokens={args.max_new_tokens}", f"--batch-size={args.batch_size}", f"--generic-batch-size={args.generic_batch_size}", f"--vllm-batch-size={args.vllm_batch_size}", f"--threads={args.threads}", f"--engines={args.engines}", f"--seed={args.seed}"]
     base += ["--profile"] if args.profile else []
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
     if args.variants is None:
@@ -184,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         if "profile" in results[v]:
             print(results[v]["profile"])
     cfg = {k: getattr(args, k) for k in ("model", "dtype", "questions", "g", "naive_n", "naive_questions", "max_new_tokens",
-                                         "batch_size", "generic_batch_size", "vllm_batch_size", "threads", "seed")}
+                                         "batch_size", "generic_batch_size", "vllm_batch_size", "threads", "engines", "seed")}
     summary = {"config": cfg, "cpu_count": os.cpu_count(), "load_avg_at_start": load0, "load_avg_at_end": os.getloadavg(),
                "results": results}
     if "ours" in results and "naive" in results:
