@@ -144,6 +144,26 @@ def test_trl_log_keys_map_to_stable_names():
                  "completion_length": 30.0, "generation_s": 3.0, "distinct_answers": 2.0, "tokens_per_s": 30.0, "update_s": 1.0}
 
 
+def test_history_restored_from_a_saved_trainer_state_is_the_history_that_was_logged(tmp_path):
+    from transformers import TrainerState
+
+    from medssr.rl.callbacks import MLflowStepCallback
+
+    state, live = TrainerState(), MLflowStepCallback("stage1")
+    for step in (1, 2):
+        state.global_step = step
+        logs = {"reward": 0.1 * step, "kl": 1e-4 / 3 / step, "loss": 0.5, "step_time": 2.0, "epoch": 0.5 * step,
+                "medssr/generation_s": 1.5, "medssr/completion_tokens": 16.0, "medssr/peak_rss_mb": 900.0 + step}
+        state.log_history.append({**logs, "step": step})  # as Trainer.log records it, before calling on_log
+        live.on_log(None, state, None, logs=logs)
+    state.save_to_json(tmp_path / "trainer_state.json")  # what checkpoint-2 keeps
+
+    resumed = MLflowStepCallback("stage1")
+    resumed.on_train_begin(None, TrainerState.load_from_json(str(tmp_path / "trainer_state.json")), None)
+    assert json.dumps(resumed.history) == json.dumps(live.history)
+    assert [r["step"] for r in resumed.history] == [1, 2] and resumed.history[1]["peak_rss_mb"] == 902.0
+
+
 # ---- end to end on the tiny model ----------------------------------------------------------------------------
 
 def test_stage1_logs_per_step_metrics_to_mlflow_and_saves_a_loadable_policy(project):
@@ -180,29 +200,79 @@ def test_every_strategy_runs_both_stages(project, strategy):
         assert reports[0]["dataset"]["by_kind"].keys() == {"synthetic", "real"}
 
 
-class _Crash(RuntimeError):
-    pass
+# Resume: 4 steps, checkpoint every 2, KL on (kl_mean is one of the summary fields a lost history changed).
+RESUME = {"train.stage1": {**TINY["train.stage1"], "max_steps": 4, "beta": 0.001}, "train.save_steps": 2}
+# Excluded from the comparison: wall-clock timings and peak memory differ between any two runs, resumed or not.
+NOT_DETERMINISTIC = ("step_time_s", "generation_s", "update_s", "tokens_per_s", "peak_rss_mb", "peak_gpu_mb")
 
 
-def _crash_at(step: int):
+def child_main() -> None:
+    """The run that dies: SIGKILL (no cleanup of any kind) right after step 3 is logged, with checkpoint-2 on disk."""
+    import os
+    import signal
+
+    import torch
     from transformers import TrainerCallback
 
-    class Crash(TrainerCallback):
-        def on_step_end(self, args, state, control, **kw):
-            if state.global_step == step:
-                raise _Crash(f"killed at step {step}")
+    class KillAfterStep3(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kw):
+            if state.global_step == 3:
+                os.kill(os.getpid(), signal.SIGKILL)
 
-    return Crash()
+    torch.set_num_threads(1)
+    run_train_stage(_params(**RESUME), "stage1", callbacks=[KillAfterStep3()])
 
 
-def test_a_killed_run_resumes_from_its_last_checkpoint(project):
-    p = _params(**{"train.stage1": {**TINY["train.stage1"], "max_steps": 3}, "train.save_steps": 2})
-    with pytest.raises(_Crash):
-        run_train_stage(p, "stage1", callbacks=[_crash_at(3)])  # checkpoint-2 is on disk, step 3 is lost
-    assert (project / ".cache/train/stage1/checkpoint-2/trainer_state.json").exists()
-    report = run_train_stage(p, "stage1")
-    assert report["resumed_from"] == "checkpoint-2" and report["global_step"] == 3
-    assert [r["step"] for r in json.loads((project / "reports/train_stage1_steps.json").read_text())] == [3]
+def _deterministic(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if not k.startswith(NOT_DETERMINISTIC)} for r in rows]
+
+
+def _runs_of(exp_name: str) -> list:
+    import mlflow
+
+    return mlflow.search_runs(search_all_experiments=True, output_format="list", order_by=["attributes.start_time ASC"],
+                              filter_string=f"tags.medssr_stage = 'stage1' and tags.dvc_exp_name = '{exp_name}'")
+
+
+def test_a_sigkilled_run_resumes_with_the_steps_and_summary_of_an_uninterrupted_one(project, tmp_path, monkeypatch, one_torch_thread):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from medssr.rl.run import StagePaths
+
+    ref_root = tmp_path / "ref"
+    shutil.copytree(project, ref_root)
+    monkeypatch.setenv("DVC_EXP_NAME", "uninterrupted")
+    ref = run_train_stage(_params(**RESUME), "stage1", paths=StagePaths(root=str(ref_root)))
+    monkeypatch.setenv("DVC_EXP_NAME", "killed")
+    child = subprocess.run([sys.executable, "-c", "from tests.test_trl_backend import child_main; child_main()"], cwd=ROOT,
+                           env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert child.returncode == -signal.SIGKILL
+    assert [p.name for p in (project / ".cache/train/stage1").glob("checkpoint-*")] == ["checkpoint-2"]
+
+    report = run_train_stage(_params(**RESUME), "stage1")
+    assert report["resumed_from"] == "checkpoint-2" and report["global_step"] == 4
+    steps = json.loads((project / "reports/train_stage1_steps.json").read_text())
+    ref_steps = json.loads((ref_root / "reports/train_stage1_steps.json").read_text())
+    assert [r["step"] for r in steps] == [1, 2, 3, 4]
+    assert _deterministic(steps) == _deterministic(ref_steps)
+    summary = json.loads((project / "reports/train_stage1.json").read_text())["summary"]
+    assert summary["steps_logged"] == 4 and summary.keys() == ref["summary"].keys()
+    assert _deterministic([summary]) == _deterministic([ref["summary"]])
+
+    # MLflow: the killed run is closed, the resumed run holds every step once, with the uninterrupted run's values
+    (ref_run,), (killed, resumed) = _runs_of("uninterrupted"), _runs_of("killed")
+    assert killed.info.status == "KILLED" and "is gone" in killed.data.tags["medssr_closed_reason"]
+    assert resumed.info.status == "FINISHED" and resumed.data.tags["resumed_from"] == "checkpoint-2"
+    assert resumed.data.tags["restored_steps"] == "2" and resumed.data.tags["medssr_replaces"] == killed.info.run_id
+    assert [s for s, _ in _metric(killed.info.run_id, "train/stage1/reward_mean")] == [1, 2, 3]
+    for name in ("reward_mean", "kl", "loss", "distinct_answers", "pseudo_label_agreement", "step_time_s"):
+        got, want = _metric(resumed.info.run_id, f"train/stage1/{name}"), _metric(ref_run.info.run_id, f"train/stage1/{name}")
+        assert [s for s, _ in got] == [1, 2, 3, 4], name
+        if name not in NOT_DETERMINISTIC:
+            assert got == want, name
 
 
 def test_changed_params_discard_the_old_run_instead_of_resuming(tmp_path, tiny_model_dir, medmcqa):

@@ -3,6 +3,8 @@
 TRL logs its own keys (``reward``, ``kl``, ``completions/mean_length`` ...); the reward wrapper in
 ``trl_backend`` adds group statistics of the extracted answers through TRL's ``log_metric`` hook under
 ``medssr/<name>``. ``step_metrics`` maps both to our names; ``MLflowStepCallback`` logs them each step.
+Every step's row is built from that step's entry of the trainer's ``log_history`` alone, so a run resumed from
+``checkpoint-N`` rebuilds rows 1..N from the checkpoint's ``trainer_state.json`` exactly as they were logged.
 The collapse signals (paper Fig. 6: online voting drives every rollout to the same answer):
 ``distinct_answers`` and ``answer_entropy`` (per group of G rollouts, averaged), ``all_agree_share`` (groups
 whose G rollouts all give the same valid answer), ``valid_answer_share``, and ``pseudo_label_agreement``.
@@ -13,6 +15,7 @@ from __future__ import annotations
 import math
 import resource
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -99,8 +102,23 @@ def metric_name(stage: str, name: str) -> str:
     return metric(f"train/{stage}", name)
 
 
+def history_row(step: int, logs: Mapping[str, Any]) -> dict[str, float]:
+    """One step's row of ``reports/train_<stage>_steps.json``: the step and its metrics in name order."""
+    return {"step": step, **dict(sorted(step_metrics(logs).items()))}
+
+
+def restored_history(log_history: Sequence[Mapping[str, Any]]) -> list[dict[str, float]]:
+    """The rows of the steps a checkpoint's ``log_history`` holds (what was logged up to that checkpoint)."""
+    rows = [history_row(int(e["step"]), e) for e in log_history if "train_runtime" not in e and "step" in e]
+    return [r for r in rows if len(r) > 1]
+
+
 class MLflowStepCallback(TrainerCallback):
-    """Logs each TRL log event to the active MLflow run (if any) and keeps the history for the stage report."""
+    """Logs each TRL log event to the active MLflow run (if any) and keeps the history for the stage report.
+
+    On resume the stage opens a new MLflow run (the dead one is closed as KILLED): the restored steps are logged to
+    it again under their own step numbers, so the run a researcher opens holds the whole curve, each step once.
+    """
 
     def __init__(self, stage: str, mlflow: Any | None = None):
         self.stage = stage
@@ -108,19 +126,34 @@ class MLflowStepCallback(TrainerCallback):
         self.history: list[dict[str, float]] = []
         self.final: dict[str, float] = {}
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        # the Trainer has already loaded the checkpoint's state when it resumes
+        self.history = restored_history(state.log_history)
+        if self.mlflow is not None and self.history:
+            self._log_rows(self.history)
+            self.mlflow.set_tag("restored_steps", str(len(self.history)))
+
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
         if "train_runtime" in logs:  # the end-of-training summary, not a step
             self.final = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float))}
             return
-        m = step_metrics(logs)
-        if not m:
+        row = history_row(int(state.global_step), logs)
+        if len(row) == 1:
             return
-        m.update(peak_memory_mb())
-        step = int(state.global_step)
-        self.history.append({"step": step, **m})
+        self.history.append(row)
         if self.mlflow is not None:
-            self.mlflow.log_metrics({metric_name(self.stage, k): v for k, v in m.items()}, step=step)
+            self.mlflow.log_metrics({metric_name(self.stage, k): v for k, v in row.items() if k != "step"}, step=row["step"])
+
+    def _log_rows(self, rows: Sequence[Mapping[str, float]]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(metric_name(self.stage, k), v, now, int(r["step"])) for r in rows for k, v in r.items() if k != "step"]
+        run_id = self.mlflow.active_run().info.run_id
+        client = self.mlflow.MlflowClient()
+        for i in range(0, len(metrics), 1000):  # MLflow's limit per batch
+            client.log_batch(run_id, metrics=metrics[i : i + 1000])
 
 
 def summarize(history: Sequence[Mapping[str, float]]) -> dict[str, float]:

@@ -10,7 +10,9 @@ project root unless given):
   stage. A fingerprint of the stage's params, data and start model is kept there; a different fingerprint
   discards the old run instead of resuming it.
 * ``reports/train_<stage>.json`` (summary) and ``reports/train_<stage>_steps.json`` (per-step rows, for
-  ``dvc plots``).
+  ``dvc plots``). A run resumed from ``checkpoint-N`` restores rows 1..N from the checkpoint's trainer state, so
+  both files equal an uninterrupted run's (wall-clock timings and peak memory aside). ``final`` is the trainer's
+  own end-of-call summary (runtime, samples/s, ``train_loss``): after a resume it covers the resumed steps only.
 """
 
 from __future__ import annotations

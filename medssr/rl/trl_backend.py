@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from medssr.config import ConfigError, StageTrainCfg, TrainCfg, set_offline_env
-from medssr.rl.callbacks import OWN_PREFIX, MLflowStepCallback, group_metrics, summarize
+from medssr.rl.callbacks import OWN_PREFIX, MLflowStepCallback, group_metrics, peak_memory_mb, summarize
 
 TRL_LOSS_TYPES = ("grpo", "dapo", "dr_grpo", "bnpo", "cispo", "sapo", "luspo", "vespo")
 
@@ -133,10 +133,19 @@ def make_reward_fn(kind: str, num_generations: int):
 
 
 def _trainer_class():
-    """GRPOTrainer that also times generation, so a step splits into generation vs policy update."""
+    """GRPOTrainer that also times generation, so a step splits into generation vs policy update, and logs peak memory.
+
+    Both go into the step's log, hence into ``log_history`` and every checkpoint's ``trainer_state.json``: a resumed
+    run restores them with the rest of the history.
+    """
     from trl import GRPOTrainer
 
     class TimedGRPOTrainer(GRPOTrainer):
+        def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+            if "train_runtime" not in logs:  # a step, not the end-of-training summary
+                logs = {**logs, **{OWN_PREFIX + k: v for k, v in peak_memory_mb().items()}}
+            super().log(logs, start_time)
+
         def _generate(self, prompts: list):
             t0 = time.perf_counter()
             out = super()._generate(prompts)
