@@ -37,12 +37,7 @@ RAW = ROOT / "data" / "raw"
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 TRACKING_ONLY = {"project.experiment"}
 # Reads that are not dependencies and that dvc.yaml cannot express; each names the code that should stop making it.
-KNOWN_READS = {
-    # medssr/rl/run.py run_fingerprint: dataclasses.asdict(params.train) reads both stages' sections, then drops the
-    # other stage before hashing; the value never reaches the fingerprint (see the report of #13.8)
-    ("stage1", "train.stage2", "medssr.rl.run:run_fingerprint"),
-    ("stage2", "train.stage1", "medssr.rl.run:run_fingerprint"),
-}
+KNOWN_READS: set[tuple[str, str, str]] = set()  # (stage, key prefix, "module:function") reads that are not dependencies
 
 
 # -- the recording params object ---------------------------------------------------------------------------------

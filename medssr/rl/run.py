@@ -116,12 +116,17 @@ def examples_hash(examples: Sequence[RLExample]) -> str:
     return h.hexdigest()[:16]
 
 
+def _plain(value: Any) -> Any:
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+
+
 def run_fingerprint(params: Params, stage: str, init_model: str, examples: Sequence[RLExample], prompt: str) -> str:
     """Identity of a stage run: a resumable checkpoint is reused only if all of this is unchanged."""
-    train = dataclasses.asdict(params.train)
-    stage_cfg = train.pop(stage)
-    train.pop("stage1" if stage == "stage2" else "stage2")
-    train.pop("save_steps")  # checkpoint cadence does not change what is trained
+    # only this stage's params are read (dvc.yaml declares train minus the other stage: tests/test_dvc_params.py);
+    # save_steps is left out, checkpoint cadence does not change what is trained
+    skip = {stage, "stage1" if stage == "stage2" else "stage2", "save_steps"}
+    train = {f.name: _plain(getattr(params.train, f.name)) for f in dataclasses.fields(params.train) if f.name not in skip}
+    stage_cfg = _plain(getattr(params.train, stage))
     init_sig = model_signature(init_model) if Path(init_model, "config.json").exists() else init_model
     blob = json.dumps({"stage": stage, "train": train, "stage_cfg": stage_cfg, "init": str(init_model), "init_sig": init_sig,
                        "data": examples_hash(examples), "prompt": hashlib.sha256(prompt.encode()).hexdigest()[:16],
