@@ -459,6 +459,12 @@ def _echoed(headers: dict[str, str], name: str) -> str:
     return base64.b64decode(value).decode("utf-8", "replace").partition(":")[2]
 
 
+def _iso(t: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")
+
+
 def _text_of(content: Any) -> str:
     """Message content as text: a string, or the text parts of a list of content blocks."""
     if isinstance(content, str):
@@ -624,7 +630,7 @@ class FakeAnthropicServer(_FakeLLMServer):
     def _emptied(self, ok: dict) -> dict:
         return {**ok, "content": None}
 
-    batch_routes = {"create": ("POST", r"/v1/messages/batches"), "retrieve": ("GET", r"/v1/messages/batches/(?P<batch_id>[\w-]+)"),
+    batch_routes = {"create": ("POST", r"/v1/messages/batches"), "list": ("GET", r"/v1/messages/batches"), "retrieve": ("GET", r"/v1/messages/batches/(?P<batch_id>[\w-]+)"),
                     "results": ("GET", r"/v1/messages/batches/(?P<batch_id>[\w-]+)/results")}
 
     def _b_create(self, raw: bytes, headers: dict[str, str], body: Any) -> tuple[int, str, str]:
@@ -632,14 +638,14 @@ class FakeAnthropicServer(_FakeLLMServer):
         with self._lock:
             self.batch_creates += 1
             batch_id = f"msgbatch_fake{self.batch_creates}"
-            self.batches[batch_id] = {"id": batch_id, "items": items, "polls": 0, "ended": False}
+            self.batches[batch_id] = {"id": batch_id, "items": items, "polls": 0, "ended": False, "created_at": time.time()}
         return 200, json.dumps(self._batch_json(self.batches[batch_id])), "application/json"
 
     def _batch_json(self, b: dict[str, Any]) -> dict[str, Any]:
         done = b["ended"]
         counts = Counter(it["outcome"] for it in b["items"]) if done else Counter()
         return {"id": b["id"], "type": "message_batch", "processing_status": "ended" if done else "in_progress",
-                "created_at": "2026-01-01T00:00:00Z", "expires_at": "2026-01-02T00:00:00Z", "ended_at": "2026-01-01T00:10:00Z" if done else None,
+                "created_at": _iso(b["created_at"]), "expires_at": _iso(b["created_at"] + 86400), "ended_at": _iso(time.time()) if done else None,
                 "archived_at": None, "cancel_initiated_at": None,
                 "results_url": f"{self.root_url}/v1/messages/batches/{b['id']}/results" if done else None,
                 "request_counts": {"processing": 0 if done else len(b["items"]), "succeeded": counts["succeeded"],
@@ -650,6 +656,12 @@ class FakeAnthropicServer(_FakeLLMServer):
         if b is None:
             return 404, self._error_body(404, f"no batch {batch_id!r}"), "application/json"
         return 200, json.dumps(self._batch_json(b)), "application/json"
+
+    def _b_list(self, raw: bytes, headers: dict[str, str], body: Any) -> tuple[int, str, str]:
+        with self._lock:
+            data = [self._batch_json(b) for b in reversed(list(self.batches.values()))]
+        return 200, json.dumps({"data": data, "has_more": False, "first_id": data[0]["id"] if data else None,
+                                "last_id": data[-1]["id"] if data else None}), "application/json"
 
     def _b_results(self, raw: bytes, headers: dict[str, str], body: Any, batch_id: str) -> tuple[int, str, str]:
         b = self.batches.get(batch_id)

@@ -182,32 +182,59 @@ def test_sigkill_between_create_and_collect_then_rerun_polls_the_same_batch_with
     assert CANARY not in _all_text(tmp_path) and CANARY not in log and ANTHROPIC_CANARY not in log
 
 
-def test_a_journal_without_batch_id_after_upload_finds_the_created_batch_by_its_file(tmp_path):
-    """A kill after the create returned but before its id was journaled: the batch is found by its input file."""
-    with FakeOpenAIServer() as srv:
-        gen = gen_for(srv, tmp_path / "c")
-        gen.run(prompts(2), progress=False)  # warms nothing else: a first, complete batch
-        srv.batch_polls = 10**9
-        # the second run dies right after the create (an exception after the client call, in-process)
-        import medssr.llm.openai_backend as ob
+def _die_in_create(server, after: bool):
+    """Make the backend's batch_create raise KeyboardInterrupt right after (or instead of) the provider's create:
+    a kill after the create returned but before its id was journaled (or before the create was sent)."""
+    import medssr.llm.anthropic_backend as ab
+    import medssr.llm.openai_backend as ob
 
-        real = ob.OpenAIGenerator.batch_create
+    cls = ob.OpenAIGenerator if server is FakeOpenAIServer else ab.AnthropicGenerator
+    real = cls.batch_create
 
-        async def create_then_die(self, client, items, journal):
+    async def die(self, client, items, journal):
+        if after:
             await real(self, client, items, journal)
-            raise KeyboardInterrupt
+        raise KeyboardInterrupt
 
-        ob.OpenAIGenerator.batch_create = create_then_die
+    return cls, real, die
+
+
+@pytest.mark.parametrize("server", [FakeOpenAIServer, FakeAnthropicServer])
+def test_a_kill_after_the_create_but_before_its_id_was_journaled_finds_the_batch_at_the_provider(tmp_path, server):
+    with server() as srv:
+        gen_for(srv, tmp_path / "c").run(prompts(2), progress=False)  # an earlier, complete batch
+        srv.batch_polls = 10**9
+        cls, real, die = _die_in_create(server, after=True)
+        cls.batch_create = die
         try:
             with pytest.raises(KeyboardInterrupt):
                 gen_for(srv, tmp_path / "c").run(prompts(5), progress=False)
         finally:
-            ob.OpenAIGenerator.batch_create = real
+            cls.batch_create = real
         assert srv.batch_creates == 2 and json.loads(journals(tmp_path / "c")[0].read_text())["batch_id"] is None
         srv.batch_polls = 0
+        # a newer batch of as many requests, from another cache: the provider lists it first, it is not ours
+        gen_for(srv, tmp_path / "other").run([chat(f"unrelated {i}") for i in range(3)], progress=False)
         gen2 = gen_for(srv, tmp_path / "c")
         out = gen2.run(prompts(5), progress=False)
-        assert all(r.ok for r in out) and srv.batch_creates == 2 and gen2.ledger.cache_hits == 2
+        assert all(r.ok for r in out) and srv.batch_creates == 3 and gen2.ledger.cache_hits == 2 and gen2.ledger.requests == 3
+    assert journals(tmp_path / "c") == []
+
+
+@pytest.mark.parametrize("server", [FakeOpenAIServer, FakeAnthropicServer])
+def test_a_kill_before_the_create_sends_the_requests_in_a_new_batch(tmp_path, server, caplog):
+    with server() as srv:
+        cls, real, die = _die_in_create(server, after=False)
+        cls.batch_create = die
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                gen_for(srv, tmp_path / "c").run(prompts(3), progress=False)
+        finally:
+            cls.batch_create = real
+        assert srv.batch_creates == 0 and len(journals(tmp_path / "c")) == 1
+        with caplog.at_level(logging.WARNING, logger="medssr.llm"):
+            out = gen_for(srv, tmp_path / "c").run(prompts(3), progress=False)
+        assert all(r.ok for r in out) and srv.batch_creates == 1 and "no batch id" in caplog.text
     assert journals(tmp_path / "c") == []
 
 

@@ -20,6 +20,7 @@ from medssr.llm.batch import BatchItem, BatchJournal
 from medssr.llm.ledger import Ledger
 
 KEY_ENV = "ANTHROPIC_API_KEY"
+FIND_WINDOW_S = 600  # a batch found for a journal was created at most this long before it (clock skew)
 
 
 class AnthropicGenerator(AsyncAPIGenerator):
@@ -93,6 +94,23 @@ class AnthropicGenerator(AsyncAPIGenerator):
         journal.save()
         b = await client.messages.batches.create(requests=[{"custom_id": key, "params": self.request_body(req)} for key, req in items])
         return b.id
+
+    async def batch_find(self, client: Any, journal: BatchJournal, taken: set[str]) -> str | None:
+        """A batch created for the journal by a run killed before it saved the id: Message Batches carry no
+        metadata, so a candidate is one created since the journal (newest first) with as many requests, and
+        one that has ended must also hold exactly the journal's custom_ids."""
+        want = set(journal.custom_ids)
+        async for b in client.messages.batches.list(limit=100):
+            if b.created_at.timestamp() < journal.created - FIND_WINDOW_S:
+                break
+            c = b.request_counts
+            if b.id in taken or c.processing + c.succeeded + c.errored + c.canceled + c.expired != len(want):
+                continue
+            if b.processing_status != "ended":
+                return b.id  # cannot be checked yet; collecting it fails any key it does not hold (left a miss)
+            if {str(r.custom_id) async for r in await client.messages.batches.results(b.id)} == want:
+                return b.id
+        return None
 
     async def batch_poll(self, client: Any, batch_id: str) -> str | None:
         """'ended' once the batch has stopped processing, else None."""

@@ -152,15 +152,15 @@ async def _settle(gen: AsyncAPIGenerator, client: Any, j: BatchJournal, remainin
     from medssr.llm.base import LLMResponse
 
     t0 = j.created
-    if j.batch_id is None:  # killed between the journal and the create
-        find = getattr(gen, "batch_find", None)
-        found = await find(client, j.input_file_id) if find is not None and j.input_file_id else None
+    if j.batch_id is None:  # killed between the journal and the create: look for the batch at the provider
+        taken = {o.batch_id for o in open_journals(gen.cache.dir, gen.batch_provider, gen.cfg.model) if o.batch_id}
+        found = await gen.batch_find(client, j, taken)
         if found is None:
-            log.warning("%s: batch journal %s has no batch id (the run was stopped while creating it); its requests go into "
-                        "a new batch%s", gen.name, j.path.name,
-                        "" if find is not None else " (if the provider did create the first one, it is paid for but not collected)")
+            log.warning("%s: batch journal %s has no batch id (the run was stopped while creating it) and the provider lists "
+                        "no batch for it; its requests go into a new batch", gen.name, j.path.name)
             j.delete()
             return
+        log.info("%s: batch %s found for journal %s", gen.name, found, j.path.name)
         j.batch_id = found
         j.save()
     try:

@@ -20,7 +20,8 @@ from medssr.llm.ledger import Ledger
 KEY_ENV = "OPENAI_API_KEY"
 NO_KEY = "EMPTY"
 BATCH_ENDPOINT = "/v1/chat/completions"
-BATCH_FINAL = ("completed", "failed", "expired", "cancelled")  # vLLM servers accept any key unless started with --api-key
+BATCH_FINAL = ("completed", "failed", "expired", "cancelled")
+FIND_WINDOW_S = 600  # a batch found for a journal was created at most this long before it (clock skew)  # vLLM servers accept any key unless started with --api-key
 
 
 class OpenAIGenerator(AsyncAPIGenerator):
@@ -91,18 +92,22 @@ class OpenAIGenerator(AsyncAPIGenerator):
             journal.input_file_id = f.id
             journal.save()
         else:  # resuming a create that was cut off: the batch may exist already
-            found = await self.batch_find(client, journal.input_file_id)
+            found = await self.batch_find(client, journal, set())
             if found is not None:
                 return found
         b = await client.batches.create(input_file_id=journal.input_file_id, endpoint=BATCH_ENDPOINT, completion_window="24h",
                                         metadata={"medssr_journal": journal.id})
         return b.id
 
-    async def batch_find(self, client: Any, input_file_id: str) -> str | None:
-        """The id of a batch already created on ``input_file_id`` (the most recent one), if any."""
+    async def batch_find(self, client: Any, journal: BatchJournal, taken: set[str]) -> str | None:
+        """The batch created on the journal's uploaded file (the most recent one), if any."""
+        if journal.input_file_id is None:  # killed before the upload finished: no batch can exist
+            return None
         async for b in client.batches.list(limit=100):
-            if b.input_file_id == input_file_id:
+            if b.input_file_id == journal.input_file_id and b.id not in taken:
                 return b.id
+            if b.created_at < journal.created - FIND_WINDOW_S:  # newest first: older ones cannot be ours
+                break
         return None
 
     async def batch_poll(self, client: Any, batch_id: str) -> str | None:
