@@ -204,6 +204,7 @@ class _FakeLLMServer:
         self.batch_polls = batch_polls  # the status poll on which a batch ends (the ones before report it running)
         self.batch_rule = batch_rule
         self.batch_error = batch_error  # an errored item's message; may use {authorization} / {x-api-key}
+        self.batch_fails = 0  # OpenAI: this many next batches fail as a whole (validation), with no output at all
         self.batch_creates = 0
         self.batch_polls_seen = 0
         self.batches: dict[str, dict[str, Any]] = {}
@@ -534,15 +535,23 @@ class FakeOpenAIServer(_FakeLLMServer):
         with self._lock:
             self.batch_creates += 1
             batch_id = f"batch_fake{self.batch_creates}"
+            failed = self.batch_fails > 0
+            self.batch_fails -= int(failed)
             self.batches[batch_id] = {"id": batch_id, "input_file_id": body["input_file_id"], "endpoint": body.get("endpoint"),
                                       "metadata": body.get("metadata"), "items": items, "polls": 0, "ended": False,
-                                      "created_at": int(time.time())}
+                                      "created_at": int(time.time()), "failed": failed}
         return 200, json.dumps(self._batch_json(self.batches[batch_id])), "application/json"
 
     def _batch_json(self, b: dict[str, Any]) -> dict[str, Any]:
         items = b["items"]
         done = b["ended"]
         failed = sum(1 for it in items if it["outcome"] != "succeeded")
+        if done and b["failed"]:
+            return {"id": b["id"], "object": "batch", "endpoint": b["endpoint"], "input_file_id": b["input_file_id"],
+                    "completion_window": "24h", "status": "failed", "created_at": b["created_at"], "metadata": b["metadata"],
+                    "errors": {"object": "list", "data": [{"code": "invalid_request", "line": 1,
+                                                           "message": "Injected validation failure of the whole batch"}]},
+                    "request_counts": {"total": len(items), "completed": 0, "failed": 0}}
         if done and "output_file_id" not in b:  # write the output and error files once
             ok_lines, err_lines = [], []
             for n, it in enumerate(items):

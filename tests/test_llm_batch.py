@@ -141,6 +141,18 @@ def cache_entries(cache: Path) -> list[Path]:
     return list(cache.glob("*/*.json"))
 
 
+def test_a_batch_that_fails_as_a_whole_fails_each_item_with_the_provider_message_and_the_rerun_resubmits(tmp_path):
+    with FakeOpenAIServer() as srv:
+        srv.batch_fails = 1
+        gen = gen_for(srv, tmp_path / "c")
+        out = gen.run(prompts(3), progress=False)
+        assert not any(r.ok for r in out) and "Injected validation failure" in out[0].error
+        assert gen.ledger.counts()["faults"]["batch_errored"] == 3 and len(gen.batch_failures) == 3
+        assert journals(tmp_path / "c") == [] and gen.ledger.spend_usd == 0
+        out2 = gen_for(srv, tmp_path / "c").run(prompts(3), progress=False)
+        assert all(r.ok for r in out2) and srv.batch_creates == 2
+
+
 # -- a kill between create and collect ---------------------------------------------------------------------------------
 CHILD = """
 import sys
