@@ -396,7 +396,7 @@ def test_batch_synthesis_writes_the_synchronous_questions_at_the_batch_price(tmp
     tpq = batch["tokens_per_accepted_question"]
     assert tpq["total"] == pytest.approx(tpq["input"] + tpq["output"], abs=0.11) and tpq["output"] > 0
     assert tpq["input"] == pytest.approx(batch["tokens"]["input"] / 6, abs=0.05) and batch["batch_failures"] == []
-    assert "per_question" not in batch["tokens"] and batch["tokenizer"]
+    assert "per_question" not in batch["tokens"] and batch["tokenizer"] and batch["batch"] and not sync["batch"]
 
 
 def test_tokens_per_accepted_question_counts_rejected_attempts_too(tmp_path, openai_key, seeds, benchmarks):

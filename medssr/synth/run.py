@@ -336,6 +336,7 @@ def run_synthesize(params: Params, inputs: SynthInputs, out_path: str | os.PathL
         "batch_failures": list(getattr(generator, "batch_failures", []))[failures0:],
         "resumed_from_progress": reused,
         "generator": generator.name,
+        "batch": bool(getattr(cfg.generator, "batch", False)),  # sent through the provider's batch endpoint, at batch prices
         "prompt_variant": prompt_variant,
         "prompts": {k: {"file": Path(p.path).name, "version": p.version, "hash": p.hash} for k, p in prompts.items()},
         "ledger": ledger,
