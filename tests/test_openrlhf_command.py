@@ -298,7 +298,7 @@ def test_this_checkout_ships_well_under_rays_upload_limit():
 def test_tensorboard_tags_are_keys_openrlhf_writes(wheel):
     """TensorboardLogger writes each status key k as train/k: the key must be a literal in OpenRLHF's trainer
     sources, or one of our reward file's extra_logs (OpenRLHF logs those per sample)."""
-    from tests.test_rewards import load_reward_module
+    from tests.test_openrlhf_reward import load_reward_module
 
     keys = set()
     for module in ("openrlhf/trainer/ppo_trainer.py", "openrlhf/trainer/ray/ppo_actor.py"):

@@ -96,7 +96,6 @@ def make_reward_fn(kind: str, num_generations: int):
     target is the group's current majority, so ``pseudo_label_agreement`` is measured against it and
     ``offline_label_agreement`` against the offline vote, for comparison.
     """
-    from medssr.answers import extract_answer
     from medssr.rl import rewards
 
     if kind not in ("majority", "gold", "online_vote"):
@@ -109,14 +108,9 @@ def make_reward_fn(kind: str, num_generations: int):
         else:
             scores = rewards.trl_reward(prompts, completions, label=label, options=options, **kwargs)
         if log_metric is not None:
-            answers = [extract_answer(rewards.completion_text(c), _options(o)) for c, o in zip(completions, options, strict=True)]
-            if kind == "online_vote":  # the target is the group's current vote, as online_vote_reward computes it
-                targets: list[str | None] = []
-                for i in range(0, len(answers), num_generations):
-                    group = answers[i : i + num_generations]
-                    targets += [rewards.majority(group)] * len(group)
-            else:
-                targets = list(label)
+            # the answers and targets the rewards used: same reader, same vote and tie rule (medssr.label.vote)
+            answers = [rewards.response_answer(rewards.completion_text(c), _options(o)) for c, o in zip(completions, options, strict=True)]
+            targets = rewards.vote_targets(prompts, answers, kwargs.get("id")) if kind == "online_vote" else list(label)
             m = group_metrics(answers, num_generations, targets if kind != "gold" else None)
             if kind == "online_vote" and label is not None:
                 m["offline_label_agreement"] = sum(a is not None and a == t for a, t in zip(answers, label, strict=True)) / len(answers)
