@@ -88,39 +88,40 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
 
     v = sub.add_parser("validate", help="check question files (benchmark JSON lists or our JSONL records)")
-    v.add_argument("files", nargs="+")
+    v.add_argument("files", nargs="+", help="question files to check (benchmark JSON lists or JSONL records)")
     v.set_defaults(fn=_validate)
 
     r = sub.add_parser("retrieve", help="show the passages the synthesizer would see for a query")
-    r.add_argument("query")
-    r.add_argument("-k", type=int, default=4)
-    r.add_argument("--index-dir", default="artifacts/corpus")
+    r.add_argument("query", help="the text to retrieve passages for (e.g. a rare disease name)")
+    r.add_argument("-k", type=int, default=4, help="passages to show (default 4, as the synthesizer uses)")
+    r.add_argument("--index-dir", default="artifacts/corpus", help="corpus index written by the corpus stage (default artifacts/corpus)")
     r.set_defaults(fn=_retrieve)
 
     rep = sub.add_parser("report", help="render reports/report.md and figures from MLflow runs")
-    rep.add_argument("--out", default="reports")
-    rep.add_argument("--experiment", default=None)
+    rep.add_argument("--out", default="reports", help="directory for report.md and figures/ (default reports)")
+    rep.add_argument("--experiment", default=None, help="MLflow experiment to read (default: project.experiment of params.yaml)")
     rep.set_defaults(fn=_report)
 
     t = sub.add_parser("table", help="print the evaluation table (accuracy [interval], n; differences to base with p) "
                        "from metrics/eval.json")
-    t.add_argument("metrics", nargs="?", default="metrics/eval.json")
+    t.add_argument("metrics", nargs="?", default="metrics/eval.json", help="the evaluate stage's results (default metrics/eval.json)")
     t.add_argument("--params", default="params.yaml", help="params file whose benchmark display names the table uses")
     t.set_defaults(fn=_table)
 
-    rev = sub.add_parser("review", help="physician review sheets: `review export --n 200` / `review import FILE...`")
-    rev.add_argument("rest", nargs=argparse.REMAINDER)
+    rev = sub.add_parser("review", help="physician review sheets: `review export --n 200` / `review import FILE...`",
+                         add_help=False)  # `medssr review [export|import] --help` is answered by medssr.review's own parser
+    rev.add_argument("rest", nargs=argparse.REMAINDER, help="export|import and their arguments (see `medssr review --help`)")
     rev.set_defaults(fn=_review)
 
     prof = sub.add_parser("profile", help="apply a parameter profile from params/ onto params.yaml")
-    prof.add_argument("action", choices=["apply", "list"])
-    prof.add_argument("name", nargs="?")
-    prof.add_argument("--params", default="params.yaml")
+    prof.add_argument("action", choices=["apply", "list"], help="apply: write a profile's keys into the params file; list: show the profiles")
+    prof.add_argument("name", nargs="?", help="profile name for apply (a file params/<name>.yaml, e.g. micro)")
+    prof.add_argument("--params", default="params.yaml", help="params file to change (default params.yaml)")
     prof.set_defaults(fn=_profile)
 
     m = sub.add_parser("model", help="materialise a policy (smollm2-135m, a dir or a hub id) as a transformers dir")
-    m.add_argument("policy")
-    m.add_argument("out")
+    m.add_argument("policy", help="smollm2-135m, tiny-random-llama, a local HF dir or a hub id")
+    m.add_argument("out", help="directory to write the transformers model to")
     m.set_defaults(fn=_model)
     return p
 
@@ -130,6 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     from medssr.errors import MedssrError
 
     set_offline_env()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["review"]:  # its own parser, so `medssr review --help` lists export/import with their arguments
+        from medssr.review import main_review
+
+        return main_review(argv[1:])
     args = build_parser().parse_args(argv)
     if args.cmd == "profile" and args.action == "apply" and not args.name:
         print("medssr profile apply: name a profile (see `medssr profile list`)", file=sys.stderr)

@@ -58,6 +58,17 @@ def _header(max_options: int) -> list[str]:
     return ["row", "id", "rare_disease", "question", *opts, "label", "label_text", "agreement", *RATING_COLUMNS, "comment"]
 
 
+def export_note(path: str | Path, asked: int) -> str | None:
+    """Why an export holds fewer than the ``asked`` questions (the file has fewer labeled ones), or None when it holds them all."""
+    qs = read_questions(path)
+    labeled = sum(q.label is not None for q in qs)
+    if labeled >= asked:
+        return None
+    unlabeled = len(qs) - labeled
+    why = f"; the other {unlabeled} carry no label (the label stage kept no majority for them)" if unlabeled else ""
+    return f"{labeled} of the {asked} asked (--n): {path} holds only {labeled} labeled questions{why}"
+
+
 def export_review(synthetic_labeled_path: str | Path, out_dir: str | Path, n: int = 200, seed: int = 0) -> tuple[Path, Path]:
     """Write ``review_n<N>_seed<S>.csv`` and ``.html`` with a seeded sample of labeled synthetic questions."""
     qs = [q for q in read_questions(synthetic_labeled_path) if q.label is not None]
@@ -304,24 +315,31 @@ def _log_review(metrics: dict[str, float], files: list[str], experiment: str | N
         return run.info.run_id
 
 
-def main_review(argv: Sequence[str] | None = None) -> int:
-    """`medssr review export [--n 200] [--seed 0] [--input FILE] [--out DIR]` / `medssr review import FILE... [--no-mlflow]`."""
+def review_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="medssr review", description="physician review sheets for synthetic questions (paper Table 4)")
     sub = p.add_subparsers(dest="action", required=True)
-    ex = sub.add_parser("export", help="write a CSV + printable HTML review sheet")
-    ex.add_argument("--n", type=int, default=200)
-    ex.add_argument("--seed", type=int, default=0)
-    ex.add_argument("--input", default="data/labeled/synthetic.jsonl")
-    ex.add_argument("--out", default="reports/review")
-    im = sub.add_parser("import", help="score filled sheets and log Table 4 figures to MLflow")
-    im.add_argument("files", nargs="+")
-    im.add_argument("--no-mlflow", action="store_true")
-    im.add_argument("--experiment", default=None)
-    args = p.parse_args(list(argv or []))
+    ex = sub.add_parser("export", help="write a CSV + printable HTML review sheet",
+                        description="A seeded sample of labeled synthetic questions as review_n<N>_seed<S>.csv and .html.")
+    ex.add_argument("--n", type=int, default=200, help="questions to sample (default 200; all of them when the file has fewer)")
+    ex.add_argument("--seed", type=int, default=0, help="sampling seed: the same seed gives the same sheet (default 0)")
+    ex.add_argument("--input", default="data/labeled/synthetic.jsonl", help="labeled synthetic questions (JSONL, the label stage's output)")
+    ex.add_argument("--out", default="reports/review", help="directory for the CSV and HTML sheets (default reports/review)")
+    im = sub.add_parser("import", help="score filled sheets and log Table 4 figures to MLflow",
+                        description="Check every row of filled sheets, print Table 4 per group and overall, log them to MLflow.")
+    im.add_argument("files", nargs="+", help="filled review CSV sheets (one per physician)")
+    im.add_argument("--no-mlflow", action="store_true", help="print the table only, log no MLflow run")
+    im.add_argument("--experiment", default=None, help="MLflow experiment (default: project.experiment of params.yaml)")
+    return p
+
+
+def main_review(argv: Sequence[str] | None = None) -> int:
+    """`medssr review export [--n 200] [--seed 0] [--input FILE] [--out DIR]` / `medssr review import FILE... [--no-mlflow]`."""
+    args = review_parser().parse_args(list(argv or []))
     try:
         if args.action == "export":
             csv_path, html_path = export_review(args.input, args.out, n=args.n, seed=args.seed)
-            print(f"[review] wrote {csv_path} and {html_path}")
+            note = export_note(args.input, args.n)
+            print(f"[review] wrote {csv_path} and {html_path}" + (f": {note}" if note else f" ({args.n} questions)"))
             return 0
         result = import_review(args.files, log_mlflow=not args.no_mlflow, experiment=args.experiment)
     except ReviewError as e:

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
 
 from medssr.config import load_params, set_offline_env
 from medssr.errors import MedssrError
@@ -29,10 +34,62 @@ def fail_if_empty(count: int, allow: bool, allow_key: str, what: str, cause: str
                                summary)
 
 
+def numeric_metrics(report: Any, prefix: str = "") -> dict[str, float]:
+    """The numbers of a report, flattened to ``a.b.c`` keys: what `dvc metrics show/diff` and `dvc exp show` can compare.
+
+    Strings (paths, hashes, examples, definitions), lists and non-finite values are left out; booleans become 0/1.
+    """
+    out: dict[str, float] = {}
+    if isinstance(report, Mapping):
+        for k, v in report.items():
+            out.update(numeric_metrics(v, f"{prefix}{k}."))
+    elif isinstance(report, bool):
+        out[prefix[:-1]] = int(report)
+    elif isinstance(report, (int, float)) and math.isfinite(report):
+        out[prefix[:-1]] = report
+    return out
+
+
+def write_numeric_metrics(report_path: str | os.PathLike, metrics_path: str | os.PathLike) -> bool:
+    """Project the rich JSON report at ``report_path`` to its numbers in ``metrics_path``; False when there is no report."""
+    src = Path(report_path)
+    if not src.is_file():
+        return False
+    numbers = numeric_metrics(json.loads(src.read_text(encoding="utf-8")))
+    dst = Path(metrics_path)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + ".tmp")
+    tmp.write_text(json.dumps(numbers, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, dst)
+    return True
+
+
+def add_metrics_arg(ap: argparse.ArgumentParser, name: str) -> None:
+    """``--metrics``: the numbers-only DVC metric file of the stage's ``--report``."""
+    ap.add_argument("--metrics", default=None, help=f"numbers of --report only, for dvc metrics/exp show (default metrics/{name}.json; "
+                    "beside --report as <stem>.metrics.json when --report is not the default)")
+
+
+def metrics_for(args: argparse.Namespace, ap_default_report: str, name: str) -> dict[str, str]:
+    """{metric file: report} for ``run_stage(metrics=...)``: ``--metrics``, else the DVC layout's ``metrics/<name>.json``
+    for the default report, else next to a report written elsewhere (a test's or a one-off run's directory)."""
+    if args.metrics:
+        return {args.metrics: args.report}
+    if args.report == ap_default_report:
+        return {f"metrics/{name}.json": args.report}
+    report = Path(args.report)
+    return {str(report.with_name(report.stem + ".metrics.json")): args.report}
+
+
 def run_stage(name: str, doc: str | None, add_args: Callable[[argparse.ArgumentParser], None],
-              body: Callable[[argparse.Namespace, object], str | None], argv: list[str] | None = None) -> int:
+              body: Callable[[argparse.Namespace, object], str | None], argv: list[str] | None = None, *,
+              track: str | Callable[[argparse.Namespace], str | None] | None = None,
+              metrics: Callable[[argparse.Namespace], Mapping[str, str]] | None = None) -> int:
     """Parse `--params` plus the stage's own arguments, load params, run `body(args, params)` and print its summary line.
 
+    The stage's MLflow run (``track``: its name, or a function of the arguments giving it, None for no run; default
+    ``name``) is open around the whole body, so its duration is the stage's; it ends FINISHED, or FAILED on an error.
+    ``metrics`` maps numeric DVC metric files to the rich reports they are projected from after the body succeeds.
     A user error (MedssrError, a missing file) becomes `[name] error: ...` on stderr and exit code 1, not a traceback;
     nothing the stage already wrote is touched. An empty output (EmptyOutputError) is such an error too.
     """
@@ -41,8 +98,18 @@ def run_stage(name: str, doc: str | None, add_args: Callable[[argparse.ArgumentP
     add_args(ap)
     args = ap.parse_args(argv)
     set_offline_env()
+    tracked = (track(args) if callable(track) else track or name)
     try:
-        summary = body(args, load_params(args.params))
+        params = load_params(args.params)
+        if tracked:
+            from medssr.tracking import stage_scope
+
+            with stage_scope(tracked, params):
+                summary = body(args, params)
+        else:
+            summary = body(args, params)
+        for metrics_path, report_path in (metrics(args) if metrics else {}).items():
+            write_numeric_metrics(report_path, metrics_path)
     except (MedssrError, FileNotFoundError) as e:
         if getattr(e, "summary", None):
             print(e.summary)

@@ -10,6 +10,12 @@ A SIGKILL (``kill -9``, the OOM killer) leaves a run RUNNING for ever. Each stag
 owner (host, pid, process start time); when the stage starts again, runs of the same stage under the same parent
 whose owner is gone are closed as KILLED with a tag saying why. Runs of a live process (``dvc queue start -j 2``
 runs pipelines side by side), of another host, or under another parent are never touched.
+
+What a researcher sees (#15.1): the experiment opens on its runs table (``mlflow.experimentKind``); a parent run is
+named by what was swept (``α=0.25 · two_stage · smollm2-135m · <DVC experiment>``) and described by the params that
+differ from the committed params.yaml; it carries only ``HEADLINE_METRICS``, one name per quantity. The stage shell
+(``medssr.stage.run_stage``) opens each stage's run before the work starts (``stage_scope``), with system metrics on
+long stages, and the library's ``stage_run`` logs into that run, so a run's duration is the stage's.
 """
 
 from __future__ import annotations
@@ -26,6 +32,13 @@ from typing import Any
 
 from medssr.config import set_offline_env
 from medssr.secrets import scrub_params
+
+LONG_STAGES = ("corpus", "synthesize", "label", "stage1", "stage2", "evaluate")  # these get MLflow system metrics
+# The parent run's metrics, in the order a reader wants them; anything else stays on its stage run.
+HEADLINE_METRICS = ("eval/avg", "eval/avg_ci_low", "eval/avg_ci_high", "eval/raredis/avg", "eval/raredis/avg_ci_low",
+                    "eval/raredis/avg_ci_high", "eval/vs_base/avg/diff", "synth/accepted", "synth/rare_ratio_achieved", "label/kept",
+                    "label/agreement_mean")
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}  # the UI opens on the runs table, not the GenAI overview
 
 STAGES = ("model", "prepare", "corpus", "synthesize", "label", "stage1", "stage2", "train", "evaluate", "report", "review")
 
@@ -106,14 +119,18 @@ def _mlflow():
 
 
 def ensure_experiment(name: str) -> str:
+    """The experiment's id (created when missing), tagged so the MLflow UI opens it on the runs table."""
     mlflow = _mlflow()
     exp = mlflow.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    try:
-        return mlflow.create_experiment(name)
-    except Exception:  # a concurrent stage created it first
-        return mlflow.get_experiment_by_name(name).experiment_id
+    if exp is None:
+        try:
+            return mlflow.create_experiment(name, tags=EXPERIMENT_TAGS)
+        except Exception:  # a concurrent stage created it first
+            exp = mlflow.get_experiment_by_name(name)
+    if any(exp.tags.get(k) != v for k, v in EXPERIMENT_TAGS.items()):
+        for k, v in EXPERIMENT_TAGS.items():
+            mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, k, v)
+    return exp.experiment_id
 
 
 def parent_run_id(experiment: str, params_flat: Mapping[str, Any]) -> str:
@@ -130,15 +147,84 @@ def parent_run_id(experiment: str, params_flat: Mapping[str, Any]) -> str:
             client.set_terminated(found[0].info.run_id, "FINISHED")
         return found[0].info.run_id
     exp_name = os.environ.get("DVC_EXP_NAME", "workspace")
-    run = client.create_run(exp_id, run_name=f"pipeline-{exp_name}", tags={
+    changed = changed_params(params_flat)
+    run = client.create_run(exp_id, run_name=run_name(params_flat, exp_name), tags={
         "medssr_pipeline_key": key, "medssr_role": "pipeline", "dvc_exp_name": exp_name,
         "git_revision": git_revision(), "mlflow.source.name": "dvc repro",
+        "mlflow.note.content": describe(params_flat, changed, exp_name),
+        "medssr_changed_params": json.dumps(sorted(changed))[:5000],
     })
     flat = {k: _param_value(v) for k, v in scrub_params(params_flat).items()}
     for chunk in _chunks(list(flat.items()), 90):
         client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, v) for k, v in chunk])
     client.set_terminated(run.info.run_id, "FINISHED")
     return run.info.run_id
+
+
+def run_name(params_flat: Mapping[str, Any], exp_name: str = "workspace") -> str:
+    """``α=0.25 · two_stage · smollm2-135m`` (+ ``· <DVC experiment>``): what a sweep varies, readable in the runs table."""
+    alpha = params_flat.get("synth.rare_ratio")
+    parts = [f"α={alpha:g}" if isinstance(alpha, (int, float)) else f"α={alpha}", str(params_flat.get("train.strategy", "?")),
+             Path(str(params_flat.get("model.policy", "?"))).name]
+    if exp_name and exp_name != "workspace":
+        parts.append(exp_name)
+    return " · ".join(parts)
+
+
+def baseline_params(root: Path | None = None) -> dict[str, Any] | None:
+    """The committed params.yaml (git HEAD; in a DVC experiment copy, the experiment's baseline), flattened; None if unknown."""
+    import yaml
+
+    try:
+        out = subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=root or workspace_root(), capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    try:
+        raw = yaml.safe_load(out.stdout)
+    except yaml.YAMLError:
+        return None
+    return _flatten(raw) if isinstance(raw, dict) else None
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) and not isinstance(b, bool):
+        return float(a) == float(b)
+    return json.dumps(a, default=str, sort_keys=True) == json.dumps(b, default=str, sort_keys=True)
+
+
+def changed_params(params_flat: Mapping[str, Any], baseline: Mapping[str, Any] | None = None) -> dict[str, tuple[Any, Any]]:
+    """{key: (committed value, this run's value)} for the params this run changes against the committed params.yaml."""
+    base = baseline_params() if baseline is None else baseline
+    if not base:
+        return {}
+    flat = _flatten(params_flat)
+    return {k: (base.get(k), v) for k, v in sorted(flat.items()) if k in base and not _same(base[k], v)}
+
+
+def describe(params_flat: Mapping[str, Any], changed: Mapping[str, tuple[Any, Any]], exp_name: str = "workspace") -> str:
+    """The parent run's description (markdown, the run page's Description box)."""
+    lines = [f"**{run_name(params_flat, exp_name)}**", "",
+             f"α (synth.rare_ratio) = {params_flat.get('synth.rare_ratio')}, strategy (train.strategy) = "
+             f"{params_flat.get('train.strategy')}, policy (model.policy) = {params_flat.get('model.policy')}", ""]
+    if changed:
+        lines.append("Params changed from the committed params.yaml:")
+        lines += [f"- `{k}`: {json.dumps(a, default=str)} → {json.dumps(b, default=str)}" for k, (a, b) in changed.items()]
+    else:
+        lines.append("Params as committed in params.yaml.")
+    lines += ["", f"Headline metrics: {', '.join(HEADLINE_METRICS)}. Per-stage numbers, curves and artifacts are on the nested stage runs."]
+    return "\n".join(lines)
 
 
 def _param_value(v: Any) -> str:
@@ -151,17 +237,44 @@ def _chunks(xs: list, n: int) -> Iterator[list]:
         yield xs[i : i + n]
 
 
+_SCOPED: dict[str, str] = {}  # stage -> id of the run stage_scope holds open in this process
+
+
 @contextlib.contextmanager
 def stage_run(stage: str, params: Any, section: Mapping[str, Any] | None = None) -> Iterator[Any]:
-    """Open the MLflow run of one stage, nested under the pipeline parent run; yields the mlflow module.
+    """The MLflow run of one stage, nested under the pipeline parent run; yields the mlflow module.
 
+    Inside ``stage_scope`` of the same stage (the stage shell opened it before the work) that run is reused: the
+    section params are logged into it and it stays open. Otherwise a run is opened here and closed on exit.
     ``params`` is the validated Params; ``section`` the flat params this stage depends on (logged on the run).
     Runs of this stage left RUNNING by a dead process are closed first (see ``close_dead_runs``). The parent is
     named, not reopened: an active parent would be left RUNNING too by a kill.
     """
+    mlflow = _mlflow()
+    active = mlflow.active_run()
+    if active is not None and _SCOPED.get(stage) == active.info.run_id:
+        if section:
+            _log_new_params(mlflow, active.info.run_id, section)
+        yield mlflow
+        return
+    with _open_stage_run(mlflow, stage, params) as run:
+        if section:
+            _log_new_params(mlflow, run.info.run_id, section)
+        yield mlflow
+
+
+def _log_new_params(mlflow: Any, run_id: str, section: Mapping[str, Any]) -> None:
+    """Log ``section`` on the run, less keys it already holds (MLflow refuses to change a logged param)."""
+    have = mlflow.MlflowClient().get_run(run_id).data.params
+    new = {k: _param_value(v) for k, v in scrub_params(section).items() if k not in have}
+    for chunk in _chunks(list(new.items()), 90):
+        mlflow.log_params(dict(chunk))
+
+
+@contextlib.contextmanager
+def _open_stage_run(mlflow: Any, stage: str, params: Any, system_metrics: bool = False) -> Iterator[Any]:
     from medssr.config import to_flat_dict
 
-    mlflow = _mlflow()
     flat = to_flat_dict(params)
     parent = parent_run_id(params.project.experiment, flat)
     exp_id = mlflow.set_experiment(params.project.experiment).experiment_id
@@ -169,12 +282,97 @@ def stage_run(stage: str, params: Any, section: Mapping[str, Any] | None = None)
     tags = {"medssr_role": "stage", "medssr_stage": stage, "dvc_exp_name": os.environ.get("DVC_EXP_NAME", "workspace"), **owner_tags()}
     if closed:
         tags["medssr_replaces"] = ",".join(closed)
-    with mlflow.start_run(run_name=stage, parent_run_id=parent, tags=tags) as run:
+    if system_metrics:
+        mlflow.set_system_metrics_sampling_interval(system_metrics_interval())
+    with mlflow.start_run(run_name=stage, parent_run_id=parent, tags=tags, log_system_metrics=system_metrics) as run:
         for run_id in closed:
             mlflow.MlflowClient().set_tag(run_id, "medssr_replaced_by", run.info.run_id)
-        if section:
-            mlflow.log_params({k: _param_value(v) for k, v in scrub_params(section).items()})
-        yield mlflow
+        yield run
+
+
+def system_metrics_interval() -> float:
+    """Seconds between MLflow system-metric samples (``MEDSSR_SYSTEM_METRICS_INTERVAL_S``, default 10)."""
+    return float(os.environ.get("MEDSSR_SYSTEM_METRICS_INTERVAL_S", "10"))
+
+
+def system_metrics_available() -> bool:
+    """MLflow samples CPU/memory (and GPU) only with psutil installed."""
+    import importlib.util
+
+    return importlib.util.find_spec("psutil") is not None
+
+
+@contextlib.contextmanager
+def stage_scope(stage: str, params: Any) -> Iterator[Any]:
+    """Hold the stage's MLflow run open around the whole stage: FINISHED on return, FAILED on an exception.
+
+    The library's ``stage_run(stage, ...)`` calls inside reuse it, so the run's start and end are the stage's.
+    Long stages (``LONG_STAGES``) sample system metrics (CPU, memory, GPU) every ``system_metrics_interval()`` s.
+    """
+    mlflow = _mlflow()
+    system = stage in LONG_STAGES and system_metrics_available()
+    with _open_stage_run(mlflow, stage, params, system_metrics=system) as run:  # start_run's exit marks FAILED on errors
+        _SCOPED[stage] = run.info.run_id
+        try:
+            yield mlflow
+        finally:
+            _SCOPED.pop(stage, None)
+
+
+def log_stage_artifacts(stage: str, paths: Any, artifact_path: str | None = None) -> int:
+    """Log existing files/directories onto the open run of ``stage`` (see ``stage_scope``); returns how many were logged."""
+    run_id = _SCOPED.get(stage)
+    if run_id is None:
+        return 0
+    mlflow = _mlflow()
+    n = 0
+    for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths):
+        p = Path(p)
+        if p.is_dir() and any(p.iterdir()):
+            mlflow.MlflowClient().log_artifacts(run_id, str(p), artifact_path or p.name)
+            n += 1
+        elif p.is_file():
+            mlflow.MlflowClient().log_artifact(run_id, str(p), artifact_path)
+            n += 1
+    return n
+
+
+def log_dataset_inputs(stage: str, files: Mapping[str, Any], context: str = "training") -> list[str]:
+    """Log JSONL data files as the open stage run's dataset inputs ({name: path}), each with a sha256 digest of its bytes."""
+    run_id = _SCOPED.get(stage)
+    if run_id is None:
+        return []
+    mlflow = _mlflow()
+    import warnings
+
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import InputTag
+
+    inputs, logged = [], []
+    for name, path in files.items():
+        p = Path(path)
+        if not p.is_file():
+            continue
+        digest = file_digest(p)
+        with warnings.catch_warnings():  # "can be interpreted in multiple ways": both readings are the local file
+            warnings.simplefilter("ignore")
+            source = resolve_dataset_source(p.resolve().as_uri())
+        ds = MetaDataset(source=source, name=name, digest=digest[:36])
+        entity = ds._to_mlflow_entity()
+        inputs.append(mlflow.entities.DatasetInput(entity, tags=[InputTag("mlflow.data.context", context)]))
+        logged.append(name)
+    if inputs:
+        mlflow.MlflowClient().log_inputs(run_id, datasets=inputs)
+    return logged
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def owner_tags() -> dict[str, str]:
@@ -231,7 +429,8 @@ def close_dead_runs(experiment_id: str, parent: str, stage: str) -> list[str]:
 
 
 def log_summary_to_parent(params: Any, metrics: Mapping[str, float]) -> None:
-    """Copy headline metrics onto the parent run, so the compare view shows a whole sweep side by side."""
+    """Copy the headline metrics among ``metrics`` (``HEADLINE_METRICS``) onto the parent run, so the runs table and
+    the compare view show a whole sweep side by side; every other number stays on its stage run."""
     from medssr.config import to_flat_dict
 
     mlflow = _mlflow()
@@ -239,9 +438,25 @@ def log_summary_to_parent(params: Any, metrics: Mapping[str, float]) -> None:
 
     parent = parent_run_id(params.project.experiment, to_flat_dict(params))
     client = MlflowClient()
-    items = [(k, float(v)) for k, v in metrics.items() if isinstance(v, (int, float)) and v == v]
+    items = [(k, float(metrics[k])) for k in HEADLINE_METRICS
+             if isinstance(metrics.get(k), (int, float)) and not isinstance(metrics.get(k), bool) and metrics[k] == metrics[k]]
     for chunk in _chunks(items, 500):
         client.log_batch(parent, metrics=[mlflow.entities.Metric(k, v, _now_ms(), 0) for k, v in chunk])
+
+
+def log_parent_artifacts(params: Any, paths: Any, artifact_path: str | None = None) -> None:
+    """Log files/directories (the report, its figures) onto the pipeline's parent run, where a reader opens first."""
+    from medssr.config import to_flat_dict
+
+    mlflow = _mlflow()
+    parent = parent_run_id(params.project.experiment, to_flat_dict(params))
+    client = mlflow.MlflowClient()
+    for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths):
+        p = Path(p)
+        if p.is_dir() and any(p.iterdir()):
+            client.log_artifacts(parent, str(p), artifact_path or p.name)
+        elif p.is_file():
+            client.log_artifact(parent, str(p), artifact_path)
 
 
 def _now_ms() -> int:

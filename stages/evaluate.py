@@ -11,22 +11,59 @@ from medssr.stage import run_stage  # noqa: E402
 def add_args(ap):
     ap.add_argument("--checkpoint", action="append", default=None,
                     help="evaluate this instead of eval.checkpoints: base, stage1, stage2, a model dir or name=dir (repeatable; last = final)")
-    ap.add_argument("--metrics", default="metrics/eval.json")
-    ap.add_argument("--predictions-dir", default="data/eval")
+    ap.add_argument("--metrics", default="metrics/eval.json", help="accuracies per checkpoint and benchmark (numbers only: a DVC metric)")
+    ap.add_argument("--plots-dir", default="metrics", help="where accuracy.json (per checkpoint) and alpha.json (accuracy vs α) go")
+    ap.add_argument("--predictions-dir", default="data/eval", help="per-question predictions of each checkpoint (JSONL)")
     ap.add_argument("--reports-dir", default="reports", help="stage reports whose headline metrics go onto the pipeline's MLflow run")
     ap.add_argument("--family-defaults", action="store_true", default=None,
                     help="decode with each model family's recommended temperature/top_p/top_k (eval.family_defaults)")
-    ap.add_argument("--no-progress-bar", action="store_true")
+    ap.add_argument("--no-progress-bar", action="store_true", help="no tqdm bar (logs and CI)")
 
 
 def body(args, params):
     from eval.benchmarks import display_names
     from eval.runner import print_summary, resolve_checkpoints, run_evaluate
+    from medssr.tracking import log_dataset_inputs, log_stage_artifacts
 
     ckpts = resolve_checkpoints(args.checkpoint or params.eval.checkpoints, params.model.dir)
+    prepared = Path(params.data.out_dir)
+    log_dataset_inputs("evaluate", {p.stem: p for p in [*sorted((prepared / "benchmarks").glob("*.jsonl")), prepared / "raredis_sub.jsonl"]},
+                       context="evaluation")
     results = run_evaluate(params, ckpts, metrics_path=args.metrics, predictions_dir=args.predictions_dir, reports_dir=args.reports_dir,
                            family_defaults=args.family_defaults, progress=not args.no_progress_bar)
+    write_plots(results, params.synth.rare_ratio, Path(args.plots_dir))
+    log_stage_artifacts("evaluate", [args.metrics, Path(args.plots_dir) / "accuracy.json", Path(args.plots_dir) / "alpha.json"])
+    log_stage_artifacts("evaluate", args.predictions_dir, "predictions")
     print_summary(results, display_names(params))
+
+
+def accuracy_rows(results):
+    """metrics/accuracy.json: one row per checkpoint x benchmark (and its average), for `dvc plots` accuracy per checkpoint."""
+    rows = []
+    for ckpt, r in results.items():
+        rows += [{"checkpoint": ckpt, "benchmark": b, "cell": f"{ckpt} · {b}", "acc": v["acc"]} for b, v in r.items() if isinstance(v, dict) and "acc" in v]
+        if isinstance(r.get("avg"), (int, float)):
+            rows.append({"checkpoint": ckpt, "benchmark": "avg", "cell": f"{ckpt} · avg", "acc": r["avg"]})
+        rare = r.get("raredis") or {}
+        if isinstance(rare.get("avg"), (int, float)):
+            rows.append({"checkpoint": ckpt, "benchmark": "raredis_avg", "cell": f"{ckpt} · raredis_avg", "acc": rare["avg"]})
+    return rows
+
+
+def alpha_rows(results, alpha):
+    """metrics/alpha.json: the final checkpoint's averages at this run's α; `dvc plots diff` across a sweep overlays the points."""
+    if not results:
+        return []
+    final = results[list(results)[-1]]
+    return [{"alpha": alpha, "eval_avg": final.get("avg"), "raredis_avg": (final.get("raredis") or {}).get("avg")}]
+
+
+def write_plots(results, alpha, out_dir: Path) -> None:
+    import json
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, rows in (("accuracy.json", accuracy_rows(results)), ("alpha.json", alpha_rows(results, alpha))):
+        (out_dir / name).write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run this checkout's code, also in a DVC queue copy
 
-from medssr.stage import run_stage  # noqa: E402
+from medssr.stage import add_metrics_arg, metrics_for, run_stage  # noqa: E402
 
 
 def add_args(ap):
@@ -13,16 +13,18 @@ def add_args(ap):
     ap.add_argument("--synthetic", default="data/synthetic/questions.jsonl", help="synthetic questions to label (JSONL)")
     ap.add_argument("--benchmarks", default=None, help="prepared benchmarks dir for the reliability check (default: <data.out_dir>/benchmarks)")
     ap.add_argument("--out", default="data/labeled/synthetic.jsonl", help="labeled questions (JSONL)")
-    ap.add_argument("--report", default="reports/label.json")
-    ap.add_argument("--plot", default="reports/label_agreement.png")
-    ap.add_argument("--no-progress-bar", action="store_true")
+    ap.add_argument("--report", default="reports/label.json", help="the rich JSON report (its numbers go to metrics/label.json)")
+    add_metrics_arg(ap, "label")
+    ap.add_argument("--plot", default="reports/label_agreement.png", help="histogram of vote agreement (PNG)")
+    ap.add_argument("--no-progress-bar", action="store_true", help="no tqdm bar (logs and CI)")
 
 
 def body(args, params):
     from medssr.label.run import run_label, summary_line
     from medssr.stage import fail_if_empty
-    from medssr.tracking import project_root
+    from medssr.tracking import log_dataset_inputs, project_root
 
+    log_dataset_inputs("label", {"synthetic": args.synthetic})
     report = run_label(params, args.model or params.model.dir, args.synthetic, args.benchmarks or f"{params.data.out_dir}/benchmarks",
                        args.out, args.report, args.plot, progress=not args.no_progress_bar,
                        reliability_cache=project_root() / ".cache" / "label_reliability")
@@ -44,7 +46,7 @@ def empty_cause(report, params, synthetic):
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_stage("label", __doc__, add_args, body, argv)
+    return run_stage("label", __doc__, add_args, body, argv, metrics=lambda a: metrics_for(a, "reports/label.json", "label"))
 
 
 if __name__ == "__main__":

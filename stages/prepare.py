@@ -5,7 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run this checkout's code, also in a DVC queue copy
 
-from medssr.stage import run_stage  # noqa: E402
+from medssr.stage import add_metrics_arg, metrics_for, run_stage  # noqa: E402
 
 
 def llm_classifiers(params):
@@ -27,6 +27,7 @@ def llm_classifiers(params):
 
 def add_args(ap):
     ap.add_argument("--report", default="reports/prepare.json", help="where the JSON summary goes")
+    add_metrics_arg(ap, "prepare")
 
 
 def body(args, params):
@@ -49,7 +50,7 @@ def body(args, params):
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_stage("prepare", __doc__, add_args, body, argv)
+    return run_stage("prepare", __doc__, add_args, body, argv, metrics=lambda a: metrics_for(a, "reports/prepare.json", "prepare"))
 
 
 if __name__ == "__main__":

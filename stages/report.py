@@ -9,19 +9,21 @@ from medssr.stage import run_stage  # noqa: E402
 
 
 def add_args(ap):
-    ap.add_argument("--out", default="reports")
+    ap.add_argument("--out", default="reports", help="directory of report.md and figures/")
     ap.add_argument("--experiment", default=None, help="MLflow experiment (default: project.experiment)")
 
 
 def body(args, params):
     from eval.report import main_report
     from eval.runner import eval_json_headlines, stage_headlines
-    from medssr.tracking import log_summary_to_parent
+    from medssr.tracking import log_parent_artifacts, log_summary_to_parent
 
     # This stage always runs: when DVC restored every other stage from its cache (a sweep value that changes
     # nothing downstream), this is what still puts the headline numbers on this execution's parent run.
     log_summary_to_parent(params, {**stage_headlines(args.out), **eval_json_headlines()})
     main_report(out_dir=args.out, experiment=args.experiment or params.project.experiment)
+    out = Path(args.out)
+    log_parent_artifacts(params, [out / "report.md", out / "figures"])  # where a reader opens first: the pipeline's run
 
 
 def main(argv: list[str] | None = None) -> int:

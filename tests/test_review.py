@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import re
 
 import pytest
@@ -131,3 +132,18 @@ def test_main_review_export_then_import_round_trip(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| Senior | 3 | 3 | 0/3 (0.00%) |" in out
     assert main_review(["import", str(tmp_path / "missing.csv"), "--no-mlflow"]) == 2
+
+
+def test_an_export_of_fewer_questions_than_asked_says_why(tmp_path, capsys):
+    """`medssr review export --n 20` wrote 12 without saying why (#15.4)."""
+    src = _labeled(tmp_path, n=12)
+    unlabeled = [Question(id=f"syn-u{i}", source="synthetic", split="train", question="Q?", options={"A": "a", "B": "b"},
+                          votes=["A", "B"], majority=None, agreement=0.5) for i in range(3)]
+    with open(src, "a", encoding="utf-8") as fh:
+        for q in unlabeled:
+            fh.write(json.dumps(q.to_dict()) + "\n")
+    assert main_review(["export", "--n", "20", "--input", str(src), "--out", str(tmp_path / "rev")]) == 0
+    out = capsys.readouterr().out
+    assert "review_n12_seed0.csv" in out
+    assert f"12 of the 20 asked (--n): {src} holds only 12 labeled questions; the other 3 carry no label" in out
+

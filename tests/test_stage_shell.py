@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -201,3 +202,85 @@ def test_a_label_run_with_nothing_to_label_fails_naming_the_input(tmp_path, tiny
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.startswith(f"[label] error: {tmp_path}/labeled.jsonl (0 of 0 questions kept) is empty: {tmp_path}/questions.jsonl holds no "
                            "questions; change the synthesize stage's synth.* params")
+
+
+def test_metric_files_hold_numbers_only(tmp_path, mlflow_store):
+    """`dvc metrics show` once printed an 11,000-character header of definitions, examples and paths (#15.2)."""
+    from medssr.stage import run_stage
+
+    report = {"stage": "synthesize", "out": "/abs/path/questions.jsonl", "accepted": 3, "acceptance_rate": 0.75, "nan": float("nan"),
+              "rejected": {"parse": 1, "examples": ["Q: ..."]}, "ok": True, "definitions": {"accepted": "passed every filter"}}
+
+    def body(args, params):
+        (tmp_path / "synth.json").write_text(json.dumps(report))
+
+    rc = run_stage("synthesize", None, lambda ap: None, body, ["--params", str(ROOT / "params.yaml")],
+                   metrics=lambda a: {str(tmp_path / "metrics" / "synth.json"): str(tmp_path / "synth.json")})
+    assert rc == 0
+    assert json.loads((tmp_path / "metrics" / "synth.json").read_text()) == {"accepted": 3, "acceptance_rate": 0.75, "rejected.parse": 1, "ok": 1}
+
+
+def test_dvc_yaml_metrics_are_the_numeric_files_and_plots_name_x_and_y():
+    import yaml
+
+    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    metric_files = [next(iter(m)) if isinstance(m, dict) else m for s in dvc["stages"].values() for m in s.get("metrics", [])]
+    assert metric_files and all(f.startswith("metrics/") for f in metric_files), metric_files
+    plots = {next(iter(p)): p[next(iter(p))] for p in dvc["plots"]}
+    assert {"reward", "kl", "distinct_answers", "train_accuracy", "accuracy_per_checkpoint", "accuracy_vs_alpha"} <= set(plots)
+    assert all(p.get("x") and p.get("y") for p in plots.values())
+    tracked = subprocess.run(["git", "ls-files", "reports"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    assert tracked == [], f"DVC outputs committed to git (stale on the next run): {tracked}"
+
+
+def _parsers(p: argparse.ArgumentParser, name: str):
+    yield name, p
+    for a in p._actions:
+        if isinstance(a, argparse._SubParsersAction):
+            for sub_name, sub in a.choices.items():
+                yield from _parsers(sub, f"{name} {sub_name}")
+
+
+def test_every_cli_argument_and_stage_argument_has_help():
+    """Subcommand `--help` listed bare argument names (#15.4)."""
+    from medssr.cli import build_parser
+    from medssr.review import review_parser
+
+    bare = [f"{name}: {a.dest}" for root, n in ((build_parser(), "medssr"), (review_parser(), "medssr review"))
+            for name, p in _parsers(root, n) for a in p._actions
+            if not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction)) and not a.help]
+    for script in sorted((ROOT / "stages").glob("*.py")):
+        mod = _stage_script(script)
+        ap = argparse.ArgumentParser()
+        if hasattr(mod, "add_args"):
+            mod.add_args(ap)
+        bare += [f"stages/{script.name}: {a.dest}" for a in ap._actions if not isinstance(a, argparse._HelpAction) and not a.help]
+    assert not bare, bare
+
+
+def test_cli_review_help_lists_its_subcommands(capsys):
+    from medssr.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["review", "--help"])
+    assert "export" in capsys.readouterr().out
+
+
+def _stage_script(path: Path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"stage_help_{path.stem}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_metric_files_follow_the_dvc_layout_or_a_report_written_elsewhere():
+    from medssr.stage import metrics_for
+
+    def args(report, metrics=None):
+        return argparse.Namespace(report=report, metrics=metrics)
+
+    assert metrics_for(args("reports/label.json"), "reports/label.json", "label") == {"metrics/label.json": "reports/label.json"}
+    assert metrics_for(args("/tmp/x/label.json"), "reports/label.json", "label") == {"/tmp/x/label.metrics.json": "/tmp/x/label.json"}
+    assert metrics_for(args("/tmp/x/label.json", "m.json"), "reports/label.json", "label") == {"m.json": "/tmp/x/label.json"}

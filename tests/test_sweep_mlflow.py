@@ -1,5 +1,7 @@
 """A real α sweep: `dvc exp run --queue` over two rare ratios on the micro profile, logged to a real MLflow
-server on 127.0.0.1, then compared through `dvc exp show` and MLflow's REST API."""
+server on 127.0.0.1, then compared through `dvc exp show`, `dvc plots diff` and MLflow's REST API.
+
+``MEDSSR_SWEEP_KEEP=<dir>`` keeps the sweep's MLflow store and artifacts there (docs/screenshots.py reads them)."""
 
 import json
 import os
@@ -20,6 +22,14 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _leaves(d, prefix=""):
+    for k, v in d.items():
+        if isinstance(v, dict):
+            yield from _leaves(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
 
 
 def _run(cmd, cwd, env, timeout=600):
@@ -89,7 +99,20 @@ def test_two_value_sweep_lands_side_by_side_in_dvc_and_the_mlflow_server(tmp_pat
             data = e["revs"][0]["data"]
             ratios.add(data["params"]["params.yaml"]["data"]["synth"]["rare_ratio"])
             assert "stage2" in data["metrics"]["metrics/eval.json"]["data"]
+            for path, m in data["metrics"].items():  # numbers only: no 11,000-character header of strings (#15.2)
+                assert path.startswith("metrics/"), path
+                assert not [k for k, v in _leaves(m["data"]) if not isinstance(v, (int, float))], path
         assert ratios == {0, 0.5}
+
+        # `dvc plots diff` between the two experiments overlays the declared plots, one color per experiment (#15.2)
+        names = [e["name"] for e in exps]
+        plots = json.loads(_run([BIN / "dvc", "plots", "diff", *names, "--json"], repo, env))["data"]
+        for plot_id, field in (("reward", "reward_mean"), ("kl", "kl"), ("train_accuracy", "accuracy"), ("accuracy_vs_alpha", "eval_avg"),
+                               ("accuracy_per_checkpoint", "acc")):
+            values = plots[plot_id][0]["content"]["data"]["values"]
+            assert {v["rev"] for v in values if v.get(field) is not None} == set(names), (plot_id, values[:4])
+        alphas = {v["rev"]: v["alpha"] for v in plots["accuracy_vs_alpha"][0]["content"]["data"]["values"]}
+        assert sorted(alphas.values()) == [0, 0.5]
 
         req = urllib.request.Request(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=medssr")
         exp_id = json.loads(urllib.request.urlopen(req, timeout=10).read())["experiment"]["experiment_id"]
@@ -101,10 +124,18 @@ def test_two_value_sweep_lands_side_by_side_in_dvc_and_the_mlflow_server(tmp_pat
             params = {p["key"]: p["value"] for p in r["data"].get("params", [])}
             metrics = {m["key"]: m["value"] for m in r["data"].get("metrics", [])}
             if "eval/avg" in metrics:
-                evaluated[params["synth.rare_ratio"]] = metrics
+                evaluated[params["synth.rare_ratio"]] = (r["info"]["run_name"], metrics)
         assert set(evaluated) == {"0.0", "0.5"}, sorted(evaluated)
-        for metrics in evaluated.values():
-            assert "synth/accepted" in metrics and "eval/medqa/acc" in metrics
+        # the runs table shows both runs named by α, with eval avg and RareDis avg, and only the headline numbers (#15.1)
+        from medssr.tracking import HEADLINE_METRICS
+
+        for alpha, (name, metrics) in evaluated.items():
+            assert name.startswith(f"α={float(alpha):g} · supervised · tiny-random-llama · "), name
+            assert {"eval/avg", "eval/raredis/avg", "synth/accepted"} <= set(metrics) <= set(HEADLINE_METRICS)
+        if os.environ.get("MEDSSR_SWEEP_KEEP"):
+            keep = Path(os.environ["MEDSSR_SWEEP_KEEP"])
+            keep.mkdir(parents=True, exist_ok=True)
+            subprocess.run(["cp", "-r", str(tmp_path / "mlflow.db"), str(tmp_path / "art"), str(keep)], check=True)
     finally:
         server.terminate()
         try:

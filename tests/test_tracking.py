@@ -141,3 +141,128 @@ def test_a_run_owner_is_gone_only_when_this_host_shows_it_dead():
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
     assert "is gone" in tracking.owner_gone({**me, "medssr_owner_pid": str(child.pid)})
+
+
+# ---- the lab notebook a researcher reads at a glance (#15.1) -------------------------------------------------
+
+def _committed_project(tmp_path, monkeypatch) -> Path:
+    """A git checkout whose committed params.yaml is the shipped one (the baseline a run's description diffs against)."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@localhost", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@localhost"}
+    for cmd in (["git", "init", "-q"], ["git", "add", "params.yaml"], ["git", "commit", "-qm", "params"]):
+        subprocess.run(cmd, cwd=repo, env=env, check=True)
+    monkeypatch.setenv("MEDSSR_ROOT", str(repo))
+    return repo
+
+
+def _runs(params, filter_string=""):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(params.project.experiment)
+    return client, exp, client.search_runs([exp.experiment_id], filter_string)
+
+
+def test_the_parent_run_is_named_by_alpha_strategy_and_policy_and_describes_the_changed_params(mlflow_store, tmp_path, monkeypatch):
+    _committed_project(tmp_path, monkeypatch)
+    monkeypatch.setenv("DVC_EXP_NAME", "civil-lama")
+    params = load_params(ROOT / "params.yaml", overrides={"synth.rare_ratio": 0.5})
+    with tracking.stage_run("synthesize", params):
+        pass
+    _, _, (parent,) = _runs(params, "tags.medssr_role = 'pipeline'")
+    assert parent.info.run_name == "α=0.5 · two_stage · smollm2-135m · civil-lama"
+    note = parent.data.tags["mlflow.note.content"]
+    assert "`synth.rare_ratio`: 0.25 → 0.5" in note
+    assert "`train.strategy`" not in note  # unchanged params are not listed
+
+
+def test_the_experiment_opens_on_the_runs_table_not_the_genai_overview(mlflow_store):
+    params = load_params(ROOT / "params.yaml")
+    with tracking.stage_run("prepare", params):
+        pass
+    _, exp, _ = _runs(params)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_the_parent_carries_only_the_headline_metrics_one_name_per_quantity(mlflow_store):
+    params = load_params(ROOT / "params.yaml")
+    tracking.log_summary_to_parent(params, {"eval/avg": 0.4, "eval/avg_ci_low": 0.3, "eval/raredis/avg": 0.2, "eval/medqa/acc": 0.5,
+                                            "train/stage1/reward_mean_last": 0.7, "train/stage1/reward_mean_mean": 0.6,
+                                            "synth/accepted": 12, "label/kept": 9, "prepare/seeds": 800})
+    _, _, (parent,) = _runs(params, "tags.medssr_role = 'pipeline'")
+    assert parent.data.metrics == {"eval/avg": 0.4, "eval/avg_ci_low": 0.3, "eval/raredis/avg": 0.2, "synth/accepted": 12, "label/kept": 9}
+
+
+def _shell(name, body, argv=(), **kw):
+    from medssr.stage import run_stage
+
+    return run_stage(name, None, lambda ap: None, body, ["--params", str(ROOT / "params.yaml"), *argv], **kw)
+
+
+def test_a_stage_run_spans_the_whole_stage_and_the_library_logs_into_it(mlflow_store):
+    import time
+
+    def body(args, params):
+        time.sleep(1.0)  # the stage's work, before the library opens "its" run as it does today
+        with tracking.stage_run("synthesize", params, {"synth.n": 3}) as mlflow:
+            mlflow.log_metric("synth/accepted", 3)
+
+    assert _shell("synthesize", body) == 0
+    params = load_params(ROOT / "params.yaml")
+    _, _, (run,) = _runs(params, "tags.medssr_stage = 'synthesize'")
+    assert run.info.status == "FINISHED"
+    assert run.info.end_time - run.info.start_time >= 1000
+    assert run.data.metrics["synth/accepted"] == 3 and run.data.params["synth.n"] == "3"
+
+
+def test_a_stage_that_fails_leaves_its_run_failed(mlflow_store):
+    from medssr.errors import MedssrError
+
+    def body(args, params):
+        raise MedssrError("no seeds")
+
+    assert _shell("label", body) == 1
+    _, _, (run,) = _runs(load_params(ROOT / "params.yaml"), "tags.medssr_stage = 'label'")
+    assert run.info.status == "FAILED"
+
+
+def test_long_stages_record_system_metrics(mlflow_store, monkeypatch):
+    import time
+
+    monkeypatch.setenv("MEDSSR_SYSTEM_METRICS_INTERVAL_S", "0.2")
+    assert _shell("evaluate", lambda args, params: time.sleep(2.0)) == 0
+    _, _, (run,) = _runs(load_params(ROOT / "params.yaml"), "tags.medssr_stage = 'evaluate'")
+    assert any(k.startswith("system/cpu") for k in run.data.metrics), sorted(run.data.metrics)
+
+
+def test_stage_artifacts_dataset_inputs_and_parent_artifacts_land_where_people_look(mlflow_store, tmp_path):
+    import hashlib
+
+    data = tmp_path / "seeds.jsonl"
+    data.write_text('{"id": 1}\n')
+    pred = tmp_path / "predictions"
+    pred.mkdir()
+    (pred / "predictions_base.jsonl").write_text("{}\n")
+    (tmp_path / "eval.json").write_text("{}")
+    (tmp_path / "report.md").write_text("# report")
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "fig4.png").write_bytes(b"png")
+
+    def body(args, params):
+        assert tracking.log_dataset_inputs("evaluate", {"seeds": data, "missing": tmp_path / "nope.jsonl"}, context="evaluation") == ["seeds"]
+        tracking.log_stage_artifacts("evaluate", [tmp_path / "eval.json"])
+        tracking.log_stage_artifacts("evaluate", pred, "predictions")
+        tracking.log_parent_artifacts(params, [tmp_path / "report.md", tmp_path / "figures"])
+
+    assert _shell("evaluate", body) == 0
+    params = load_params(ROOT / "params.yaml")
+    client, _, (run,) = _runs(params, "tags.medssr_stage = 'evaluate'")
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"eval.json", "predictions"}
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "predictions")] == ["predictions/predictions_base.jsonl"]
+    (ds,) = run.inputs.dataset_inputs
+    assert ds.dataset.name == "seeds" and ds.dataset.digest == hashlib.sha256(data.read_bytes()).hexdigest()[:36]
+    assert {t.key: t.value for t in ds.tags}["mlflow.data.context"] == "evaluation"
+    _, _, (parent,) = _runs(params, "tags.medssr_role = 'pipeline'")
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} == {"report.md", "figures"}

@@ -246,15 +246,15 @@ def run_train_stage(params: Params, stage: str, *, paths: StagePaths | None = No
 
 
 def _log_summary(mlflow: Any, params: Params, stage: str, summary: dict[str, float], extra: dict[str, float]) -> None:
-    from medssr import tracking
+    """The run-level numbers on the stage run: steps, time, peak memory. One name per quantity: a step series
+    (``train/<stage>/reward_mean``) is not repeated as ``_last``/``_mean`` scalars (MLflow draws those as lone bars);
+    its summary stays in reports/train_<stage>.json and metrics/train_<stage>.json for DVC."""
     from medssr.rl.callbacks import metric_name
 
-    values = {metric_name(stage, k): float(v) for k, v in {**summary, **extra}.items() if isinstance(v, (int, float))}
+    scalars = {k: v for k, v in summary.items() if k in ("steps_logged", "peak_rss_mb_max", "peak_gpu_mb_max")}
+    values = {metric_name(stage, k): float(v) for k, v in {**scalars, **extra}.items() if isinstance(v, (int, float))}
     if values:
         mlflow.log_metrics(values)
-    headline = {k: v for k, v in values.items() if k.endswith(("reward_mean_last", "reward_mean_mean", "distinct_answers_mean",
-                                                                "all_agree_share_mean", "/global_step", "/train_s"))}
-    tracking.log_summary_to_parent(params, headline)
 
 
 def _run_trl(params, stage, plan, stage_cfg, init_model, examples, template, run_dir, out_dir, report, dry_run, callbacks, paths) -> dict:
