@@ -38,7 +38,14 @@ LONG_STAGES = ("corpus", "synthesize", "label", "stage1", "stage2", "evaluate") 
 HEADLINE_METRICS = ("eval/avg", "eval/avg_ci_low", "eval/avg_ci_high", "eval/raredis/avg", "eval/raredis/avg_ci_low",
                     "eval/raredis/avg_ci_high", "eval/vs_base/avg/diff", "synth/accepted", "synth/rare_ratio_achieved", "label/kept",
                     "label/agreement_mean")
-EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}  # the UI opens on the runs table, not the GenAI overview
+HEADLINE_PARAMS = ("synth.rare_ratio", "train.strategy", "model.policy")
+VIEW_KEY = "headline"  # the runs table with the headline columns: <ui>/#/experiments/<id>/runs?viewStateShareKey=headline
+HEADLINE_VIEW = {"selectedColumns": [*(f"metrics.`{m}`" for m in HEADLINE_METRICS), *(f"params.`{p}`" for p in HEADLINE_PARAMS)],
+                 "orderByKey": "attributes.start_time", "orderByAsc": False}
+EXPERIMENT_TAGS = {
+    "mlflow.experimentKind": "custom_model_development",  # the UI opens on the runs table, not the GenAI overview
+    f"mlflow.sharedViewState.{VIEW_KEY}": json.dumps(HEADLINE_VIEW),  # a saved view MLflow's UI reads from the experiment's tags
+}
 
 STAGES = ("model", "prepare", "corpus", "synthesize", "label", "stage1", "stage2", "train", "evaluate", "report", "review")
 
@@ -147,12 +154,13 @@ def parent_run_id(experiment: str, params_flat: Mapping[str, Any]) -> str:
             client.set_terminated(found[0].info.run_id, "FINISHED")
         return found[0].info.run_id
     exp_name = os.environ.get("DVC_EXP_NAME", "workspace")
-    changed = changed_params(params_flat)
+    baseline = baseline_params()
+    changed = changed_params(params_flat, baseline) if baseline else None
     run = client.create_run(exp_id, run_name=run_name(params_flat, exp_name), tags={
         "medssr_pipeline_key": key, "medssr_role": "pipeline", "dvc_exp_name": exp_name,
         "git_revision": git_revision(), "mlflow.source.name": "dvc repro",
         "mlflow.note.content": describe(params_flat, changed, exp_name),
-        "medssr_changed_params": json.dumps(sorted(changed))[:5000],
+        "medssr_changed_params": json.dumps(sorted(changed or {}))[:5000],
     })
     flat = {k: _param_value(v) for k, v in scrub_params(params_flat).items()}
     for chunk in _chunks(list(flat.items()), 90):
@@ -213,14 +221,16 @@ def changed_params(params_flat: Mapping[str, Any], baseline: Mapping[str, Any] |
     return {k: (base.get(k), v) for k, v in sorted(flat.items()) if k in base and not _same(base[k], v)}
 
 
-def describe(params_flat: Mapping[str, Any], changed: Mapping[str, tuple[Any, Any]], exp_name: str = "workspace") -> str:
-    """The parent run's description (markdown, the run page's Description box)."""
+def describe(params_flat: Mapping[str, Any], changed: Mapping[str, tuple[Any, Any]] | None, exp_name: str = "workspace") -> str:
+    """The parent run's description (markdown, the run page's Description box); ``changed`` None: no committed params.yaml."""
     lines = [f"**{run_name(params_flat, exp_name)}**", "",
              f"α (synth.rare_ratio) = {params_flat.get('synth.rare_ratio')}, strategy (train.strategy) = "
              f"{params_flat.get('train.strategy')}, policy (model.policy) = {params_flat.get('model.policy')}", ""]
     if changed:
         lines.append("Params changed from the committed params.yaml:")
         lines += [f"- `{k}`: {json.dumps(a, default=str)} → {json.dumps(b, default=str)}" for k, (a, b) in changed.items()]
+    elif changed is None:
+        lines.append("No committed params.yaml to compare with (not a git checkout): every param is in the Parameters table.")
     else:
         lines.append("Params as committed in params.yaml.")
     lines += ["", f"Headline metrics: {', '.join(HEADLINE_METRICS)}. Per-stage numbers, curves and artifacts are on the nested stage runs."]
@@ -317,6 +327,10 @@ def stage_scope(stage: str, params: Any) -> Iterator[Any]:
             yield mlflow
         finally:
             _SCOPED.pop(stage, None)
+    # the parent's end time follows its last stage, so its Duration is the pipeline's, not the instant it was created
+    parent = run.data.tags.get("mlflow.parentRunId")
+    if parent:
+        mlflow.MlflowClient().set_terminated(parent, "FINISHED")
 
 
 def log_stage_artifacts(stage: str, paths: Any, artifact_path: str | None = None) -> int:

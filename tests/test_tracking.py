@@ -215,6 +215,8 @@ def test_a_stage_run_spans_the_whole_stage_and_the_library_logs_into_it(mlflow_s
     assert run.info.status == "FINISHED"
     assert run.info.end_time - run.info.start_time >= 1000
     assert run.data.metrics["synth/accepted"] == 3 and run.data.params["synth.n"] == "3"
+    _, _, (parent,) = _runs(params, "tags.medssr_role = 'pipeline'")
+    assert parent.info.end_time >= run.info.end_time  # the parent's Duration covers its stages
 
 
 def test_a_stage_that_fails_leaves_its_run_failed(mlflow_store):

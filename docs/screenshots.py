@@ -1,0 +1,152 @@
+"""Screenshots of the MLflow UI in headless Chromium: the runs table, a parent run and the compare view (#15.4).
+
+    python docs/screenshots.py --db /tmp/sweep_keep/mlflow.db --artifacts /tmp/sweep_keep/art --out docs/
+    python docs/screenshots.py --demo --out /tmp/shots          # a two-value α sweep of made-up numbers, through medssr.tracking
+
+``--db``/``--artifacts`` are a store a sweep wrote (``MEDSSR_SWEEP_KEEP=<dir> pytest tests/test_sweep_mlflow.py`` keeps its
+``mlflow.db`` and ``art/``). The script starts ``mlflow server`` on 127.0.0.1 (a free port), waits for /health, finds the
+experiment's parent runs (tag ``medssr_role=pipeline``) through the REST API, and writes mlflow_runs.png,
+mlflow_parent_run.png and mlflow_compare.png with ``chromium --headless --screenshot``. Nothing leaves 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(db: Path, artifacts: Path, log: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    mlflow = BIN / "mlflow" if (BIN / "mlflow").exists() else Path(shutil.which("mlflow") or "mlflow")
+    server = subprocess.Popen([str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                               "--backend-store-uri", f"sqlite:///{db.resolve()}", "--artifacts-destination", str(artifacts.resolve())],
+                              env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while True:
+        try:
+            if urllib.request.urlopen(f"{base}/health", timeout=2).read() == b"OK":
+                return server, base
+        except OSError:
+            pass
+        if time.time() > deadline or server.poll() is not None:
+            server.kill()
+            raise SystemExit(f"mlflow server did not come up:\n{log.read_text()[-2000:]}")
+        time.sleep(0.5)
+
+
+def api(base: str, path: str, body: dict | None = None) -> dict:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(f"{base}/api/2.0/mlflow/{path}", data=data, headers={"Content-Type": "application/json"})
+    return json.loads(urllib.request.urlopen(req, timeout=20).read())
+
+
+def shoot(url: str, out: Path, size: str = "1600,1000", budget_ms: int = 15000) -> None:
+    """One headless-Chromium screenshot of ``url`` (a fresh profile, so no saved view state leaks in)."""
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    with tempfile.TemporaryDirectory() as profile:
+        subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", f"--user-data-dir={profile}",
+                        f"--screenshot={out}", f"--window-size={size}", f"--virtual-time-budget={budget_ms}", url],
+                       check=True, capture_output=True, timeout=180)
+    print(f"[screenshots] {out}  <- {url}")
+
+
+def demo_store(where: Path) -> tuple[Path, Path]:
+    """A store holding a two-value α sweep through medssr.tracking's real code paths (stage runs, parent names, headline
+    metrics, artifacts); the numbers are made up. For trying the script without running the pipeline."""
+    db, art = where / "mlflow.db", where / "art"
+    script = f"""
+import json, os, time
+from pathlib import Path
+os.environ["MLFLOW_TRACKING_URI"] = "sqlite:///{db}"
+import mlflow
+mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+from medssr import tracking
+from medssr.config import load_params
+from medssr.stage import run_stage
+for i, alpha in enumerate((0.0, 0.5)):
+    os.environ["DVC_EXP_NAME"] = ("demo-low", "demo-high")[i]
+    pfile = Path(f"params_{{i}}.yaml")
+    pfile.write_text(Path("{ROOT / 'params.yaml'}").read_text().replace("rare_ratio: 0.25", f"rare_ratio: {{alpha}}", 1))
+    params = load_params(pfile)
+    exp = tracking.ensure_experiment(params.project.experiment)
+    mlflow.set_experiment(experiment_id=exp)
+    def body(args, p, alpha=alpha):
+        with tracking.stage_run("evaluate", p) as m:
+            m.log_metrics({{"eval/avg": 0.41 + 0.03 * alpha, "eval/raredis/avg": 0.30 + 0.1 * alpha, "eval/medqa/acc": 0.44}})
+        tracking.log_summary_to_parent(p, {{"eval/avg": 0.41 + 0.03 * alpha, "eval/avg_ci_low": 0.38, "eval/avg_ci_high": 0.45 + alpha / 20,
+                                           "eval/raredis/avg": 0.30 + 0.1 * alpha, "synth/accepted": 120, "label/kept": 97 - 10 * alpha}})
+    run_stage("evaluate", None, lambda ap: None, body, ["--params", str(pfile)])
+    with tracking.stage_run("stage1", params) as m:
+        for step in range(1, 6):
+            m.log_metrics({{"train/stage1/reward_mean": 0.2 + 0.1 * step * (1 + alpha), "train/stage1/kl": 0.001 * step}}, step=step)
+"""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_DISABLE_TELEMETRY": "true"}
+    subprocess.run([sys.executable, "-c", script], check=True, env=env, cwd=where)
+    art.mkdir(exist_ok=True)
+    return db, art
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--db", type=Path, help="the sweep's sqlite MLflow store (mlflow.db)")
+    ap.add_argument("--artifacts", type=Path, help="its artifact root (the server's --artifacts-destination)")
+    ap.add_argument("--demo", action="store_true", help="make a small store of made-up numbers instead of reading --db")
+    ap.add_argument("--experiment", default="medssr", help="MLflow experiment name (default medssr)")
+    ap.add_argument("--out", type=Path, default=Path("docs"), help="directory for the PNGs (default docs/)")
+    args = ap.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="medssr-shots-"))
+    if args.demo:
+        db, art = demo_store(work)
+    elif args.db:
+        db, art = args.db, args.artifacts or args.db.parent / "art"
+    else:
+        ap.error("give --db (and --artifacts) of a sweep's store, or --demo")
+    args.out.mkdir(parents=True, exist_ok=True)
+    server, base = start_server(db, art, work / "server.log")
+    try:
+        exp_id = api(base, f"experiments/get-by-name?experiment_name={urllib.parse.quote(args.experiment)}")["experiment"]["experiment_id"]
+        runs = api(base, "runs/search", {"experiment_ids": [exp_id], "filter": "tags.medssr_role = 'pipeline'", "max_results": 50,
+                                         "order_by": ["attributes.start_time DESC"]}).get("runs", [])
+        parents = [r for r in runs if any(m["key"] == "eval/avg" for m in r["data"].get("metrics", []))] or runs
+        if not parents:
+            raise SystemExit(f"no pipeline runs in experiment {args.experiment!r} of {db}")
+        ids = [r["info"]["run_id"] for r in parents[:2]]
+        for r in parents[:2]:
+            print(f"[screenshots] parent run {r['info']['run_name']!r}: "
+                  + ", ".join(f"{m['key']}={m['value']:.3g}" for m in r["data"].get("metrics", [])))
+        shoot(f"{base}/#/experiments/{exp_id}/runs?viewStateShareKey=headline", args.out / "mlflow_runs.png")
+        shoot(f"{base}/#/experiments/{exp_id}/runs/{ids[0]}", args.out / "mlflow_parent_run.png", size="1600,1300")
+        q = urllib.parse.urlencode({"runs": json.dumps(ids), "experiments": json.dumps([exp_id])})
+        shoot(f"{base}/#/compare-runs?{q}", args.out / "mlflow_compare.png", size="1600,1300")
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, 9)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
