@@ -54,6 +54,9 @@ def chunk_size_for(sampling: SamplingCfg) -> int:
     whole, a kill loses at most the questions in flight. vLLM (one ``generate`` per call, a question's samples
     fixed by its seeds): two full batches of sequences per engine, so a chunk's tail stays short."""
     if composition_matters(sampling):
+        # the price, measured on SmolLM2-135M (32 questions, G = 8, batch 32, 2 threads): 0.76 votes/s against 1.03
+        # with chunks of 32, since each chunk's batch drains to its longest row; a kill then lost 11 finished
+        # questions on average (up to 31), now 0.1. Two chunk sizes gave different samples (float rounding).
         return -(-sampling.batch_size // sampling.n) * sampling.engines
     return max(DEFAULT_CHUNK, -(-2 * sampling.batch_size // sampling.n)) * sampling.engines
 
