@@ -124,8 +124,9 @@ def _open_text(path: Path, mode: str, gz: bool | None = None):
     return open(path, mode, encoding="utf-8")
 
 
-def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
-    """Yield ``(line_number, object)`` for each non-empty line; bad JSON or bytes name the line."""
+def iter_jsonl_rows(path: str | os.PathLike) -> Iterator[tuple[int, Any | RecordError]]:
+    """Yield ``(line_number, object or the RecordError of that line)`` for each non-empty line, reading on past bad
+    JSON (one bad line costs only that line); bad bytes end the file, the decoder cannot resync after them."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
@@ -135,7 +136,8 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
             try:
                 raw = fh.readline()
             except UnicodeDecodeError as e:
-                raise RecordError(path, lineno + 1, "<row>", f"not valid UTF-8 ({e.reason})") from None
+                yield lineno + 1, RecordError(path, lineno + 1, "<row>", f"not valid UTF-8 ({e.reason})")
+                return
             if not raw:
                 break
             lineno += 1
@@ -144,7 +146,15 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
             try:
                 yield lineno, json.loads(raw)
             except json.JSONDecodeError as e:
-                raise RecordError(path, lineno, "<row>", f"invalid JSON ({e.msg} at column {e.colno})") from None
+                yield lineno, RecordError(path, lineno, "<row>", f"invalid JSON ({e.msg} at column {e.colno})")
+
+
+def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
+    """Yield ``(line_number, object)`` for each non-empty line; the first bad JSON line or bad bytes raise, naming it."""
+    for lineno, obj in iter_jsonl_rows(path):
+        if isinstance(obj, RecordError):
+            raise obj
+        yield lineno, obj
 
 
 def iter_questions(path: str | os.PathLike) -> Iterator[tuple[int, Any, Question | RecordError]]:
@@ -152,16 +162,9 @@ def iter_questions(path: str | os.PathLike) -> Iterator[tuple[int, Any, Question
     `read_questions` and `medssr validate` share (duplicate ids included)."""
     path = Path(path)
     seen: dict[str, int] = {}
-    rows = iter_jsonl(path)
-    while True:
-        try:
-            lineno, obj = next(rows)
-        except StopIteration:
-            return
-        except RecordError as e:
-            yield e.line or 0, None, e
-            if e.field == "<row>" and "UTF-8" in e.problem:
-                return  # the decoder cannot resync after bad bytes
+    for lineno, obj in iter_jsonl_rows(path):
+        if isinstance(obj, RecordError):
+            yield lineno, None, obj
             continue
         try:
             q = validate_question(obj, path, lineno)

@@ -166,3 +166,16 @@ def test_write_is_atomic(tmp_path):
     with pytest.raises(RuntimeError):
         write_jsonl(f, boom())
     assert [json.loads(x)["id"] for x in f.read_text().splitlines()] == ["q-1"]
+
+
+def test_non_strict_read_reads_past_a_bad_json_line_and_quarantines_only_it(tmp_path):
+    lines = [json.dumps(_q(i)) for i in range(4)]
+    lines[1] = '{"id": "broken'
+    path = tmp_path / "q.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    got = read_questions(path, strict=False)
+    assert [q.id for q in got] == ["q-0", "q-2", "q-3"]  # the rows after the bad line are not lost
+    rejected = [json.loads(x) for x in (tmp_path / "q.jsonl.rejected.jsonl").read_text().splitlines()]
+    assert [r["line"] for r in rejected] == [2] and "invalid JSON" in rejected[0]["error"]
+    with pytest.raises(RecordError, match=r"q\.jsonl:2: <row>: invalid JSON"):
+        read_questions(path)
