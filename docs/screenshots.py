@@ -63,12 +63,89 @@ def api(base: str, path: str, body: dict | None = None) -> dict:
 
 def shoot(url: str, out: Path, size: str = "1600,1000", budget_ms: int = 15000) -> None:
     """One headless-Chromium screenshot of ``url`` (a fresh profile, so no saved view state leaks in)."""
+    if shoot_cdp(url, out, size):
+        return
     chromium = shutil.which("chromium") or "/usr/bin/chromium"
     with tempfile.TemporaryDirectory() as profile:
         subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", f"--user-data-dir={profile}",
                         f"--screenshot={out}", f"--window-size={size}", f"--virtual-time-budget={budget_ms}", url],
                        check=True, capture_output=True, timeout=180)
     print(f"[screenshots] {out}  <- {url}")
+
+
+TIDY_JS = """(() => {
+  const byText = (sel, text) => [...document.querySelectorAll(sel)].find(e => e.textContent.trim() === text);
+  const ml = byText('button, label, [role=radio], [role=tab], span', 'Model training');
+  if (ml) ml.click();                                   // the sidebar's per-browser GenAI / Model training switch
+  const panel = [...document.querySelectorAll('*')].find(e => e.textContent.trim().startsWith('MLflow Assistant') && e.children.length < 4);
+  let closed = false;
+  for (let box = panel; box && !closed; box = box.parentElement) {
+    const btn = [...box.querySelectorAll('button')].find(b => /close/i.test(b.getAttribute('aria-label') || ''));
+    if (btn) { btn.click(); closed = true; }
+  }
+  return JSON.stringify({model_training: !!ml, assistant_closed: closed});
+})()"""
+
+
+# the compare view: "Show diff only" for params and metrics, so what the sweep changed is what is on screen
+DIFF_ONLY_JS = """document.querySelectorAll('[role=switch]').forEach(sw => { if (sw.getAttribute('aria-checked') !== 'true') sw.click(); })"""
+
+
+def shoot_cdp(url: str, out: Path, size: str = "1600,1000", settle_s: float = 8.0) -> bool:
+    """The screenshot through the DevTools protocol (websocket-client), after switching the sidebar to *Model training*
+    and closing the Assistant panel, as a reader would; False when websocket-client is missing."""
+    try:
+        import websocket
+    except ImportError:
+        return False
+    import base64
+
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    port = free_port()
+    w, h = size.split(",")
+    with tempfile.TemporaryDirectory() as profile:
+        proc = subprocess.Popen([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", f"--user-data-dir={profile}",
+                                 f"--remote-debugging-port={port}", "--remote-debugging-address=127.0.0.1", f"--window-size={w},{h}",
+                                 "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.time() + 30
+            while True:
+                try:
+                    targets = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/json", timeout=2).read())
+                    ws_url = next(t["webSocketDebuggerUrl"] for t in targets if t.get("type") == "page")
+                    break
+                except (OSError, StopIteration, ValueError):
+                    if time.time() > deadline:
+                        raise
+                    time.sleep(0.3)
+            ws = websocket.create_connection(ws_url, timeout=60, suppress_origin=True)
+            ids = iter(range(1, 10_000))
+
+            def call(method: str, **params):
+                i = next(ids)
+                ws.send(json.dumps({"id": i, "method": method, "params": params}))
+                while True:
+                    msg = json.loads(ws.recv())
+                    if msg.get("id") == i:
+                        return msg.get("result", {})
+
+            call("Emulation.setDeviceMetricsOverride", width=int(w), height=int(h), deviceScaleFactor=1, mobile=False)
+            call("Page.navigate", url=url)
+            time.sleep(settle_s)
+            tidy = call("Runtime.evaluate", expression=TIDY_JS, returnByValue=True).get("result", {}).get("value")
+            time.sleep(2)
+            call("Page.navigate", url=url)  # again: the switch navigates away; both settings persist in the browser
+            time.sleep(settle_s)
+            call("Runtime.evaluate", expression=DIFF_ONLY_JS)
+            time.sleep(2)
+            png = call("Page.captureScreenshot", format="png")["data"]
+            out.write_bytes(base64.b64decode(png))
+            ws.close()
+        finally:
+            proc.terminate()
+            proc.wait(timeout=20)
+    print(f"[screenshots] {out}  <- {url}  {tidy}")
+    return True
 
 
 def demo_store(where: Path) -> tuple[Path, Path]:
@@ -135,10 +212,10 @@ def main(argv: list[str] | None = None) -> int:
         for r in parents[:2]:
             print(f"[screenshots] parent run {r['info']['run_name']!r}: "
                   + ", ".join(f"{m['key']}={m['value']:.3g}" for m in r["data"].get("metrics", [])))
-        shoot(f"{base}/#/experiments/{exp_id}/runs?viewStateShareKey=headline", args.out / "mlflow_runs.png")
+        shoot(f"{base}/#/experiments/{exp_id}/runs?viewStateShareKey=headline", args.out / "mlflow_runs.png", size="1900,900")
         shoot(f"{base}/#/experiments/{exp_id}/runs/{ids[0]}", args.out / "mlflow_parent_run.png", size="1600,1300")
         q = urllib.parse.urlencode({"runs": json.dumps(ids), "experiments": json.dumps([exp_id])})
-        shoot(f"{base}/#/compare-runs?{q}", args.out / "mlflow_compare.png", size="1600,1300")
+        shoot(f"{base}/#/compare-runs?{q}", args.out / "mlflow_compare.png", size="1700,1500")
     finally:
         server.terminate()
         try:
