@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from medssr import tracking
 from medssr.config import load_params
 
@@ -268,3 +270,21 @@ def test_stage_artifacts_dataset_inputs_and_parent_artifacts_land_where_people_l
     assert {t.key: t.value for t in ds.tags}["mlflow.data.context"] == "evaluation"
     _, _, (parent,) = _runs(params, "tags.medssr_role = 'pipeline'")
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} == {"report.md", "figures"}
+
+
+@pytest.mark.slow
+def test_the_screenshot_script_captures_runs_table_parent_run_and_compare_view(tmp_path):
+    """docs/screenshots.py on its --demo store: a real `mlflow server` on 127.0.0.1 and headless Chromium (#15.4)."""
+    import shutil
+    import struct
+
+    if not shutil.which("chromium") and not Path("/usr/bin/chromium").exists():
+        pytest.skip("chromium is not installed (Debian: apt-get install chromium)")
+    r = subprocess.run([sys.executable, str(ROOT / "docs" / "screenshots.py"), "--demo", "--out", str(tmp_path)], capture_output=True,
+                       text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "parent run 'α=0.5 · two_stage · smollm2-135m · demo-high': eval/avg=" in r.stdout
+    for name in ("mlflow_runs.png", "mlflow_parent_run.png", "mlflow_compare.png"):
+        png = (tmp_path / name).read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000, name  # a page, not a blank
+        assert struct.unpack(">II", png[16:24])[0] >= 1600, name
