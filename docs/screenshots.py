@@ -2,6 +2,7 @@
 
     python docs/screenshots.py --db /tmp/sweep_keep/mlflow.db --artifacts /tmp/sweep_keep/art --out docs/
     python docs/screenshots.py --demo --out /tmp/shots          # a two-value α sweep of made-up numbers, through medssr.tracking
+    python docs/screenshots.py --dvc-plots dvc_plots/index.html --vega-dir /tmp/vega --out /tmp/shots   # `dvc plots diff` offline
 
 ``--db``/``--artifacts`` are a store a sweep wrote (``MEDSSR_SWEEP_KEEP=<dir> pytest tests/test_sweep_mlflow.py`` keeps its
 ``mlflow.db`` and ``art/``). The script starts ``mlflow server`` on 127.0.0.1 (a free port), waits for /health, finds the
@@ -148,6 +149,25 @@ def shoot_cdp(url: str, out: Path, size: str = "1600,1000", settle_s: float = 8.
     return True
 
 
+def offline_plots(index_html: Path, vega_dir: Path) -> Path:
+    """A copy of `dvc plots show/diff`'s index.html that loads Vega from ``vega_dir`` instead of a CDN.
+
+    ``vega_dir`` holds the npm packages unpacked (``npm pack vega@5 vega-lite@5 vega-embed@6``, each tarball's
+    ``package/`` under a directory named after it): the page then renders without a network.
+    """
+    html = index_html.read_text(encoding="utf-8")
+    for name in ("vega", "vega-lite", "vega-embed"):
+        build = next(vega_dir.glob(f"{name}-[0-9]*/package/build/{name}.min.js"), None)
+        if build is None:
+            raise SystemExit(f"{vega_dir}: no {name}-<version>/package/build/{name}.min.js (npm pack {name}, then untar)")
+        start = html.index(f'src="https://cdn.jsdelivr.net/npm/{name}@')
+        end = html.index('"', start + 5)
+        html = html[:start] + f'src="{build.resolve().as_uri()}' + html[end:]
+    out = index_html.with_name("index_offline.html")
+    out.write_text(html, encoding="utf-8")
+    return out
+
+
 def demo_store(where: Path) -> tuple[Path, Path]:
     """A store holding a two-value α sweep through medssr.tracking's real code paths (stage runs, parent names, headline
     metrics, artifacts); the numbers are made up. For trying the script without running the pipeline."""
@@ -191,7 +211,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--demo", action="store_true", help="make a small store of made-up numbers instead of reading --db")
     ap.add_argument("--experiment", default="medssr", help="MLflow experiment name (default medssr)")
     ap.add_argument("--out", type=Path, default=Path("docs"), help="directory for the PNGs (default docs/)")
+    ap.add_argument("--dvc-plots", type=Path, help="also shoot this `dvc plots diff` index.html (as dvc_plots.png), with Vega from --vega-dir")
+    ap.add_argument("--vega-dir", type=Path, help="unpacked npm packages vega, vega-lite, vega-embed (see offline_plots)")
     args = ap.parse_args(argv)
+    if args.dvc_plots:
+        args.out.mkdir(parents=True, exist_ok=True)
+        page = offline_plots(args.dvc_plots, args.vega_dir) if args.vega_dir else args.dvc_plots
+        shoot(page.resolve().as_uri(), args.out / "dvc_plots.png", size="1700,1000")
+        if not (args.db or args.demo):
+            return 0
     work = Path(tempfile.mkdtemp(prefix="medssr-shots-"))
     if args.demo:
         db, art = demo_store(work)
