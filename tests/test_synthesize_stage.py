@@ -256,6 +256,22 @@ def test_rerun_with_larger_n_reuses_every_earlier_attempt(tmp_path, openai_key, 
     assert (tmp_path / "out" / "questions.jsonl").read_text().splitlines()[:4] == first
 
 
+def test_a_damaged_progress_line_is_quarantined_counted_and_the_rerun_equals_the_first_run(tmp_path, openai_key, seeds, benchmarks):
+    from medssr.synth.run import summary_line
+
+    with FakeOpenAIServer(responder=fake_question) as srv:
+        run(make_params(tmp_path, "openai", srv.base_url, n=4), tmp_path, seeds, benchmarks)
+        first = (tmp_path / "out" / "questions.jsonl").read_bytes()
+        progress = tmp_path / "out" / "questions.progress.jsonl"
+        lines = progress.read_text().splitlines()
+        lines[1] = lines[1][: len(lines[1]) // 2]  # a damaged middle line, newline kept
+        progress.write_text("\n".join(lines) + "\n")
+        report = run(make_params(tmp_path, "openai", srv.base_url, n=4), tmp_path, seeds, benchmarks)
+    assert report["progress"]["quarantined_lines"] == 1 and report["progress"]["quarantine_file"]
+    assert "1 damaged progress line quarantined" in summary_line(report)
+    assert (tmp_path / "out" / "questions.jsonl").read_bytes() == first  # the lost response came back from the cache
+
+
 # -- secrets and MLflow ----------------------------------------------------------------------------------
 def _all_text(root: Path) -> str:
     return "\n".join(p.read_bytes().decode("utf-8", "replace") for p in root.rglob("*") if p.is_file() and p.suffix != ".db")

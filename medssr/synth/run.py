@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from medssr.config import Params, to_flat_dict
+from medssr.data.entities import read_entities
 from medssr.errors import MedssrError
 from medssr.llm.base import BUDGET_ERROR, diff_counts
 from medssr.llm.tokens import tokenizer_name
-from medssr.records import Question, append_jsonl, iter_jsonl, read_partial_jsonl, read_questions, write_jsonl
+from medssr.records import Question, append_jsonl, read_partial_jsonl, read_questions, write_jsonl
 from medssr.secrets import scrub_params
 from medssr.synth.contamination import build_index, question_text
 from medssr.synth.parse import QUESTION_SCHEMA, InvalidQuestion, ParsedQuestion, parse_question
@@ -59,12 +60,7 @@ def load_inputs(prepared_dir: str | os.PathLike = "data/prepared", corpus_dir: s
     """Read seeds.jsonl, entities.jsonl, every benchmarks/*.jsonl (one per data.benchmarks entry), raredis_sub.jsonl, coverage.json."""
     prepared = Path(prepared_dir)
     seeds = read_questions(prepared / "seeds.jsonl")
-    entities = []
-    for line, row in iter_jsonl(prepared / "entities.jsonl"):
-        name = row.get("name") if isinstance(row, dict) else None
-        if not isinstance(name, str) or not name.strip():
-            raise SynthError(f"{prepared / 'entities.jsonl'}:{line}: name: expected a non-empty string")
-        entities.append(name)
+    entities = [e.name for e in read_entities(prepared / "entities.jsonl")]  # the one entity reader (medssr.data.entities)
     benchmarks = {p.stem: read_questions(p) for p in sorted((prepared / "benchmarks").glob("*.jsonl"))}
     raredis = read_questions(prepared / "raredis_sub.jsonl") if (prepared / "raredis_sub.jsonl").exists() else []
     cov_path = Path(corpus_dir) / "coverage.json"
@@ -178,7 +174,8 @@ def run_synthesize(params: Params, inputs: SynthInputs, out_path: str | os.PathL
     pool = entity_pool(inputs.entities, inputs.coverage, cfg.prefer_covered) if cfg.rare_ratio > 0 else list(inputs.entities)
     index = build_index(inputs.benchmarks, inputs.raredis_sub, seeds, n=NGRAM, threshold=cfg.contamination_threshold)
     done: dict[str, _Finished] = {}
-    for row in read_partial_jsonl(progress_path):
+    progress_rows = read_partial_jsonl(progress_path)  # damaged lines are quarantined beside it, counted below
+    for row in progress_rows:
         if isinstance(row, dict) and "key" in row and "text" in row:
             done[row["key"]] = _Finished(row["attempt"], row["text"], row.get("finish_reason"), row.get("input_tokens", 0),
                                          row.get("output_tokens", 0), row.get("cost_usd", 0.0), True)
@@ -335,6 +332,8 @@ def run_synthesize(params: Params, inputs: SynthInputs, out_path: str | os.PathL
         # batch items the provider failed this run (left as misses: a rerun sends them in a new batch)
         "batch_failures": list(getattr(generator, "batch_failures", []))[failures0:],
         "resumed_from_progress": reused,
+        "progress": {"quarantined_lines": progress_rows.quarantined, "torn_tail": progress_rows.torn_tail,
+                     "quarantine_file": str(progress_rows.side_file) if progress_rows.side_file else None},
         "generator": generator.name,
         "batch": bool(getattr(cfg.generator, "batch", False)),  # sent through the provider's batch endpoint, at batch prices
         "prompt_variant": prompt_variant,
@@ -432,4 +431,10 @@ def summary_line(report: Mapping[str, Any]) -> str:
             f"(acceptance {report['acceptance_rate']:.0%}, {rej} rejected, {report['contamination_dropped']} contamination/duplicate drops), "
             f"rare {report['rare_ratio_achieved']:.2f} vs α={report['rare_ratio_target']}, "
             f"{report['tokens_per_accepted_question']['total']:.0f} tok/q, ${report['cost_usd']:.4f}, stopped: {report['stopped']}; "
-            f"{report['requests']} requests as {report['http_requests']} HTTP requests ({report['retries']} retries), faults: {faults}")
+            f"{report['requests']} requests as {report['http_requests']} HTTP requests ({report['retries']} retries), faults: {faults}"
+            + _quarantine_note(report.get("progress", {})))
+
+
+def _quarantine_note(progress: Mapping[str, Any]) -> str:
+    n = progress.get("quarantined_lines", 0)
+    return f"; {n} damaged progress line{'s' if n != 1 else ''} quarantined to {progress.get('quarantine_file')}" if n else ""
