@@ -267,7 +267,7 @@ class HFSampler:
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else min(self.eos_ids)
         self.n_layers = model.config.num_hidden_layers
         self.last_stats = SampleStats()
-        self.admit_fraction = 0.25  # rebuild the batch once this share of its rows has finished
+        self.admit_fraction = 0.25  # rebuild the batch once this share of its current rows has finished
         # Llama-family models on CPU decode with our step over a shared-prefix cache; others use transformers' forward
         self.decoder = _decoder_for(model) if self.device.type == "cpu" else None
         self._torch = torch
@@ -388,7 +388,9 @@ class _Run:
     def loop(self) -> None:
         while self.pending or self.rows:
             done = self.finished()
-            if not self.rows or done == len(self.rows) or done >= max(1, int(self.cap * self.s.admit_fraction)):
+            # a share of the current batch, not of its capacity: in the tail a few long rows would otherwise carry
+            # many finished ones through every step
+            if not self.rows or done == len(self.rows) or done >= max(1, int(len(self.rows) * self.s.admit_fraction)):
                 self.rebuild()
                 if not self.rows:
                     continue
