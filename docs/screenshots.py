@@ -88,8 +88,9 @@ TIDY_JS = """(() => {
 })()"""
 
 
-# the compare view: "Show diff only" for params and metrics, so what the sweep changed is what is on screen
-DIFF_ONLY_JS = """document.querySelectorAll('[role=switch]').forEach(sw => { if (sw.getAttribute('aria-checked') !== 'true') sw.click(); })"""
+# the compare view: "Show diff only" for the params (the first switch), so the swept value is what is on screen; the
+# metrics stay all listed (the parent carries only the headline ones), equal values included
+DIFF_ONLY_JS = """(() => { const sw = document.querySelector('[role=switch]'); if (sw && sw.getAttribute('aria-checked') !== 'true') sw.click(); })()"""
 
 
 def shoot_cdp(url: str, out: Path, size: str = "1600,1000", settle_s: float = 8.0) -> bool:
@@ -240,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         for r in parents[:2]:
             print(f"[screenshots] parent run {r['info']['run_name']!r}: "
                   + ", ".join(f"{m['key']}={m['value']:.3g}" for m in r["data"].get("metrics", [])))
-        shoot(f"{base}/#/experiments/{exp_id}/runs?viewStateShareKey=headline", args.out / "mlflow_runs.png", size="1900,900")
+        shoot(f"{base}/#/experiments/{exp_id}/runs?viewStateShareKey=headline", args.out / "mlflow_runs.png", size="2400,800")
         shoot(f"{base}/#/experiments/{exp_id}/runs/{ids[0]}", args.out / "mlflow_parent_run.png", size="1600,1300")
         q = urllib.parse.urlencode({"runs": json.dumps(ids), "experiments": json.dumps([exp_id])})
         shoot(f"{base}/#/compare-runs?{q}", args.out / "mlflow_compare.png", size="1700,1500")
