@@ -19,6 +19,7 @@ from eval.runner import (
     run_evaluate,
     second_pass_reason,
 )
+from medssr import tracking
 from medssr.config import Params, SamplingCfg
 from medssr.data.loaders import load_benchmark_file
 from medssr.records import CATEGORIES, RecordError, append_jsonl, read_partial_jsonl, write_jsonl
@@ -146,9 +147,11 @@ def test_parent_run_gets_headline_metrics_of_eval_and_stage_reports(evaluated):
     parent = [r for r in evaluated["runs"] if r.data.tags.get("medssr_role") == "pipeline"]
     assert len(parent) == 1
     m = parent[0].data.metrics
-    assert m["synth/accepted"] == 12 and m["synth/rare_ratio_achieved"] == 0.25 and m["synth/by_source/rare"] == 3
+    assert m["synth/accepted"] == 12 and m["synth/rare_ratio_achieved"] == 0.25
     assert "synth/seed" not in m and "synth/sampling/temperature" not in m  # settings are params, not headline metrics
-    assert "eval/avg" in m and "eval/medqa/acc" in m and "eval/base/avg" in m
+    assert "eval/avg" in m and "eval/raredis/avg" in m
+    # the parent holds the few headline metrics only; per-benchmark accuracies stay on the evaluate stage run
+    assert set(m) <= set(tracking.HEADLINE_METRICS) and "eval/medqa/acc" not in m
     assert parent[0].data.params["synth.rare_ratio"] == "0.25"
 
 
