@@ -538,8 +538,7 @@ class _Run:
         """One decode step for every row in the batch (finished rows ride along until the next rebuild)."""
         torch = self.torch
         dev = self.s.device
-        inp = torch.tensor([[r.tokens[-1] if r.reason is None else self.s.pad_id] for r in self.rows], device=dev)
-        pos = torch.tensor([[r.pos] for r in self.rows], device=dev)
+        inp, pos = self.step_inputs()
         mask = torch.cat([self.mask, torch.ones((len(self.rows), 1), dtype=self.mask.dtype, device=dev)], dim=1)
         cache = self.Cache(layers=self.layers)
         try:
@@ -551,16 +550,24 @@ class _Run:
             return
         self.stats.forward_passes += 1
         self.mask = mask
+        self.sample_and_emit(logits)
+
+    def step_inputs(self):
+        """(last token, position) of every row; finished rows ride along on the pad token."""
+        dev = self.s.device
+        inp = self.torch.tensor([[r.tokens[-1] if r.reason is None else self.s.pad_id] for r in self.rows], device=dev)
+        return inp, self.torch.tensor([[r.pos] for r in self.rows], device=dev)
+
+    def sample_and_emit(self, logits) -> None:
+        """Draw each row's next token from its own uniforms and hand it to the live rows."""
         toks = sample_tokens(logits, self.uniforms(self.rows), self.temperature, self.top_p, self.top_k).tolist()
         for r, t in zip(self.rows, toks, strict=True):
             if r.reason is None:
                 self.emit(r, int(t))
 
-    def halve(self) -> None:
-        """Out of memory: halve the batch size; the youngest live rows go back to the queue and later restart from
-        their own seeds, finished rows are recorded and dropped."""
-        for la in self.layers:  # the failed step may have written some layers before failing: roll them back
-            la.length = self.mask.shape[1]
+    def halving_keep(self) -> list[int]:
+        """Out of memory: halve the batch size; finished rows are recorded, the youngest live rows go back to the
+        queue (they restart later from their own seeds). Returns the indices of the rows that stay."""
         self.cap = max(1, len(self.rows) // 2)
         self.stats.oom_halvings += 1
         for r in self.rows:
@@ -571,7 +578,13 @@ class _Run:
         evict = set(youngest[: max(0, len(live) - self.cap)])
         for i in sorted(evict, key=lambda i: (self.rows[i].p, self.rows[i].j), reverse=True):
             self.pending.appendleft((self.rows[i].p, self.rows[i].j))
-        idx = [i for i in live if i not in evict]
+        return [i for i in live if i not in evict]
+
+    def halve(self) -> None:
+        """Out of memory: :meth:`halving_keep`, then the cache keeps only the rows that stay."""
+        for la in self.layers:  # the failed step may have written some layers before failing: roll them back
+            la.length = self.mask.shape[1]
+        idx = self.halving_keep()
         self._select(idx)
         self.rows = [self.rows[i] for i in idx]
         if not self.rows:
@@ -857,11 +870,9 @@ class _SharedRun(_Run):
 
     def step(self) -> None:
         """One decode step for every row in the batch (finished rows ride along until the next rebuild)."""
-        torch = self.torch
-        dev, kv = self.s.device, self.kv
+        kv = self.kv
         kv.reserve(max(1, min(self.max_new, 128)))
-        inp = torch.tensor([[r.tokens[-1] if r.reason is None else self.s.pad_id] for r in self.rows], device=dev)
-        pos = torch.tensor([[r.pos] for r in self.rows], device=dev)
+        inp, pos = self.step_inputs()
         try:
             logits = self.s._forward(inp, None, pos, kv)
         except Exception as e:
@@ -871,24 +882,11 @@ class _SharedRun(_Run):
             return
         kv.advance()
         self.stats.forward_passes += 1
-        toks = sample_tokens(logits, self.uniforms(self.rows), self.temperature, self.top_p, self.top_k).tolist()
-        for r, t in zip(self.rows, toks, strict=True):
-            if r.reason is None:
-                self.emit(r, int(t))
+        self.sample_and_emit(logits)
 
     def halve(self) -> None:
         """Out of memory: as ``_Run.halve`` (the failed step's K/V writes past each cohort's length are overwritten)."""
-        self.cap = max(1, len(self.rows) // 2)
-        self.stats.oom_halvings += 1
-        for r in self.rows:
-            if r.reason is not None:
-                self.finish(r)
-        live = [i for i, r in enumerate(self.rows) if r.reason is None]
-        youngest = sorted(live, key=lambda i: (len(self.rows[i].tokens), self.rows[i].p, self.rows[i].j))
-        evict = set(youngest[: max(0, len(live) - self.cap)])
-        for i in sorted(evict, key=lambda i: (self.rows[i].p, self.rows[i].j), reverse=True):
-            self.pending.appendleft((self.rows[i].p, self.rows[i].j))
-        self.relayout([i for i in live if i not in evict], [])
+        self.relayout(self.halving_keep(), [])
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -182,6 +182,8 @@ def first_time_faults(faults: Iterable[Fault]) -> FaultRule:
 class _FakeLLMServer:
     """Shared machinery; subclasses define the paths and the wire format."""
 
+    LIST_ENVELOPE: dict[str, Any] = {}  # extra keys of a batch list page on this wire
+
     path = ""
 
     def __init__(self, responder: Responder = question_responder, latency_s: float = 0.0, faults: Iterable[Fault | None] = (),
@@ -437,6 +439,20 @@ class _FakeLLMServer:
                 b["ended"] = True
             return b
 
+    def _b_retrieve(self, raw: bytes, headers: dict[str, str], body: Any, batch_id: str) -> tuple[int, str, str]:
+        b = self._poll(batch_id)
+        if b is None:
+            return 404, self._error_body(404, f"no batch {batch_id!r}"), "application/json"
+        return 200, json.dumps(self._batch_json(b)), "application/json"
+
+    def _b_list(self, raw: bytes, headers: dict[str, str], body: Any) -> tuple[int, str, str]:
+        """Batches newest first, in the wire's list envelope (OpenAI adds ``object: list``)."""
+        with self._lock:
+            data = [self._batch_json(b) for b in reversed(list(self.batches.values()))]
+        page = {"data": data, "has_more": False, "first_id": data[0]["id"] if data else None,
+                "last_id": data[-1]["id"] if data else None}
+        return 200, json.dumps({**self.LIST_ENVELOPE, **page}), "application/json"
+
     def _emptied(self, ok: dict) -> dict:
         raise NotImplementedError
 
@@ -480,6 +496,8 @@ _OPENAI_ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error
 
 class FakeOpenAIServer(_FakeLLMServer):
     """POST /v1/chat/completions; ``base_url`` is what AsyncOpenAI wants."""
+
+    LIST_ENVELOPE: dict[str, Any] = {"object": "list"}
 
     path = "/v1/chat/completions"
 
@@ -579,18 +597,6 @@ class FakeOpenAIServer(_FakeLLMServer):
                 "output_file_id": b.get("output_file_id"), "error_file_id": b.get("error_file_id"), "metadata": b["metadata"],
                 "request_counts": {"total": len(items), "completed": len(items) - failed if done else 0, "failed": failed if done else 0}}
 
-    def _b_retrieve(self, raw: bytes, headers: dict[str, str], body: Any, batch_id: str) -> tuple[int, str, str]:
-        b = self._poll(batch_id)
-        if b is None:
-            return 404, self._error_body(404, f"no batch {batch_id!r}"), "application/json"
-        return 200, json.dumps(self._batch_json(b)), "application/json"
-
-    def _b_list(self, raw: bytes, headers: dict[str, str], body: Any) -> tuple[int, str, str]:
-        with self._lock:
-            data = [self._batch_json(b) for b in reversed(list(self.batches.values()))]
-        return 200, json.dumps({"object": "list", "data": data, "has_more": False,
-                                "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None}), "application/json"
-
     def _b_content(self, raw: bytes, headers: dict[str, str], body: Any, file_id: str) -> tuple[int, str, str]:
         content = self.files.get(file_id)
         if content is None:
@@ -659,18 +665,6 @@ class FakeAnthropicServer(_FakeLLMServer):
                 "results_url": f"{self.root_url}/v1/messages/batches/{b['id']}/results" if done else None,
                 "request_counts": {"processing": 0 if done else len(b["items"]), "succeeded": counts["succeeded"],
                                    "errored": counts["errored"], "canceled": counts["canceled"], "expired": counts["expired"]}}
-
-    def _b_retrieve(self, raw: bytes, headers: dict[str, str], body: Any, batch_id: str) -> tuple[int, str, str]:
-        b = self._poll(batch_id)
-        if b is None:
-            return 404, self._error_body(404, f"no batch {batch_id!r}"), "application/json"
-        return 200, json.dumps(self._batch_json(b)), "application/json"
-
-    def _b_list(self, raw: bytes, headers: dict[str, str], body: Any) -> tuple[int, str, str]:
-        with self._lock:
-            data = [self._batch_json(b) for b in reversed(list(self.batches.values()))]
-        return 200, json.dumps({"data": data, "has_more": False, "first_id": data[0]["id"] if data else None,
-                                "last_id": data[-1]["id"] if data else None}), "application/json"
 
     def _b_results(self, raw: bytes, headers: dict[str, str], body: Any, batch_id: str) -> tuple[int, str, str]:
         b = self.batches.get(batch_id)
