@@ -10,9 +10,9 @@ import pytest
 from medssr.data.loaders import load_medmcqa
 from medssr.llm import LLMRequest
 from medssr.synth.parse import QUESTION_SCHEMA
+from medssr.synth.plan import entity_pool, plan, plan_attempt
 from medssr.synth.prompts import PROMPT_NAMES, PromptError, load_prompt
 from medssr.synth.run import build_request, format_knowledge, synth_section
-from medssr.synth.sampler import entity_pool, plan, plan_attempt
 from tests.conftest import RAW
 
 

@@ -25,9 +25,9 @@ from medssr.llm import make_generator
 from medssr.records import read_partial_jsonl, read_questions, write_jsonl
 from medssr.synth.classify import classify_category, classify_reasoning
 from medssr.synth.parse import QUESTION_SCHEMA
+from medssr.synth.plan import plan_attempt
 from medssr.synth.prompts import PROMPT_NAMES, load_prompt
 from medssr.synth.run import SynthError, SynthInputs, build_request, load_inputs, run_synthesize, summary_line
-from medssr.synth.sampler import plan_attempt
 from tests.conftest import RAW, ROOT
 from tests.llm_servers import (
     FakeAnthropicServer,

@@ -29,8 +29,8 @@ from medssr.records import Question, append_jsonl, read_partial_jsonl, read_ques
 from medssr.secrets import scrub_params
 from medssr.synth.contamination import build_index, question_text
 from medssr.synth.parse import QUESTION_SCHEMA, InvalidQuestion, ParsedQuestion, parse_question
+from medssr.synth.plan import Attempt, entity_pool, plan_attempt
 from medssr.synth.prompts import PROMPT_NAMES, Prompt, load_prompt
-from medssr.synth.sampler import Attempt, entity_pool, plan_attempt
 
 log = logging.getLogger("medssr.synth")
 
