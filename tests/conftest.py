@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -49,12 +50,10 @@ def smol_model_dir() -> Path:
 @pytest.fixture(scope="session")
 def _mlflow_template(tmp_path_factory) -> Path:
     """One sqlite store with MLflow's tables already created (creating them costs seconds per store)."""
-    import mlflow
     from mlflow.tracking import MlflowClient
 
     db = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
-    mlflow.set_tracking_uri(f"sqlite:///{db}")
-    MlflowClient().search_experiments()
+    MlflowClient(f"sqlite:///{db}").search_experiments()
     return db
 
 
@@ -63,7 +62,7 @@ def mlflow_store(tmp_path, monkeypatch, _mlflow_template) -> str:
     """A fresh sqlite MLflow store for one test (a copy of the template); returns its tracking URI."""
     import shutil
 
-    shutil.copy(_mlflow_template, tmp_path / "mlflow.db")
+    shutil.copyfile(_mlflow_template, tmp_path / "mlflow.db")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     return uri
@@ -75,7 +74,7 @@ def mlflow_module_store(tmp_path_factory, _mlflow_template):
     import shutil
 
     db = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
-    shutil.copy(_mlflow_template, db)
+    shutil.copyfile(_mlflow_template, db)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
         yield f"sqlite:///{db}"
@@ -94,3 +93,19 @@ def require_engine_env(python: Path, require_var: str, how: str) -> None:
     if os.environ.get(require_var) == "1":
         pytest.fail(f"{require_var}=1 but {msg}", pytrace=False)
     pytest.skip(msg)
+
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_isolation(monkeypatch, tmp_path_factory):
+    """Keep MLflow writes of one test out of every other test's store and out of the project's own ``mlflow.db``.
+
+    A test that asks for no store still gets one (shared, never read); MLflow's process-global tracking URI,
+    which ``medssr.tracking`` sets, is cleared afterwards so a later test's bare ``MlflowClient()`` reads its own.
+    """
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path_factory.getbasetemp()}/stray-mlflow.db")
+    yield
+    utils = sys.modules.get("mlflow.tracking._tracking_service.utils")
+    if utils is not None:
+        utils._tracking_uri = None
