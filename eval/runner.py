@@ -1,8 +1,11 @@
 """Evaluate checkpoints on the declared benchmarks: prompt F.4, k runs, a constrained second pass, scores, MLflow.
 
-For each checkpoint: one ``Sampler.sample`` call per benchmark draws k samples per question (sample j is run j;
-each question's random streams are keyed by ``<benchmark>:<id>`` and the eval seed, so every checkpoint sees the
-same random numbers). Each checkpoint is prompted by ``medssr.models.chat_template_rule`` (params
+For each checkpoint, ``medssr.rollout`` (the loop the label stage uses too) draws k samples per question (sample j is
+run j; each question's random streams are keyed by ``<benchmark>:<id>`` and the eval seed, so every checkpoint sees
+the same random numbers). With hf, whose floats move with the batch composition, each benchmark is one
+``Sampler.sample`` call and a benchmark left unfinished by a kill is sampled again whole, so a resumed run equals an
+uninterrupted one; with vLLM (samples fixed by their seeds) a benchmark goes in chunks and only missing questions
+are sampled. Each checkpoint is prompted by ``medssr.models.chat_template_rule`` (params
 ``model.chat_template``; auto: base models get the plain prompt, instruct models their own template, as the official
 evaluator does), logged as ``eval.used.<checkpoint>.chat_template``. With ``eval.sampling.stop_at_answer: false``
 (recommended) a model writes to EOS or max_new_tokens and ``extract_answer`` reads its last committed answer.
@@ -13,9 +16,9 @@ script adds +100 to the letters' logits, the same argmax). Sampled outputs are a
 ``.cache/eval_progress/<checkpoint>-<fingerprint>.jsonl`` in the project root as each question's k runs finish
 (outside data/eval, which DVC clears before the stage runs), so a killed run resumes where it stopped; a damaged
 line goes to a ``.quarantine.jsonl`` beside it, is counted in the stage's output, and its question is sampled
-again. The file is kept: the fingerprint is the weights' content, decoding (stop rule included), k, seed, prompt
-and chat-template rule, so a later run of the same model reuses its samples (the base model in every value of a
-sweep, a DVC queue copy included).
+again. The file is kept: the fingerprint (``medssr.rollout.RolloutSpec``) is the weights' content and dtype,
+decoding (stop rule included), k, seed, prompt and chat-template rule, so a later run of the same model reuses its
+samples (the base model in every value of a sweep, a DVC queue copy included).
 See docs/evaluation.md, "Decoding and answer extraction".
 
 Outputs: ``data/eval/predictions_<checkpoint>.jsonl``, ``metrics/eval.json`` and MLflow metrics (accuracy with Wilson
@@ -25,8 +28,8 @@ checkpoint's paired difference to base with its bootstrap interval and McNemar p
 
 from __future__ import annotations
 
+import dataclasses
 import gc
-import hashlib
 import json
 import os
 import re
@@ -39,7 +42,9 @@ from eval.scoring import REFERENCE, Prediction, format_table, results_json, resu
 from medssr.answers import ANSWER_SUFFIX, echoes_options, extract_answer
 from medssr.config import SamplingCfg, set_offline_env, to_flat_dict
 from medssr.errors import MedssrError
-from medssr.records import Question, append_jsonl, read_partial_jsonl, write_jsonl
+from medssr.files import write_json_atomic
+from medssr.records import Question, write_jsonl
+from medssr.rollout import Item, RolloutSpec, cache_path_for, chunk_size_for, composition_matters, rollout
 
 CHECKPOINT_DIRS = {"stage1": "checkpoints/stage1", "stage2": "checkpoints/stage2"}  # "base" is params model.dir
 PROGRESS_DIR = ".cache/eval_progress"
@@ -99,14 +104,15 @@ def load_eval_prompt():
     return load_prompt(EVAL_PROMPT)
 
 
-def _fingerprint(model_dir: str, sampling: SamplingCfg, runs: int, seed: int, prompt_hash: str, chat_template: bool) -> str:
-    """Changes whenever a saved sample could differ: weights (by content, not path or mtime), decoding (stop rule
-    included), k, seed, prompt text, and whether the chat template wraps it. Extraction runs on load, so it is not in it."""
+def eval_spec(model_dir: str, sampling: SamplingCfg, runs: int, seed: int, template: Any, dtype: str = "float32",
+              chat_template: bool = True) -> RolloutSpec:
+    """What decides a checkpoint's samples (its progress file is named by its fingerprint). Extraction runs on load,
+    so it is not in it. hf: one call per benchmark, as an uninterrupted run has always sampled it (other chunks
+    would move its floats); vLLM: the shared chunks."""
     from medssr.models import weights_fingerprint
 
-    blob = json.dumps({"weights": weights_fingerprint(model_dir), "sampling": vars(sampling), "runs": runs, "seed": seed,
-                       "prompt": prompt_hash, "chat_template": chat_template}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    chunk = None if composition_matters(sampling) else chunk_size_for(sampling, runs)
+    return RolloutSpec(sampling, runs, seed, weights_fingerprint(model_dir), dtype, template.sha256, chat_template, chunk)
 
 
 def second_pass_reason(output: str, options: Mapping[str, str], complete: bool = True) -> str | None:
@@ -118,63 +124,34 @@ def second_pass_reason(output: str, options: Mapping[str, str], complete: bool =
 
 def evaluate_model(sampler: Any, benchmarks: Mapping[str, Sequence[Question]], sampling: SamplingCfg, runs: int, seed: int,
                    template: Any, constrained_pass: bool = True, progress_path: str | os.PathLike | None = None,
-                   progress: bool = True, stats: dict[str, Any] | None = None) -> list[Prediction]:
+                   progress: bool = True, stats: dict[str, Any] | None = None, *, dtype: str = "float32",
+                   chat_template: bool = True) -> list[Prediction]:
     """Predictions of one loaded model: k samples per question, answer extraction, constrained pass for invalid ones.
 
     Each question's k outputs are appended to ``progress_path`` as soon as they are complete and reused by a later
-    call; ``stats`` (if given) receives this call's resumed and sampled question counts and the progress lines
-    quarantined as damaged (``quarantined``, ``torn_tail``, ``quarantine_file``)."""
-    done: dict[str, list[list[Any]]] = {}
-    counts: dict[str, Any] = {"resumed": 0, "sampled": 0, "quarantined": 0, "torn_tail": 0, "quarantine_file": None}
-    if progress_path is not None:
-        rows = read_partial_jsonl(progress_path)
-        done = {r["key"]: r["outputs"] for r in rows if _complete(r, runs)}
-        counts.update(quarantined=rows.quarantined, torn_tail=rows.torn_tail,
-                      quarantine_file=str(rows.side_file) if rows.side_file else None)
+    call with the same ``eval_spec`` (``dtype`` and ``chat_template``: how the sampler was built); ``stats`` (if
+    given) receives this call's ``medssr.rollout.RolloutStats`` (resumed and sampled questions, progress lines
+    quarantined as damaged)."""
+    spec = eval_spec(sampler.model_dir, sampling, runs, seed, template, dtype, chat_template)
+    items = [Item(f"{bench}:{q.id}", template.render(question=q.render()), q.options) for bench, qs in benchmarks.items() for q in qs]
+    done, st = rollout(sampler, spec, items, progress_path, groups=[len(qs) for qs in benchmarks.values()], progress=progress,
+                       desc="evaluating")
     preds: list[Prediction] = []
     for bench, questions in benchmarks.items():
-        prompts = [template.render(question=q.render()) for q in questions]
-        keys = [f"{bench}:{q.id}" for q in questions]
-        todo = [i for i, k in enumerate(keys) if k not in done]
-        counts["resumed"] += len(keys) - len(todo)
-        counts["sampled"] += len(todo)
-        if todo:
-            def saved(i: int, comps: list, todo=todo, keys=keys) -> None:
-                row = {"key": keys[todo[i]], "outputs": [[c.text, c.n_tokens, c.finish_reason] for c in comps]}
-                done[row["key"]] = row["outputs"]
-                if progress_path is not None:
-                    append_jsonl(progress_path, row)
-
-            if progress:
-                print(f"[evaluate] {bench}: sampling {len(todo)} questions x {runs} run(s) ({len(questions) - len(todo)} resumed)")
-            results = sampler.sample([prompts[i] for i in todo], n=runs, temperature=sampling.temperature, top_p=sampling.top_p,
-                           top_k=sampling.top_k, max_new_tokens=sampling.max_new_tokens, options=[questions[i].options for i in todo],
-                           seed=seed, progress=progress, keys=[keys[i] for i in todo], stop_at_answer=sampling.stop_at_answer,
-                           on_prompt_done=saved)
-            for i, comps in enumerate(results):  # a backend that reports nothing per prompt is still complete
-                if keys[todo[i]] not in done:
-                    saved(i, comps)
-        for q, key in zip(questions, keys, strict=True):
-            for run, (text, n_tokens, reason) in enumerate(done[key]):
-                complete = reason != "length"  # a cut-off last line is unfinished, not an answer
-                letter = extract_answer(text, q.options, complete)
-                pred = Prediction(id=q.id, benchmark=bench, run=run, gold=q.answer or "", output=text, extracted=letter,
+        for q in questions:
+            for run, c in enumerate(done[f"{bench}:{q.id}"]):
+                complete = c.finish_reason != "length"  # a cut-off last line is unfinished, not an answer
+                letter = extract_answer(c.text, q.options, complete)
+                pred = Prediction(id=q.id, benchmark=bench, run=run, gold=q.answer or "", output=c.text, extracted=letter,
                                   constrained=None, final=letter, correct=letter == q.answer, category=q.category,
-                                  n_tokens=n_tokens, finish_reason=reason)
-                pred.second_pass_reason = second_pass_reason(text, q.options, complete)  # type: ignore[attr-defined]
+                                  n_tokens=c.n_tokens, finish_reason=c.finish_reason)
+                pred.second_pass_reason = second_pass_reason(c.text, q.options, complete)  # type: ignore[attr-defined]
                 preds.append(pred)
     if constrained_pass:
         _constrained_pass(sampler, benchmarks, preds, template)
     if stats is not None:
-        stats.update(counts)
+        stats.update(dataclasses.asdict(st))
     return preds
-
-
-def _complete(row: dict, runs: int) -> bool:
-    """A progress row with all k outputs, each ``[text, n_tokens, finish_reason]``; anything else is sampled again."""
-    outs = row.get("outputs")
-    return isinstance(row.get("key"), str) and isinstance(outs, list) and len(outs) == runs and \
-        all(isinstance(o, list) and len(o) == 3 and isinstance(o[0], str) for o in outs)
 
 
 def _constrained_pass(sampler: Any, benchmarks: Mapping[str, Sequence[Question]], preds: list[Prediction], template: Any) -> None:
@@ -308,39 +285,31 @@ def run_evaluate(params: Any, checkpoints: Mapping[str, str] | None = None, metr
         sampling = sampling_for_family(cfg.sampling, family, family_defaults)
         used[name] = {"dir": model_dir, "family": family, "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": sampling.top_k,
                       "chat_template": use_template, "chat_template_rule": rule, "stop_at_answer": sampling.stop_at_answer}
-        fp = _fingerprint(model_dir, sampling, cfg.runs, cfg.seed, template.sha256, use_template)
-        prog = progress_root / f"{_safe_name(name)}-{fp}.jsonl"
+        prog = cache_path_for(progress_root, _safe_name(name), eval_spec(model_dir, sampling, cfg.runs, cfg.seed, template,
+                                                                        params.model.dtype, use_template))
         print(f"[evaluate] {name}: {model_dir} (family {family}, T={sampling.temperature}, top_p={sampling.top_p}, "
               f"top_k={sampling.top_k}, k={cfg.runs}, chat template {'yes' if use_template else 'no'}: {rule}, "
               f"{'stop at first answer' if sampling.stop_at_answer else 'generate to the end'})")
         counts: dict[str, Any] = {}
         try:
             preds = evaluate_model(sampler, benchmarks, sampling, cfg.runs, cfg.seed, template, cfg.constrained_pass, prog, progress,
-                                   counts)
+                                   counts, dtype=params.model.dtype, chat_template=use_template)
         finally:
             _release(sampler)
             sampler = None
         damaged = counts["quarantined"]
         print(f"[evaluate] {name}: {counts['sampled']} questions sampled, {counts['resumed']} resumed from {prog}"
-              + (f"; {damaged} damaged progress line{'s' if damaged != 1 else ''} quarantined to {counts['quarantine_file']}"
+              + (f"; {damaged} damaged progress line{'s' if damaged != 1 else ''} quarantined to {', '.join(counts['quarantine_files'])}"
                  if damaged else ""))
         write_jsonl(pred_dir / f"predictions_{_safe_name(name)}.jsonl", (p.to_dict() for p in preds))
         preds_by[name] = preds
     results = results_json(preds_by, reference=REFERENCE, n_boot=cfg.bootstrap, confidence=cfg.confidence, seed=cfg.seed,
                            average_over=average_over)
     metrics = results_metrics(results, final)
-    _write_json(metrics_path, results)
+    write_json_atomic(metrics_path, results)
     if log_mlflow:
         _log(params, metrics, ckpts, final, used, reports_dir)
     return results
-
-
-def _write_json(path: str | os.PathLike, data: Any) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _log(params: Any, metrics: dict[str, float], ckpts: Mapping[str, str], final: str, used: Mapping[str, Mapping[str, Any]],

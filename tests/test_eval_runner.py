@@ -12,7 +12,7 @@ import pytest
 from eval.benchmarks import BenchmarkError, load_declared, sampling_for_family, seeded_slice
 from eval.runner import (
     EvalError,
-    _fingerprint,
+    eval_spec,
     evaluate_model,
     load_eval_prompt,
     resolve_checkpoints,
@@ -23,6 +23,8 @@ from medssr import tracking
 from medssr.config import Params, SamplingCfg
 from medssr.data.loaders import load_benchmark_file
 from medssr.records import CATEGORIES, RecordError, append_jsonl, read_partial_jsonl, write_jsonl
+from medssr.rollout import Item, progress_row
+from medssr.sampling import Completion
 
 RAW = Path(__file__).resolve().parents[1] / "data" / "raw" / "benchmarks"
 
@@ -182,23 +184,38 @@ def test_finished_samples_are_kept_and_the_same_weights_elsewhere_sample_nothing
 def test_resume_reuses_saved_samples_and_samples_only_the_rest(tmp_path, tiny_model_dir):
     from medssr.sampling import make_sampler
 
+    """A benchmark whose questions are all saved is not sampled; with vLLM's rule (samples fixed by their seeds) an
+    unfinished one samples only its missing questions."""
     qs = load_benchmark_file(RAW / "test_short_medqa.json.gz")[:3]
+    bullets = load_benchmark_file(RAW / "test_short_medbullets.json.gz")[:2]
+    benches = {"medbullets": bullets, "medqa": qs}
     prog = tmp_path / "progress.jsonl"
-    for q in qs[:2]:
-        append_jsonl(prog, {"key": f"medqa:{q.id}", "outputs": [["Reasoning... The answer is B.", 9, "answer"]]})
+    sampling = SamplingCfg(max_new_tokens=4, backend="vllm")
     sampler = make_sampler(str(tiny_model_dir), batch_size=4)
-    preds = evaluate_model(sampler, {"medqa": qs}, SamplingCfg(max_new_tokens=4), runs=1, seed=0, template=load_eval_prompt(),
-                           progress_path=prog, progress=False)
-    assert [p.extracted for p in preds[:2]] == ["B", "B"]
-    assert preds[2].output != "Reasoning... The answer is B."
+    _save(prog, sampler, sampling, [("medbullets", q) for q in bullets] + [("medqa", q) for q in qs[:2]], "Reasoning... The answer is B.")
+    stats: dict = {}
+    preds = evaluate_model(sampler, benches, sampling, runs=1, seed=0, template=load_eval_prompt(), progress_path=prog, progress=False,
+                           stats=stats)
+    assert [p.extracted for p in preds[:4]] == ["B", "B", "B", "B"]
+    assert preds[4].output != "Reasoning... The answer is B."
     assert sampler.last_stats.sequences == 1
-    assert len(read_partial_jsonl(prog)) == 3
+    assert (stats["resumed"], stats["sampled"]) == (4, 1)
+    assert len(read_partial_jsonl(prog)) == 5
+
+
+def _save(prog: Path, sampler, sampling: SamplingCfg, questions: list, text: str, finish: str = "answer") -> None:
+    """Progress rows as a finished run of ``evaluate_model`` with these settings would have left them."""
+    fp = eval_spec(sampler.model_dir, sampling, 1, 0, load_eval_prompt()).fingerprint()
+    for bench, q in questions:
+        item = Item(f"{bench}:{q.id}", load_eval_prompt().render(question=q.render()), q.options)
+        append_jsonl(prog, progress_row(fp, item, [Completion(text, 9, finish)]))
 
 
 @pytest.mark.parametrize("where", ["middle", "last-with-newline"])
 def test_damaged_progress_lines_are_quarantined_and_the_rerun_equals_an_uninterrupted_run(evaluated, tiny_model_dir, tmp_path,
                                                                                          capsys, where):
-    """A progress line damaged by a full disk or an editor costs one question, not the run (issue #13.5)."""
+    """A progress line damaged by a full disk or an editor costs its benchmark at most, not the run (issue #13.5): with
+    hf the benchmark it belongs to is sampled again whole, in the composition of an uninterrupted run."""
     import shutil
 
     from medssr.records import quarantine_path_for
@@ -215,7 +232,9 @@ def test_damaged_progress_lines_are_quarantined_and_the_rerun_equals_an_uninterr
     capsys.readouterr()
     assert run_evaluate(evaluated["params"], **kw) == evaluated["results"]
     out = capsys.readouterr().out
-    assert f"[evaluate] base: 1 questions sampled, {len(lines) - 1} resumed" in out
+    bench = json.loads(lines[n])["key"].split(":")[0]
+    same_bench = sum(json.loads(x)["key"].startswith(f"{bench}:") for x in lines)
+    assert f"[evaluate] base: {same_bench} questions sampled, {len(lines) - same_bench} resumed" in out
     assert f"1 damaged progress line quarantined to {quarantine_path_for(base)}" in out
     assert [json.loads(x)["raw"] for x in quarantine_path_for(base).read_text().splitlines()] == [bad.rstrip("\n")]
     for ckpt in ("base", "stage2"):
@@ -347,20 +366,29 @@ def test_echoes_and_unanswered_outputs_go_to_the_second_pass_with_their_reason(t
     prog = tmp_path / "progress.jsonl"
     outputs = [(f"{max(qs[0].options)}. {last}\n", "eos"), ("The patient presents with", "eos"),
                ("The answer is A. Wait... The answer is B.", "eos"), ("Which is most likely?\nA", "length")]  # a cut line
+    sampler = make_sampler(str(tiny_model_dir), batch_size=4)
     for q, (text, finish) in zip(qs, outputs, strict=True):
-        append_jsonl(prog, {"key": f"medqa:{q.id}", "outputs": [[text, 9, finish]]})
-    preds = evaluate_model(make_sampler(str(tiny_model_dir), batch_size=4), {"medqa": qs}, SamplingCfg(max_new_tokens=4), runs=1,
-                           seed=0, template=load_eval_prompt(), progress_path=prog, progress=False)
+        _save(prog, sampler, SamplingCfg(max_new_tokens=4), [("medqa", q)], text, finish)
+    preds = evaluate_model(sampler, {"medqa": qs}, SamplingCfg(max_new_tokens=4), runs=1, seed=0, template=load_eval_prompt(),
+                           progress_path=prog, progress=False)
     assert [p.to_dict()["second_pass_reason"] for p in preds] == ["echo", "no_answer", None, "no_answer"]
     assert [p.extracted for p in preds] == [None, None, "B", None]
     assert preds[0].constrained in qs[0].options and preds[1].constrained in qs[1].options and preds[2].constrained is None
 
 
-def test_fingerprint_changes_with_the_chat_template_rule_and_the_stop_rule(tiny_model_dir):
-    cfg = SamplingCfg()
-    base = _fingerprint(str(tiny_model_dir), cfg, 1, 0, "h", True)
-    assert _fingerprint(str(tiny_model_dir), cfg, 1, 0, "h", False) != base
-    assert _fingerprint(str(tiny_model_dir), dataclasses.replace(cfg, stop_at_answer=not cfg.stop_at_answer), 1, 0, "h", True) != base
+def test_eval_fingerprint_changes_with_the_chat_template_rule_the_stop_rule_and_the_dtype(tiny_model_dir):
+    cfg, t = SamplingCfg(), load_eval_prompt()
+    base = eval_spec(str(tiny_model_dir), cfg, 1, 0, t).fingerprint()
+    assert eval_spec(str(tiny_model_dir), cfg, 1, 0, t, chat_template=False).fingerprint() != base
+    assert eval_spec(str(tiny_model_dir), dataclasses.replace(cfg, stop_at_answer=not cfg.stop_at_answer), 1, 0, t).fingerprint() != base
+    assert eval_spec(str(tiny_model_dir), cfg, 1, 0, t, dtype="bfloat16").fingerprint() != base
+
+
+def test_hf_samples_a_benchmark_in_one_call_and_vllm_in_the_shared_chunks(tiny_model_dir):
+    """hf: other chunks would move an uninterrupted run's floats; vLLM: a kill loses at most a chunk in flight."""
+    hf, vllm = SamplingCfg(batch_size=32), SamplingCfg(batch_size=256, backend="vllm")
+    assert eval_spec(str(tiny_model_dir), hf, 4, 0, load_eval_prompt()).chunk is None
+    assert eval_spec(str(tiny_model_dir), vllm, 4, 0, load_eval_prompt()).chunk == 128
 
 
 def test_each_checkpoint_gets_its_chat_template_rule_and_it_is_logged(tmp_path, tiny_model_dir, monkeypatch):

@@ -258,19 +258,6 @@ def test_sigkill_mid_chunk_loses_only_the_questions_in_flight(tiny_model_dir, tm
     assert report["reliability"] == ref["reliability"]
 
 
-def test_hf_chunk_is_what_one_batch_holds_and_its_fingerprint_ignores_the_engine_count():
-    """A kill loses at most ceil(batch_size / G) questions per engine (default 32 / 8 = 4, was 32), and each engine's
-    share is the same on any number of engines, so resuming on fewer engines reuses the votes."""
-    from medssr.label.run import chunk_size_for, run_fingerprint
-
-    paper = SamplingCfg(n=8, batch_size=32)
-    assert chunk_size_for(paper) == 4 and chunk_size_for(SamplingCfg(n=8, batch_size=30)) == 4
-    assert chunk_size_for(dataclasses.replace(paper, engines=3)) == 12
-    fps = {run_fingerprint("w", dataclasses.replace(paper, engines=e), 0, chunk_size_for(dataclasses.replace(paper, engines=e)))
-           for e in (1, 2, 4)}
-    assert len(fps) == 1 and run_fingerprint("w", paper, 0, 5) not in fps
-
-
 @pytest.mark.parametrize("where", ["middle", "last-with-newline"])
 def test_damaged_progress_line_is_quarantined_voted_again_and_the_output_equals_an_uninterrupted_run(tiny_model_dir, tmp_path,
                                                                                                    where):
