@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,40 +25,9 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+sys.path.insert(0, str(ROOT))  # this checkout's medssr
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(db: Path, artifacts: Path, log: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    mlflow = BIN / "mlflow" if (BIN / "mlflow").exists() else Path(shutil.which("mlflow") or "mlflow")
-    server = subprocess.Popen([str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-                               "--backend-store-uri", f"sqlite:///{db.resolve()}", "--artifacts-destination", str(artifacts.resolve())],
-                              env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            if urllib.request.urlopen(f"{base}/health", timeout=2).read() == b"OK":
-                return server, base
-        except OSError:
-            pass
-        if time.time() > deadline or server.poll() is not None:
-            server.kill()
-            raise SystemExit(f"mlflow server did not come up:\n{log.read_text()[-2000:]}")
-        time.sleep(0.5)
-
-
-def api(base: str, path: str, body: dict | None = None) -> dict:
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(f"{base}/api/2.0/mlflow/{path}", data=data, headers={"Content-Type": "application/json"})
-    return json.loads(urllib.request.urlopen(req, timeout=20).read())
+from medssr.mlflow_ui import api, experiment_id, free_port, mlflow_server, runs_table_url  # noqa: E402
 
 
 def shoot(url: str, out: Path, size: str = "1600,1000", budget_ms: int = 15000) -> None:
@@ -229,9 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         ap.error("give --db (and --artifacts) of a sweep's store, or --demo")
     args.out.mkdir(parents=True, exist_ok=True)
-    server, base = start_server(db, art, work / "server.log")
-    try:
-        exp_id = api(base, f"experiments/get-by-name?experiment_name={urllib.parse.quote(args.experiment)}")["experiment"]["experiment_id"]
+    with mlflow_server(f"sqlite:///{db.resolve()}", art, work / "server.log") as base:
+        exp_id = experiment_id(base, args.experiment)
         runs = api(base, "runs/search", {"experiment_ids": [exp_id], "filter": "tags.medssr_role = 'pipeline'", "max_results": 50,
                                          "order_by": ["attributes.start_time DESC"]}).get("runs", [])
         parents = [r for r in runs if any(m["key"] == "eval/avg" for m in r["data"].get("metrics", []))] or runs
@@ -241,16 +208,10 @@ def main(argv: list[str] | None = None) -> int:
         for r in parents[:2]:
             print(f"[screenshots] parent run {r['info']['run_name']!r}: "
                   + ", ".join(f"{m['key']}={m['value']:.3g}" for m in r["data"].get("metrics", [])))
-        shoot(f"{base}/#/experiments/{exp_id}/runs?viewStateShareKey=headline", args.out / "mlflow_runs.png", size="2400,800")
+        shoot(runs_table_url(base, exp_id), args.out / "mlflow_runs.png", size="2400,800")
         shoot(f"{base}/#/experiments/{exp_id}/runs/{ids[0]}", args.out / "mlflow_parent_run.png", size="1600,1300")
         q = urllib.parse.urlencode({"runs": json.dumps(ids), "experiments": json.dumps([exp_id])})
         shoot(f"{base}/#/compare-runs?{q}", args.out / "mlflow_compare.png", size="1700,1500")
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, 9)
     return 0
 
 

@@ -83,6 +83,16 @@ def _model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ui(args: argparse.Namespace) -> int:
+    from medssr.config import load_params
+    from medssr.mlflow_ui import serve
+    from medssr.tracking import project_root, tracking_uri
+
+    root = project_root()
+    experiment = args.experiment or load_params(args.params).project.experiment
+    return serve(tracking_uri(), root / "mlruns", experiment, args.port, root / ".cache" / "mlflow_ui.log")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="medssr", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -118,6 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("name", nargs="?", help="profile name for apply (a file params/<name>.yaml, e.g. micro)")
     prof.add_argument("--params", default="params.yaml", help="params file to change (default params.yaml)")
     prof.set_defaults(fn=_profile)
+
+    ui = sub.add_parser("ui", help="serve the MLflow UI of the project's store on 127.0.0.1 and print the runs-table link")
+    ui.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default 5000; 0 picks a free one)")
+    ui.add_argument("--experiment", default=None, help="MLflow experiment to link (default: project.experiment of params.yaml)")
+    ui.add_argument("--params", default="params.yaml", help="params file naming the experiment (default params.yaml)")
+    ui.set_defaults(fn=_ui)
 
     m = sub.add_parser("model", help="materialise a policy (smollm2-135m, a dir or a hub id) as a transformers dir")
     m.add_argument("policy", help="smollm2-135m, tiny-random-llama, a local HF dir or a hub id")

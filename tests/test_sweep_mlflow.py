@@ -5,23 +5,17 @@ server on 127.0.0.1, then compared through `dvc exp show`, `dvc plots diff` and 
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from medssr.mlflow_ui import api, experiment_id, mlflow_server
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _leaves(d, prefix=""):
@@ -55,22 +49,7 @@ def test_two_value_sweep_lands_side_by_side_in_dvc_and_the_mlflow_server(tmp_pat
     _run(["git", "add", "-A"], repo, env)
     _run(["git", "commit", "-qm", "micro"], repo, env)
 
-    port = _free_port()
-    server = subprocess.Popen([BIN / "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-                               "--backend-store-uri", f"sqlite:///{tmp_path}/mlflow.db", "--artifacts-destination", str(tmp_path / "art")],
-                              cwd=tmp_path, env=env, stdout=open(tmp_path / "server.log", "w"), stderr=subprocess.STDOUT,
-                              start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                if urllib.request.urlopen(f"{base}/health", timeout=2).read() == b"OK":
-                    break
-            except OSError:
-                pass
-            assert time.time() < deadline, (tmp_path / "server.log").read_text()[-2000:]
-            time.sleep(0.5)
+    with mlflow_server(f"sqlite:///{tmp_path}/mlflow.db", tmp_path / "art", tmp_path / "server.log", env=env, timeout_s=90) as base:
         env["MLFLOW_TRACKING_URI"] = base
 
         _run([BIN / "dvc", "exp", "run", "--queue", "-S", "synth.rare_ratio=0,0.5"], repo, env)
@@ -114,11 +93,8 @@ def test_two_value_sweep_lands_side_by_side_in_dvc_and_the_mlflow_server(tmp_pat
         alphas = {v["rev"]: v["alpha"] for v in plots["accuracy_vs_alpha"][0]["content"]["data"]["values"]}
         assert sorted(alphas.values()) == [0, 0.5]
 
-        req = urllib.request.Request(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=medssr")
-        exp_id = json.loads(urllib.request.urlopen(req, timeout=10).read())["experiment"]["experiment_id"]
-        body = json.dumps({"experiment_ids": [exp_id], "filter": "tags.medssr_role = 'pipeline'", "max_results": 50}).encode()
-        req = urllib.request.Request(f"{base}/api/2.0/mlflow/runs/search", data=body, headers={"Content-Type": "application/json"})
-        runs = json.loads(urllib.request.urlopen(req, timeout=10).read())["runs"]
+        exp_id = experiment_id(base, "medssr")
+        runs = api(base, "runs/search", {"experiment_ids": [exp_id], "filter": "tags.medssr_role = 'pipeline'", "max_results": 50})["runs"]
         evaluated = {}
         for r in runs:
             params = {p["key"]: p["value"] for p in r["data"].get("params", [])}
@@ -136,9 +112,3 @@ def test_two_value_sweep_lands_side_by_side_in_dvc_and_the_mlflow_server(tmp_pat
             keep = Path(os.environ["MEDSSR_SWEEP_KEEP"])
             keep.mkdir(parents=True, exist_ok=True)
             subprocess.run(["cp", "-r", str(tmp_path / "mlflow.db"), str(tmp_path / "art"), str(keep)], check=True)
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, 9)
