@@ -42,7 +42,7 @@ def body(args, params):
     out = params.data.out_dir
     fail_if_empty(summary["train_rows"], params.data.allow_empty, "data.allow_empty", f"{out}/train.jsonl",
                   f"no training row is left of {sum(summary['loaded_by_source'].values())} loaded (leakage removed "
-                  f"{sum(summary['leakage_removed'].values())})", "data.train_sources or data.max_train", summary_line(summary))
+                  f"{sum(summary['leakage_removed'].values())})", "data.train (its declared files and formats), data.train_sources or data.max_train", summary_line(summary))
     fail_if_empty(summary["seeds"], params.data.allow_empty, "data.allow_empty", f"{out}/seeds.jsonl",
                   f"none of the {summary['train_rows']} training rows passed the reasoning filter", "data.reasoning_filter or data.max_seeds",
                   summary_line(summary))
