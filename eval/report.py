@@ -19,6 +19,7 @@ from typing import Any
 
 from eval.scoring import category_key, is_rare_benchmark
 from medssr.config import set_offline_env
+from medssr.files import atomic_path, write_text_atomic
 from medssr.records import CATEGORIES
 
 # paper Table 1 column order
@@ -370,6 +371,15 @@ def _plt():
     return plt
 
 
+def _save(fig: Any, path: Path) -> Path:
+    """Lay out, write atomically and close a figure; the format comes from ``path``'s suffix (the temp name has none)."""
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format=Path(path).suffix.lstrip(".") or "png")
+    _plt().close(fig)
+    return path
+
+
 def _with_n(rows: Sequence[tuple[str, Mapping[str, Cell]]], cols: Sequence[str], headers: Sequence[str]) -> list[str]:
     """Column labels with the question count under them (n of the first row that has one; '?' when rows disagree)."""
     out = []
@@ -405,10 +415,7 @@ def bar_figure(rows: Sequence[tuple[str, Mapping[str, Cell]]], cols: Sequence[st
     ax.set_ylim(0, min(105, max([100 * (r[c].ci_high or r[c].acc) for _, r in rows for c in cols if c in r] + [10]) + 8))
     ax.set_title(f"{title}\n(error bars: {100 * _LEVEL:g}% interval over questions)", fontsize=10)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 _LEVEL = 0.95  # the interval level shown in figure titles (eval.confidence's default)
@@ -455,10 +462,7 @@ def sweep_figure(groups: Mapping[str, Mapping[float, Sequence[PipelineRun]]], pa
             ax.legend(fontsize=7)
     axes[0].set_ylabel("accuracy (%)")
     fig.suptitle(f"Accuracy vs α (Fig. 4); error bars: {100 * _LEVEL:g}% interval over questions, or ± std over runs", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 # Fig. 6 panels: (series name, panel title, y label)
@@ -495,10 +499,7 @@ def curves_figure(runs: Sequence[PipelineRun], path: Path) -> Path | None:
         else:
             ax.text(0.5, 0.5, f"no train/<stage>/{name} logged", ha="center", va="center", transform=ax.transAxes, fontsize=8)
     fig.suptitle("Training curves (Fig. 6 style)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -643,8 +644,6 @@ def main_report(out_dir: str = "reports", experiment: str | None = None) -> int:
     runs, reviews = collect_runs(experiment)
     text, figs = build_report(runs, reviews, out_dir, experiment)
     path = Path(out_dir) / "report.md"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, text)
     print(f"[report] {path}: {len(runs)} pipeline run(s), {sum(r.evaluated for r in runs)} evaluated, {len(figs)} figure(s)")
     return 0

@@ -13,12 +13,12 @@ import importlib.util
 import json
 import os
 import re
-import shutil
 import time
 from pathlib import Path
 
 from medssr.config import set_offline_env
 from medssr.errors import MedssrError
+from medssr.files import atomic_dir
 
 SMOLLM2 = "smollm2-135m"
 TINY = "tiny-random-llama"  # a 2-layer random Llama with SmolLM2's tokenizer: wiring tests, never for results
@@ -78,14 +78,20 @@ def _cache_root() -> Path:
     return Path(os.environ.get("MEDSSR_MODEL_CACHE", project_root() / ".cache" / "models"))
 
 
+def _complete(model_dir: Path) -> bool:
+    return (model_dir / "config.json").exists()
+
+
 def convert_gguf(gguf: Path, out_dir: Path) -> Path:
-    """Dequantise a GGUF checkpoint into a normal fp32 transformers directory (atomic: temp dir, then rename)."""
+    """Dequantise a GGUF checkpoint into a normal fp32 transformers directory (atomic: files.atomic_dir).
+
+    Processes converting into the same (cache) directory at once each build their own copy; the first to
+    finish is kept and the others drop theirs, so a process already loading it never sees it replaced.
+    """
     set_offline_env()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     t0 = time.time()
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
@@ -96,11 +102,10 @@ def convert_gguf(gguf: Path, out_dir: Path) -> Path:
     fresh.load_state_dict(loaded.state_dict())
     if fresh.generation_config is not None:
         fresh.generation_config.do_sample = True
-    fresh.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    (tmp / "medssr_source.json").write_text(json.dumps({"source": str(gguf.name), "converted_s": round(time.time() - t0, 1)}))
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(tmp, out_dir)
+    with atomic_dir(out_dir, keep_existing=_complete) as tmp:
+        fresh.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "medssr_source.json").write_text(json.dumps({"source": str(gguf.name), "converted_s": round(time.time() - t0, 1)}))
     return out_dir
 
 
@@ -108,17 +113,14 @@ def resolve_model_dir(name_or_dir: str) -> str:
     """Map a params value to something ``from_pretrained`` loads: our converted SmolLM2, a local dir, or a hub id."""
     if name_or_dir == SMOLLM2:
         out = _cache_root() / SMOLLM2
-        if not (out / "config.json").exists():
+        if not _complete(out):
             convert_gguf(smollm2_gguf_path(), out)
         return str(out)
     if name_or_dir == TINY:
         out = _cache_root() / TINY
-        if not (out / "config.json").exists():
-            tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-            shutil.rmtree(tmp, ignore_errors=True)
-            save_tiny_llama(tmp)
-            shutil.rmtree(out, ignore_errors=True)
-            os.replace(tmp, out)
+        if not _complete(out):
+            with atomic_dir(out, keep_existing=_complete) as tmp:  # first finished copy wins, as in convert_gguf
+                save_tiny_llama(tmp)
         return str(out)
     p = Path(name_or_dir)
     if p.exists():
@@ -136,14 +138,10 @@ def materialize(policy: str, out_dir: str | os.PathLike, dtype: str = "float32")
     out_dir = Path(out_dir)
     src = resolve_model_dir(policy)
     model, tok = load_causal_lm(src, dtype=dtype)
-    tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    (tmp / "medssr_source.json").write_text(json.dumps({"policy": policy, "dtype": dtype}))
-    shutil.rmtree(out_dir, ignore_errors=True)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, out_dir)
+    with atomic_dir(out_dir) as tmp:  # the stage's output: replaced (params may have changed), old one kept until then
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "medssr_source.json").write_text(json.dumps({"policy": policy, "dtype": dtype}))
     return out_dir
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from medssr.errors import MedssrError
+from medssr.files import atomic_path
 
 LETTERS = "ABCDEFGHIJ"
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/+-]{0,199}$")
@@ -124,29 +125,28 @@ def _open_text(path: Path, mode: str, gz: bool | None = None):
     return open(path, mode, encoding="utf-8")
 
 
+def _decode_line(raw: bytes) -> tuple[Any, str | None]:
+    """A JSONL line's object, or None and why it is damaged (the problem part of a RecordError)."""
+    try:  # without its line end, so a line cut short is reported at its last column, not on a "line 2"
+        return json.loads(raw.rstrip(b"\r\n").decode("utf-8")), None
+    except UnicodeDecodeError as e:
+        return None, f"not valid UTF-8 ({e.reason} at byte {e.start} of the line)"
+    except json.JSONDecodeError as e:
+        return None, f"invalid JSON ({e.msg} at column {e.colno})"
+
+
 def iter_jsonl_rows(path: str | os.PathLike) -> Iterator[tuple[int, Any | RecordError]]:
-    """Yield ``(line_number, object or the RecordError of that line)`` for each non-empty line, reading on past bad
-    JSON (one bad line costs only that line); bad bytes end the file, the decoder cannot resync after them."""
+    """Yield ``(line_number, object or the RecordError of that line)`` for each non-empty line of a (gzipped) JSONL
+    file, reading on past a bad line: each line is decoded on its own, so bad JSON or bad bytes cost only their line."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
-    with _open_text(path, "r") as fh:
-        lineno = 0
-        while True:
-            try:
-                raw = fh.readline()
-            except UnicodeDecodeError as e:
-                yield lineno + 1, RecordError(path, lineno + 1, "<row>", f"not valid UTF-8 ({e.reason})")
-                return
-            if not raw:
-                break
-            lineno += 1
+    with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
             if not raw.strip():
                 continue
-            try:
-                yield lineno, json.loads(raw)
-            except json.JSONDecodeError as e:
-                yield lineno, RecordError(path, lineno, "<row>", f"invalid JSON ({e.msg} at column {e.colno})")
+            obj, problem = _decode_line(raw)
+            yield lineno, obj if problem is None else RecordError(path, lineno, "<row>", problem)
 
 
 def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
@@ -197,15 +197,12 @@ def read_questions(path: str | os.PathLike, strict: bool = True) -> list[Questio
 def write_jsonl(path: str | os.PathLike, rows: Iterable[Any]) -> int:
     """Write rows (Questions or dicts) atomically: a crash never leaves a half file under the real name."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     n = 0
-    with _open_text(tmp, "w", gz=path.suffix == ".gz") as fh:
+    with atomic_path(path) as tmp, _open_text(tmp, "w", gz=path.suffix == ".gz") as fh:
         for r in rows:
             d = r.to_dict() if isinstance(r, Question) else r
             fh.write(json.dumps(d, ensure_ascii=False) + "\n")
             n += 1
-    os.replace(tmp, path)
     return n
 
 
@@ -246,15 +243,10 @@ def quarantine_path_for(path: str | os.PathLike) -> Path:
 
 def _progress_line(raw: bytes) -> tuple[Any, str | None]:
     """A progress line's object, or None and why it is damaged."""
-    try:
-        obj = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as e:
-        return None, f"not valid UTF-8 ({e.reason})"
-    except json.JSONDecodeError as e:
-        return None, f"invalid JSON ({e.msg} at column {e.colno})"
-    if not isinstance(obj, dict):
+    obj, reason = _decode_line(raw)
+    if reason is None and not isinstance(obj, dict):
         return None, f"expected a JSON object, got {type(obj).__name__}"
-    return obj, None
+    return obj, reason
 
 
 def read_partial_jsonl(path: str | os.PathLike) -> ProgressRows:
@@ -294,12 +286,8 @@ def read_partial_jsonl(path: str | os.PathLike) -> ProgressRows:
             fh.flush()
             os.fsync(fh.fileno())
     # rewrite without them (and with a final newline), so later appends start on a clean line
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
+    with atomic_path(path, fsync=True) as tmp, open(tmp, "wb") as fh:
         fh.writelines(raw + b"\n" for raw in keep)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
     if out.quarantined:
         where = "; ".join(f"line {b['line']}: {b['reason']}" for b in bad[:3]) + ("; ..." if len(bad) > 3 else "")
         print(f"warning: {path}: {out.quarantined} damaged progress line{'s' if out.quarantined != 1 else ''} moved to "

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from medssr.errors import MedssrError
+from medssr.files import atomic_path, write_text_atomic
 from medssr.records import LETTERS, Question, read_questions
 
 RATING_COLUMNS = ("correct", "harmful", "plausibility", "reviewer", "group")
@@ -88,13 +89,12 @@ def export_review(synthetic_labeled_path: str | Path, out_dir: str | Path, n: in
         agreement = "" if q.agreement is None else f"{q.agreement:.2f}"
         rows.append([str(i), q.id, _one_line(q.rare_disease), _one_line(q.question), *opts, label, _one_line(q.options.get(label, "")),
                      agreement, "", "", "", "", "", ""])
-    tmp = csv_path.with_name(csv_path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8-sig", newline="") as fh:  # BOM: spreadsheet apps then read UTF-8 right
+    # BOM: spreadsheet apps then read UTF-8 right
+    with atomic_path(csv_path) as tmp, open(tmp, "w", encoding="utf-8-sig", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(header)
         w.writerows(rows)
-    tmp.replace(csv_path)
-    html_path.write_text(_review_html(picked, stem, seed, Path(synthetic_labeled_path).name), encoding="utf-8")
+    write_text_atomic(html_path, _review_html(picked, stem, seed, Path(synthetic_labeled_path).name))
     return csv_path, html_path
 
 

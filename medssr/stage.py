@@ -13,6 +13,7 @@ from typing import Any
 
 from medssr.config import load_params, set_offline_env
 from medssr.errors import MedssrError
+from medssr.files import write_json_atomic
 
 
 class EmptyOutputError(MedssrError):
@@ -56,11 +57,7 @@ def write_numeric_metrics(report_path: str | os.PathLike, metrics_path: str | os
     if not src.is_file():
         return False
     numbers = numeric_metrics(json.loads(src.read_text(encoding="utf-8")))
-    dst = Path(metrics_path)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + ".tmp")
-    tmp.write_text(json.dumps(numbers, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, dst)
+    write_json_atomic(metrics_path, numbers, indent=1, sort_keys=True)
     return True
 
 

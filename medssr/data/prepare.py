@@ -7,7 +7,6 @@ and to MLflow as ``prepare/...`` metrics.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import time
@@ -22,6 +21,7 @@ from medssr.data.leakage import build_index, normalize_text, remove_leakage
 from medssr.data.loaders import benchmark_name_for, load_benchmark_file, load_benchmarks, load_train_source, source_path
 from medssr.data.rare import STOPLIST, build_tagger, load_entities, normalize_name, tag_question
 from medssr.data.reasoning import is_reasoning_heavy, select_seeds
+from medssr.files import write_json_atomic
 from medssr.records import CATEGORIES, Question, RecordError, write_jsonl
 
 
@@ -223,11 +223,7 @@ def run_prepare(params: Any, classifier: Callable[[Question], bool] | None = Non
         "train_note": train_volume_note(cfg.max_train, len(train_pool), loaded, leakage, len(seeds)),
         "seconds": round(time.time() - t0, 2),
     }
-    report_path = Path(report_path)
-    report_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = report_path.with_name(report_path.name + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, report_path)
+    write_json_atomic(report_path, summary)
 
     if log_mlflow:
         _log_mlflow(params, summary)

@@ -9,15 +9,13 @@ file is read to its end whatever its lines hold; a JSON list cannot be parsed pa
 from __future__ import annotations
 
 import gzip
-import json
 import sys
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from medssr.data.loaders import iter_benchmark_questions
-from medssr.records import Question, RecordError, validate_question
+from medssr.records import Question, RecordError, iter_questions
 
 
 @dataclass
@@ -55,45 +53,6 @@ def detect_shape(path: Path) -> str:
     return "benchmark-json" if head.startswith(b"[") else "questions-jsonl"
 
 
-def _validate_benchmark(path: Path, rep: FileReport) -> None:
-    for item in iter_benchmark_questions(path):
-        if isinstance(item, RecordError):
-            rep.errors.append(str(item))
-        else:
-            rep.add(item)
-
-
-def _jsonl_rows(path: Path) -> Iterator[tuple[int, object]]:
-    """``(line, object or its RecordError)`` for every non-blank line: a bad line costs only itself (bytes resync at newlines)."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as fh:
-        for lineno, raw in enumerate(fh, 1):
-            if not raw.strip():
-                continue
-            try:
-                yield lineno, json.loads(raw.rstrip(b"\r\n").decode("utf-8"))
-            except UnicodeDecodeError as e:
-                yield lineno, RecordError(path, lineno, "<row>", f"not valid UTF-8 ({e.reason})")
-            except json.JSONDecodeError as e:
-                yield lineno, RecordError(path, lineno, "<row>", f"invalid JSON ({e.msg} at column {e.colno})")
-
-
-def _validate_jsonl(path: Path, rep: FileReport) -> None:
-    seen: dict[str, int] = {}
-    for lineno, obj in _jsonl_rows(path):
-        try:
-            if isinstance(obj, RecordError):
-                raise obj
-            q = validate_question(obj, path, lineno)
-            if q.id in seen:
-                raise RecordError(path, lineno, "id", f"duplicate id {q.id!r} (first on line {seen[q.id]})")
-        except RecordError as e:
-            rep.errors.append(str(e))
-            continue
-        seen[q.id] = lineno
-        rep.add(q)
-
-
 def validate_file(path: str | Path) -> FileReport:
     """Check one file of either shape; problems land in ``report.errors`` instead of being raised."""
     path = Path(path)
@@ -102,11 +61,16 @@ def validate_file(path: str | Path) -> FileReport:
         rep.errors.append(f"{path}: no such file")
         return rep
     rep = FileReport(str(path), detect_shape(path))
+    if rep.shape == "benchmark-json":
+        items = iter_benchmark_questions(path)
+    else:  # records' own row check: a bad line (bad bytes included) costs only itself
+        items = (item for _, _, item in iter_questions(path))
     try:
-        if rep.shape == "benchmark-json":
-            _validate_benchmark(path, rep)
-        else:
-            _validate_jsonl(path, rep)
+        for item in items:
+            if isinstance(item, RecordError):
+                rep.errors.append(str(item))
+            else:
+                rep.add(item)
     except RecordError as e:  # a JSON list that cannot be parsed past this point (bad JSON or bytes)
         rep.errors.append(str(e))
         rep.unread_from = e.line

@@ -8,9 +8,7 @@ a paper-scale user adds MedRAG-style corpora with ``corpus.extra_jsonl`` (a JSON
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import json
 import re
 import zipfile
 from collections import Counter
@@ -20,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from medssr.errors import MedssrError
+from medssr.records import RecordError, iter_jsonl_rows
 
 MEDQUAD_LICENSE = "CC BY 4.0 (MedQuAD)"
 NORD_LICENSE = "research-only (NORD text via the RareDis corpus; do not redistribute)"
@@ -98,28 +97,19 @@ class CorpusStats:
 
 
 def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
-    """``(line, object)`` per non-empty line of a (gzipped) JSONL file; bad bytes or JSON name the line."""
+    """``(line, object)`` per non-empty line of a (gzipped) JSONL file (records' reader); a bad line, a non-object
+    row, an unreadable or an empty file raise a CorpusError naming it."""
     if not path.exists():
         raise CorpusError(f"{path}: corpus file not found")
-    opener = gzip.open if path.suffix == ".gz" else open
     n = 0
     try:
-        with opener(path, "rb") as fh:  # bytes, decoded line by line, so a bad byte is reported on its own line
-            for lineno, raw in enumerate(fh, 1):
-                try:
-                    text = raw.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    raise CorpusError(f"{path}:{lineno}: not valid UTF-8 ({e.reason} at byte {e.start} of the line)") from None
-                if not text.strip():
-                    continue
-                try:
-                    obj = json.loads(text)
-                except json.JSONDecodeError as e:
-                    raise CorpusError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
-                if not isinstance(obj, dict):
-                    raise CorpusError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-                n += 1
-                yield lineno, obj
+        for lineno, obj in iter_jsonl_rows(path):
+            if isinstance(obj, RecordError):
+                raise CorpusError(f"{path}:{lineno}: {obj.problem}")
+            if not isinstance(obj, dict):
+                raise CorpusError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            n += 1
+            yield lineno, obj
     except (OSError, EOFError) as e:  # a truncated or non-gzip .gz file
         raise CorpusError(f"{path}: cannot read ({e})") from None
     if n == 0:

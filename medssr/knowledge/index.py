@@ -16,10 +16,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import threading
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,8 +27,10 @@ import numpy as np
 
 from medssr.config import set_offline_env
 from medssr.errors import MedssrError
+from medssr.files import atomic_dir
 from medssr.knowledge.corpus import CorpusError, Passage, corpus_hash, passage_input
 from medssr.knowledge.embedders import DENSE, Embedder, check_embedder_name, load_embedder
+from medssr.records import iter_jsonl, write_jsonl
 
 INDEX_FORMAT = 1
 MANIFEST, PASSAGES, CHROMA, BM25 = "manifest.json", "passages.jsonl", "chroma", "bm25"
@@ -128,40 +128,12 @@ def _check_passages(passages: Sequence[Passage]) -> None:
         seen.add(p.id)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _clean_stale(index_dir: Path) -> None:
-    """Remove build/swap leftovers of dead processes (``.<name>.building-<pid>-*``, ``.<name>.old-<pid>-*``)."""
-    for p in index_dir.parent.glob(f".{index_dir.name}.*-*"):
-        parts = p.name[len(index_dir.name) + 2 :].split("-")
-        if len(parts) >= 2 and parts[0] in ("building", "old") and parts[1].isdigit() and not _pid_alive(int(parts[1])):
-            shutil.rmtree(p, ignore_errors=True)
-
-
 def _is_replaceable(index_dir: Path) -> bool:
     """Only an index of ours (complete or not) or an empty folder may be replaced by a build."""
     if not index_dir.exists():
         return True
     names = {p.name for p in index_dir.iterdir()}
     return not names or MANIFEST in names or CHROMA in names or PASSAGES in names
-
-
-def _swap_in(tmp: Path, index_dir: Path) -> None:
-    if index_dir.exists():
-        old = index_dir.with_name(f".{index_dir.name}.old-{os.getpid()}-{uuid.uuid4().hex[:6]}")
-        os.rename(index_dir, old)
-        os.rename(tmp, index_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, index_dir)
 
 
 def _add_dense(client, emb: Embedder, passages: Sequence[Passage], batch_size: int, show_progress: bool) -> dict[str, Any]:
@@ -219,39 +191,28 @@ def build_index(passages: Sequence[Passage], index_dir: str | os.PathLike, embed
     if not _is_replaceable(index_dir):
         raise IndexBuildError(f"{index_dir}: exists and is not a passage index (no {MANIFEST}); refusing to replace it. "
                               "Move it away or set corpus.index_dir to another folder")
-    index_dir.parent.mkdir(parents=True, exist_ok=True)
-    _clean_stale(index_dir)
     encoders = {n: (models or {}).get(n) or load_embedder(n, medcpt_query_dir, medcpt_article_dir, batch_size) for n in dense_names}
-    tmp = index_dir.with_name(f".{index_dir.name}.building-{os.getpid()}-{uuid.uuid4().hex[:6]}")
-    tmp.mkdir()
     t0 = time.perf_counter()
     client = None
-    try:
-        with open(tmp / PASSAGES, "w", encoding="utf-8") as fh:
-            for p in passages:
-                fh.write(json.dumps(p.to_dict(), ensure_ascii=False) + "\n")
-        dense_meta = {}
-        if dense_names:
-            client = _chroma_client(tmp / CHROMA)
-            for n in dense_names:
-                dense_meta[n] = _add_dense(client, encoders[n], passages, batch_size, show_progress)
-        bm25_meta = _build_bm25(passages, tmp / BM25, show_progress) if need_bm25 else None
-        seconds = time.perf_counter() - t0
-        manifest = Manifest(embedder=embedder, embedders=servable(dense_names, need_bm25), dense=dense_meta, bm25=bm25_meta,
-                            passages=len(passages), corpus_hash=corpus_hash(passages), sources=dict(sources or {}),
-                            build_seconds=round(seconds, 2), passages_per_s=round(len(passages) / max(seconds, 1e-9), 2),
-                            created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-        if client is not None:
-            client.close()
-            client = None
+    with atomic_dir(index_dir) as tmp:
+        try:
+            write_jsonl(tmp / PASSAGES, (p.to_dict() for p in passages))
+            dense_meta = {}
+            if dense_names:
+                client = _chroma_client(tmp / CHROMA)
+                for n in dense_names:
+                    dense_meta[n] = _add_dense(client, encoders[n], passages, batch_size, show_progress)
+            bm25_meta = _build_bm25(passages, tmp / BM25, show_progress) if need_bm25 else None
+            seconds = time.perf_counter() - t0
+            manifest = Manifest(embedder=embedder, embedders=servable(dense_names, need_bm25), dense=dense_meta, bm25=bm25_meta,
+                                passages=len(passages), corpus_hash=corpus_hash(passages), sources=dict(sources or {}),
+                                build_seconds=round(seconds, 2), passages_per_s=round(len(passages) / max(seconds, 1e-9), 2),
+                                created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        finally:
+            if client is not None:  # closed before the swap (and before a failed build's folder is removed)
+                client.close()
         (tmp / MANIFEST).write_text(json.dumps(dataclasses.asdict(manifest), indent=2) + "\n", encoding="utf-8")
         _forget(index_dir)
-        _swap_in(tmp, index_dir)
-    except BaseException:
-        if client is not None:
-            client.close()
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest
 
 
@@ -338,9 +299,7 @@ def _forget(index_dir: Path) -> None:
 
 
 def read_passages(index_dir: str | os.PathLike) -> list[Passage]:
-    path = Path(index_dir) / PASSAGES
-    with open(path, encoding="utf-8") as fh:
-        return [Passage.from_dict(json.loads(line)) for line in fh if line.strip()]
+    return [Passage.from_dict(obj) for _, obj in iter_jsonl(Path(index_dir) / PASSAGES)]
 
 
 def open_index(index_dir: str | os.PathLike = "artifacts/corpus", embedder: str | None = None, *,

@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from medssr.config import Params, set_offline_env, to_flat_dict
+from medssr.files import write_json_atomic
 from medssr.knowledge.corpus import load_passages
 from medssr.knowledge.embedders import check_embedder_name
 from medssr.knowledge.evaluate import coverage, load_entities, recall_at_k
 from medssr.knowledge.index import build_index, open_index
 
 COVERAGE = "coverage.json"
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def run_corpus(params: Params, entities_path: str | os.PathLike = "data/prepared/entities.jsonl",
@@ -40,7 +33,7 @@ def run_corpus(params: Params, entities_path: str | os.PathLike = "data/prepared
                            medcpt_query_dir=cfg.medcpt_query_dir, medcpt_article_dir=cfg.medcpt_article_dir,
                            sources=stats.passages, show_progress=show_progress)
     covered = coverage(entities, passages)
-    _write_json(Path(cfg.index_dir) / COVERAGE, dict(sorted(covered.items())))
+    write_json_atomic(Path(cfg.index_dir) / COVERAGE, dict(sorted(covered.items())), ensure_ascii=False)
     recalls = {}
     for name in dict.fromkeys([cfg.embedder, *cfg.eval_embedders]):
         r = recall_at_k(open_index(cfg.index_dir, name), entities, covered, k=4, sample=eval_sample, seed=params.project.seed)
@@ -65,7 +58,7 @@ def run_corpus(params: Params, entities_path: str | os.PathLike = "data/prepared
         "recall_at_4": {name: v["recall"] for name, v in recalls.items()},
         "recall_eval": recalls,
     }
-    _write_json(Path(reports_path), report)
+    write_json_atomic(reports_path, report, ensure_ascii=False)
     if log_mlflow:
         from medssr.tracking import metric, stage_run
 

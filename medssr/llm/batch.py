@@ -19,11 +19,12 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from medssr.files import write_text_atomic
 
 if TYPE_CHECKING:
     from medssr.llm.base import AsyncAPIGenerator, Finish, LLMRequest, LLMResponse
@@ -46,7 +47,7 @@ class BatchItem:
 
 @dataclass
 class BatchJournal:
-    """What a killed run needs to find its batch again; written (temp file + rename) before the batch is created."""
+    """What a killed run needs to find its batch again; written atomically (files.py) before the batch is created."""
 
     path: Path
     id: str
@@ -59,18 +60,9 @@ class BatchJournal:
     prefixes: dict[str, str] = field(default_factory=dict)  # Anthropic: the assistant prefill sent, by custom_id
 
     def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         data = {k: v for k, v in asdict(self).items() if k != "path"}
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".journal.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(data, f)
-                f.flush()
-                os.fsync(f.fileno())  # a few per run: the journal is what makes a paid batch findable
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        # fsync: a few per run, and the journal is what makes a paid batch findable
+        write_text_atomic(self.path, json.dumps(data), fsync=True)
 
     def delete(self) -> None:
         self.path.unlink(missing_ok=True)

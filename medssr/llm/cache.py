@@ -17,11 +17,12 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any, Literal
+
+from medssr.files import write_text_atomic
 
 log = logging.getLogger("medssr.llm")
 
@@ -87,23 +88,10 @@ class ResponseCache:
 
     def put(self, key: str, value: dict[str, Any]) -> None:
         """Atomically write one entry (temp file + rename) with its checksum; ``created`` is added if missing."""
-        p = self.path(key)
-        p.parent.mkdir(parents=True, exist_ok=True)
         entry = {k: v for k, v in value.items() if k != CHECKSUM}
         entry.setdefault("created", time.time())
         entry[CHECKSUM] = entry_checksum(key, entry)
-        data = json.dumps(entry, ensure_ascii=False)
-        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{key[:8]}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(data)
-                if self.fsync:
-                    f.flush()
-                    os.fsync(f.fileno())
-            os.replace(tmp, p)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_text_atomic(self.path(key), json.dumps(entry, ensure_ascii=False), fsync=self.fsync)
         with self._lock:
             self._stats["writes"] += 1
 

@@ -30,6 +30,7 @@ from typing import Any
 
 from medssr.config import Params, set_offline_env
 from medssr.errors import MedssrError
+from medssr.files import atomic_dir, write_text_atomic
 from medssr.rl import strategies
 from medssr.rl.data import RLExample, load_examples, load_prompt_template
 
@@ -92,8 +93,6 @@ def check_compatible(candidate: str | os.PathLike, policy: str | os.PathLike) ->
 def passthrough(src: str | os.PathLike, dst: str | os.PathLike, reason: str) -> Path:
     """Materialise an untrained stage: its out is its input model, hard-linked (copied across filesystems)."""
     src, dst = Path(src), Path(dst)
-    tmp = dst.with_name(dst.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
 
     def link(s: str, d: str) -> None:
         try:
@@ -101,11 +100,10 @@ def passthrough(src: str | os.PathLike, dst: str | os.PathLike, reason: str) -> 
         except OSError:
             shutil.copy2(s, d)
 
-    shutil.copytree(src, tmp, copy_function=link, ignore=shutil.ignore_patterns(PASSTHROUGH_MARKER, "*.tmp*"))
-    (tmp / PASSTHROUGH_MARKER).write_text(json.dumps({"source": str(src), "reason": reason}, indent=2))
-    shutil.rmtree(dst, ignore_errors=True)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, dst)
+    with atomic_dir(dst) as tmp:
+        shutil.copytree(src, tmp, copy_function=link, ignore=shutil.ignore_patterns(PASSTHROUGH_MARKER, "*.tmp*"),
+                        dirs_exist_ok=True)
+        (tmp / PASSTHROUGH_MARKER).write_text(json.dumps({"source": str(src), "reason": reason}, indent=2))
     return dst
 
 
@@ -180,12 +178,8 @@ def _section(params: Params, stage: str, plan: strategies.StagePlan) -> dict[str
 def _write_reports(paths: StagePaths, stage: str, report: dict[str, Any], history: list[dict[str, Any]]) -> Path:
     rdir = paths.abs(paths.reports)
     rdir.mkdir(parents=True, exist_ok=True)
-    out = rdir / f"train_{stage}.json"
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2, default=str))
-    os.replace(tmp, out)
-    steps = rdir / f"train_{stage}_steps.json"
-    steps.write_text(json.dumps(history, indent=1, default=str))
+    out = write_text_atomic(rdir / f"train_{stage}.json", json.dumps(report, indent=2, default=str))
+    write_text_atomic(rdir / f"train_{stage}_steps.json", json.dumps(history, indent=1, default=str))
     return out
 
 

@@ -23,6 +23,7 @@ from typing import Any
 from medssr.config import Params, to_flat_dict
 from medssr.data.entities import read_entities
 from medssr.errors import MedssrError
+from medssr.files import write_json_atomic
 from medssr.llm.base import BUDGET_ERROR, diff_counts
 from medssr.llm.tokens import tokenizer_name
 from medssr.records import Question, append_jsonl, read_partial_jsonl, read_questions, write_jsonl
@@ -278,8 +279,9 @@ def run_synthesize(params: Params, inputs: SynthInputs, out_path: str | os.PathL
                 failed_items = list(getattr(generator, "batch_failures", []))[failures0:]
                 where = ""
                 if report_path:  # the failed requests, batch items with their custom_id and the provider's message
-                    write_json(report_path, {"stopped": "request_errors", "errors": errors, "batch_failures": failed_items,
-                                             "faults": c["faults"], "progress": str(progress_path), "generator": generator.name})
+                    write_json_atomic(report_path, {"stopped": "request_errors", "errors": errors, "batch_failures": failed_items,
+                                                    "faults": c["faults"], "progress": str(progress_path), "generator": generator.name},
+                                      ensure_ascii=False)
                     where = f"; all listed in {report_path}"
                 raise SynthError(
                     f"synthesize: {len(errors)} request(s) failed (retryable errors were retried synth.generator.max_retries={cfg.generator.max_retries} "
@@ -342,7 +344,7 @@ def run_synthesize(params: Params, inputs: SynthInputs, out_path: str | os.PathL
         "elapsed_s": round(time.time() - t0, 2),
     }
     if report_path:
-        write_json(report_path, report)
+        write_json_atomic(report_path, report, ensure_ascii=False)
     if report["stopped"] != "done":
         log.warning("synthesize: stopped by %s with %d of %d questions", stopped, len(final), cfg.n)
     if track:
@@ -371,15 +373,6 @@ def _to_question(a: Attempt, pq: ParsedQuestion, fin: _Finished, seeds: Sequence
         seed_ids=[seeds[i].id for i in a.seed_indices], retrieved=retrieved, generator=generator_name, prompt_hash=prompt.hash,
         usage={"input_tokens": fin.input_tokens, "output_tokens": fin.output_tokens},
     )
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Atomic JSON write (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def log_to_mlflow(params: Params, report: Mapping[str, Any]) -> None:
