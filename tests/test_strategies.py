@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from medssr.config import ConfigError
-from medssr.rl.strategies import STRATEGIES, StagePlan, check_backend, plan, stage_plan
+from medssr.rl.strategies import STRATEGIES, StagePlan, backend_problem, check_backend, plan, stage_plan
 
 
 def test_two_stage_is_synthetic_majority_then_real_gold():
@@ -50,3 +50,16 @@ def test_online_vote_cannot_run_on_openrlhf():
         check_backend("online_vote", "openrlhf")
     check_backend("online_vote", "trl")
     check_backend("two_stage", "openrlhf")
+
+
+def test_the_params_type_lists_exactly_the_strategies():
+    import typing
+
+    from medssr.config import TrainCfg
+
+    assert typing.get_args(typing.get_type_hints(TrainCfg)["strategy"]) == STRATEGIES
+
+
+def test_backend_problem_names_the_param_for_the_loader():
+    assert backend_problem("online_vote", "openrlhf").startswith("train.strategy: 'online_vote' needs a reward that sees the whole group")
+    assert backend_problem("online_vote", "trl") is None and backend_problem("reverse", "openrlhf") is None

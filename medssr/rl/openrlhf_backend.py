@@ -54,7 +54,7 @@ RUNTIME_EXCLUDES = [".git", ".venv*", ".dvc/cache", ".dvc/tmp", ".cache", ".pyte
 # (ValueError at start-up), whatever the value. OpenRLHF already defaults them (TOKENIZERS_PARALLELISM=true).
 OPENRLHF_RAY_INIT_ENV_VARS = ("TOKENIZERS_PARALLELISM", "NCCL_DEBUG", "RAY_ENABLE_ZERO_COPY_TORCH_TENSORS")
 
-# train.loss_type (TRL's names) -> OpenRLHF (advantage estimator, loss aggregation)
+# train.loss_type (TRL's names) -> OpenRLHF (advantage estimator, loss aggregation); its keys are config.OPENRLHF_LOSS_TYPES
 LOSS_MAP = {
     "grpo": ("group_norm", "seq-mean-token-mean"),  # per-sequence token mean, then mean (original GRPO)
     "dapo": ("group_norm", "token-mean"),
@@ -109,29 +109,11 @@ def export_prompts(examples: Sequence[RLExample], template: str, path: str | os.
 
 
 def check_openrlhf_params(train: TrainCfg, stage_cfg: StageTrainCfg, n_prompts: int) -> None:
-    """The asserts train_ppo_ray and DeepSpeed would hit on the cluster, as ConfigErrors naming the param."""
-    o = train.openrlhf
-    gpus = o.num_nodes * o.gpus_per_node
-    if train.loss_type not in LOSS_MAP:
-        raise ConfigError(f"train.loss_type: the openrlhf backend supports {', '.join(LOSS_MAP)}, got {train.loss_type!r}")
-    if train.kl_estimator not in ("k1", "k2", "k3"):
-        raise ConfigError(f"train.kl_estimator: expected k1, k2 or k3, got {train.kl_estimator!r}")
-    if o.colocate and gpus != o.vllm_num_engines * o.vllm_tensor_parallel_size:
-        raise ConfigError(
-            f"train.openrlhf.vllm_num_engines: with colocate, num_nodes x gpus_per_node ({gpus}) must equal "
-            f"vllm_num_engines x vllm_tensor_parallel_size ({o.vllm_num_engines} x {o.vllm_tensor_parallel_size})"
-        )
-    samples = train.global_batch_size * train.num_generations
-    if samples % (train.micro_batch_size * gpus):
-        raise ConfigError(
-            f"train.global_batch_size: {train.global_batch_size} prompts x {train.num_generations} rollouts = {samples} samples "
-            f"must split into micro batches of train.micro_batch_size ({train.micro_batch_size}) on {gpus} GPUs"
-        )
-    if train.rollout_batch_size * train.num_generations // train.micro_batch_size < gpus:
-        raise ConfigError(f"train.rollout_batch_size: {train.rollout_batch_size} prompts give fewer micro batches than the {gpus} actor GPUs")
-    if train.rollout_batch_size % train.global_batch_size:
-        raise ConfigError(f"train.rollout_batch_size: {train.rollout_batch_size} prompts per rollout must be a multiple of "
-                          f"train.global_batch_size ({train.global_batch_size}), else each rollout ends with a partial update")
+    """The prompt file must hold exactly ``stage_prompt_count`` prompts (one episode of max_steps rollouts).
+
+    The checks that depend on params alone (loss type, KL estimator, GPU layout, batch divisibility: the asserts
+    train_ppo_ray and DeepSpeed would hit on the cluster) run when params are loaded: medssr.config.params_problems.
+    """
     if n_prompts != stage_prompt_count(train, stage_cfg):
         raise ConfigError(f"train.<stage>.max_steps: the prompt file holds {n_prompts} prompts, not max_steps x "
                           f"train.rollout_batch_size = {stage_prompt_count(train, stage_cfg)}: write it with export_prompts")

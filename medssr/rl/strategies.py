@@ -57,11 +57,17 @@ def stage_plan(strategy: str, stage: str) -> StagePlan:
     return plan(strategy)[stage]
 
 
-def check_backend(strategy: str, backend: str) -> None:
-    """Reject combinations a backend cannot express (OpenRLHF scores one rollout at a time: no online vote)."""
+def backend_problem(strategy: str, backend: str) -> str | None:
+    """Why ``train.backend`` cannot run ``train.strategy`` (None if it can): OpenRLHF scores one rollout at a time, so
+    no online vote. medssr.config checks this when params are loaded."""
     uses_online = any(p.reward == "online_vote" for p in plan(strategy).values())
     if uses_online and backend == "openrlhf":
-        raise ConfigError(
-            f"train.strategy: {strategy!r} needs a reward that sees the whole group of rollouts, but train.backend "
-            "'openrlhf' calls its reward function one sample at a time; use train.backend: trl for this ablation"
-        )
+        return (f"train.strategy: {strategy!r} needs a reward that sees the whole group of rollouts, but train.backend "
+                "'openrlhf' calls its reward function one sample at a time; use train.backend: trl for this ablation")
+    return None
+
+
+def check_backend(strategy: str, backend: str) -> None:
+    """``backend_problem`` as a ConfigError (params built in code, not loaded from a file)."""
+    if problem := backend_problem(strategy, backend):
+        raise ConfigError(problem)
