@@ -65,6 +65,8 @@ class Completion:
     text: str
     n_tokens: int
     finish_reason: FinishReason
+    # the generated token ids (EOS included when it ended the row), for trainers that need them; hf backend only
+    token_ids: tuple[int, ...] = field(default=(), compare=False, repr=False)
 
 
 @dataclass
@@ -280,6 +282,13 @@ class HFSampler:
         """Drop the model so the next checkpoint's fits (the caller must drop its own reference too)."""
         self.model = self.decoder = None  # the decoder holds the model and its fused weights
 
+    def weights_changed(self) -> None:
+        """The model's weights were updated in place since the last call (a trainer's step): re-read them now.
+
+        Needed after fused optimizers, which bypass the version counters the automatic check relies on."""
+        if self.decoder is not None:
+            self.decoder.refresh(force=True)
+
     def _encode(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"]
 
@@ -301,24 +310,33 @@ class HFSampler:
         ``keys`` (e.g. question ids) name each prompt's random streams; by default the prompt's index in this call.
         ``on_prompt_done(i, completions)`` is called as soon as all n samples of prompt i are finished.
         """
+        return self.sample_ids([self._encode(self.render(p)) for p in prompts], n, temperature, top_p, top_k, max_new_tokens, stop,
+                               options, seed, progress, keys=keys, stop_at_answer=stop_at_answer, on_prompt_done=on_prompt_done)
+
+    def sample_ids(self, prompt_ids: Sequence[Sequence[int]], n: int, temperature: float, top_p: float = 1.0, top_k: int = -1,
+                   max_new_tokens: int = 4096, stop: Sequence[str] | None = None, options: Sequence[Mapping[str, str]] | None = None,
+                   seed: int | None = None, progress: bool = True, *, keys: Sequence[str] | None = None, stop_at_answer: bool = True,
+                   on_prompt_done: Callable[[int, list[Completion]], None] | None = None) -> list[list[Completion]]:
+        """``sample`` for prompts already rendered and tokenised (a trainer's own prompt ids); same rules and seeds."""
         torch = self._torch
         if n < 1 or max_new_tokens < 1:
             raise ValueError(f"n and max_new_tokens must be >= 1, got n={n}, max_new_tokens={max_new_tokens}")
-        if options is not None and len(options) != len(prompts):
-            raise ValueError(f"options: expected one mapping per prompt ({len(prompts)}), got {len(options)}")
-        keys = [str(i) for i in range(len(prompts))] if keys is None else [str(k) for k in keys]
-        if len(keys) != len(prompts):
-            raise ValueError(f"keys: expected one per prompt ({len(prompts)}), got {len(keys)}")
+        if options is not None and len(options) != len(prompt_ids):
+            raise ValueError(f"options: expected one mapping per prompt ({len(prompt_ids)}), got {len(options)}")
+        keys = [str(i) for i in range(len(prompt_ids))] if keys is None else [str(k) for k in keys]
+        if len(keys) != len(prompt_ids):
+            raise ValueError(f"keys: expected one per prompt ({len(prompt_ids)}), got {len(keys)}")
         seed = self.seed if seed is None else seed
         stop = [s for s in (stop or []) if s]
         if self.decoder is not None:
             self.decoder.refresh()
-        run = (_SharedRun if self.decoder is not None else _Run)(self, [self._encode(self.render(p)) for p in prompts], n, temperature, top_p, top_k, max_new_tokens, stop,
-                   options if stop_at_answer else None, seed, keys, on_prompt_done)
+        run = (_SharedRun if self.decoder is not None else _Run)(self, [list(ids) for ids in prompt_ids], n, temperature, top_p, top_k,
+                                                                 max_new_tokens, stop, options if stop_at_answer else None, seed, keys,
+                                                                 on_prompt_done)
         from tqdm.auto import tqdm
 
         t0 = time.perf_counter()
-        with torch.inference_mode(), tqdm(total=len(prompts) * n, desc="sampling", unit="seq", disable=not progress, leave=False) as bar:
+        with torch.inference_mode(), tqdm(total=len(prompt_ids) * n, desc="sampling", unit="seq", disable=not progress, leave=False) as bar:
             run.bar = bar
             run.loop()
         run.stats.seconds = time.perf_counter() - t0
@@ -436,7 +454,7 @@ class _Run:
         cut = find_stop(text, self.stop) if r.reason == "stop" else -1
         if cut >= 0:
             text = text[:cut]
-        c = Completion(text, len(r.tokens), r.reason)  # type: ignore[arg-type]
+        c = Completion(text, len(r.tokens), r.reason, tuple(r.tokens))  # type: ignore[arg-type]
         self.stats.sequences += 1
         self.stats.tokens += len(r.tokens)
         self.stats.finish[c.finish_reason] = self.stats.finish.get(c.finish_reason, 0) + 1
@@ -636,10 +654,14 @@ class _LlamaDecoder:
         self._key: tuple | None = None
         self._fused: list[tuple] = []
 
-    def refresh(self) -> None:
-        """Fuse the weights again if any parameter changed (a trainer's in-place update) since the last call."""
+    def refresh(self, force: bool = False) -> None:
+        """Fuse the weights again if any parameter changed (a trainer's in-place update) since the last call.
+
+        ``force``: fuse anyway. Fused optimizers (``torch.optim.AdamW(fused=True)``, transformers' default optimizer
+        with torch >= 2.8) update parameters without bumping their version counters, so the check below misses them.
+        """
         key = tuple((id(p), p._version) for p in self.model.parameters())
-        if key == self._key:
+        if key == self._key and not force:
             return
         torch = __import__("torch")
         fused = []

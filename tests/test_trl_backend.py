@@ -369,3 +369,120 @@ def test_smollm2_stage1_reward_and_diversity_curves_land_in_mlflow(smol_model_di
         assert [s for s, _ in points] == [1, 2], name
     assert all(0.0 <= v <= 4.0 for _, v in _metric(run_id, "train/stage1/distinct_answers"))
     assert report["global_step"] == 2 and (project / "checkpoints/stage1/model.safetensors").stat().st_size > 100e6
+
+
+# ---- rollouts through medssr's sampler (issue #16.2) ----------------------------------------------------------
+
+def test_rollout_sampler_auto_picks_ours_only_on_cpu_with_the_fast_path():
+    from medssr.rl.rollouts import choose_rollout_sampler
+
+    assert choose_rollout_sampler("auto", on_cpu=True, fast_path=True) == "hf"
+    assert choose_rollout_sampler("auto", on_cpu=False, fast_path=True) == "trl"
+    assert choose_rollout_sampler("auto", on_cpu=True, fast_path=False) == "trl"
+    assert choose_rollout_sampler("auto", on_cpu=True, fast_path=True, unsupported=["min_p=0.1"]) == "trl"
+    assert choose_rollout_sampler("trl", on_cpu=True, fast_path=True) == "trl"
+    assert choose_rollout_sampler("hf", on_cpu=False, fast_path=False) == "hf"  # asked for: the generic decode loop
+
+
+def test_rollout_sampler_refuses_settings_it_cannot_sample_with():
+    from medssr.rl.rollouts import choose_rollout_sampler
+
+    with pytest.raises(ConfigError, match=r"train.rollout_sampler: 'hf' cannot sample with repetition_penalty=1.2"):
+        choose_rollout_sampler("hf", on_cpu=True, fast_path=True, unsupported=["repetition_penalty=1.2"])
+    with pytest.raises(ConfigError, match="train.rollout_sampler: expected one of auto, hf, trl, got 'vllm'"):
+        choose_rollout_sampler("vllm", on_cpu=True, fast_path=True)
+
+
+def test_prompt_groups_are_the_distinct_prompts_of_trls_repeated_order():
+    from medssr.rl.rollouts import prompt_groups
+
+    assert prompt_groups([[1, 2], [1, 2], [3], [3]], 2) == [[1, 2], [3]]
+    assert prompt_groups([[1, 2], [3], [1, 2], [3]], 2) is None  # not G in a row: each row is its own prompt
+    assert prompt_groups([[1], [1], [1]], 2) is None
+
+
+def _tiny_run(medmcqa, model_dir, run_dir, rollout: str, steps: int = 2, callbacks=()):
+    from medssr.rl import trl_backend
+    from medssr.rl.data import examples_from_questions, load_prompt_template, to_trl_dataset
+
+    examples, _ = examples_from_questions(medmcqa[:4], "real")
+    p = _params(**{"train.stage1": {**TINY["train.stage1"], "max_steps": steps}})
+    return trl_backend.train(model_dir, to_trl_dataset(examples, load_prompt_template()), "gold", p.train, p.train.stage1, stage="stage1",
+                             run_dir=run_dir / "run", out_dir=run_dir / "out", rollout_sampler=rollout, callbacks=callbacks)
+
+
+def test_hf_rollouts_train_and_log_the_same_metrics_as_trl_generation(tiny_model_dir, medmcqa, tmp_path, one_torch_thread):
+    ours = _tiny_run(medmcqa, tiny_model_dir, tmp_path / "hf", "hf")
+    theirs = _tiny_run(medmcqa, tiny_model_dir, tmp_path / "trl", "trl")
+    assert (ours["rollout_sampler"], theirs["rollout_sampler"]) == ("hf", "trl")
+    assert ours["global_step"] == theirs["global_step"] == 2
+    assert [sorted(r) for r in ours["history"]] == [sorted(r) for r in theirs["history"]]
+    for name in ("reward_mean", "completion_length", "clipped_ratio", "distinct_answers", "generation_s", "tokens_per_s"):
+        assert name in ours["history"][0], name
+    assert all(0 < r["completion_length"] <= 8 for r in ours["history"])
+    assert (tmp_path / "hf/out/model.safetensors").exists()
+
+
+def test_auto_rollouts_on_cpu_take_our_sampler_for_a_llama_policy(project):
+    import mlflow
+
+    report = run_train_stage(_params(), "stage1")
+    assert report["global_step"] == 1
+    assert mlflow.get_run(_stage_run_id("stage1")).data.tags["rollout_sampler"] == "hf"
+
+
+def test_hf_rollouts_give_identical_weights_in_two_runs(tiny_model_dir, medmcqa, tmp_path, one_torch_thread):
+    first = _tiny_run(medmcqa, tiny_model_dir, tmp_path / "a", "hf")
+    second = _tiny_run(medmcqa, tiny_model_dir, tmp_path / "b", "hf")
+    assert (tmp_path / "a/out/model.safetensors").read_bytes() == (tmp_path / "b/out/model.safetensors").read_bytes()
+    assert _deterministic(first["history"]) == _deterministic(second["history"])
+
+
+def test_hf_rollouts_sample_from_the_weights_of_the_current_step(tiny_model_dir, medmcqa, tmp_path, one_torch_thread):
+    """Step 2's completions are what a fresh sampler draws from the weights after step 1, not from the initial ones."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from medssr.models import load_tokenizer
+    from medssr.rl import trl_backend
+    from medssr.rl.data import examples_from_questions, load_prompt_template, to_trl_dataset
+    from medssr.rl.rollouts import PolicyRollouts
+
+    class Recorded:
+        """The trainer's own rollouts, plus a copy of the weights each call sampled from."""
+
+        def __init__(self, inner):
+            self.inner, self.calls = inner, []
+
+        def __call__(self, prompt_ids, num_generations, *, step, process=0):
+            weights = {k: v.detach().clone() for k, v in self.inner.model.state_dict().items()}
+            out = self.inner(prompt_ids, num_generations, step=step, process=process)
+            self.calls.append({"step": step, "prompts": [list(p) for p in prompt_ids], "out": out, "weights": weights,
+                               "training_after": self.inner.model.training})
+            return out
+
+    def first_of_group(prompts, completions, **kwargs) -> list[float]:
+        # the random tiny model never answers, so the real rewards are all 0 (no gradient); this one always varies in a group
+        return [float(i % 2 == 0) for i in range(len(completions))]
+
+    examples, _ = examples_from_questions(medmcqa[:4], "real")
+    p = _params(**{"train.stage1": {**TINY["train.stage1"], "max_steps": 2}})
+    trainer = trl_backend.build_trainer(tiny_model_dir, to_trl_dataset(examples, load_prompt_template()), "gold", p.train, p.train.stage1,
+                                        run_dir=tmp_path / "run", reward_funcs=[first_of_group])
+    assert trl_backend.attach_rollouts(trainer, "hf", tiny_model_dir) == "hf"
+    trainer.rollouts = rec = Recorded(trainer.rollouts)
+    trainer.train()
+    assert [c["step"] for c in rec.calls] == [0, 1] and all(c["training_after"] for c in rec.calls)
+    second = rec.calls[1]
+    initial = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert any(not torch.equal(initial.state_dict()[k], w) for k, w in second["weights"].items())  # step 1 changed the policy
+
+    def fresh_rollouts(weights):
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+        if weights is not None:
+            model.load_state_dict(weights)
+        return PolicyRollouts(model, load_tokenizer(str(tiny_model_dir)), str(tiny_model_dir), seed=p.train.seed, temperature=1.0,
+                              top_p=1.0, top_k=0, max_new_tokens=8)(second["prompts"], 2, step=1)
+
+    assert fresh_rollouts(second["weights"]) == second["out"]
+    assert fresh_rollouts(None) != second["out"]  # a sampler holding the initial weights would have drawn these

@@ -127,14 +127,23 @@ def make_reward_fn(kind: str, num_generations: int):
 
 
 def _trainer_class():
-    """GRPOTrainer that also times generation, so a step splits into generation vs policy update, and logs peak memory.
+    """GRPOTrainer that also times generation, so a step splits into generation vs policy update, and logs peak memory;
+    with ``rollouts`` set (``attach_rollouts``) its completions come from medssr's sampler instead of ``generate``.
 
-    Both go into the step's log, hence into ``log_history`` and every checkpoint's ``trainer_state.json``: a resumed
-    run restores them with the rest of the history.
+    Timing and memory go into the step's log, hence into ``log_history`` and every checkpoint's
+    ``trainer_state.json``: a resumed run restores them with the rest of the history.
     """
     from trl import GRPOTrainer
 
     class TimedGRPOTrainer(GRPOTrainer):
+        rollouts = None  # medssr.rl.rollouts.PolicyRollouts, or None for TRL's own generation
+
+        def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+            if self.rollouts is None or images is not None or multimodal_fields:
+                return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations, has_tool_images)
+            ids = self.rollouts(prompt_ids, num_generations, step=self.state.global_step, process=self.accelerator.process_index)
+            return ids, None  # no sampling log-probs: TRL computes the old ones itself when it needs them
+
         def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
             if "train_runtime" not in logs:  # a step, not the end-of-training summary
                 logs = {**logs, **{OWN_PREFIX + k: v for k, v in peak_memory_mb().items()}}
@@ -148,6 +157,26 @@ def _trainer_class():
             return out
 
     return TimedGRPOTrainer
+
+
+def attach_rollouts(trainer: Any, requested: str, model_dir: str | os.PathLike) -> str:
+    """Decide ``train.rollout_sampler`` for this trainer ('hf' or 'trl') and, for 'hf', route its rollouts through
+    ``PolicyRollouts`` bound to the very module it trains (see ``medssr.rl.rollouts``)."""
+    from medssr.rl.rollouts import PolicyRollouts, choose_rollout_sampler, unsupported_generation_settings
+
+    args = trainer.args
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    rollouts = PolicyRollouts(model, trainer.processing_class, str(model_dir), seed=args.seed, temperature=args.temperature,
+                              top_p=args.top_p, top_k=args.top_k, max_new_tokens=args.max_completion_length)
+    unsupported = unsupported_generation_settings(args)
+    if getattr(trainer, "tools", None):
+        unsupported.append("tools")
+    if getattr(trainer, "_is_vlm", False):
+        unsupported.append("a vision-language model")
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    choice = choose_rollout_sampler(requested, on_cpu=on_cpu, fast_path=rollouts.fast_path, unsupported=unsupported)
+    trainer.rollouts = rollouts if choice == "hf" else None
+    return choice
 
 
 def _no_final_save_callback():
@@ -197,23 +226,43 @@ def save_policy(model: Any, tokenizer: Any, out_dir: str | os.PathLike, meta: di
 
 def train(model_dir: str | os.PathLike, dataset: Any, reward_kind: str, train_cfg: TrainCfg, stage_cfg: StageTrainCfg, *, stage: str,
           run_dir: str | os.PathLike, out_dir: str | os.PathLike, mlflow: Any | None = None, dtype: str = "float32",
-          resume_from: str | os.PathLike | None = None, callbacks: Sequence[Any] = (), meta: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run GRPO on ``dataset`` from ``model_dir``; save the policy to ``out_dir``; return history and summary."""
-    set_offline_env()
-    from medssr.models import load_tokenizer
+          resume_from: str | os.PathLike | None = None, callbacks: Sequence[Any] = (), meta: dict[str, Any] | None = None,
+          rollout_sampler: str | None = None) -> dict[str, Any]:
+    """Run GRPO on ``dataset`` from ``model_dir``; save the policy to ``out_dir``; return history and summary.
 
-    config = grpo_config(train_cfg, stage_cfg, run_dir, dtype=dtype)
-    tokenizer = load_tokenizer(str(model_dir))
+    ``rollout_sampler`` ('auto' | 'hf' | 'trl'; default ``train.rollout_sampler``, 'auto' while params lack it) picks
+    who samples the rollouts: medssr's sampler or TRL's ``generate`` (same prompts, settings, rewards and metrics).
+    """
+    set_offline_env()
     step_cb = MLflowStepCallback(stage, mlflow)
-    trainer = _trainer_class()(model=str(model_dir), reward_funcs=[make_reward_fn(reward_kind, train_cfg.num_generations)],
-                               args=config, train_dataset=dataset, processing_class=tokenizer, callbacks=[step_cb, _no_final_save_callback(), *callbacks])
+    trainer = build_trainer(model_dir, dataset, reward_kind, train_cfg, stage_cfg, run_dir=run_dir, dtype=dtype,
+                            callbacks=[step_cb, _no_final_save_callback(), *callbacks])
+    requested = rollout_sampler or getattr(train_cfg, "rollout_sampler", "auto")
+    rollouts = attach_rollouts(trainer, requested, model_dir)
+    if mlflow is not None:
+        mlflow.set_tag("rollout_sampler", rollouts)
     t0 = time.time()
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     train_s = time.time() - t0
     policy = trainer.accelerator.unwrap_model(trainer.model)
-    save_policy(policy, tokenizer, out_dir, {**(meta or {}), "global_step": trainer.state.global_step})
+    save_policy(policy, trainer.processing_class, out_dir, {**(meta or {}), "global_step": trainer.state.global_step})
     for ckpt in complete_checkpoints(run_dir):  # the run is done and saved: free the optimizer states
         shutil.rmtree(ckpt, ignore_errors=True)
     return {"history": step_cb.history, "summary": summarize(step_cb.history), "final": step_cb.final,
-            "global_step": int(trainer.state.global_step), "train_s": train_s,
+            "global_step": int(trainer.state.global_step), "train_s": train_s, "rollout_sampler": rollouts,
             "resumed_from": Path(resume_from).name if resume_from else None}
+
+
+def build_trainer(model_dir: str | os.PathLike, dataset: Any, reward_kind: str, train_cfg: TrainCfg, stage_cfg: StageTrainCfg, *,
+                  run_dir: str | os.PathLike, dtype: str = "float32", callbacks: Sequence[Any] = (),
+                  reward_funcs: Sequence[Any] | None = None) -> Any:
+    """The stage's GRPOTrainer (policy loaded from ``model_dir``), rollouts still TRL's until ``attach_rollouts``.
+
+    ``reward_funcs`` replaces the stage's reward (``reward_kind``) with plain TRL reward callables."""
+    from medssr.models import load_tokenizer
+
+    config = grpo_config(train_cfg, stage_cfg, run_dir, dtype=dtype)
+    tokenizer = load_tokenizer(str(model_dir))
+    rewards = list(reward_funcs) if reward_funcs is not None else [make_reward_fn(reward_kind, train_cfg.num_generations)]
+    return _trainer_class()(model=str(model_dir), reward_funcs=rewards,
+                            args=config, train_dataset=dataset, processing_class=tokenizer, callbacks=list(callbacks))
