@@ -217,6 +217,28 @@ def test_retrieve_returns_the_passages_about_a_real_disease(index_dir):
     assert titles == {"winchester syndrome"}  # GHR pages and the NORD text
 
 
+def _file_hashes(d: Path) -> dict[str, str]:
+    import hashlib
+
+    return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def test_queries_leave_the_index_a_dvc_out_byte_for_byte_as_built(passages, tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDSSR_ROOT", str(tmp_path / "project"))
+    d = tmp_path / "corpus"
+    build_index(passages[:30], d, "minilm", show_progress=False)
+    built = _file_hashes(d)
+    top = retrieve(passages[0].title, k=2, index_dir=str(d), embedder="minilm")
+    assert top and top[0].title == passages[0].title
+    assert _file_hashes(d) == built  # chromadb rewrote chroma.sqlite3 on every open: `dvc status` saw the corpus changed
+    copies = list((tmp_path / "project" / ".cache" / "chroma").iterdir())
+    assert len(copies) == 1 and (copies[0] / "chroma.sqlite3").exists()
+    build_index(passages[:25], d, "minilm", show_progress=False)  # a rebuild: its copy replaces the old one
+    retrieve(passages[0].title, k=2, index_dir=str(d), embedder="minilm")
+    assert [p.name for p in (tmp_path / "project" / ".cache" / "chroma").iterdir()] != [copies[0].name]
+    assert len(list((tmp_path / "project" / ".cache" / "chroma").iterdir())) == 1
+
+
 def test_dense_scores_are_dot_products_and_match_exact_search(index_dir):
     r = open_index(index_dir, "minilm")
     vecs = collection_vectors(r)

@@ -190,7 +190,7 @@ def test_a_prepare_run_without_training_rows_fails_after_writing_its_report(tmp_
     assert _stage_module("prepare.py").main(["--params", str(params), "--report", str(tmp_path / "prepare.json")]) == 1
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line == (f"[prepare] error: {tmp_path}/p/train.jsonl is empty: no training row is left of 0 loaded (leakage removed 0); "
-                    "change data.train_sources or data.max_train (or set data.allow_empty: true to let an empty result pass)")
+                    "change data.train (its declared files and formats), data.train_sources or data.max_train (or set data.allow_empty: true to let an empty result pass)")
     assert json.loads((tmp_path / "prepare.json").read_text())["train_rows"] == 0
 
 

@@ -14,8 +14,10 @@ interrupted or failed build never leaves something that opens as a valid index.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
+import shutil
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -106,6 +108,28 @@ def components(embedders: Sequence[str]) -> tuple[list[str], bool]:
         if name in ("bm25", "hybrid"):
             bm25 = True
     return dense, bm25
+
+
+def query_copy(index_dir: Path, manifest: Manifest) -> Path:
+    """The chroma store a query opens: a copy under ``.cache/chroma``, made once per built index.
+
+    chromadb writes to ``chroma.sqlite3`` whenever a client opens it, and the index is a DVC out: opened in place,
+    any query (synthesize's retrieval, ``medssr retrieve``) made ``dvc status`` report the corpus changed and the
+    next ``dvc repro`` rebuild it and everything after it. Copies of earlier builds of the same index are removed.
+    """
+    from medssr.tracking import project_root
+
+    home = project_root() / ".cache" / "chroma"
+    where = hashlib.sha256(str(index_dir.resolve()).encode()).hexdigest()[:12]
+    build = hashlib.sha256(f"{manifest.created}|{manifest.corpus_hash}|{manifest.passages}".encode()).hexdigest()[:12]
+    dst = home / f"{where}-{build}"
+    if not (dst / "chroma.sqlite3").exists():
+        with atomic_dir(dst, keep_existing=lambda p: (p / "chroma.sqlite3").exists()) as tmp:
+            shutil.copytree(index_dir / CHROMA, tmp, dirs_exist_ok=True)
+        for old in home.glob(f"{where}-*"):
+            if old != dst and not old.name.startswith("."):
+                shutil.rmtree(old, ignore_errors=True)
+    return dst
 
 
 def _chroma_client(path: Path):
@@ -332,7 +356,7 @@ def open_index(index_dir: str | os.PathLike = "artifacts/corpus", embedder: str 
             raise IndexMismatchError(f"{index_dir}: index was embedded with other {dense_name} weights ({meta['model_id']}, "
                                      f"fingerprint {meta['fingerprint']}, now {enc.fingerprint}); rebuild the index")
         r.encoder = enc
-        r.client = _chroma_client(index_dir / CHROMA)
+        r.client = _chroma_client(query_copy(index_dir, manifest))
         r.collection = r.client.get_collection(meta["collection"], embedding_function=None)
     if name in ("bm25", "hybrid"):
         import bm25s
