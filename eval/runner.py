@@ -15,8 +15,8 @@ next token after ``<prompt><output>\\nThe answer is`` to the option letters (all
 script adds +100 to the letters' logits, the same argmax). Sampled outputs are appended to
 ``.cache/eval_progress/<checkpoint>-<fingerprint>.jsonl`` in the project root as each question's k runs finish
 (outside data/eval, which DVC clears before the stage runs), so a killed run resumes where it stopped; a damaged
-line goes to a ``.quarantine.jsonl`` beside it, is counted in the stage's output, and its question is sampled
-again. The file is kept: the fingerprint (``medssr.rollout.RolloutSpec``) is the weights' content and dtype,
+line goes to a ``.quarantine.jsonl`` beside it, is counted in the stage's output, and its question (with hf, its
+benchmark) is sampled again. The file is kept: the fingerprint (``medssr.rollout.RolloutSpec``) is the weights' content and dtype,
 decoding (stop rule included), k, seed, prompt and chat-template rule, so a later run of the same model reuses its
 samples (the base model in every value of a sweep, a DVC queue copy included).
 See docs/evaluation.md, "Decoding and answer extraction".

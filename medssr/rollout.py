@@ -160,6 +160,35 @@ def _chunks(total: int, size: int | None, groups: Sequence[int] | None) -> list[
     return out
 
 
+def _sample_chunk(sampler: Any, spec: RolloutSpec, fp: str, todo: list[Item], progress_file: str | os.PathLike | None,
+                  done: dict[str, list[Completion]], stats: RolloutStats, advance: Callable[[int], Any]) -> None:
+    """One sampler call; each question is saved (once) as soon as its k samples are reported."""
+    reported: set[int] = set()
+
+    def finished(local: int, comps: list[Completion]) -> None:
+        reported.add(local)
+        it = todo[local]
+        stats.samples += len(comps)
+        stats.tokens += sum(x.n_tokens for x in comps)
+        stats.sampled += 1
+        if it.key in done:  # saved before, sampled again for its chunk's composition: the same samples
+            return
+        if progress_file is not None:
+            append_jsonl(progress_file, progress_row(fp, it, comps))
+        done[it.key] = list(comps)
+        advance(1)
+
+    s = spec.sampling
+    t0 = time.perf_counter()
+    results = sampler.sample([it.prompt for it in todo], n=spec.k, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
+                             max_new_tokens=s.max_new_tokens, options=[it.options for it in todo], seed=spec.seed, progress=False,
+                             keys=[it.key for it in todo], stop_at_answer=s.stop_at_answer, on_prompt_done=finished)
+    stats.seconds += time.perf_counter() - t0
+    for local, comps in enumerate(results):  # a sampler that reports nothing per prompt is still complete
+        if local not in reported:
+            finished(local, comps)
+
+
 def rollout(sampler: Any, spec: RolloutSpec, items: Sequence[Item], progress_file: str | os.PathLike | None, *,
             groups: Sequence[int] | None = None, progress: bool = True, desc: str = "sampling",
             on_chunk: Callable[[int], None] | None = None) -> tuple[dict[str, list[Completion]], RolloutStats]:
@@ -180,43 +209,16 @@ def rollout(sampler: Any, spec: RolloutSpec, items: Sequence[Item], progress_fil
         stats.quarantined, stats.torn_tail = rows.quarantined, rows.torn_tail
         stats.quarantine_files = [str(rows.side_file)] if rows.side_file else []
     whole_chunks = composition_matters(spec.sampling)
-    s = spec.sampling
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(items), initial=sum(it.key in done for it in items), desc=desc, unit="question", disable=not progress)
-    for c, idx in enumerate(_chunks(len(items), spec.chunk, groups)):
-        todo = [i for i in idx if items[i].key not in done]
-        if todo and whole_chunks:
-            todo = list(idx)  # its finished questions are sampled again for the composition (and not appended twice)
-        stats.resumed += len(idx) - len(todo)
-        if not todo:
-            continue
-
-        reported: set[int] = set()
-
-        def finished(local: int, comps: list[Completion], todo: list[int] = todo, reported: set[int] = reported) -> None:
-            reported.add(local)
-            it = items[todo[local]]
-            stats.samples += len(comps)
-            stats.tokens += sum(x.n_tokens for x in comps)
-            stats.sampled += 1
-            if it.key in done:
-                return
-            if progress_file is not None:
-                append_jsonl(progress_file, progress_row(fp, it, comps))
-            done[it.key] = list(comps)
-            bar.update(1)
-
-        t0 = time.perf_counter()
-        results = sampler.sample([items[i].prompt for i in todo], n=spec.k, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
-                                 max_new_tokens=s.max_new_tokens, options=[items[i].options for i in todo], seed=spec.seed,
-                                 progress=False, keys=[items[i].key for i in todo], stop_at_answer=s.stop_at_answer,
-                                 on_prompt_done=finished)
-        stats.seconds += time.perf_counter() - t0
-        for local, comps in enumerate(results):  # a sampler that reports nothing per prompt is still complete
-            if local not in reported:
-                finished(local, comps)
-        if on_chunk is not None:
-            on_chunk(c)
-    bar.close()
+    with tqdm(total=len(items), initial=sum(it.key in done for it in items), desc=desc, unit="question", disable=not progress) as bar:
+        for c, idx in enumerate(_chunks(len(items), spec.chunk, groups)):
+            todo = [items[i] for i in idx if items[i].key not in done]
+            if todo and whole_chunks:
+                todo = [items[i] for i in idx]  # its finished questions are sampled again for the composition
+            stats.resumed += len(idx) - len(todo)
+            if todo:
+                _sample_chunk(sampler, spec, fp, todo, progress_file, done, stats, bar.update)
+                if on_chunk is not None:
+                    on_chunk(c)
     return done, stats

@@ -203,6 +203,34 @@ def test_resume_reuses_saved_samples_and_samples_only_the_rest(tmp_path, tiny_mo
     assert len(read_partial_jsonl(prog)) == 5
 
 
+def test_an_evaluation_stopped_mid_benchmark_resumes_to_the_uninterrupted_predictions(tmp_path, tiny_model_dir):
+    """hf: a benchmark left unfinished is sampled again whole, in the company an uninterrupted run gives each question
+    (sampling only its missing questions would move their floats); its saved questions are kept (#14.2)."""
+    from medssr.sampling import HFSampler
+    from tests.test_rollout import Stop, composition_sensitive, stop_after
+
+    benches = {"medqa": load_benchmark_file(RAW / "test_short_medqa.json.gz")[:3],
+               "pubmedqa": load_benchmark_file(RAW / "test_short_pubmedqa.json.gz")[:3]}
+    sampling = SamplingCfg(max_new_tokens=5, batch_size=4, temperature=1.0)
+
+    def evaluate(prog: Path, stop: int | None = None) -> tuple[list[dict], dict]:
+        sampler = HFSampler(str(tiny_model_dir), batch_size=4)
+        composition_sensitive(sampler)  # any change of company changes the outputs, so this test can fail
+        if stop is not None:
+            stop_after(sampler, stop)
+        stats: dict = {}
+        preds = evaluate_model(sampler, benches, sampling, 2, 0, load_eval_prompt(), progress_path=prog, progress=False, stats=stats)
+        return [p.to_dict() for p in preds], stats
+
+    uninterrupted, _ = evaluate(tmp_path / "ref.jsonl")
+    with pytest.raises(Stop):
+        evaluate(tmp_path / "run.jsonl", stop=4)  # medqa finished, one pubmedqa question saved
+    resumed, stats = evaluate(tmp_path / "run.jsonl")
+    assert resumed == uninterrupted
+    assert (stats["resumed"], stats["sampled"]) == (3, 3)
+    assert len((tmp_path / "run.jsonl").read_text().splitlines()) == 6
+
+
 def _save(prog: Path, sampler, sampling: SamplingCfg, questions: list, text: str, finish: str = "answer") -> None:
     """Progress rows as a finished run of ``evaluate_model`` with these settings would have left them."""
     fp = eval_spec(sampler.model_dir, sampling, 1, 0, load_eval_prompt()).fingerprint()

@@ -18,6 +18,7 @@ from medssr.config import LabelCfg, Params, ProjectCfg, SamplingCfg
 from medssr.label.run import progress_path_for, reliability_sample, reliability_table, run_label
 from medssr.label.vote import majority_vote
 from medssr.records import Question, RecordError, read_questions, write_jsonl
+from tests.test_rollout import recording
 
 ROOT = Path(__file__).resolve().parents[1]
 MEDQA = ROOT / "data" / "raw" / "benchmarks" / "test_short_medqa.json.gz"
@@ -127,19 +128,6 @@ def _run_and_kill(tiny_model_dir, tmp_path: Path, out_name: str, chunk: str, bac
     return [json.loads(line)["key"] for line in prog.read_text().splitlines() if line.endswith("}")]
 
 
-def _recording(sampler) -> list[list[str]]:
-    """The keys of every ``sample`` call the sampler gets (the sampler itself runs unchanged)."""
-    calls: list[list[str]] = []
-    real = sampler.sample
-
-    def sample(prompts, *a, keys=None, **kw):
-        calls.append(list(keys))
-        return real(prompts, *a, keys=keys, **kw)
-
-    sampler.sample = sample
-    return calls
-
-
 # --- end to end ------------------------------------------------------------------------------------------------
 
 
@@ -225,7 +213,7 @@ def test_resume_after_sigkill_gives_a_byte_identical_labeled_file(tiny_model_dir
 
     # the rerun (here in-process: same code, same single thread) skips the chunks the killed run finished
     sampler = _sampler(tiny_model_dir)
-    calls = _recording(sampler)
+    calls = recording(sampler)
     report = _label(tiny_model_dir, tmp_path, "killed.jsonl", sampler=sampler, chunk_size=3)
     assert (tmp_path / "killed.jsonl").read_bytes() == (tmp_path / "ref.jsonl").read_bytes()
     assert report["reliability"] == ref_report["reliability"]
@@ -248,7 +236,7 @@ def test_sigkill_mid_chunk_loses_only_the_questions_in_flight(tiny_model_dir, tm
     assert 4 <= len(finished) < 9 + 2
 
     sampler = _sampler(tiny_model_dir)
-    calls = _recording(sampler)
+    calls = recording(sampler)
     report = _label(tiny_model_dir, tmp_path, "killed.jsonl", _params_for(backend), sampler=sampler)
     sampled = [k for c in calls for k in c]
     assert not set(sampled) & set(finished) and len(sampled) == 9 + 2 - len(finished)  # nothing finished is sampled again
