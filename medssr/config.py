@@ -340,6 +340,7 @@ class TrainCfg:
     weight_decay: Annotated[Float, Field(ge=0)] = 0.01
     seed: Int = 0
     save_steps: Annotated[Int, Field(ge=1)] = 2
+    rollout_sampler: Literal["auto", "hf", "trl"] = "auto"  # medssr.rl.rollouts: who samples the TRL backend's rollouts
     stage1: StageTrainCfg = field(default_factory=StageTrainCfg)
     stage2: StageTrainCfg = field(default_factory=lambda: StageTrainCfg(max_samples=64))
     openrlhf: OpenRLHFCfg = field(default_factory=OpenRLHFCfg)

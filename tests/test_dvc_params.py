@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
+import os
 import shutil
 import sys
 import typing
@@ -45,13 +46,15 @@ class Reads(dict):
     """dotted key path -> the set of 'module:function' that read it."""
 
     def note(self, path: str) -> None:
-        frame = sys._getframe(2)
+        self.note_at(path, sys._getframe(2))
+
+    def note_at(self, path: str, frame) -> None:
         where = None
         while frame is not None:
             module = frame.f_globals.get("__name__", "")
             if module == "medssr.tracking" or frame.f_code is to_flat_dict.__code__:
                 return  # copying params into MLflow's params table: not a dependency
-            if where is None and module not in ("dataclasses", __name__):
+            if where is None and module not in ("dataclasses", "pathlib", "json", "gzip", "io", "codecs", __name__):
                 where = f"{module}:{frame.f_code.co_name}"
             frame = frame.f_back
         self.setdefault(path, set()).add(where or "?")
@@ -100,8 +103,72 @@ def _stage_module(script: str):
     return mod
 
 
+# -- the file audit -----------------------------------------------------------------------------------------------
+class FileAudit:
+    """Data files a stage opens, by project-relative path: ``reads`` (opened for reading, not created by the stage
+    itself) and ``writes``. A CPython audit hook sees every ``open``/``os.open``/``os.listdir``/``os.scandir``.
+    Paths under the checkout (``ROOT``, where ``data.raw_dir`` points) count relative to it, as dvc.yaml writes them.
+    Code (``*.py``) and caches (``.cache/``, the MLflow store) are not data dependencies."""
+
+    active: FileAudit | None = None
+    _hooked = False
+
+    def __init__(self, project: Path):
+        self.project, self.reads, self.writes = project.resolve(), Reads(), set()
+        if not FileAudit._hooked:
+            sys.addaudithook(FileAudit._hook)  # hooks cannot be removed: one, switched by ``active``
+            FileAudit._hooked = True
+
+    def __enter__(self) -> FileAudit:
+        FileAudit.active = self
+        return self
+
+    def __exit__(self, *exc) -> None:
+        FileAudit.active = None
+
+    @staticmethod
+    def _hook(event: str, args: tuple) -> None:
+        audit = FileAudit.active
+        if audit is None or event not in ("open", "os.listdir", "os.scandir", "os.mkdir", "os.rename") or not args \
+                or not isinstance(args[0], (str, Path)):
+            return
+        FileAudit.active = None  # no recursion through the bookkeeping below
+        try:
+            audit._note(event, args)
+        finally:
+            FileAudit.active = audit
+
+    def _relative(self, p: typing.Any) -> str | None:
+        path = Path(os.path.abspath(p))
+        for base in (self.project, ROOT):
+            if path.is_relative_to(base):
+                rel = path.relative_to(base).as_posix()
+                code = rel.endswith((".py", ".pyc")) or ".egg-info/" in rel  # code and package metadata, not data
+                return None if code or rel.startswith((".cache/", ".venv", "mlflow.db", "mlruns")) else rel
+        return None
+
+    def _note(self, event: str, args: tuple) -> None:
+        rel = self._relative(args[0])
+        if event == "os.rename":  # what a stage moves into place (atomic writes) is its own output
+            dst = self._relative(args[1]) if isinstance(args[1], (str, Path)) else None
+            if dst is not None:
+                self.writes.add(dst)
+            return
+        if rel is None:
+            return
+        path = Path(os.path.abspath(args[0]))
+        writing = event == "os.mkdir" or event == "open" and (
+            (isinstance(args[1], str) and any(c in args[1] for c in "wax+")) or
+            (args[1] is None and isinstance(args[2], int) and args[2] & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)))
+        if writing:
+            self.writes.add(rel)
+        elif rel not in self.writes and not any(rel.startswith(w + "/") for w in self.writes) and path.exists():
+            self.reads.note_at(rel, sys._getframe(2))
+
+
 def _run_body(stage: str, params: Params, extra: list[str] = ()) -> Reads:
-    """``body(args, params)`` of the stage's script with its dvc.yaml cmd arguments (+ ``extra``); returns the reads."""
+    """``body(args, params)`` of the stage's script with its dvc.yaml cmd arguments (+ ``extra``); returns the param reads.
+    The data files it read are added to ``FILE_READS[stage]``."""
     _, script, *argv = DVC[stage]["cmd"].split()
     mod = _stage_module(script)
     ap = argparse.ArgumentParser()
@@ -109,8 +176,13 @@ def _run_body(stage: str, params: Params, extra: list[str] = ()) -> Reads:
     if hasattr(mod, "add_args"):
         mod.add_args(ap)
     reads = Reads()
-    mod.body(ap.parse_args([*argv, *extra]), recording(params, reads))
+    with FileAudit(Path.cwd()) as files:
+        mod.body(ap.parse_args([*argv, *extra]), recording(params, reads))
+    FILE_READS.setdefault(stage, Reads()).update({k: FILE_READS.get(stage, {}).get(k, set()) | v for k, v in files.reads.items()})
     return reads
+
+
+FILE_READS: dict[str, Reads] = {}
 
 
 @pytest.fixture(scope="module")
@@ -282,3 +354,31 @@ def test_dvc_yaml_declares_exactly_the_params_each_stage_reads(stage, in_project
     assert not undeclared, f"dvc.yaml stage {stage!r} reads params its `params:` does not declare:\n  " + "\n  ".join(undeclared)
     wide = too_wide_declarations(stage, reads)
     assert not wide, f"dvc.yaml stage {stage!r} declares a section wider than it reads:\n  " + "\n  ".join(wide)
+
+
+def _declared_files(stage: str) -> list[str]:
+    entries = [e for kind in ("deps", "outs", "metrics", "plots") for e in DVC[stage].get(kind, [])]
+    return [(next(iter(e)) if isinstance(e, dict) else e).rstrip("/") for e in entries]
+
+
+# Data reads that are not dependencies: (stage, path prefix, why). Each would be a param-free input DVC cannot see.
+NOT_DEPENDENCIES = {("evaluate", "reports/", "stage reports copied onto the MLflow parent run (eval.runner.stage_headlines): tracking only")}
+
+
+def undeclared_files(stage: str) -> list[str]:
+    declared = _declared_files(stage)
+    exempt = [p for s, p, _ in NOT_DEPENDENCIES if s == stage] + ["params.yaml"]
+    return [f"{path}  (read by {', '.join(sorted(where))})" for path, where in sorted(FILE_READS.get(stage, {}).items())
+            if not any(path == d or path.startswith(d + "/") for d in declared) and not any(path.startswith(p) for p in exempt)
+            and not any(d.startswith(path + "/") or path == "." for d in declared)]  # listing a folder above a declared path
+
+
+@pytest.mark.parametrize("stage", list(RUNNERS))
+def test_dvc_yaml_declares_every_data_file_each_stage_reads(stage):
+    """Runs after the params test of the same stage (which recorded the stage's file reads on the same run)."""
+    if stage not in FILE_READS:
+        pytest.skip(f"{stage}: its params test did not run in this session")
+    assert FILE_READS[stage], f"{stage}: no data file read at all: the audit hook is not wired"
+    missing = undeclared_files(stage)
+    assert not missing, f"dvc.yaml stage {stage!r} reads files its `deps:` does not declare:\n  " + "\n  ".join(missing)
+

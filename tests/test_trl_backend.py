@@ -82,18 +82,14 @@ def test_grpo_config_follows_params(tmp_path):
     assert (cfg.adam_beta1, cfg.adam_beta2, cfg.weight_decay) == (0.9, 0.999, 0.01)  # the paper's verl AdamW, not TRL's defaults
 
 
-def test_batch_that_splits_a_group_names_the_params():
-    from medssr.rl.trl_backend import check_trl_params
-
+def test_batch_that_splits_a_group_is_refused_when_params_load():
     with pytest.raises(ConfigError, match=r"train.per_device_batch_size: 3 x train.gradient_accumulation_steps 1 = 3 .* train.num_generations \(2\)"):
-        check_trl_params(_params(**{"train.per_device_batch_size": 3}).train)
+        _params(**{"train.per_device_batch_size": 3})
 
 
-def test_kl_estimator_other_than_k3_is_rejected_for_trl():
-    from medssr.rl.trl_backend import check_trl_params
-
+def test_kl_estimator_other_than_k3_is_refused_for_trl_when_params_load():
     with pytest.raises(ConfigError, match="train.kl_estimator"):
-        check_trl_params(_params(**{"train.kl_estimator": "k1"}).train)
+        _params(**{"train.kl_estimator": "k1"})
 
 
 # ---- reward wrapper and metric names (no model) ---------------------------------------------------------------

@@ -257,7 +257,6 @@ def _run_trl(params, stage, plan, stage_cfg, init_model, examples, template, run
     from medssr.rl import trl_backend
     from medssr.rl.data import drop_long_prompts, to_trl_dataset
 
-    trl_backend.check_trl_params(params.train)
     tok = load_tokenizer(init_model)
     examples, dropped = drop_long_prompts(examples, template, tok, params.train.max_prompt_length)
     report["dataset"]["dropped_long_prompts"] = dropped

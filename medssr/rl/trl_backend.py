@@ -20,23 +20,6 @@ from typing import Any
 from medssr.config import ConfigError, StageTrainCfg, TrainCfg, set_offline_env
 from medssr.rl.callbacks import OWN_PREFIX, MLflowStepCallback, group_metrics, peak_memory_mb, summarize
 
-TRL_LOSS_TYPES = ("grpo", "dapo", "dr_grpo", "bnpo", "cispo", "sapo", "luspo", "vespo")
-
-
-def check_trl_params(train: TrainCfg) -> None:
-    """Batch/loss settings TRL cannot run, as ConfigErrors naming the param."""
-    per_step = train.per_device_batch_size * train.gradient_accumulation_steps
-    if per_step % train.num_generations:
-        raise ConfigError(
-            f"train.per_device_batch_size: {train.per_device_batch_size} x train.gradient_accumulation_steps "
-            f"{train.gradient_accumulation_steps} = {per_step} completions per step must be a multiple of "
-            f"train.num_generations ({train.num_generations}): TRL counts completions, and every prompt needs its whole group"
-        )
-    if train.loss_type not in TRL_LOSS_TYPES:
-        raise ConfigError(f"train.loss_type: TRL supports {', '.join(TRL_LOSS_TYPES)}, got {train.loss_type!r}")
-    if train.kl_estimator != "k3":
-        raise ConfigError(f"train.kl_estimator: TRL's GRPO KL term is fixed to k3, got {train.kl_estimator!r} (k1/k2 need train.backend: openrlhf)")
-
 
 def grpo_config(train: TrainCfg, stage_cfg: StageTrainCfg, output_dir: str | os.PathLike, *, use_cpu: bool | None = None,
                 dtype: str = "float32"):
@@ -45,7 +28,6 @@ def grpo_config(train: TrainCfg, stage_cfg: StageTrainCfg, output_dir: str | os.
     import torch
     from trl import GRPOConfig
 
-    check_trl_params(train)
     if use_cpu is None:
         use_cpu = not torch.cuda.is_available()
     bf16 = (not use_cpu) and torch.cuda.is_bf16_supported()
