@@ -109,3 +109,18 @@ def _mlflow_isolation(monkeypatch, tmp_path_factory):
     utils = sys.modules.get("mlflow.tracking._tracking_service.utils")
     if utils is not None:
         utils._tracking_uri = None
+
+
+def write_params(tmp: Path, overrides: dict) -> Path:
+    """``tmp/params.yaml``: the shipped params.yaml with dotted ``overrides`` (a whole file, as stages require)."""
+    import yaml
+
+    from medssr.config import set_dotted
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for key, value in overrides.items():
+        set_dotted(raw, key, value)
+    path = tmp / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+

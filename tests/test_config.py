@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from medssr.config import ConfigError, Params, load_params, set_dotted, to_flat_dict
+from tests.conftest import write_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -155,7 +156,7 @@ def test_an_empty_params_file_is_an_error(tmp_path):
         load_params(f)
 
 
-def test_a_profile_is_not_a_params_file(tmp_path):
+def test_a_profile_is_not_awrite_params(tmp_path):
     with pytest.raises(ConfigError, match=r"micro.yaml: missing project, data, model.dir, model.dtype, "):
         load_params(ROOT / "params" / "micro.yaml")
 
@@ -191,13 +192,6 @@ OPENRLHF_1GPU = {"train.backend": "openrlhf", "train.global_batch_size": 4, "tra
                  "train.openrlhf.gpus_per_node": 1, "train.openrlhf.vllm_num_engines": 1}
 
 
-def _params_file(tmp_path: Path, changes: dict) -> Path:
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for key, value in changes.items():
-        set_dotted(raw, key, value)
-    f = tmp_path / "params.yaml"
-    f.write_text(yaml.safe_dump(raw))
-    return f
 
 
 def _load_error_lines(f: Path) -> list[str]:
@@ -248,23 +242,23 @@ def _load_error_lines(f: Path) -> list[str]:
     ],
 )
 def test_a_combination_a_later_stage_would_refuse_fails_at_load_naming_the_key(tmp_path, changes, line):
-    lines = _load_error_lines(_params_file(tmp_path, changes))
+    lines = _load_error_lines(write_params(tmp_path, changes))
     assert any(got.startswith(line) for got in lines), lines
 
 
 def test_every_problem_is_its_own_line_naming_file_and_key(tmp_path):
-    f = _params_file(tmp_path, {"synth.rare_ratio": "high", "train.stage1.max_steps": 0, "synth.generator.colour": "red"})
+    f = write_params(tmp_path, {"synth.rare_ratio": "high", "train.stage1.max_steps": 0, "synth.generator.colour": "red"})
     assert sorted(_load_error_lines(f)) == ["synth.generator.colour: unknown key",
                                            "synth.rare_ratio: expected float in [0, 1], got 'high'",
                                            "train.stage1.max_steps: expected int >= 1, got 0"]
-    f = _params_file(tmp_path, {"train.per_device_batch_size": 3, "train.loss_type": "ppo", "corpus.chunk_overlap": 500})
+    f = write_params(tmp_path, {"train.per_device_batch_size": 3, "train.loss_type": "ppo", "corpus.chunk_overlap": 500})
     assert [line.split(":")[0] for line in _load_error_lines(f)] == ["train.per_device_batch_size", "train.loss_type", "corpus.chunk_overlap"]
 
 
 def test_a_layout_the_backends_accept_loads(tmp_path):
-    p = load_params(_params_file(tmp_path, {**OPENRLHF_1GPU, "train.loss_type": "dapo", "train.kl_estimator": "k1"}))
+    p = load_params(write_params(tmp_path, {**OPENRLHF_1GPU, "train.loss_type": "dapo", "train.kl_estimator": "k1"}))
     assert p.train.backend == "openrlhf" and p.train.kl_estimator == "k1"
-    p = load_params(_params_file(tmp_path, {"train.per_device_batch_size": 2, "train.gradient_accumulation_steps": 2}))
+    p = load_params(write_params(tmp_path, {"train.per_device_batch_size": 2, "train.gradient_accumulation_steps": 2}))
     assert p.train.per_device_batch_size * p.train.gradient_accumulation_steps == p.train.num_generations
 
 

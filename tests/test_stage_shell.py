@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from medssr.errors import MedssrError
+from tests.conftest import write_params
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = [("model.py", [], "model"), ("prepare.py", [], "prepare"), ("corpus.py", [], "corpus"), ("synthesize.py", [], "synthesize"),
@@ -89,18 +90,6 @@ def _stage_module(script: str):
     return mod
 
 
-def _params_file(tmp: Path, overrides: dict) -> Path:
-    """The shipped params.yaml with dotted ``overrides``."""
-    import yaml
-
-    from medssr.config import set_dotted
-
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for k, v in overrides.items():
-        set_dotted(raw, k, v)
-    path = tmp / "params.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
 
 
 def _synth_project(tmp: Path, base_url: str, allow_empty: bool = False) -> list[str]:
@@ -111,7 +100,7 @@ def _synth_project(tmp: Path, base_url: str, allow_empty: bool = False) -> list[
     write_jsonl(tmp / "prepared" / "seeds.jsonl", seeds)
     write_jsonl(tmp / "prepared" / "entities.jsonl", [{"name": "Fabry disease"}])
     write_jsonl(tmp / "prepared" / "benchmarks" / "medqa.jsonl", seeds[:0])
-    params = _params_file(tmp, {"project.experiment": "empty-synth", "synth.n": 3, "synth.max_attempts": 5, "synth.rare_ratio": 0.0,
+    params = write_params(tmp, {"project.experiment": "empty-synth", "synth.n": 3, "synth.max_attempts": 5, "synth.rare_ratio": 0.0,
                                 "synth.cache_dir": str(tmp / "cache"), "synth.prompt_variant": "", **({"synth.allow_empty": True} if allow_empty else {}),
                                 **{f"synth.generator.{k}": v for k, v in {"backend": "openai_compatible", "model": "fake", "base_url": base_url,
                                                                             "concurrency": 2, "max_retries": 0, "timeout_s": 10.0}.items()}})
@@ -156,7 +145,7 @@ def _label_run(tmp: Path, model_dir: Path, n: int = 2, **overrides) -> int:
 
     qs = load_medmcqa(ROOT / "data" / "raw")[:n]
     write_jsonl(tmp / "questions.jsonl", [q.to_dict() | {"source": "synthetic", "answer": None} for q in qs])
-    params = _params_file(tmp, {"project.experiment": "empty-label", "label.reliability_n": 0, "label.sampling.n": 2,
+    params = write_params(tmp, {"project.experiment": "empty-label", "label.reliability_n": 0, "label.sampling.n": 2,
                                 "label.sampling.max_new_tokens": 4, **overrides})
     return _stage_module("label.py").main(["--params", str(params), "--model", str(model_dir), "--synthetic", str(tmp / "questions.jsonl"),
                                            "--benchmarks", str(tmp / "none"), "--out", str(tmp / "labeled.jsonl"),
@@ -186,7 +175,7 @@ def test_label_allow_empty_lets_an_empty_run_exit_0(tmp_path, tiny_model_dir, on
 
 def test_a_prepare_run_without_training_rows_fails_after_writing_its_report(tmp_path, mlflow_store, monkeypatch, capsys):
     monkeypatch.setenv("MEDSSR_ROOT", str(tmp_path))
-    params = _params_file(tmp_path, {"data.raw_dir": str(ROOT / "data" / "raw"), "data.out_dir": str(tmp_path / "p"), "data.train_sources": []})
+    params = write_params(tmp_path, {"data.raw_dir": str(ROOT / "data" / "raw"), "data.out_dir": str(tmp_path / "p"), "data.train_sources": []})
     assert _stage_module("prepare.py").main(["--params", str(params), "--report", str(tmp_path / "prepare.json")]) == 1
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line == (f"[prepare] error: {tmp_path}/p/train.jsonl is empty: no training row is left of 0 loaded (leakage removed 0); "
