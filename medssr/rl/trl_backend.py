@@ -192,18 +192,15 @@ def last_checkpoint(run_dir: str | os.PathLike) -> Path | None:
 
 
 def save_policy(model: Any, tokenizer: Any, out_dir: str | os.PathLike, meta: dict[str, Any] | None = None) -> Path:
-    """``save_pretrained`` model + tokenizer into ``out_dir`` atomically (temp dir, then rename)."""
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    if meta is not None:
-        (tmp / "medssr_source.json").write_text(json.dumps(meta, indent=2, default=str))
-    shutil.rmtree(out_dir, ignore_errors=True)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, out_dir)
-    return out_dir
+    """``save_pretrained`` model + tokenizer into ``out_dir`` atomically (``medssr.files.atomic_dir``)."""
+    from medssr.files import atomic_dir
+
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if meta is not None:
+            (tmp / "medssr_source.json").write_text(json.dumps(meta, indent=2, default=str))
+    return Path(out_dir)
 
 
 def train(model_dir: str | os.PathLike, dataset: Any, reward_kind: str, train_cfg: TrainCfg, stage_cfg: StageTrainCfg, *, stage: str,
