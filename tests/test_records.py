@@ -179,3 +179,18 @@ def test_non_strict_read_reads_past_a_bad_json_line_and_quarantines_only_it(tmp_
     assert [r["line"] for r in rejected] == [2] and "invalid JSON" in rejected[0]["error"]
     with pytest.raises(RecordError, match=r"q\.jsonl:2: <row>: invalid JSON"):
         read_questions(path)
+
+
+def test_bad_bytes_cost_only_their_line_with_its_number(tmp_path):
+    """Lines are decoded one by one: a non-UTF-8 line in the middle is that line's error, not the end of the read
+    (and its number is its own, not where a text-mode decoder's chunk happened to stop)."""
+    rows = [json.dumps(_q(i)).encode() for i in range(5)]
+    rows[2] = b'{"id": "q-2", "question": "caf\xe9"}'
+    path = tmp_path / "q.jsonl"
+    path.write_bytes(b"\n".join(rows) + b"\n")
+    got = read_questions(path, strict=False)
+    assert [q.id for q in got] == ["q-0", "q-1", "q-3", "q-4"]
+    rejected = [json.loads(x) for x in (tmp_path / "q.jsonl.rejected.jsonl").read_text().splitlines()]
+    assert [r["line"] for r in rejected] == [3] and "UTF-8" in rejected[0]["error"]
+    with pytest.raises(RecordError, match=r"q\.jsonl:3: .*UTF-8"):
+        read_questions(path)
