@@ -125,14 +125,15 @@ def second_pass_reason(output: str, options: Mapping[str, str], complete: bool =
 def evaluate_model(sampler: Any, benchmarks: Mapping[str, Sequence[Question]], sampling: SamplingCfg, runs: int, seed: int,
                    template: Any, constrained_pass: bool = True, progress_path: str | os.PathLike | None = None,
                    progress: bool = True, stats: dict[str, Any] | None = None, *, dtype: str = "float32",
-                   chat_template: bool = True) -> list[Prediction]:
+                   chat_template: bool = True, spec: RolloutSpec | None = None) -> list[Prediction]:
     """Predictions of one loaded model: k samples per question, answer extraction, constrained pass for invalid ones.
 
     Each question's k outputs are appended to ``progress_path`` as soon as they are complete and reused by a later
     call with the same ``eval_spec`` (``dtype`` and ``chat_template``: how the sampler was built); ``stats`` (if
     given) receives this call's ``medssr.rollout.RolloutStats`` (resumed and sampled questions, progress lines
-    quarantined as damaged)."""
-    spec = eval_spec(sampler.model_dir, sampling, runs, seed, template, dtype, chat_template)
+    quarantined as damaged). ``spec``: the caller's ``eval_spec`` of these arguments, when it has one (saves hashing
+    the weights again)."""
+    spec = spec or eval_spec(sampler.model_dir, sampling, runs, seed, template, dtype, chat_template)
     items = [Item(f"{bench}:{q.id}", template.render(question=q.render()), q.options) for bench, qs in benchmarks.items() for q in qs]
     done, st = rollout(sampler, spec, items, progress_path, groups=[len(qs) for qs in benchmarks.values()], progress=progress,
                        desc="evaluating")
@@ -285,15 +286,15 @@ def run_evaluate(params: Any, checkpoints: Mapping[str, str] | None = None, metr
         sampling = sampling_for_family(cfg.sampling, family, family_defaults)
         used[name] = {"dir": model_dir, "family": family, "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": sampling.top_k,
                       "chat_template": use_template, "chat_template_rule": rule, "stop_at_answer": sampling.stop_at_answer}
-        prog = cache_path_for(progress_root, _safe_name(name), eval_spec(model_dir, sampling, cfg.runs, cfg.seed, template,
-                                                                        params.model.dtype, use_template))
+        spec = eval_spec(model_dir, sampling, cfg.runs, cfg.seed, template, params.model.dtype, use_template)
+        prog = cache_path_for(progress_root, _safe_name(name), spec)
         print(f"[evaluate] {name}: {model_dir} (family {family}, T={sampling.temperature}, top_p={sampling.top_p}, "
               f"top_k={sampling.top_k}, k={cfg.runs}, chat template {'yes' if use_template else 'no'}: {rule}, "
               f"{'stop at first answer' if sampling.stop_at_answer else 'generate to the end'})")
         counts: dict[str, Any] = {}
         try:
             preds = evaluate_model(sampler, benchmarks, sampling, cfg.runs, cfg.seed, template, cfg.constrained_pass, prog, progress,
-                                   counts, dtype=params.model.dtype, chat_template=use_template)
+                                   counts, spec=spec)
         finally:
             _release(sampler)
             sampler = None

@@ -161,7 +161,8 @@ def test_run_label_writes_voted_questions_report_plot_and_mlflow_metrics(tiny_mo
     (run,) = client.search_runs([exp.experiment_id], filter_string="tags.medssr_stage = 'label'")
     m = run.data.metrics
     for name in ("label/kept", "label/dropped_no_valid", "label/dropped_ties", "label/dropped_low_agreement", "label/agreement_mean",
-                 "label/reliability/majority_acc", "label/reliability/single_acc", "label/votes_per_s"):
+                 "label/reliability/majority_acc", "label/reliability/single_acc", "label/votes_per_s",
+                 "label/reliability/majority_acc_ci_low", "label/reliability/majority_acc_ci_high"):
         assert name in m, name
     assert m["label/kept"] == report["kept"]
     assert any(k.startswith("label/reliability/bucket_") and k.endswith("_acc") for k in m)
@@ -354,6 +355,11 @@ def test_reliability_table_compares_majority_with_first_sample_per_bucket():
     top = t["buckets"][-1]
     assert (top["lo"], top["hi"], top["n"], top["majority_acc"], top["single_acc"]) == (0.75, 1.0, 1, 1.0, 0.0)
     assert t["buckets"][0]["n"] == 2
+    from eval.stats import wilson_interval
+
+    assert t["single_acc_ci"] == pytest.approx(list(wilson_interval(1, 3)))  # every accuracy with n and its interval
+    assert top["majority_acc_ci"] == pytest.approx(list(wilson_interval(1, 1))) and top["single_acc_ci"] == [0.0, pytest.approx(0.7935, abs=1e-3)]
+    assert t["buckets"][1]["n"] == 0 and t["buckets"][1]["majority_acc_ci"] is None
 
 
 def test_reliability_votes_are_reused_by_a_run_on_another_synthetic_set(tiny_model_dir, tmp_path):

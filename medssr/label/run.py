@@ -59,18 +59,25 @@ def reliability_sample(benchmarks_dir: str | os.PathLike, n: int, seed: int) -> 
 
 def reliability_table(questions: Sequence[Question], results: Sequence[VoteResult], edges: Sequence[float] = BUCKETS) -> dict[str, Any]:
     """Majority-label accuracy vs single-sample accuracy, overall and per agreement bucket (no answer counts as wrong)."""
+    from eval.stats import wilson_interval  # pure statistics (no medssr imports): the evaluation's interval
+
     n = len(questions)
     if n == 0:
         return {"n": 0}
     maj = [r.majority == q.answer for q, r in zip(questions, results, strict=True)]
     single = [r.votes[0] == q.answer for q, r in zip(questions, results, strict=True)]
+
+    def acc(hits: Sequence[bool], name: str) -> dict[str, Any]:  # accuracy with its 95 % Wilson interval over the n questions
+        if not hits:
+            return {name: None, f"{name}_ci": None}
+        return {name: sum(hits) / len(hits), f"{name}_ci": list(wilson_interval(sum(hits), len(hits)))}
+
     buckets = []
     for lo, hi in zip(edges[:-1], edges[1:], strict=True):
         members = [i for i, r in enumerate(results) if agreement_bucket(r.agreement, edges) == (lo, hi)]
-        buckets.append({"lo": lo, "hi": hi, "n": len(members),
-                        "majority_acc": (sum(maj[i] for i in members) / len(members)) if members else None,
-                        "single_acc": (sum(single[i] for i in members) / len(members)) if members else None})
-    return {"n": n, "majority_acc": sum(maj) / n, "single_acc": sum(single) / n, "buckets": buckets,
+        buckets.append({"lo": lo, "hi": hi, "n": len(members), **acc([maj[i] for i in members], "majority_acc"),
+                        **acc([single[i] for i in members], "single_acc")})
+    return {"n": n, **acc(maj, "majority_acc"), **acc(single, "single_acc"), "buckets": buckets,
             "no_valid": sum(r.n_valid == 0 for r in results)}
 
 
@@ -102,8 +109,11 @@ def _plot(path: Path, agreements: Sequence[float], statuses: Sequence[str], g: i
     if reliability.get("n"):
         bs = reliability["buckets"]
         labels = [f"[{b['lo']:g},{b['hi']:g}{']' if b['hi'] == BUCKETS[-1] else ')'}\nn={b['n']}" for b in bs]
-        ax.bar(range(len(bs)), [b["majority_acc"] or 0 for b in bs], width=0.4, label="majority", color="tab:blue")
-        ax.bar([i + 0.4 for i in range(len(bs))], [b["single_acc"] or 0 for b in bs], width=0.4, label="single sample", color="tab:orange")
+        for shift, name, label, color in ((0.0, "majority_acc", "majority", "tab:blue"), (0.4, "single_acc", "single sample", "tab:orange")):
+            ys = [b[name] or 0 for b in bs]
+            err = [[y - (b[f"{name}_ci"] or (y, y))[0] for y, b in zip(ys, bs, strict=True)],
+                   [(b[f"{name}_ci"] or (y, y))[1] - y for y, b in zip(ys, bs, strict=True)]]  # 95 % Wilson interval
+            ax.bar([i + shift for i in range(len(bs))], ys, width=0.4, yerr=err, capsize=3, label=label, color=color)
         ax.set_xticks([i + 0.2 for i in range(len(bs))], labels)
         ax.set_ylim(0, 1)
         ax.set_ylabel("accuracy vs gold")
@@ -216,8 +226,9 @@ def label_metrics(report: dict[str, Any]) -> dict[str, float]:
     m[metric("label", "valid_vote_rate")] = float(report["valid_vote_rate"])
     rel = report["reliability"]
     if rel.get("n"):
-        m[metric("label", "reliability/majority_acc")] = float(rel["majority_acc"])
-        m[metric("label", "reliability/single_acc")] = float(rel["single_acc"])
+        for name in ("majority_acc", "single_acc"):
+            m[metric("label", f"reliability/{name}")] = float(rel[name])
+            m[metric("label", f"reliability/{name}_ci_low")], m[metric("label", f"reliability/{name}_ci_high")] = map(float, rel[f"{name}_ci"])
         for b in rel["buckets"]:
             m[metric("label", f"reliability/bucket_{b['lo']:g}_{b['hi']:g}_n")] = float(b["n"])
             if b["majority_acc"] is not None:
@@ -240,13 +251,18 @@ def _log(params: Params, model_dir: str, report: dict[str, Any], report_path, pl
 def summary_line(report: dict[str, Any]) -> str:
     """The one line the stage prints at the end."""
     rel = report["reliability"]
-    rel_txt = (f"; reliability on {rel['n']} real: majority {rel['majority_acc']:.1%} vs single {rel['single_acc']:.1%}"
+    rel_txt = (f"; reliability on {rel['n']} real: majority {_pct(rel, 'majority_acc')} vs single {_pct(rel, 'single_acc')}"
                if rel.get("n") else "")
     t = report["timing"]
     return (f"[label] kept {report['kept']}/{report['questions']} (no valid {report['dropped_no_valid']}, ties {report['dropped_ties']}, "
             f"low agreement {report['dropped_low_agreement']}), mean agreement {report['agreement_mean']:.2f}{rel_txt}; "
             f"{t['votes']} votes in {t['seconds']:.0f}s ({t['votes_per_s']:.2f}/s, {t['resumed_questions']} questions resumed"
             f"{_quarantine_note(report.get('progress', {}))}) -> {report['out']}")
+
+
+def _pct(rel: dict[str, Any], name: str) -> str:
+    lo, hi = rel[f"{name}_ci"]
+    return f"{rel[name]:.1%} [{lo:.1%}, {hi:.1%}]"
 
 
 def _quarantine_note(progress: dict[str, Any]) -> str:
