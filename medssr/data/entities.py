@@ -1,13 +1,10 @@
 """A rare disease of E_rare and the one rule that decides when two spellings of a name are the same.
 
-Tagging (``medssr.data.rare``) and corpus coverage (``medssr.knowledge.evaluate``) read names through
-``normalize_name``, so a name the tagger finds in a question is the name coverage looks up in the corpus; the
-rows of ``entities.jsonl`` (the prepare stage's E_rare) are read back by ``read_entities`` wherever they are used.
-
-One difference is kept on purpose, for now: coverage also folds accents ("Behçet" == "Behcet"), the tagger does
-not. Measured on the shipped data, coverage without folding loses 14 of 6,838 covered diseases (NORD and GARD
-write "Behcet", "Guillain-Barre"), while a tagger with folding changes the tags of 24 of the 18,993 benchmark and
-training questions and merges 15 GARD names into their Orphanet entries; either changes the default's outputs.
+Tagging (``medssr.data.rare``), the GARD-Orphanet merge of E_rare and corpus coverage (``medssr.knowledge.evaluate``)
+all read names through ``normalize_name``, so a name the tagger finds in a question is the name coverage looks up in
+the corpus; the rows of ``entities.jsonl`` (the prepare stage's E_rare) are read back by ``read_entities`` wherever
+they are used. Accents are folded everywhere ("Behçet" == "Behcet"): NORD and GARD write "Behcet", "Guillain-Barre",
+Orphanet and the benchmarks often keep the diacritics, and one disease must not become two entities or go untagged.
 """
 
 from __future__ import annotations
@@ -25,29 +22,27 @@ TOKEN = re.compile(r"[^\W_]+")
 _GREEK = {"α": "alpha", "β": "beta", "γ": "gamma", "δ": "delta", "κ": "kappa", "λ": "lambda", "μ": "mu"}
 
 
-def prepare_text(text: str, fold_accents: bool = False) -> str:
-    """The text names are read from: NFKC (full-width letters, ligatures), Greek letters spelled out (α -> alpha),
-    possessive 's dropped (Down's, DOWN'S -> Down); with ``fold_accents`` also diacritics removed (Behçet -> Behcet)."""
+def prepare_text(text: str) -> str:
+    """The text names are read from: NFKC (full-width letters, ligatures), diacritics removed (Behçet -> Behcet),
+    Greek letters spelled out (α -> alpha), possessive 's dropped (Down's, DOWN'S -> Down)."""
     if not text.isascii():
         text = unicodedata.normalize("NFKC", text)
-        if fold_accents:
-            text = "".join(c for c in unicodedata.normalize("NFD", text) if not unicodedata.combining(c))
+        text = unicodedata.normalize("NFC", "".join(c for c in unicodedata.normalize("NFD", text) if not unicodedata.combining(c)))
         for g, name in _GREEK.items():
             text = text.replace(g, f" {name} ")
     return _APOSTROPHE_S.sub("", text) if "s" in text or "S" in text else text
 
 
-def tokens(text: str, lower: bool = True, fold_accents: bool = False) -> list[str]:
+def tokens(text: str, lower: bool = True) -> list[str]:
     """Word tokens of ``text`` (letters and digits), lower-cased unless asked not to."""
-    toks = TOKEN.findall(prepare_text(text, fold_accents))
+    toks = TOKEN.findall(prepare_text(text))
     return [t.lower() for t in toks] if lower else toks
 
 
-def normalize_name(text: str, fold_accents: bool = False) -> str:
+def normalize_name(text: str) -> str:
     """The key two spellings of one name share ("Hirschsprung's disease" == "hirschsprung disease", "α-thalassemia"
-    == "alpha thalassemia", full-width == ASCII). ``fold_accents`` also equates "Sjögren" and "Sjogren": corpus
-    coverage folds them, the tagger does not (yet): see the module docstring."""
-    return " ".join(tokens(text, fold_accents=fold_accents))
+    == "alpha thalassemia", "Sjögren" == "Sjogren", full-width == ASCII)."""
+    return " ".join(tokens(text))
 
 
 @dataclass

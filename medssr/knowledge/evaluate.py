@@ -1,8 +1,8 @@
 """Which rare diseases the corpus covers, and how often retrieval finds them (recall@k by name match).
 
 A passage is *about* an entity when its title (MedQuAD focus, NORD file title, Orphanet name) or one of its
-aliases equals the entity's name or one of its synonyms under ``name_key``: the tagger's ``normalize_name`` with
-accents folded (``medssr.data.entities`` says why). Coverage feeds the synthesizer (prefer covered diseases);
+aliases equals the entity's name or one of its synonyms under the tagger's ``normalize_name`` (one rule for both:
+``medssr.data.entities``). Coverage feeds the synthesizer (prefer covered diseases);
 recall@k measures each embedder on entity-name queries.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 from medssr.data.entities import Entity, normalize_name, read_entities
 from medssr.knowledge.corpus import CorpusError, Passage, _iter_jsonl
 
-__all__ = ["Entity", "RecallResult", "coverage", "entities_from_orphanet", "load_entities", "name_key", "normalize_name", "recall_at_k"]
+__all__ = ["Entity", "RecallResult", "coverage", "entities_from_orphanet", "load_entities", "normalize_name", "recall_at_k"]
 
 MIN_ALIAS_LEN = 5  # shorter synonyms ("ALS", "MCCD") are too ambiguous to decide what a passage is about
 EXCLUDED_TYPES = ("Category", "Clinical group")  # Orphanet grouping nodes, not diseases
@@ -57,14 +57,9 @@ def entities_from_orphanet(path: str | Path = "data/raw/rare_disease/orphanet_di
     return out
 
 
-def name_key(name: str) -> str:
-    """What a passage title and an entity name are compared by: ``Behçet's-Syndrome`` == ``behcet syndrome``."""
-    return normalize_name(name, fold_accents=True)
-
-
 def _keys(name: str, aliases: Iterable[str]) -> set[str]:
     """The keys a name and its aliases match by; aliases shorter than MIN_ALIAS_LEN are too ambiguous to count."""
-    return ({name_key(name)} | {k for k in map(name_key, aliases) if len(k) >= MIN_ALIAS_LEN}) - {""}
+    return ({normalize_name(name)} | {k for k in map(normalize_name, aliases) if len(k) >= MIN_ALIAS_LEN}) - {""}
 
 
 def coverage(entities: Iterable[Entity], passages: Sequence[Passage]) -> dict[str, list[str]]:
