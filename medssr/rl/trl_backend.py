@@ -110,15 +110,34 @@ def make_reward_fn(kind: str, num_generations: int):
 
 def _trainer_class():
     """GRPOTrainer that also times generation, so a step splits into generation vs policy update, and logs peak memory;
-    with ``rollouts`` set (``attach_rollouts``) its completions come from medssr's sampler instead of ``generate``.
+    with ``rollouts`` set (``attach_rollouts``) its completions come from medssr's sampler instead of ``generate``;
+    with ``grouped_logps`` (default) the policy's and reference's log-probs run each prompt once per group
+    (``medssr.rl.grouped_logps``) wherever that is exact, else TRL's own method.
 
     Timing and memory go into the step's log, hence into ``log_history`` and every checkpoint's
     ``trainer_state.json``: a resumed run restores them with the rest of the history.
     """
+    import torch
     from trl import GRPOTrainer
 
     class TimedGRPOTrainer(GRPOTrainer):
         rollouts = None  # medssr.rl.rollouts.PolicyRollouts, or None for TRL's own generation
+        grouped_logps = True  # False: TRL's one-forward-per-row log-probs (the bench's baseline)
+
+        def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
+                                               compute_entropy=False, compute_aux_loss=False, **multimodal):
+            from medssr.rl import grouped_logps
+
+            if (self.grouped_logps and not compute_aux_loss and all(v is None for v in multimodal.values())
+                    and not getattr(self.args, "padding_free", False)
+                    and grouped_logps.unsupported(model, grad=torch.is_grad_enabled()) is None
+                    and grouped_logps.worth_grouping(input_ids, attention_mask, logits_to_keep)):
+                with self.accelerator.autocast():
+                    logps, entropies = grouped_logps.per_token_logps_and_entropies(
+                        model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size, compute_entropy=compute_entropy)
+                return logps, entropies, None
+            return super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep, batch_size,
+                                                              compute_entropy, compute_aux_loss, **multimodal)
 
         def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
             if self.rollouts is None or images is not None or multimodal_fields:
@@ -206,16 +225,18 @@ def save_policy(model: Any, tokenizer: Any, out_dir: str | os.PathLike, meta: di
 def train(model_dir: str | os.PathLike, dataset: Any, reward_kind: str, train_cfg: TrainCfg, stage_cfg: StageTrainCfg, *, stage: str,
           run_dir: str | os.PathLike, out_dir: str | os.PathLike, mlflow: Any | None = None, dtype: str = "float32",
           resume_from: str | os.PathLike | None = None, callbacks: Sequence[Any] = (), meta: dict[str, Any] | None = None,
-          rollout_sampler: str | None = None) -> dict[str, Any]:
+          rollout_sampler: str | None = None, grouped_logps: bool = True) -> dict[str, Any]:
     """Run GRPO on ``dataset`` from ``model_dir``; save the policy to ``out_dir``; return history and summary.
 
     ``rollout_sampler`` ('auto' | 'hf' | 'trl'; default ``train.rollout_sampler``, 'auto' while params lack it) picks
     who samples the rollouts: medssr's sampler or TRL's ``generate`` (same prompts, settings, rewards and metrics).
+    ``grouped_logps=False`` scores every rollout with its own prompt forward, as TRL does (the bench's baseline).
     """
     set_offline_env()
     step_cb = MLflowStepCallback(stage, mlflow)
     trainer = build_trainer(model_dir, dataset, reward_kind, train_cfg, stage_cfg, run_dir=run_dir, dtype=dtype,
                             callbacks=[step_cb, _no_final_save_callback(), *callbacks])
+    trainer.grouped_logps = grouped_logps
     requested = rollout_sampler or getattr(train_cfg, "rollout_sampler", "auto")
     rollouts = attach_rollouts(trainer, requested, model_dir)
     if mlflow is not None:
