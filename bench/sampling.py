@@ -93,8 +93,8 @@ def worker(args: argparse.Namespace) -> dict:
         out.update(engine_start_s=sampler.info["start_s"], ready_s=time.perf_counter() - t0)
     else:
         bs = args.generic_batch_size if args.worker == "ours_generic" and args.generic_batch_size else args.batch_size
-        if args.engines > 1 and args.worker != "naive":  # sampling.engines: samplers side by side on prompt slices, threads split between them
-            torch.set_num_threads(max(1, args.threads // args.engines))
+        if args.engines > 1 and args.worker != "naive":  # sampling.engines: samplers side by side on prompt slices; the sampler
+            # splits torch's threads between them while it samples (medssr.sampling.run_split), as the pipeline does
             sampler = make_sampler(_model_dir(args.model), dtype=args.dtype, batch_size=bs, seed=args.seed,
                                    sampling=SamplingCfg(engines=args.engines))
         else:

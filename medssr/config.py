@@ -288,7 +288,7 @@ class SamplingCfg:
 
 @section
 class LabelCfg:
-    sampling: SamplingCfg = field(default_factory=lambda: SamplingCfg(max_new_tokens=256, batch_size=32))
+    sampling: SamplingCfg = field(default_factory=lambda: SamplingCfg(max_new_tokens=256, batch_size=32, engines=2))
     ties: Literal["seeded", "drop"] = "seeded"
     min_agreement: Annotated[Float, Field(ge=0, le=1)] = 0.0
     reliability_n: Annotated[Int, Field(ge=0)] = 16  # real questions used to measure label accuracy
@@ -355,7 +355,7 @@ class EvalCfg:
     checkpoints: list[str] = field(default_factory=lambda: ["base", "stage1", "stage2"])
     # greedy, one vote, to the end of the answer (the official evaluator reads the last answer)
     sampling: SamplingCfg = field(default_factory=lambda: SamplingCfg(n=1, temperature=0.0, max_new_tokens=256, batch_size=32,
-                                                                      stop_at_answer=False))
+                                                                      stop_at_answer=False, engines=2))
     constrained_pass: Bool = True
     family_defaults: Bool = False  # use the model family's recommended decoding (eval/benchmarks.py FAMILY_SAMPLING)
     seed: Int = 0

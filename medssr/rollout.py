@@ -16,10 +16,13 @@ Damaged progress lines are quarantined by ``medssr.records.read_partial_jsonl`` 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,15 +46,16 @@ def composition_matters(sampling: SamplingCfg) -> bool:
 
 
 def chunk_size_for(sampling: SamplingCfg, k: int) -> int:
-    """Questions per sampler call for k samples each. hf: what its batches hold at once (ceil(batch_size / k) per
-    engine, so each engine's share, and so its floats, is the same on any number of engines); since an unfinished
-    chunk is sampled again whole, a kill loses at most the questions in flight. vLLM (one ``generate`` per call, a
-    question's samples fixed by its seeds): two full batches of sequences per engine, so a chunk's tail stays short."""
+    """Questions per sampler call for k samples each. hf: what one batch holds at once (ceil(batch_size / k)); with
+    several engines each chunk runs whole on one engine as engines come free (``ShardedSampler.run_queue``), so a
+    chunk's floats are the same on any number of engines; since an unfinished chunk is sampled again whole, a kill
+    loses at most the questions in flight. vLLM (one ``generate`` per call, a question's samples fixed by its seeds):
+    two full batches of sequences per engine, split between the engines, so a chunk's tail stays short."""
     if composition_matters(sampling):
         # the price, measured on SmolLM2-135M (32 questions, G = 8, batch 32, 2 threads): 0.76 votes/s against 1.03
         # with chunks of 32, since each chunk's batch drains to its longest row; a kill then lost 11 finished
         # questions on average (up to 31), now 0.1. Two chunk sizes gave different samples (float rounding).
-        return -(-sampling.batch_size // k) * sampling.engines
+        return -(-sampling.batch_size // k)
     return max(DEFAULT_CHUNK, -(-2 * sampling.batch_size // k)) * sampling.engines
 
 
@@ -59,7 +63,8 @@ def chunk_size_for(sampling: SamplingCfg, k: int) -> int:
 class RolloutSpec:
     """Everything besides the prompt that decides a question's k samples, and how questions are grouped into calls.
 
-    ``chunk``: questions per sampler call (a multiple of ``sampling.engines``), or None for one call per group."""
+    ``chunk``: questions per sampler call, or None for one call per group. hf runs each call whole on one engine,
+    vLLM splits it between its engines."""
 
     sampling: SamplingCfg
     k: int
@@ -72,17 +77,14 @@ class RolloutSpec:
 
     def fingerprint(self) -> str:
         """Changes whenever a saved sample could differ. The batch composition counts only where it moves the floats
-        (hf): batch rows and the questions each engine gets per call, so a resume on another number of engines
-        keeps the samples when chunks are fixed, and not when a whole group is split across the engines."""
+        (hf): batch rows and the questions of one call, which runs whole on one engine (``rollout``), so a resume on
+        another number of engines keeps the samples. (The names below are those of the per-engine share
+        before #16.4, when an hf call was split between the engines: progress files of one engine stay valid.)"""
         s = self.sampling
         decoding = {k: v for k, v in dataclasses.asdict(s).items() if k not in (*SCALE_KNOBS, "n", "batch_size")}
         composition = None
         if composition_matters(s):
-            if self.chunk is None:
-                composition = {"batch_size": s.batch_size, "per_engine": f"group/{s.engines}"}
-            else:
-                per_engine = self.chunk // s.engines if self.chunk % s.engines == 0 else f"{self.chunk}/{s.engines}"
-                composition = {"batch_size": s.batch_size, "per_engine": per_engine}
+            composition = {"batch_size": s.batch_size, "per_engine": "group/1" if self.chunk is None else self.chunk}
         blob = json.dumps({"weights": self.weights, "dtype": self.dtype, "decoding": decoding, "k": self.k, "seed": self.seed,
                            "template": self.template, "chat_template": self.chat_template, "composition": composition},
                           sort_keys=True)
@@ -161,29 +163,30 @@ def _chunks(total: int, size: int | None, groups: Sequence[int] | None) -> list[
 
 
 def _sample_chunk(sampler: Any, spec: RolloutSpec, fp: str, todo: list[Item], progress_file: str | os.PathLike | None,
-                  done: dict[str, list[Completion]], stats: RolloutStats, advance: Callable[[int], Any]) -> None:
-    """One sampler call; each question is saved (once) as soon as its k samples are reported."""
+                  done: dict[str, list[Completion]], stats: RolloutStats, advance: Callable[[int], Any],
+                  lock: Any = contextlib.nullcontext()) -> None:
+    """One sampler call; each question is saved (once) as soon as its k samples are reported. ``lock`` guards the
+    shared state when chunks run on several engines at once."""
     reported: set[int] = set()
 
     def finished(local: int, comps: list[Completion]) -> None:
-        reported.add(local)
-        it = todo[local]
-        stats.samples += len(comps)
-        stats.tokens += sum(x.n_tokens for x in comps)
-        stats.sampled += 1
-        if it.key in done:  # saved before, sampled again for its chunk's composition: the same samples
-            return
-        if progress_file is not None:
-            append_jsonl(progress_file, progress_row(fp, it, comps))
-        done[it.key] = list(comps)
-        advance(1)
+        with lock:
+            reported.add(local)
+            it = todo[local]
+            stats.samples += len(comps)
+            stats.tokens += sum(x.n_tokens for x in comps)
+            stats.sampled += 1
+            if it.key in done:  # saved before, sampled again for its chunk's composition: the same samples
+                return
+            if progress_file is not None:
+                append_jsonl(progress_file, progress_row(fp, it, comps))
+            done[it.key] = list(comps)
+            advance(1)
 
     s = spec.sampling
-    t0 = time.perf_counter()
     results = sampler.sample([it.prompt for it in todo], n=spec.k, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
                              max_new_tokens=s.max_new_tokens, options=[it.options for it in todo], seed=spec.seed, progress=False,
                              keys=[it.key for it in todo], stop_at_answer=s.stop_at_answer, on_prompt_done=finished)
-    stats.seconds += time.perf_counter() - t0
     for local, comps in enumerate(results):  # a sampler that reports nothing per prompt is still complete
         if local not in reported:
             finished(local, comps)
@@ -209,16 +212,33 @@ def rollout(sampler: Any, spec: RolloutSpec, items: Sequence[Item], progress_fil
         stats.quarantined, stats.torn_tail = rows.quarantined, rows.torn_tail
         stats.quarantine_files = [str(rows.side_file)] if rows.side_file else []
     whole_chunks = composition_matters(spec.sampling)
+    work = []
+    for c, idx in enumerate(_chunks(len(items), spec.chunk, groups)):
+        todo = [items[i] for i in idx if items[i].key not in done]
+        if todo and whole_chunks:
+            todo = [items[i] for i in idx]  # its finished questions are sampled again for the composition
+        stats.resumed += len(idx) - len(todo)
+        if todo:
+            work.append((c, todo))
     from tqdm.auto import tqdm
 
+    t0 = time.perf_counter()
     with tqdm(total=len(items), initial=sum(it.key in done for it in items), desc=desc, unit="question", disable=not progress) as bar:
-        for c, idx in enumerate(_chunks(len(items), spec.chunk, groups)):
-            todo = [items[i] for i in idx if items[i].key not in done]
-            if todo and whole_chunks:
-                todo = [items[i] for i in idx]  # its finished questions are sampled again for the composition
-            stats.resumed += len(idx) - len(todo)
-            if todo:
+        if whole_chunks and callable(getattr(sampler, "run_queue", None)) and len(work) > 1:
+            # several hf engines: each chunk whole on the next free engine (its batches as on one engine)
+            lock = threading.RLock()
+
+            def job(engine: Any, c: int, todo: list[Item]) -> None:
+                _sample_chunk(engine, spec, fp, todo, progress_file, done, stats, bar.update, lock)
+                if on_chunk is not None:
+                    with lock:
+                        on_chunk(c)
+
+            sampler.run_queue([functools.partial(job, c=c, todo=todo) for c, todo in work])
+        else:
+            for c, todo in work:
                 _sample_chunk(sampler, spec, fp, todo, progress_file, done, stats, bar.update)
                 if on_chunk is not None:
                     on_chunk(c)
+    stats.seconds += time.perf_counter() - t0 if work else 0.0
     return done, stats

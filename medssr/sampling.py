@@ -26,6 +26,8 @@ strings caught only ~40 % of those commits); ``constrained_choice`` is one greed
 
 ``sampling.engines`` > 1 (either backend) runs that many samplers on contiguous slices of the prompts and merges
 the results in order (``ShardedSampler``); with GPUs each vLLM engine gets its own ``tensor_parallel_size`` devices.
+hf engines share one copy of the weights and, on CPU, split torch's threads between them (``run_split``: 2 engines
+x 1 thread beat 1 x 2 threads on a 2-core machine).
 
 Prompts that are plain strings become one user message wrapped in the policy's own chat template (or the
 documented fallback template of ``medssr.models`` when the tokenizer has none); callers build the F.4 / voting
@@ -1109,6 +1111,39 @@ def _stop_worker(proc: subprocess.Popen, timeout: float = 120.0) -> None:
 # data parallel: N samplers, each a contiguous slice of the prompts
 
 
+def run_split(jobs: Sequence[Callable[[], Any]], split_threads: bool = True) -> list[Any]:
+    """Run ``jobs`` side by side, one Python thread each, and return their results in order.
+
+    ``split_threads`` (CPU torch work): each job runs with ``torch.get_num_threads() // len(jobs)`` torch threads
+    (at least 1) and the caller's count is restored afterwards. On 2 cores, 2 jobs x 1 thread beat 1 x 2 threads by
+    1.5x (bench/README.md, issue #16): no OpenMP wake-up of the second thread per small kernel, and each job's tail
+    is its own. torch's count is process-wide and each new thread's OpenMP and MKL pools start from it, so it is set
+    before the threads start and again inside each one (MKL may run before torch's lazy per-thread init)."""
+    if len(jobs) <= 1:
+        return [job() for job in jobs]
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    before = torch.get_num_threads()
+    per = max(1, before // len(jobs))
+
+    def pinned(job: Callable[[], Any]) -> Any:
+        if split_threads:
+            torch.set_num_threads(per)
+        return job()
+
+    if split_threads:
+        torch.set_num_threads(per)
+    try:
+        with ThreadPoolExecutor(max_workers=len(jobs)) as pool:  # fresh threads: none keeps an old thread count
+            futures = [pool.submit(pinned, job) for job in jobs]
+            return [f.result() for f in futures]
+    finally:
+        if split_threads:
+            torch.set_num_threads(before)
+
+
 class ShardedSampler:
     """``sampling.engines`` samplers side by side: prompt slices run concurrently and results merge in order.
 
@@ -1135,12 +1170,40 @@ class ShardedSampler:
         return [range(bounds[i], bounds[i + 1]) for i in range(k)]
 
     def _map(self, fn: Callable[[Any, range], Any], total: int) -> list[tuple[range, Any]]:
-        from concurrent.futures import ThreadPoolExecutor
-
         parts = [(s, r) for s, r in zip(self.shards, self._slices(total), strict=True) if len(r)]
-        with ThreadPoolExecutor(max_workers=len(parts) or 1) as pool:
-            futures = [(r, pool.submit(fn, s, r)) for s, r in parts]
-            return [(r, f.result()) for r, f in futures]
+        return run_split([(lambda s=s, r=r: (r, fn(s, r))) for s, r in parts], split_threads=self.cpu_torch)
+
+    @property
+    def cpu_torch(self) -> bool:
+        """Engines that run torch in this process on CPU (hf): their threads are split, and ``run_queue`` applies."""
+        return all(isinstance(s, HFSampler) and s.device.type == "cpu" for s in self.shards)
+
+    def run_queue(self, jobs: Sequence[Callable[[Any], Any]]) -> list[Any]:
+        """Call each job with one engine, as engines come free; results in job order.
+
+        A job runs whole on one engine, so its batches are the same on any engine and any number of them (the hf
+        engines are identical copies: same weights, batch size and seed); the engines' tails overlap instead of
+        each call waiting for its slowest slice. After a job raises, no new job starts and the error propagates."""
+        import threading
+
+        todo = deque(enumerate(jobs))
+        results: list[Any] = [None] * len(jobs)
+        lock, failed = threading.Lock(), threading.Event()
+
+        def engine(shard: Any) -> None:
+            while not failed.is_set():
+                with lock:
+                    if not todo:
+                        return
+                    i, job = todo.popleft()
+                try:
+                    results[i] = job(shard)
+                except BaseException:
+                    failed.set()
+                    raise
+
+        run_split([(lambda s=s: engine(s)) for s in self.shards[: max(1, len(jobs))]], split_threads=self.cpu_torch)
+        return results
 
     def sample(self, prompts: Sequence[Prompt], n: int, temperature: float, top_p: float = 1.0, top_k: int = -1,
                max_new_tokens: int = 4096, stop: Sequence[str] | None = None, options: Sequence[Mapping[str, str]] | None = None,
@@ -1204,8 +1267,16 @@ def make_sampler(model_dir: str, backend: str = "hf", dtype: str = "float32", ba
         raise ValueError(f"sampling.backend: expected 'hf' or 'vllm', got {backend!r}")
     engines = sampling.engines if sampling is not None else 1
     if backend == "hf":
-        shards = [HFSampler(model_dir, dtype=dtype, batch_size=batch_size, seed=seed, chat_template=chat_template) for _ in range(engines)]
-        return shards[0] if engines == 1 else ShardedSampler(shards)  # type: ignore[return-value]
+        first = HFSampler(model_dir, dtype=dtype, batch_size=batch_size, seed=seed, chat_template=chat_template)
+        if engines == 1:
+            return first  # type: ignore[return-value]
+        # the engines share the weights (read only while sampling); each gets its own tokenizer, since a fast
+        # tokenizer must not be used by two threads at once. On CPU they run with the torch threads split (run_split).
+        import copy
+
+        shards = [first] + [HFSampler(model_dir, dtype=dtype, batch_size=batch_size, seed=seed, chat_template=chat_template,
+                                      model=first.model, tok=copy.deepcopy(first.tok)) for _ in range(engines - 1)]
+        return ShardedSampler(shards)  # type: ignore[return-value]
     devices = _engine_devices(engines, sampling.tensor_parallel_size) if sampling is not None and engines > 1 else None
     vshards: list[VLLMSampler] = []
     try:

@@ -119,6 +119,40 @@ def test_a_run_stopped_mid_chunk_resumes_to_exactly_the_uninterrupted_samples(ti
     assert len((tmp_path / "run.jsonl").read_text().splitlines()) == 5  # a re-sampled saved question is not appended twice
 
 
+def two_hf_engines(model_dir: Path):
+    from medssr.sampling import make_sampler
+
+    s = make_sampler(str(model_dir), batch_size=4, seed=0, sampling=SamplingCfg(engines=2))
+    for engine in s.shards:
+        composition_sensitive(engine)
+    return s
+
+
+@pytest.mark.parametrize(("chunk", "groups"), [(2, None), (None, [2, 3])], ids=["chunks-of-one-batch", "one-call-per-group"])
+def test_hf_engines_take_whole_chunks_and_give_one_engines_samples(tiny_model_dir, chunk, groups):
+    """Each chunk (or group) runs whole on the next free engine: the same company, so the same samples as one engine."""
+    qs = items(5)
+    ref, _ = rollout(hf_sampler(tiny_model_dir), spec(chunk=chunk), qs, None, groups=groups, progress=False)
+    two = two_hf_engines(tiny_model_dir)
+    calls = [recording(engine) for engine in two.shards]
+    done, stats = rollout(two, spec(chunk=chunk, engines=2), qs, None, groups=groups, progress=False)
+    assert done == ref and (stats.sampled, stats.samples) == (5, 10)
+    whole = [["q0", "q1"], ["q2", "q3"], ["q4"]] if chunk == 2 else [["q0", "q1"], ["q2", "q3", "q4"]]
+    assert sorted(c for cs in calls for c in cs) == whole
+    assert all(calls)  # both engines worked
+
+
+def test_a_run_stopped_on_one_engine_resumes_on_two_to_the_uninterrupted_samples(tiny_model_dir, tmp_path):
+    qs = items(5)
+    ref, _ = rollout(hf_sampler(tiny_model_dir), spec(chunk=2), qs, None, progress=False)
+    stopped = hf_sampler(tiny_model_dir)
+    stop_after(stopped, 3)
+    with pytest.raises(Stop):
+        rollout(stopped, spec(chunk=2), qs, tmp_path / "run.jsonl", progress=False)
+    done, stats = rollout(two_hf_engines(tiny_model_dir), spec(chunk=2, engines=2), qs, tmp_path / "run.jsonl", progress=False)
+    assert done == ref and stats.resumed == 2
+
+
 def test_the_composition_double_makes_a_question_sampled_alone_differ(tiny_model_dir, tmp_path):
     """Why the resume test can fail: sampling only the missing question of a chunk would give other samples."""
     sp, qs = spec(chunk=2), items(2)
@@ -251,19 +285,20 @@ def test_progress_homes_beside_an_output_or_in_a_cache_named_by_the_fingerprint(
 
 
 def test_hf_chunk_is_what_one_batch_holds_and_its_fingerprint_ignores_the_engine_count():
-    """A kill loses at most ceil(batch_size / G) questions per engine (default 32 / 8 = 4), and each engine's share is
-    the same on any number of engines, so resuming on fewer engines reuses the samples."""
+    """A kill loses at most ceil(batch_size / G) questions per engine (default 32 / 8 = 4), and each chunk runs whole
+    on one engine, so resuming on fewer engines reuses the samples."""
     paper = SamplingCfg(n=8, batch_size=32)
     assert chunk_size_for(paper, 8) == 4 and chunk_size_for(SamplingCfg(batch_size=30), 8) == 4
-    assert chunk_size_for(dataclasses.replace(paper, engines=3), 8) == 12
+    assert chunk_size_for(dataclasses.replace(paper, engines=3), 8) == 4
     fps = {RolloutSpec(dataclasses.replace(paper, engines=e), 8, 0, chunk=chunk_size_for(dataclasses.replace(paper, engines=e), 8))
            .fingerprint() for e in (1, 2, 4)}
     assert len(fps) == 1 and RolloutSpec(paper, 8, 0, chunk=5).fingerprint() not in fps
 
 
-def test_a_whole_group_per_call_on_another_number_of_hf_engines_is_another_composition():
+def test_a_whole_group_per_call_is_the_same_composition_on_any_number_of_hf_engines():
     one = SamplingCfg(batch_size=32)
-    assert RolloutSpec(one, 1, 0).fingerprint() != RolloutSpec(dataclasses.replace(one, engines=2), 1, 0).fingerprint()
+    assert RolloutSpec(one, 1, 0).fingerprint() == RolloutSpec(dataclasses.replace(one, engines=2), 1, 0).fingerprint()
+    assert RolloutSpec(one, 1, 0).fingerprint() != RolloutSpec(dataclasses.replace(one, batch_size=16), 1, 0).fingerprint()
 
 
 def test_vllm_chunk_is_two_batches_of_sequences_and_its_fingerprint_ignores_batching():

@@ -352,7 +352,8 @@ def test_two_hf_engines_split_the_prompts_and_give_one_engines_samples(tiny_mode
     """batch_size 1 makes every row's batch composition the same either way, so the samples are bit-identical."""
     one = make_sampler(str(tiny_model_dir), batch_size=1, seed=3)
     two = make_sampler(str(tiny_model_dir), batch_size=1, seed=3, sampling=SamplingCfg(engines=2))
-    assert isinstance(two, ShardedSampler) and len(two.shards) == 2 and two.shards[0].model is not two.shards[1].model
+    assert isinstance(two, ShardedSampler) and len(two.shards) == 2
+    assert two.shards[0].model is two.shards[1].model and two.shards[0].tok is not two.shards[1].tok  # one copy of the weights
     prompts = PROMPTS + ["Define anemia."]
     kw = dict(n=2, temperature=1.0, max_new_tokens=6, keys=[f"q{i}" for i in range(4)], progress=False)
     done: list[int] = []
@@ -363,6 +364,75 @@ def test_two_hf_engines_split_the_prompts_and_give_one_engines_samples(tiny_mode
     assert two.constrained_choice(PROMPTS, letters) == one.constrained_choice(PROMPTS, letters)
     two.close()
     assert all(s.model is None for s in two.shards)
+
+
+def test_two_hf_engines_give_their_slices_samples_run_one_by_one_and_repeat_exactly(tiny_model_dir):
+    """batch_size 4 lets the rows of a slice share batches (so the composition moves the floats): each engine must
+    sample exactly its contiguous slice, seeded per row, and two runs must be byte-identical."""
+    two = make_sampler(str(tiny_model_dir), batch_size=4, seed=5, sampling=SamplingCfg(engines=2))
+    one = HFSampler(str(tiny_model_dir), batch_size=4, seed=5)
+    prompts = PROMPTS + ["Define anemia.", "Name a rare disease of the liver."]
+    keys = [f"q{i}" for i in range(5)]
+    kw = dict(n=3, temperature=1.0, max_new_tokens=10, progress=False)
+    got = two.sample(prompts, keys=keys, **kw)
+    alone = one.sample(prompts[:2], keys=keys[:2], **kw) + one.sample(prompts[2:], keys=keys[2:], **kw)  # slices 0:2, 2:5
+    assert got == alone
+    assert two.sample(prompts, keys=keys, **kw) == got
+    assert len({c.text for cs in got for c in cs}) > 5  # rows are seeded apart, not one stream copied
+
+
+def _thread_log(sampler: ShardedSampler) -> list[tuple[int, int]]:
+    """(thread id, torch threads) of every shard call, recorded from inside the shard's work."""
+    import threading
+
+    log: list[tuple[int, int]] = []
+    for s in sampler.shards:
+        for name in ("sample_ids", "constrained_choice"):
+            inner = getattr(s, name)
+
+            def spy(*a, _inner=inner, **k):
+                log.append((threading.get_ident(), torch.get_num_threads()))
+                return _inner(*a, **k)
+
+            setattr(s, name, spy)
+    return log
+
+
+def test_cpu_engines_each_run_on_their_share_of_torch_threads_and_the_count_is_restored(tiny_model_dir):
+    two = make_sampler(str(tiny_model_dir), batch_size=4, sampling=SamplingCfg(engines=2))
+    log = _thread_log(two)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        two.sample(PROMPTS, n=2, temperature=1.0, max_new_tokens=4, progress=False)
+        assert torch.get_num_threads() == 2
+        two.constrained_choice(PROMPTS, [list(OPTIONS)] * 3)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert [t for _, t in log] == [1, 1, 1, 1]  # 2 engines x 1 thread, not 2 x 2 on 2 cores
+    assert len({ident for ident, _ in log[:2]}) == 2  # the two engines ran on two threads at once
+
+
+def test_run_split_divides_the_threads_and_restores_them_even_after_an_error():
+    from medssr.sampling import run_split
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        assert run_split([torch.get_num_threads] * 2) == [2, 2]
+        assert run_split([torch.get_num_threads] * 3) == [1, 1, 1]  # at least one each
+        assert run_split([torch.get_num_threads]) == [4]  # one job runs in the caller, with every thread
+        assert run_split([torch.get_num_threads] * 2, split_threads=False) == [4, 4]  # e.g. vLLM engines: no torch work here
+
+        def boom() -> int:
+            raise RuntimeError("shard failed")
+
+        with pytest.raises(RuntimeError, match="shard failed"):
+            run_split([torch.get_num_threads, boom])
+        assert torch.get_num_threads() == 4
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_unknown_backend_is_an_error_naming_the_param(tiny_model_dir):
