@@ -520,6 +520,46 @@ def test_local_sampling_is_seeded_per_request_not_per_batch(tiny_local, tmp_path
     assert repeat.text != alone.text  # a nonce asks for a different sample
 
 
+def test_local_batch_runs_as_two_halves_side_by_side_on_half_the_threads_each(tiny_local, tmp_path):
+    import threading
+
+    import torch
+
+    gen = fresh(tiny_local, tmp_path)
+    calls: list[tuple[int, int, int]] = []
+    inner = gen._generate
+
+    def spy(prompts, keys, tok=None):
+        calls.append((threading.get_ident(), torch.get_num_threads(), len(prompts)))
+        return inner(prompts, keys, tok)
+
+    gen._generate = spy
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        out = gen.run([chat(f"Write one question about disease {i}.") for i in range(5)], progress=False)  # concurrency 4
+        assert torch.get_num_threads() == 2  # restored after each batch
+    finally:
+        torch.set_num_threads(before)
+    assert all(r.ok for r in out)
+    assert sorted(n for *_, n in calls) == [1, 2, 2]  # batch of 4 -> halves of 2 (threads), then 1 alone (in the caller)
+    assert [t for _, t, n in calls if n == 2] == [1, 1] and len({i for i, _, n in calls if n == 2}) == 2
+
+
+def test_local_split_batch_gives_its_halves_texts_run_one_by_one_and_repeats_exactly(tiny_local, tiny_guided, tmp_path):
+    for g, name in ((tiny_local, "free"), (tiny_guided, "guided")):
+        reqs = _layout_requests(4)
+        first = fresh(g, tmp_path / f"{name}1").run(reqs, progress=False)
+        again = fresh(g, tmp_path / f"{name}2").run(reqs, progress=False)
+        assert [(r.text, r.output_tokens, r.finish_reason) for r in first] == [(r.text, r.output_tokens, r.finish_reason) for r in again]
+        assert g.parts(4) == [range(0, 2), range(2, 4)]
+        ids = sorted(((g.prompt_ids(r), g.key(r), i) for i, r in enumerate(reqs)), key=lambda t: len(t[0]))  # _execute's order
+        alone = [row for half in (ids[:2], ids[2:]) for row in g._generate([p for p, _, _ in half], [k for _, k, _ in half])]
+        prefix = "Question:"
+        assert {i: prefix + text for (_, _, i), (text, _, _) in zip(ids, alone, strict=True)} == {i: r.text for i, r in enumerate(first)}
+        assert len({r.text for r in first}) == 4
+
+
 def test_local_cache_key_depends_on_the_weights(tiny_local, tmp_path):
     twin = fresh(tiny_local, tmp_path)
     twin.model_id = "tiny#0000000000000000"  # what another checkpoint under the same name gets

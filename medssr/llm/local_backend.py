@@ -1,8 +1,9 @@
 """Local transformers causal LM as the question generator (the embedded CPU default: SmolLM2-135M-Instruct).
 
-Prompts are batched ``cfg.concurrency`` at a time, sorted by length and left-padded. Sampling is seeded per
-request from its cache key with one ``torch.Generator`` per row, so a request's text does not depend on which
-other requests share its batch. JSON schemas are not enforced here (the prompt must ask for JSON); the
+Prompts are batched ``cfg.concurrency`` at a time, sorted by length and left-padded; on CPU each batch runs as two
+halves side by side, one Python thread and half of torch's threads each (``LocalGenerator.parts``). Sampling is
+seeded per request from its cache key with one ``torch.Generator`` per row, so a request's text does not depend on
+which other requests share its batch (up to float rounding: the same batch gives the same text run to run). JSON schemas are not enforced here (the prompt must ask for JSON); the
 ``assistant_prefix`` is appended after the chat template's generation prompt and included in the text.
 
 ``guided_layout`` (``synth.generator.guided_layout``) steers one ``generate`` call through the plain-text question
@@ -13,6 +14,7 @@ the layout in nearly every reply (0 of 48 accepted, measured); guided, only the 
 
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 from typing import Any
@@ -147,7 +149,9 @@ class LocalGenerator(Generator):
         if self.tok.pad_token_id is None:
             self.tok.pad_token = self.tok.eos_token
         self.tok.padding_side = "left"
+        self.pad_id = self.tok.pad_token_id
         self._layout_vocab: _LayoutVocab | None = None
+        self._toks = [self.tok]  # one tokenizer per side-by-side generate call (_generate_split)
 
     def prompt_ids(self, request: LLMRequest) -> list[int]:
         """Chat template with a generation prompt, then the prefix: the exact tokens the model continues."""
@@ -159,11 +163,13 @@ class LocalGenerator(Generator):
     def _execute(self, todo: list[tuple[int, LLMRequest, str]], finish: Finish, max_usd: float | None) -> None:
         items = sorted(((i, req, key, self.prompt_ids(req)) for i, req, key in todo), key=lambda t: len(t[3]))
         bs = max(1, self.cfg.concurrency)
+        if self.cfg.guided_layout:
+            self.layout_vocab()  # built once, before any worker thread needs it
         for start in range(0, len(items), bs):
             batch = items[start:start + bs]
             t0 = time.perf_counter()
             try:
-                outs = self._generate([ids for *_, ids in batch], [key for _, _, key, _ in batch])
+                outs = self._generate_split([ids for *_, ids in batch], [key for _, _, key, _ in batch])
             except (RuntimeError, ValueError, IndexError) as e:  # e.g. a prompt longer than the model's context
                 dt = time.perf_counter() - t0
                 for i, _, key, ids in batch:
@@ -173,23 +179,43 @@ class LocalGenerator(Generator):
             for (i, req, key, ids), (text, n_out, reason) in zip(batch, outs, strict=True):
                 finish(i, key, LLMResponse((req.assistant_prefix or "") + text, len(ids), n_out, False, 0.0, dt, finish_reason=reason))
 
-    def _generate(self, prompts: list[list[int]], keys: list[str]) -> list[tuple[str, int, str]]:
+    def parts(self, n: int) -> list[range]:
+        """How a batch of ``n`` requests is cut into the ``generate`` calls that run side by side: on CPU two halves
+        (run_split gives each half of torch's threads), else one call. The cut depends on ``n`` only, so a request's
+        company, and so its text, is the same on any machine and thread count."""
+        if n < 2 or self.model.device.type != "cpu":
+            return [range(n)]
+        return [range(0, (n + 1) // 2), range((n + 1) // 2, n)]
+
+    def _generate_split(self, prompts: list[list[int]], keys: list[str]) -> list[tuple[str, int, str]]:
+        """``_generate`` over ``parts``, one Python thread each (each with its own tokenizer); rows in order."""
+        from medssr.sampling import run_split
+
+        cuts = self.parts(len(prompts))
+        while len(self._toks) < len(cuts):
+            self._toks.append(copy.deepcopy(self.tok))  # a fast tokenizer must not serve two threads at once
+        jobs = [(lambda r=r, tok=tok: self._generate([prompts[i] for i in r], [keys[i] for i in r], tok))
+                for r, tok in zip(cuts, self._toks, strict=False)]
+        return [row for part in run_split(jobs) for row in part]
+
+    def _generate(self, prompts: list[list[int]], keys: list[str], tok: Any = None) -> list[tuple[str, int, str]]:
         """One left-padded ``generate`` call; returns (text, generated token count incl. EOS, finish_reason) per row."""
         import torch
 
+        tok = tok or self.tok
         width = max(len(p) for p in prompts)
         guide = None
         if self.cfg.guided_layout:
-            first = [self.tok.eos_token_id] if self.tok.eos_token_id in self.eos_ids else []
+            first = [tok.eos_token_id] if tok.eos_token_id in self.eos_ids else []
             eos = first + sorted(self.eos_ids - set(first))  # the tokenizer's own EOS ends a guided reply
-            guide = _LayoutGuide(self.tok, width, len(prompts), self.cfg.max_tokens, self.layout_vocab(), eos)
+            guide = _LayoutGuide(tok, width, len(prompts), self.cfg.max_tokens, self.layout_vocab(), eos)
         gens = [torch.Generator().manual_seed(seed_from_key(k)) for k in keys]
         rows = self._decode(prompts, width, gens, guide.max_new_tokens if guide else self.cfg.max_tokens, guide)
         results = []
         for r, row in enumerate(rows):
             stop = next((j for j, t in enumerate(row) if t in self.eos_ids), None)
             n = len(row) if stop is None else stop + 1
-            text = self.tok.decode(row[:stop] if stop is not None else row, skip_special_tokens=True)
+            text = tok.decode(row[:stop] if stop is not None else row, skip_special_tokens=True)
             reason = "stop" if stop is not None and not (guide and guide.truncated[r]) else "length"
             results.append((text, n, reason))
         return results
@@ -204,7 +230,7 @@ class LocalGenerator(Generator):
         import torch
         from transformers import GenerationConfig, LogitsProcessorList
 
-        pad = self.tok.pad_token_id
+        pad = self.pad_id
         input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
         gen_cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, pad_token_id=pad,
