@@ -21,7 +21,7 @@ decoding (stop rule included), k, seed, prompt and chat-template rule, so a late
 samples (the base model in every value of a sweep, a DVC queue copy included).
 See docs/evaluation.md, "Decoding and answer extraction".
 
-Outputs: ``data/eval/predictions_<checkpoint>.jsonl``, ``metrics/eval.json`` and MLflow metrics (accuracy with Wilson
+Outputs (paths from the evaluate stage's cmd in dvc.yaml): ``<predictions_dir>/predictions_<checkpoint>.jsonl``, ``metrics/eval.json`` and MLflow metrics (accuracy with Wilson
 interval and n per benchmark and RareDis-Sub category, the average over the paper's nine benchmarks, and each
 checkpoint's paired difference to base with its bootstrap interval and McNemar p): names and keys in eval/scoring.py.
 """
@@ -46,13 +46,8 @@ from medssr.files import write_json_atomic
 from medssr.records import Question, write_jsonl
 from medssr.rollout import Item, RolloutSpec, cache_path_for, chunk_size_for, composition_matters, rollout
 
-CHECKPOINT_DIRS = {"stage1": "checkpoints/stage1", "stage2": "checkpoints/stage2"}  # "base" is params model.dir
 PROGRESS_DIR = ".cache/eval_progress"
 EVAL_PROMPT = "eval_f4"
-
-# stage reports whose numeric headline values are copied onto the pipeline parent run, under these prefixes
-STAGE_REPORTS = {"prepare": "prepare.json", "corpus": "corpus.json", "synth": "synth.json", "label": "label.json",
-                 "train/stage1": "train_stage1.json", "train/stage2": "train_stage2.json"}
 
 # report entries that are settings or histograms, not results
 HEADLINE_SKIP = frozenset({"seed", "sampling", "prompt", "params", "agreement_histogram", "finish_reasons", "buckets", "min_agreement"})
@@ -66,8 +61,9 @@ def _safe_name(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", s).strip("_.") or "checkpoint"
 
 
-def resolve_checkpoints(names: Sequence[str], base_dir: str, skip_missing: bool = True) -> dict[str, str]:
-    """``eval.checkpoints`` entries -> {name: model dir}: 'base', 'stage1', 'stage2', a directory, or 'name=directory'.
+def resolve_checkpoints(names: Sequence[str], standard: Mapping[str, str], skip_missing: bool = True) -> dict[str, str]:
+    """``eval.checkpoints`` entries -> {name: model dir}: a standard name ('base', 'stage1', 'stage2': the dirs the
+    evaluate stage's ``--checkpoint-dir`` arguments give in ``standard``), a directory, or 'name=directory'.
 
     A missing standard checkpoint (not trained yet) is skipped with a warning when ``skip_missing``; a missing
     explicit directory is always an error.
@@ -77,10 +73,8 @@ def resolve_checkpoints(names: Sequence[str], base_dir: str, skip_missing: bool 
         explicit = True
         if "=" in entry:
             name, path = (s.strip() for s in entry.split("=", 1))
-        elif entry == "base":
-            name, path, explicit = "base", base_dir, False
-        elif entry in CHECKPOINT_DIRS:
-            name, path, explicit = entry, CHECKPOINT_DIRS[entry], False
+        elif entry in standard:
+            name, path, explicit = entry, standard[entry], False
         else:
             name, path = Path(entry.rstrip("/")).name, entry
         name = _safe_name(name)
@@ -195,8 +189,8 @@ def _release(sampler: Any) -> None:
         pass
 
 
-def eval_json_headlines(metrics_path: str | os.PathLike = "metrics/eval.json") -> dict[str, float]:
-    """The final checkpoint's accuracies from metrics/eval.json under the unprefixed MLflow names."""
+def eval_json_headlines(metrics_path: str | os.PathLike) -> dict[str, float]:
+    """The final checkpoint's accuracies from the evaluate stage's metrics (metrics/eval.json) under the unprefixed MLflow names."""
     path = Path(metrics_path)
     if not path.exists():
         return {}
@@ -219,11 +213,12 @@ def eval_json_headlines(metrics_path: str | os.PathLike = "metrics/eval.json") -
     return out
 
 
-def stage_headlines(reports_dir: str | os.PathLike = "reports") -> dict[str, float]:
-    """Numeric headline values of every stage report present (top level and one level down), prefixed by stage."""
+def stage_headlines(reports: Mapping[str, str | os.PathLike]) -> dict[str, float]:
+    """Numeric headline values of every stage report present ({prefix: report file}; top level and one level down),
+    under their prefix."""
     out: dict[str, float] = {}
-    for prefix, fname in STAGE_REPORTS.items():
-        path = Path(reports_dir) / fname
+    for prefix, fname in reports.items():
+        path = Path(fname)
         if not path.exists():
             continue
         try:
@@ -244,14 +239,13 @@ def stage_headlines(reports_dir: str | os.PathLike = "reports") -> dict[str, flo
     return out
 
 
-def run_evaluate(params: Any, checkpoints: Mapping[str, str] | None = None, metrics_path: str | os.PathLike = "metrics/eval.json",
-                 predictions_dir: str | os.PathLike = "data/eval", reports_dir: str | os.PathLike = "reports",
+def run_evaluate(params: Any, checkpoints: Mapping[str, str], metrics_path: str | os.PathLike, predictions_dir: str | os.PathLike,
                  family_defaults: bool | None = None, sampler_factory: Callable[..., Any] | None = None,
                  log_mlflow: bool = True, progress: bool = True, progress_dir: str | os.PathLike = PROGRESS_DIR) -> dict[str, Any]:
-    """Evaluate every checkpoint (``checkpoints`` {name: dir}, default from params eval.checkpoints) and return eval.json.
+    """Evaluate every checkpoint (``checkpoints`` {name: dir}, see ``resolve_checkpoints``) and return eval.json.
 
-    The last checkpoint is the final one: its MLflow metrics are unprefixed and copied onto the pipeline parent run
-    together with the headline metrics of every stage report, so the compare view shows a whole sweep.
+    The last checkpoint is the final one: its MLflow metrics are unprefixed and copied onto the pipeline parent run,
+    so the compare view shows a whole sweep (the report stage adds every stage report's headlines there).
     """
     set_offline_env()
     from medssr.models import chat_template_rule
@@ -261,7 +255,7 @@ def run_evaluate(params: Any, checkpoints: Mapping[str, str] | None = None, metr
     if family_defaults is None:
         family_defaults = bool(getattr(cfg, "family_defaults", False))  # proposed param eval.family_defaults
     factory = sampler_factory or make_sampler
-    ckpts = dict(checkpoints) if checkpoints is not None else resolve_checkpoints(cfg.checkpoints, params.model.dir)
+    ckpts = dict(checkpoints)
     benchmarks = load_evaluated(params)
     paper = paper_benchmarks(params)  # the headline average is over the paper's nine when all of them are evaluated
     average_over = paper if paper and set(paper) <= set(benchmarks) else None
@@ -309,12 +303,11 @@ def run_evaluate(params: Any, checkpoints: Mapping[str, str] | None = None, metr
     metrics = results_metrics(results, final)
     write_json_atomic(metrics_path, results)
     if log_mlflow:
-        _log(params, metrics, ckpts, final, used, reports_dir)
+        _log(params, metrics, ckpts, final, used)
     return results
 
 
-def _log(params: Any, metrics: dict[str, float], ckpts: Mapping[str, str], final: str, used: Mapping[str, Mapping[str, Any]],
-         reports_dir: str | os.PathLike) -> None:
+def _log(params: Any, metrics: dict[str, float], ckpts: Mapping[str, str], final: str, used: Mapping[str, Mapping[str, Any]]) -> None:
     from medssr import tracking
 
     section = to_flat_dict(params.eval, "eval.")
@@ -326,7 +319,6 @@ def _log(params: Any, metrics: dict[str, float], ckpts: Mapping[str, str], final
     summary = {k: v for k, v in metrics.items() if k.startswith(("eval/avg", "eval/raredis/avg", "eval/invalid")) or
                re.fullmatch(r"eval/[^/]+/acc|eval/raredis/[^/]+/acc|eval/[^/]+/avg|eval/[^/]+/raredis/avg"
                             r"|eval/(?:[^/]+/)?vs_base/(?:raredis/)?avg/(?:diff|ci_low|ci_high|p_mcnemar)", k)}
-    summary.update(stage_headlines(reports_dir))
     tracking.log_summary_to_parent(params, summary)
     _tag_parent(params, ckpts, final)
 

@@ -61,21 +61,42 @@ def write_numeric_metrics(report_path: str | os.PathLike, metrics_path: str | os
     return True
 
 
-def add_metrics_arg(ap: argparse.ArgumentParser, name: str) -> None:
+def add_path_args(ap: argparse.ArgumentParser, *specs: tuple[str, str]) -> None:
+    """Required path options (``--name``, help): every file a stage reads or writes is named by its dvc.yaml cmd,
+    the one place paths live, so a stage has no path defaults (argparse names a missing one)."""
+    for flag, help_text in specs:
+        ap.add_argument(flag, required=True, help=help_text)
+
+
+def name_path(value: str) -> tuple[str, str]:
+    """An argparse type for ``NAME=PATH`` arguments (``--checkpoint-dir stage1=checkpoints/stage1``) -> (name, path)."""
+    name, sep, path = value.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {value!r}")
+    return name, path
+
+
+def add_metrics_arg(ap: argparse.ArgumentParser) -> None:
     """``--metrics``: the numbers-only DVC metric file of the stage's ``--report``."""
-    ap.add_argument("--metrics", default=None, help=f"numbers of --report only, for dvc metrics/exp show (default metrics/{name}.json; "
-                    "beside --report as <stem>.metrics.json when --report is not the default)")
+    add_path_args(ap, ("--metrics", "numbers of --report only, for dvc metrics/exp show"))
 
 
-def metrics_for(args: argparse.Namespace, ap_default_report: str, name: str) -> dict[str, str]:
-    """{metric file: report} for ``run_stage(metrics=...)``: ``--metrics``, else the DVC layout's ``metrics/<name>.json``
-    for the default report, else next to a report written elsewhere (a test's or a one-off run's directory)."""
-    if args.metrics:
-        return {args.metrics: args.report}
-    if args.report == ap_default_report:
-        return {f"metrics/{name}.json": args.report}
-    report = Path(args.report)
-    return {str(report.with_name(report.stem + ".metrics.json")): args.report}
+def with_paths(params: Any, paths: Mapping[str, str | os.PathLike]) -> Any:
+    """A copy of ``params`` whose path keys (dotted: ``data.out_dir``) hold the stage's path arguments, for library
+    code that reads them from params; the original is untouched. Copies, never re-constructs, each section on the
+    way, so a params object with extra instance state (tests record reads) keeps it."""
+    import copy
+
+    out = copy.copy(params)
+    for dotted, value in paths.items():
+        *sections, leaf = dotted.split(".")
+        node = out
+        for name in sections:
+            child = copy.copy(getattr(node, name))
+            object.__setattr__(node, name, child)
+            node = child
+        object.__setattr__(node, leaf, str(value))
+    return out
 
 
 def run_stage(name: str, doc: str | None, add_args: Callable[[argparse.ArgumentParser], None],

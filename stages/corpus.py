@@ -5,13 +5,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run this checkout's code, also in a DVC queue copy
 
-from medssr.stage import add_metrics_arg, metrics_for, run_stage  # noqa: E402
+from medssr.stage import add_metrics_arg, add_path_args, run_stage, with_paths  # noqa: E402
 
 
 def add_args(ap):
-    ap.add_argument("--entities", default="data/prepared/entities.jsonl", help="E_rare from the prepare stage")
-    ap.add_argument("--report", default="reports/corpus.json", help="the rich JSON report (its numbers go to metrics/corpus.json)")
-    add_metrics_arg(ap, "corpus")
+    add_path_args(ap, ("--raw-dir", "the raw data: corpus texts under corpus/, RareDis under rare_disease/ (dvc.yaml: ${data.raw_dir})"),
+                  ("--entities", "E_rare from the prepare stage"),
+                  ("--index-dir", "the index to write (dvc.yaml: ${corpus.index_dir})"),
+                  ("--report", "the rich JSON report (its numbers go to --metrics)"))
+    add_metrics_arg(ap)
     ap.add_argument("--eval-sample", type=int, default=None, help="recall@4 on a seeded sample of this many entities (default: corpus.eval_sample)")
 
 
@@ -19,11 +21,12 @@ def body(args, params):
     from medssr.knowledge import run_corpus
     from medssr.knowledge.stage import summary_line
 
+    params = with_paths(params, {"data.raw_dir": args.raw_dir, "corpus.index_dir": args.index_dir})  # what run_corpus reads
     return summary_line(run_corpus(params, args.entities, args.report, eval_sample=args.eval_sample))
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_stage("corpus", __doc__, add_args, body, argv, metrics=lambda a: metrics_for(a, "reports/corpus.json", "corpus"))
+    return run_stage("corpus", __doc__, add_args, body, argv, metrics=lambda a: {a.metrics: a.report})
 
 
 if __name__ == "__main__":

@@ -5,16 +5,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run this checkout's code, also in a DVC queue copy
 
-from medssr.stage import run_stage  # noqa: E402
+from medssr.stage import add_path_args, name_path, run_stage, with_paths  # noqa: E402
 
 
 def add_args(ap):
     ap.add_argument("--checkpoint", action="append", default=None,
                     help="evaluate this instead of eval.checkpoints: base, stage1, stage2, a model dir or name=dir (repeatable; last = final)")
-    ap.add_argument("--metrics", default="metrics/eval.json", help="accuracies per checkpoint and benchmark (numbers only: a DVC metric)")
-    ap.add_argument("--plots-dir", default="metrics", help="where accuracy.json (per checkpoint) and alpha.json (accuracy vs α) go")
-    ap.add_argument("--predictions-dir", default="data/eval", help="per-question predictions of each checkpoint (JSONL)")
-    ap.add_argument("--reports-dir", default="reports", help="stage reports whose headline metrics go onto the pipeline's MLflow run")
+    ap.add_argument("--checkpoint-dir", action="append", required=True, type=name_path, metavar="NAME=DIR",
+                    help="where the standard checkpoint NAME (base, stage1, stage2) of eval.checkpoints lives (repeatable)")
+    add_path_args(ap, ("--prepared", "prepared data dir: benchmarks/ and raredis_sub.jsonl (dvc.yaml: ${data.out_dir})"),
+                  ("--metrics", "accuracies per checkpoint and benchmark (numbers only: a DVC metric)"),
+                  ("--accuracy", "accuracy per checkpoint and benchmark, one row each (JSON, dvc plots)"),
+                  ("--alpha", "the final checkpoint's accuracy at this run's α (JSON, dvc plots across a sweep)"),
+                  ("--predictions-dir", "per-question predictions of each checkpoint (JSONL)"))
     ap.add_argument("--family-defaults", action="store_true", default=None,
                     help="decode with each model family's recommended temperature/top_p/top_k (eval.family_defaults)")
     ap.add_argument("--no-progress-bar", action="store_true", help="no tqdm bar (logs and CI)")
@@ -25,20 +28,21 @@ def body(args, params):
     from eval.runner import print_summary, resolve_checkpoints, run_evaluate
     from medssr.tracking import log_dataset_inputs, log_stage_artifacts
 
-    ckpts = resolve_checkpoints(args.checkpoint or params.eval.checkpoints, params.model.dir)
-    prepared = Path(params.data.out_dir)
+    params = with_paths(params, {"data.out_dir": args.prepared})  # where eval.benchmarks reads the prepared benchmarks
+    ckpts = resolve_checkpoints(args.checkpoint or params.eval.checkpoints, dict(args.checkpoint_dir))
+    prepared = Path(args.prepared)
     log_dataset_inputs("evaluate", {p.stem: p for p in [*sorted((prepared / "benchmarks").glob("*.jsonl")), prepared / "raredis_sub.jsonl"]},
                        context="evaluation")
-    results = run_evaluate(params, ckpts, metrics_path=args.metrics, predictions_dir=args.predictions_dir, reports_dir=args.reports_dir,
+    results = run_evaluate(params, ckpts, metrics_path=args.metrics, predictions_dir=args.predictions_dir,
                            family_defaults=args.family_defaults, progress=not args.no_progress_bar)
-    write_plots(results, params.synth.rare_ratio, Path(args.plots_dir))
-    log_stage_artifacts("evaluate", [args.metrics, Path(args.plots_dir) / "accuracy.json", Path(args.plots_dir) / "alpha.json"])
+    write_plots(results, params.synth.rare_ratio, Path(args.accuracy), Path(args.alpha))
+    log_stage_artifacts("evaluate", [args.metrics, args.accuracy, args.alpha])
     log_stage_artifacts("evaluate", args.predictions_dir, "predictions")
     print_summary(results, display_names(params))
 
 
 def accuracy_rows(results):
-    """metrics/accuracy.json: one row per checkpoint x benchmark (and its average), for `dvc plots` accuracy per checkpoint."""
+    """--accuracy: one row per checkpoint x benchmark (and its average), for `dvc plots` accuracy per checkpoint."""
     rows = []
     for ckpt, r in results.items():
         rows += [{"checkpoint": ckpt, "benchmark": b, "cell": f"{ckpt} · {b}", "acc": v["acc"]} for b, v in r.items() if isinstance(v, dict) and "acc" in v]
@@ -51,19 +55,19 @@ def accuracy_rows(results):
 
 
 def alpha_rows(results, alpha):
-    """metrics/alpha.json: the final checkpoint's averages at this run's α; `dvc plots diff` across a sweep overlays the points."""
+    """--alpha: the final checkpoint's averages at this run's α; `dvc plots diff` across a sweep overlays the points."""
     if not results:
         return []
     final = results[list(results)[-1]]
     return [{"alpha": alpha, "eval_avg": final.get("avg"), "raredis_avg": (final.get("raredis") or {}).get("avg")}]
 
 
-def write_plots(results, alpha, out_dir: Path) -> None:
+def write_plots(results, alpha, accuracy: Path, alpha_path: Path) -> None:
     import json
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name, rows in (("accuracy.json", accuracy_rows(results)), ("alpha.json", alpha_rows(results, alpha))):
-        (out_dir / name).write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
+    for path, rows in ((accuracy, accuracy_rows(results)), (alpha_path, alpha_rows(results, alpha))):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,17 +5,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run this checkout's code, also in a DVC queue copy
 
-from medssr.stage import add_metrics_arg, metrics_for, run_stage  # noqa: E402
+from medssr.stage import add_metrics_arg, add_path_args, run_stage  # noqa: E402
 
 
 def add_args(ap):
-    ap.add_argument("--model", default=None, help="policy model directory (default: model.dir)")
-    ap.add_argument("--synthetic", default="data/synthetic/questions.jsonl", help="synthetic questions to label (JSONL)")
-    ap.add_argument("--benchmarks", default=None, help="prepared benchmarks dir for the reliability check (default: <data.out_dir>/benchmarks)")
-    ap.add_argument("--out", default="data/labeled/synthetic.jsonl", help="labeled questions (JSONL)")
-    ap.add_argument("--report", default="reports/label.json", help="the rich JSON report (its numbers go to metrics/label.json)")
-    add_metrics_arg(ap, "label")
-    ap.add_argument("--plot", default="reports/label_agreement.png", help="histogram of vote agreement (PNG)")
+    add_path_args(ap, ("--model", "policy model directory (dvc.yaml: ${model.dir})"),
+                  ("--synthetic", "synthetic questions to label (JSONL)"),
+                  ("--benchmarks", "prepared benchmarks dir for the reliability check (dvc.yaml: ${data.out_dir}/benchmarks)"),
+                  ("--out", "labeled questions (JSONL)"),
+                  ("--report", "the rich JSON report (its numbers go to --metrics)"))
+    add_metrics_arg(ap)
+    add_path_args(ap, ("--plot", "histogram of vote agreement (PNG)"))
     ap.add_argument("--no-progress-bar", action="store_true", help="no tqdm bar (logs and CI)")
 
 
@@ -25,7 +25,7 @@ def body(args, params):
     from medssr.tracking import log_dataset_inputs, project_root
 
     log_dataset_inputs("label", {"synthetic": args.synthetic})
-    report = run_label(params, args.model or params.model.dir, args.synthetic, args.benchmarks or f"{params.data.out_dir}/benchmarks",
+    report = run_label(params, args.model, args.synthetic, args.benchmarks,
                        args.out, args.report, args.plot, progress=not args.no_progress_bar,
                        reliability_cache=project_root() / ".cache" / "label_reliability")
     fail_if_empty(report["kept"], params.label.allow_empty, "label.allow_empty", f"{args.out} (0 of {report['questions']} questions kept)",
@@ -46,7 +46,7 @@ def empty_cause(report, params, synthetic):
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_stage("label", __doc__, add_args, body, argv, metrics=lambda a: metrics_for(a, "reports/label.json", "label"))
+    return run_stage("label", __doc__, add_args, body, argv, metrics=lambda a: {a.metrics: a.report})
 
 
 if __name__ == "__main__":

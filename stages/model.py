@@ -6,14 +6,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run this checkout's code, also in a DVC queue copy
 
-from medssr.stage import run_stage  # noqa: E402
+from medssr.stage import add_path_args, run_stage  # noqa: E402
+
+
+def add_args(ap):
+    add_path_args(ap, ("--out", "the policy directory to write (dvc.yaml: ${model.dir})"))
 
 
 def body(args, params):
     from medssr import models, tracking
 
     t0 = time.time()
-    out = models.materialize(params.model.policy, params.model.dir, params.model.dtype)
+    out = models.materialize(params.model.policy, args.out, params.model.dtype)
     size_mb = sum(f.stat().st_size for f in Path(out).rglob("*") if f.is_file()) / 2**20
     family = models.model_family(str(out))
     with tracking.stage_run("model", params, {"model.policy": params.model.policy, "model.dtype": params.model.dtype}) as mlflow:
@@ -23,7 +27,7 @@ def body(args, params):
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_stage("model", __doc__, lambda ap: None, body, argv)
+    return run_stage("model", __doc__, add_args, body, argv)
 
 
 if __name__ == "__main__":

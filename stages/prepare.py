@@ -5,7 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run this checkout's code, also in a DVC queue copy
 
-from medssr.stage import add_metrics_arg, metrics_for, run_stage  # noqa: E402
+from medssr.stage import add_metrics_arg, add_path_args, run_stage, with_paths  # noqa: E402
 
 
 def llm_classifiers(params):
@@ -26,20 +26,23 @@ def llm_classifiers(params):
 
 
 def add_args(ap):
-    ap.add_argument("--report", default="reports/prepare.json", help="where the JSON summary goes")
-    add_metrics_arg(ap, "prepare")
+    add_path_args(ap, ("--raw-dir", "the raw data: training files, benchmarks, RareDis, the GARD corpus file (dvc.yaml: ${data.raw_dir})"),
+                  ("--out-dir", "the prepared data dir (dvc.yaml: ${data.out_dir})"),
+                  ("--report", "the rich JSON report (its numbers go to --metrics)"))
+    add_metrics_arg(ap)
 
 
 def body(args, params):
     from medssr.data.prepare import run_prepare, summary_line
     from medssr.stage import fail_if_empty
 
+    params = with_paths(params, {"data.raw_dir": args.raw_dir, "data.out_dir": args.out_dir})  # what run_prepare reads
     classifier, category = llm_classifiers(params)
     summary = run_prepare(params, classifier=classifier, category_classifier=category, report_path=args.report)
     for name, c in (("reasoning", classifier), ("category", category)):
         if c is not None:
             print(f"[prepare] LLM {name} classifier ({c.generator.name}): {c.fallbacks} replies fell back to the rule")
-    out = params.data.out_dir
+    out = args.out_dir
     fail_if_empty(summary["train_rows"], params.data.allow_empty, "data.allow_empty", f"{out}/train.jsonl",
                   f"no training row is left of {sum(summary['loaded_by_source'].values())} loaded (leakage removed "
                   f"{sum(summary['leakage_removed'].values())})", "data.train (its declared files and formats), data.train_sources or data.max_train", summary_line(summary))
@@ -50,7 +53,7 @@ def body(args, params):
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_stage("prepare", __doc__, add_args, body, argv, metrics=lambda a: metrics_for(a, "reports/prepare.json", "prepare"))
+    return run_stage("prepare", __doc__, add_args, body, argv, metrics=lambda a: {a.metrics: a.report})
 
 
 if __name__ == "__main__":

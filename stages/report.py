@@ -5,11 +5,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run this checkout's code, also in a DVC queue copy
 
-from medssr.stage import run_stage  # noqa: E402
+from medssr.stage import add_path_args, name_path, run_stage  # noqa: E402
 
 
 def add_args(ap):
-    ap.add_argument("--out", default="reports", help="directory of report.md and figures/")
+    add_path_args(ap, ("--out", "directory of report.md and figures/"),
+                  ("--eval-metrics", "the evaluate stage's metrics (metrics/eval.json): the final checkpoint's headline accuracies"))
+    ap.add_argument("--stage-report", action="append", required=True, type=name_path, metavar="PREFIX=FILE",
+                    help="a stage report whose numeric headlines go onto the pipeline's MLflow run under PREFIX (repeatable)")
     ap.add_argument("--experiment", default=None, help="MLflow experiment (default: project.experiment)")
 
 
@@ -20,7 +23,7 @@ def body(args, params):
 
     # This stage always runs: when DVC restored every other stage from its cache (a sweep value that changes
     # nothing downstream), this is what still puts the headline numbers on this execution's parent run.
-    log_summary_to_parent(params, {**stage_headlines(args.out), **eval_json_headlines()})
+    log_summary_to_parent(params, {**stage_headlines(dict(args.stage_report)), **eval_json_headlines(args.eval_metrics)})
     main_report(out_dir=args.out, experiment=args.experiment or params.project.experiment)
     out = Path(args.out)
     log_parent_artifacts(params, [out / "report.md", out / "figures"])  # where a reader opens first: the pipeline's run

@@ -5,15 +5,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run this checkout's code, also in a DVC queue copy
 
-from medssr.stage import add_metrics_arg, metrics_for, run_stage  # noqa: E402
+from medssr.stage import add_metrics_arg, add_path_args, run_stage, with_paths  # noqa: E402
 
 
 def add_args(ap):
-    ap.add_argument("--prepared", default=None, help="prepared data dir (default: data.out_dir)")
-    ap.add_argument("--corpus", default=None, help="corpus index dir with coverage.json (default: corpus.index_dir)")
-    ap.add_argument("--out", default="data/synthetic/questions.jsonl", help="synthetic questions (JSONL)")
-    ap.add_argument("--report", default="reports/synth.json", help="where the JSON summary goes")
-    add_metrics_arg(ap, "synth")
+    add_path_args(ap, ("--prepared", "prepared data dir: seeds, entities, benchmarks, RareDis-Sub (dvc.yaml: ${data.out_dir})"),
+                  ("--corpus", "corpus index dir with coverage.json (dvc.yaml: ${corpus.index_dir})"),
+                  ("--out", "synthetic questions (JSONL)"),
+                  ("--report", "the rich JSON report (its numbers go to --metrics)"))
+    add_metrics_arg(ap)
     ap.add_argument("--progress", default=None, help="resumable progress file (default: <out>.progress.jsonl)")
     ap.add_argument("--prompt-variant", default=None, help="'small': prompts/synth_f*_small.txt (default: synth.prompt_variant)")
     ap.add_argument("--no-progress-bar", action="store_true", help="no tqdm bar (logs and CI)")
@@ -37,9 +37,10 @@ def body(args, params):
     from medssr.synth.run import load_inputs, run_synthesize, summary_line
     from medssr.tracking import log_dataset_inputs
 
-    prepared = args.prepared or params.data.out_dir
+    params = with_paths(params, {"corpus.index_dir": args.corpus})  # the retriever reads it
+    prepared = args.prepared
     log_dataset_inputs("synthesize", {"seeds": f"{prepared}/seeds.jsonl", "entities": f"{prepared}/entities.jsonl"})
-    inputs = load_inputs(prepared, args.corpus or params.corpus.index_dir)
+    inputs = load_inputs(prepared, args.corpus)
     report = run_synthesize(params, inputs, args.out, args.report, args.progress, prompt_variant=args.prompt_variant,
                             show_progress=not args.no_progress_bar)
     if report["target_n"] > 0:
@@ -49,7 +50,7 @@ def body(args, params):
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_stage("synthesize", __doc__, add_args, body, argv, metrics=lambda a: metrics_for(a, "reports/synth.json", "synth"))
+    return run_stage("synthesize", __doc__, add_args, body, argv, metrics=lambda a: {a.metrics: a.report})
 
 
 if __name__ == "__main__":

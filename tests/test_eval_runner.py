@@ -18,6 +18,7 @@ from eval.runner import (
     resolve_checkpoints,
     run_evaluate,
     second_pass_reason,
+    stage_headlines,
 )
 from medssr import tracking
 from medssr.config import Params, SamplingCfg
@@ -70,12 +71,8 @@ def evaluated(tmp_path_factory, tiny_model_dir):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{d}/mlflow.db")
         params = _params(d)
-        (d / "reports").mkdir()
-        (d / "reports" / "synth.json").write_text(json.dumps({"accepted": 12, "rare_ratio_achieved": 0.25, "cost_usd": 0.0,
-                                                              "by_source": {"rare": 3}, "name": "x", "seed": 5,
-                                                              "sampling": {"temperature": 1.0}}))
         results = run_evaluate(params, checkpoints={"base": str(tiny_model_dir), "stage2": str(tiny_model_dir)},
-                               metrics_path=d / "metrics" / "eval.json", predictions_dir=d / "eval", reports_dir=d / "reports",
+                               metrics_path=d / "metrics" / "eval.json", predictions_dir=d / "eval",
                                progress=False, progress_dir=d / "progress")
         from mlflow.tracking import MlflowClient
 
@@ -145,12 +142,19 @@ def test_mlflow_stage_run_has_final_unprefixed_and_other_checkpoints_prefixed(ev
     assert stage[0].data.tags["medssr_eval_final"] == "stage2"
 
 
-def test_parent_run_gets_headline_metrics_of_eval_and_stage_reports(evaluated):
+def test_stage_headlines_are_the_numbers_of_the_named_reports(tmp_path):
+    (tmp_path / "synth.json").write_text(json.dumps({"accepted": 12, "rare_ratio_achieved": 0.25, "cost_usd": 0.0, "by_source": {"rare": 3},
+                                                     "name": "x", "seed": 5, "sampling": {"temperature": 1.0}}))
+    m = stage_headlines({"synth": tmp_path / "synth.json", "label": tmp_path / "absent.json"})
+    assert m == {"synth/accepted": 12.0, "synth/rare_ratio_achieved": 0.25, "synth/cost_usd": 0.0, "synth/by_source/rare": 3.0}
+    # settings (seed, sampling) are params, not headline metrics; a report not written yet is skipped
+
+
+def test_parent_run_gets_the_final_checkpoints_headline_metrics(evaluated):
     parent = [r for r in evaluated["runs"] if r.data.tags.get("medssr_role") == "pipeline"]
     assert len(parent) == 1
     m = parent[0].data.metrics
-    assert m["synth/accepted"] == 12 and m["synth/rare_ratio_achieved"] == 0.25
-    assert "synth/seed" not in m and "synth/sampling/temperature" not in m  # settings are params, not headline metrics
+    assert not any(k.startswith("synth/") for k in m)  # the stage reports' headlines are the report stage's (its cmd names them)
     assert "eval/avg" in m and "eval/raredis/avg" in m
     # the parent holds the few headline metrics only; per-benchmark accuracies stay on the evaluate stage run
     assert set(m) <= set(tracking.HEADLINE_METRICS) and "eval/medqa/acc" not in m
@@ -175,7 +179,7 @@ def test_finished_samples_are_kept_and_the_same_weights_elsewhere_sample_nothing
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{d}/mlflow.db")
         again = run_evaluate(evaluated["params"], checkpoints={"base": str(copy), "stage2": str(tiny_model_dir)},
-                             metrics_path=tmp_path / "eval.json", predictions_dir=tmp_path / "eval", reports_dir=d / "reports",
+                             metrics_path=tmp_path / "eval.json", predictions_dir=tmp_path / "eval",
                              progress=False, progress_dir=d / "progress", sampler_factory=factory, log_mlflow=False)
     assert again == evaluated["results"]
     assert len(samplers) == 2 and all(s.last_stats.sequences == 0 for s in samplers)
@@ -256,7 +260,7 @@ def test_damaged_progress_lines_are_quarantined_and_the_rerun_equals_an_uninterr
     bad = lines[n][: len(lines[n]) // 2] + "\n"
     base.write_text("".join(lines[:n] + [bad] + lines[n + 1 :]))
     kw = dict(checkpoints={"base": str(tiny_model_dir), "stage2": str(tiny_model_dir)}, metrics_path=tmp_path / "eval.json",
-              predictions_dir=tmp_path / "eval", reports_dir=d / "reports", progress=False, progress_dir=progress, log_mlflow=False)
+              predictions_dir=tmp_path / "eval", progress=False, progress_dir=progress, log_mlflow=False)
     capsys.readouterr()
     assert run_evaluate(evaluated["params"], **kw) == evaluated["results"]
     out = capsys.readouterr().out
@@ -275,10 +279,11 @@ def test_damaged_progress_lines_are_quarantined_and_the_rerun_equals_an_uninterr
 
 def test_missing_standard_checkpoint_is_skipped_but_missing_explicit_dir_is_an_error(tmp_path, tiny_model_dir, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    got = resolve_checkpoints(["base", "stage1", f"mine={tiny_model_dir}"], base_dir=str(tiny_model_dir))
+    standard = {"base": str(tiny_model_dir), "stage1": "checkpoints/stage1", "stage2": "checkpoints/stage2"}  # --checkpoint-dir
+    got = resolve_checkpoints(["base", "stage1", f"mine={tiny_model_dir}"], standard)
     assert got == {"base": str(tiny_model_dir), "mine": str(tiny_model_dir)}
     with pytest.raises(EvalError, match="nowhere"):
-        resolve_checkpoints(["base", str(tmp_path / "nowhere")], base_dir=str(tiny_model_dir))
+        resolve_checkpoints(["base", str(tmp_path / "nowhere")], standard)
 
 
 def test_declared_benchmarks_accept_json_list_question_jsonl_and_raw_jsonl(tmp_path):
@@ -371,7 +376,7 @@ def test_each_checkpoints_sampler_is_closed_and_unreferenced_before_the_next_is_
         return s
 
     run_evaluate(params, checkpoints={"base": str(tiny_model_dir), "stage1": str(tiny_model_dir), "stage2": str(tiny_model_dir)},
-                 metrics_path=tmp_path / "eval.json", predictions_dir=tmp_path / "eval", reports_dir=tmp_path / "reports",
+                 metrics_path=tmp_path / "eval.json", predictions_dir=tmp_path / "eval",
                  sampler_factory=factory, log_mlflow=False, progress=False, progress_dir=tmp_path / "progress")
     assert len(built) == 3 and len(closed) == 3
 
@@ -439,7 +444,7 @@ def test_each_checkpoint_gets_its_chat_template_rule_and_it_is_logged(tmp_path, 
         return make_sampler(model_dir, **kw)
 
     run_evaluate(params, checkpoints={"base": str(base_named), "stage2": str(tiny_model_dir)}, metrics_path=tmp_path / "eval.json",
-                 predictions_dir=tmp_path / "eval", reports_dir=tmp_path / "reports", sampler_factory=factory, progress=False,
+                 predictions_dir=tmp_path / "eval", sampler_factory=factory, progress=False,
                  progress_dir=tmp_path / "progress")
     assert asked == {str(base_named): False, str(tiny_model_dir): True}
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")

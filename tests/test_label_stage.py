@@ -311,7 +311,8 @@ def test_label_stage_prints_the_bad_row_and_exits_nonzero(tmp_path, capsys):
     p = _bad_file(tmp_path, {"id": "bad id!", "source": "synthetic", "split": "train", "question": "Which?", "options": {"A": "x", "B": "y"}})
     (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text().replace("  reliability_n: 16\n", "  reliability_n: 0\n"))
     rc = stage.main(["--params", str(tmp_path / "params.yaml"), "--synthetic", str(p), "--model", str(tmp_path / "none"),
-                     "--out", str(tmp_path / "o.jsonl"), "--report", str(tmp_path / "r.json"), "--plot", str(tmp_path / "p.png")])
+                     "--benchmarks", str(tmp_path / "benchmarks"), "--out", str(tmp_path / "o.jsonl"), "--report", str(tmp_path / "r.json"),
+                     "--metrics", str(tmp_path / "m.json"), "--plot", str(tmp_path / "p.png")])
     assert rc == 1
     err = capsys.readouterr().err
     assert "questions.jsonl:2: id: malformed id 'bad id!'" in err

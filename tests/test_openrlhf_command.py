@@ -438,6 +438,13 @@ def orl_project(tmp_path, tiny_model_dir, mlflow_module_store, monkeypatch):
     return root
 
 
+def _train_paths(stage: str):
+    """The stage's StagePaths as its dvc.yaml cmd passes them (tests/test_trl_backend.py)."""
+    from tests.test_trl_backend import _paths
+
+    return _paths(stage)
+
+
 def _orl_params():
     return _params({"train.backend": "openrlhf", "train.strategy": "supervised", "train.global_batch_size": 2,
                     "train.rollout_batch_size": 2, "train.micro_batch_size": 1, "train.num_generations": 2,
@@ -450,8 +457,8 @@ def test_openrlhf_stage_runs_the_command_and_bridges_its_tensorboard_to_mlflow(o
 
     from medssr.rl.run import run_train_stage
 
-    run_train_stage(_orl_params(), "stage1")  # supervised: stage1 is a pass-through
-    report = run_train_stage(_orl_params(), "stage2")
+    run_train_stage(_orl_params(), "stage1", _train_paths("stage1"))  # supervised: stage1 is a pass-through
+    report = run_train_stage(_orl_params(), "stage2", _train_paths("stage2"))
     assert report["global_step"] == 2 and report["summary"]["reward_mean_last"] == 0.5
     assert (orl_project / "checkpoints/stage2/config.json").exists()
     assert "trained on 4 prompts" in (orl_project / ".cache/train/stage2/openrlhf.log").read_text()
@@ -466,9 +473,9 @@ def test_a_failed_openrlhf_run_names_its_log(orl_project, monkeypatch):
     from medssr.rl.run import TrainError, run_train_stage
 
     monkeypatch.setenv("FAKE_OPENRLHF_FAIL", "1")
-    run_train_stage(_orl_params(), "stage1")
+    run_train_stage(_orl_params(), "stage1", _train_paths("stage1"))
     with pytest.raises(TrainError, match=r"\.cache/train/stage2/openrlhf\.log: OpenRLHF exited with status 3"):
-        run_train_stage(_orl_params(), "stage2")
+        run_train_stage(_orl_params(), "stage2", _train_paths("stage2"))
 
 
 @pytest.mark.parametrize("profile", ["paper-qwen3-8b", "paper-llama3.1-8b"])

@@ -12,10 +12,13 @@ import pytest
 
 from medssr.errors import MedssrError
 from tests.conftest import write_params
+from tests.dvc_yaml import cmd_args
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = [("model.py", [], "model"), ("prepare.py", [], "prepare"), ("corpus.py", [], "corpus"), ("synthesize.py", [], "synthesize"),
-          ("label.py", [], "label"), ("train.py", ["stage1"], "train"), ("evaluate.py", [], "evaluate"), ("report.py", [], "report")]
+# (script, the arguments of its dvc.yaml cmd, the name in its messages)
+STAGES = [("model.py", cmd_args("model"), "model"), ("prepare.py", cmd_args("prepare"), "prepare"), ("corpus.py", cmd_args("corpus"), "corpus"),
+          ("synthesize.py", cmd_args("synthesize"), "synthesize"), ("label.py", cmd_args("label"), "label"),
+          ("train.py", cmd_args("stage1"), "train"), ("evaluate.py", cmd_args("evaluate"), "evaluate"), ("report.py", cmd_args("report"), "report")]
 
 
 @pytest.mark.parametrize("script,extra,name", STAGES, ids=[s[2] for s in STAGES])
@@ -41,6 +44,16 @@ def test_incomplete_params_file_is_rejected_by_every_stage(tmp_path, script, ext
     assert r.returncode == 1, r.stderr
     assert f"[{name}] error: {tmp_path / 'params.yaml'}: missing synth.generator (" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("script,extra,name", STAGES, ids=[s[2] for s in STAGES])
+def test_a_stage_run_without_its_paths_names_the_missing_arguments(tmp_path, script, extra, name):
+    """Paths live in dvc.yaml's cmd only: a script has no path defaults to drift from it."""
+    positional = extra[:1] if script == "train.py" else []
+    r = subprocess.run([sys.executable, str(ROOT / "stages" / script), *positional, "--params", str(ROOT / "params.yaml")],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert "error: the following arguments are required: --" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_cli_reads_params_files_with_the_same_check(tmp_path, capsys):
@@ -105,7 +118,8 @@ def _synth_project(tmp: Path, base_url: str, allow_empty: bool = False) -> list[
                                 **{f"synth.generator.{k}": v for k, v in {"backend": "openai_compatible", "model": "fake", "base_url": base_url,
                                                                             "concurrency": 2, "max_retries": 0, "timeout_s": 10.0}.items()}})
     return ["--params", str(params), "--prepared", str(tmp / "prepared"), "--corpus", str(tmp / "corpus"),
-            "--out", str(tmp / "synthetic" / "questions.jsonl"), "--report", str(tmp / "synth.json"), "--no-progress-bar"]
+            "--out", str(tmp / "synthetic" / "questions.jsonl"), "--report", str(tmp / "synth.json"),
+            "--metrics", str(tmp / "synth.metrics.json"), "--no-progress-bar"]
 
 
 def test_a_synthesize_run_that_accepts_nothing_fails_naming_the_cause(tmp_path, mlflow_store, monkeypatch, capsys):
@@ -149,7 +163,8 @@ def _label_run(tmp: Path, model_dir: Path, n: int = 2, **overrides) -> int:
                                 "label.sampling.max_new_tokens": 4, **overrides})
     return _stage_module("label.py").main(["--params", str(params), "--model", str(model_dir), "--synthetic", str(tmp / "questions.jsonl"),
                                            "--benchmarks", str(tmp / "none"), "--out", str(tmp / "labeled.jsonl"),
-                                           "--report", str(tmp / "label.json"), "--plot", str(tmp / "label.png"), "--no-progress-bar"])
+                                           "--report", str(tmp / "label.json"), "--metrics", str(tmp / "label.metrics.json"),
+                                           "--plot", str(tmp / "label.png"), "--no-progress-bar"])
 
 
 def test_a_label_run_that_keeps_nothing_fails_naming_the_cause(tmp_path, tiny_model_dir, one_torch_thread, mlflow_store, monkeypatch, capsys):
@@ -175,8 +190,9 @@ def test_label_allow_empty_lets_an_empty_run_exit_0(tmp_path, tiny_model_dir, on
 
 def test_a_prepare_run_without_training_rows_fails_after_writing_its_report(tmp_path, mlflow_store, monkeypatch, capsys):
     monkeypatch.setenv("MEDSSR_ROOT", str(tmp_path))
-    params = write_params(tmp_path, {"data.raw_dir": str(ROOT / "data" / "raw"), "data.out_dir": str(tmp_path / "p"), "data.train_sources": []})
-    assert _stage_module("prepare.py").main(["--params", str(params), "--report", str(tmp_path / "prepare.json")]) == 1
+    params = write_params(tmp_path, {"data.train_sources": []})
+    assert _stage_module("prepare.py").main(["--params", str(params), "--raw-dir", str(ROOT / "data" / "raw"), "--out-dir", str(tmp_path / "p"),
+                                             "--report", str(tmp_path / "prepare.json"), "--metrics", str(tmp_path / "prepare.metrics.json")]) == 1
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line == (f"[prepare] error: {tmp_path}/p/train.jsonl is empty: no training row is left of 0 loaded (leakage removed 0); "
                     "change data.train (its declared files and formats), data.train_sources or data.max_train (or set data.allow_empty: true to let an empty result pass)")
@@ -264,12 +280,11 @@ def _stage_script(path: Path):
     return mod
 
 
-def test_metric_files_follow_the_dvc_layout_or_a_report_written_elsewhere():
-    from medssr.stage import metrics_for
+def test_with_paths_sets_path_params_on_a_copy():
+    from medssr.config import load_params
+    from medssr.stage import with_paths
 
-    def args(report, metrics=None):
-        return argparse.Namespace(report=report, metrics=metrics)
-
-    assert metrics_for(args("reports/label.json"), "reports/label.json", "label") == {"metrics/label.json": "reports/label.json"}
-    assert metrics_for(args("/tmp/x/label.json"), "reports/label.json", "label") == {"/tmp/x/label.metrics.json": "/tmp/x/label.json"}
-    assert metrics_for(args("/tmp/x/label.json", "m.json"), "reports/label.json", "label") == {"m.json": "/tmp/x/label.json"}
+    params = load_params(ROOT / "params.yaml")
+    moved = with_paths(params, {"data.out_dir": "/x/prepared", "corpus.index_dir": Path("/x/corpus")})
+    assert (moved.data.out_dir, moved.corpus.index_dir, moved.data.raw_dir) == ("/x/prepared", "/x/corpus", params.data.raw_dir)
+    assert (params.data.out_dir, params.corpus.index_dir) == ("data/prepared", "artifacts/corpus")

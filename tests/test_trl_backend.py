@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import importlib.util
 import json
@@ -13,8 +14,9 @@ import pytest
 from medssr.config import ConfigError, load_params
 from medssr.records import Question, write_jsonl
 from medssr.rl.callbacks import step_metrics
-from medssr.rl.run import PASSTHROUGH_MARKER, TrainError, run_train_stage
+from medssr.rl.run import PASSTHROUGH_MARKER, StagePaths, TrainError, run_train_stage
 from medssr.rl.strategies import STRATEGIES, plan
+from tests.dvc_yaml import cmd_args
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,6 +53,15 @@ def project(tmp_path, tiny_model_dir, medmcqa, mlflow_module_store, monkeypatch)
 
 def _params(**over):
     return load_params(ROOT / "params.yaml", {**TINY, **over})
+
+
+def _paths(stage: str, **over) -> StagePaths:
+    """The stage's StagePaths as `dvc repro` passes them (its dvc.yaml cmd through stages/train.py), relative to the project."""
+    args = argparse.ArgumentParser()
+    script = _stage_script()
+    script.add_args(args)
+    paths = script.stage_paths(args.parse_args(cmd_args(stage)))
+    return dataclasses.replace(paths, **over)
 
 
 def _metric(run_id: str, name: str) -> list[tuple[int, float]]:
@@ -166,7 +177,7 @@ def test_stage1_logs_per_step_metrics_to_mlflow_and_saves_a_loadable_policy(proj
     from transformers import AutoModelForCausalLM
 
     # KL on: TRL rebuilds the reference model from the policy's path
-    report = run_train_stage(_params(**{"train.stage1": {**TINY["train.stage1"], "max_steps": 2, "beta": 0.001}}), "stage1")
+    report = run_train_stage(_params(**{"train.stage1": {**TINY["train.stage1"], "max_steps": 2, "beta": 0.001}}), "stage1", _paths("stage1"))
     run_id = _stage_run_id("stage1")
     for name in ("reward_mean", "reward_std", "kl", "loss", "learning_rate", "completion_length", "distinct_answers",
                  "answer_entropy", "all_agree_share", "valid_answer_share", "pseudo_label_agreement", "step_time_s",
@@ -184,7 +195,7 @@ def test_stage1_logs_per_step_metrics_to_mlflow_and_saves_a_loadable_policy(proj
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_every_strategy_runs_both_stages(project, strategy):
     p = _params(**{"train.strategy": strategy})
-    reports = [run_train_stage(p, s) for s in ("stage1", "stage2")]
+    reports = [run_train_stage(p, s, _paths(s)) for s in ("stage1", "stage2")]
     for stage, report in zip(("stage1", "stage2"), reports, strict=True):
         data, reward = plan(strategy)[stage]
         marker = project / "checkpoints" / stage / PASSTHROUGH_MARKER
@@ -216,7 +227,7 @@ def child_main() -> None:
                 os.kill(os.getpid(), signal.SIGKILL)
 
     torch.set_num_threads(1)
-    run_train_stage(_params(**RESUME), "stage1", callbacks=[KillAfterStep3()])
+    run_train_stage(_params(**RESUME), "stage1", _paths("stage1"), callbacks=[KillAfterStep3()])
 
 
 def _deterministic(rows: list[dict]) -> list[dict]:
@@ -236,19 +247,17 @@ def test_a_sigkilled_run_resumes_with_the_steps_and_summary_of_an_uninterrupted_
     import subprocess
     import sys
 
-    from medssr.rl.run import StagePaths
-
     ref_root = tmp_path / "ref"
     shutil.copytree(project, ref_root)
     monkeypatch.setenv("DVC_EXP_NAME", "uninterrupted")
-    ref = run_train_stage(_params(**RESUME), "stage1", paths=StagePaths(root=str(ref_root)))
+    ref = run_train_stage(_params(**RESUME), "stage1", _paths("stage1", root=str(ref_root)))
     monkeypatch.setenv("DVC_EXP_NAME", "killed")
     child = subprocess.run([sys.executable, "-c", "from tests.test_trl_backend import child_main; child_main()"], cwd=ROOT,
                            env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}, timeout=600)
     assert child.returncode == -signal.SIGKILL
     assert [p.name for p in (project / ".cache/train/stage1").glob("checkpoint-*")] == ["checkpoint-2"]
 
-    report = run_train_stage(_params(**RESUME), "stage1")
+    report = run_train_stage(_params(**RESUME), "stage1", _paths("stage1"))
     assert report["resumed_from"] == "checkpoint-2" and report["global_step"] == 4
     steps = json.loads((project / "reports/train_stage1_steps.json").read_text())
     ref_steps = json.loads((ref_root / "reports/train_stage1_steps.json").read_text())
@@ -295,17 +304,17 @@ def test_stage2_refuses_a_stage1_checkpoint_of_another_model(project, tiny_model
 
     save_tiny_llama(project / "checkpoints/stage1", tokenizer_source=str(tiny_model_dir), hidden=32)
     with pytest.raises(TrainError, match=r"checkpoints/stage1/config\.json: checkpoint does not match the policy .*hidden_size 32 != 64"):
-        run_train_stage(_params(), "stage2")
+        run_train_stage(_params(), "stage2", _paths("stage2"))
 
 
 def test_stage2_without_stage1_says_what_to_run(project):
-    with pytest.raises(TrainError, match="stage I checkpoint missing: run `python stages/train.py stage1`"):
-        run_train_stage(_params(), "stage2")
+    with pytest.raises(TrainError, match="stage I checkpoint missing: run `dvc repro stage1`"):
+        run_train_stage(_params(), "stage2", _paths("stage2"))
 
 
 def test_online_vote_on_openrlhf_is_a_config_error(project):
     with pytest.raises(ConfigError, match="train.strategy: 'online_vote'"):
-        run_train_stage(_params(**{"train.strategy": "online_vote", "train.backend": "openrlhf"}), "stage1")
+        run_train_stage(_params(**{"train.strategy": "online_vote", "train.backend": "openrlhf"}), "stage1", _paths("stage1"))
 
 
 def _stage_script():
@@ -320,7 +329,7 @@ def test_stage_script_trains_stage1_from_params_file(project, capsys):
     raw = (ROOT / "params.yaml").read_text()
     params_file.write_text(raw.replace("max_completion_length: 64", "max_completion_length: 8")
                               .replace("stage1: {max_steps: 4,", "stage1: {max_steps: 1,"))
-    assert _stage_script().main(["stage1", "--params", str(params_file)]) == 0
+    assert _stage_script().main([*cmd_args("stage1"), "--params", str(params_file)]) == 0
     assert "[train] stage1: two_stage/synthetic/majority on trl: 1 steps" in capsys.readouterr().out
     assert (project / "checkpoints/stage1/model.safetensors").exists()
 
@@ -328,7 +337,7 @@ def test_stage_script_trains_stage1_from_params_file(project, capsys):
 def test_openrlhf_dry_run_prints_the_command_and_writes_the_prompt_file(project, capsys):
     p = _params(**{"train.backend": "openrlhf", "train.global_batch_size": 4, "train.rollout_batch_size": 4, "train.micro_batch_size": 1,
                    "train.openrlhf": {"gpus_per_node": 1, "vllm_num_engines": 1}})
-    run_train_stage(p, "stage1", dry_run=True)
+    run_train_stage(p, "stage1", _paths("stage1"), dry_run=True)
     out = capsys.readouterr().out
     assert "-- python3 -m openrlhf.cli.train_ppo_ray" in out and "--data.prompt_dataset data/rl/stage1.jsonl" in out
     assert f"--actor.model_name_or_path {project / 'artifacts/models/policy'}" in out
@@ -346,18 +355,16 @@ def test_stage_script_exits_1_with_the_param_to_fix(project, capsys):
     # 8 GPUs per node with 4 colocated vLLM engines is an invalid layout
     set_dotted(raw, "train.openrlhf.vllm_num_engines", 4)
     params_file.write_text(yaml.safe_dump(raw))
-    assert _stage_script().main(["stage1", "--dry-run", "--params", str(params_file)]) == 1
+    assert _stage_script().main([*cmd_args("stage1"), "--dry-run", "--params", str(params_file)]) == 1
     assert "train.openrlhf.vllm_num_engines" in capsys.readouterr().err
 
 
 @pytest.mark.slow
 def test_smollm2_stage1_reward_and_diversity_curves_land_in_mlflow(smol_model_dir, project):
     """The embedded policy (SmolLM2-135M-Instruct), 2 stage-I steps of G=4 rollouts x 16 tokens, KL on."""
-    from medssr.rl.run import StagePaths
-
     p = _params(**{"train.num_generations": 4, "train.per_device_batch_size": 4, "train.max_completion_length": 16,
                    "train.stage1": {"max_steps": 2, "learning_rate": 2e-6, "beta": 0.001, "max_samples": 8}})
-    report = run_train_stage(p, "stage1", paths=StagePaths(policy=str(smol_model_dir)))
+    report = run_train_stage(p, "stage1", _paths("stage1", policy=str(smol_model_dir)))
     run_id = _stage_run_id("stage1")
     for name in ("reward_mean", "distinct_answers", "answer_entropy", "all_agree_share", "valid_answer_share",
                  "pseudo_label_agreement", "kl", "step_time_s", "generation_s", "tokens_per_s"):
@@ -422,7 +429,7 @@ def test_hf_rollouts_train_and_log_the_same_metrics_as_trl_generation(tiny_model
 def test_auto_rollouts_on_cpu_take_our_sampler_for_a_llama_policy(project):
     import mlflow
 
-    report = run_train_stage(_params(), "stage1")
+    report = run_train_stage(_params(), "stage1", _paths("stage1"))
     assert report["global_step"] == 1
     assert mlflow.get_run(_stage_run_id("stage1")).data.tags["rollout_sampler"] == "hf"
 

@@ -1,16 +1,15 @@
 """One training stage end to end: plan -> data -> trainer backend -> checkpoint, MLflow metrics, report.
 
-``run_train_stage(params, "stage1" | "stage2")`` is what ``stages/train.py`` calls. Layout (all relative to the
-project root unless given):
+``run_train_stage(params, "stage1" | "stage2", paths)`` is what ``stages/train.py`` calls, with ``StagePaths`` from
+the stage's arguments: dvc.yaml's cmd names every file (relative paths are under the project root). There:
 
-* ``checkpoints/<stage>``: the finished policy (``save_pretrained``), the stage's DVC out. Stage II starts
-  from ``checkpoints/stage1``; stage I from ``model.dir`` (the ``model`` stage's out).
+* ``paths.out``: the finished policy (``save_pretrained``), the stage's DVC out (``checkpoints/<stage>``). Stage II
+  starts from ``paths.init`` (stage I's out); stage I from ``paths.policy`` (the ``model`` stage's out).
 * ``.cache/train/<stage>``: the resumable run dir (TRL ``checkpoint-N`` dirs, or OpenRLHF's DeepSpeed
   checkpoints and TensorBoard logs). It lives outside the out because DVC deletes outs before rerunning a
   stage. A fingerprint of the stage's params, data and start model is kept there; a different fingerprint
   discards the old run instead of resuming it.
-* ``reports/train_<stage>.json`` (summary) and ``reports/train_<stage>_steps.json`` (per-step rows, for
-  ``dvc plots``). A run resumed from ``checkpoint-N`` restores rows 1..N from the checkpoint's trainer state, so
+* ``paths.report`` (summary) and ``paths.steps`` (per-step rows, for ``dvc plots``). A run resumed from ``checkpoint-N`` restores rows 1..N from the checkpoint's trainer state, so
   both files equal an uninterrupted run's (wall-clock timings and peak memory aside). ``final`` is the trainer's
   own end-of-call summary (runtime, samples/s, ``train_loss``): after a resume it covers the resumed steps only.
 """
@@ -32,7 +31,7 @@ from medssr.config import Params, set_offline_env
 from medssr.errors import MedssrError
 from medssr.files import atomic_dir, write_text_atomic
 from medssr.rl import strategies
-from medssr.rl.data import RLExample, load_examples, load_prompt_template
+from medssr.rl.data import DEFAULT_PROMPT, RLExample, load_examples, load_prompt_template
 
 MODEL_KEYS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
               "intermediate_size", "architectures")
@@ -45,16 +44,17 @@ class TrainError(MedssrError, RuntimeError):
 
 @dataclass
 class StagePaths:
-    """Inputs and outputs of the training stages (defaults: the DVC layout)."""
+    """Inputs and outputs of a training stage: the arguments of its dvc.yaml cmd (``stages/train.py``), no defaults."""
 
-    synthetic: str = "data/labeled/synthetic.jsonl"
-    real: str = "data/prepared/train.jsonl"
-    prompt: str = "prompts/eval_f4.txt"
-    policy: str | None = None  # stage I start model; default params.model.dir
-    checkpoints: str = "checkpoints"
-    runs: str = ".cache/train"
-    reports: str = "reports"
-    rl_data: str = "data/rl"  # OpenRLHF prompt JSONL (shipped to the Ray cluster with the working_dir)
+    synthetic: str  # labeled synthetic questions (JSONL)
+    real: str  # real training rows (JSONL)
+    policy: str  # the model stage's out: stage I starts from it, stage II checks the checkpoint's architecture against it
+    out: str  # the checkpoint dir this stage writes
+    report: str  # the summary report (JSON)
+    steps: str  # one row per step (JSON, dvc plots)
+    rl_data: str  # OpenRLHF prompt JSONL dir, shipped to the Ray cluster with the working_dir (scratch, not a DVC out)
+    init: str | None = None  # stage II's start: stage I's out (unused by stage I)
+    runs: str = ".cache/train"  # resumable run dirs: a cache, outside the outs DVC deletes before a rerun
     root: str | None = None  # base for relative paths; default the project root
 
     def base(self) -> Path:
@@ -149,18 +149,20 @@ def prepare_run_dir(run_dir: Path, fingerprint: str) -> bool:
 
 
 def stage_input_model(params: Params, stage: str, paths: StagePaths) -> str:
-    """Stage I starts from ``model.dir`` (or ``model.policy`` for OpenRLHF hub ids); stage II from checkpoints/stage1."""
+    """Stage I starts from ``paths.policy`` (or ``model.policy`` for OpenRLHF hub ids); stage II from ``paths.init``."""
     if stage == "stage2":
-        p = paths.abs(paths.checkpoints) / "stage1"
+        if not paths.init:
+            raise TrainError("stage2 starts from the stage I checkpoint: pass its dir (the stage1 stage's out) as --init")
+        p = paths.abs(paths.init)
         if not (p / "config.json").exists():
-            raise TrainError(f"{p}: stage I checkpoint missing: run `python stages/train.py stage1` first")
+            raise TrainError(f"{p}: stage I checkpoint missing: run `dvc repro stage1` first")
         return str(p)
-    p = paths.abs(paths.policy or params.model.dir)
+    p = paths.abs(paths.policy)
     if (p / "config.json").exists():
         return str(p)
     if params.train.backend == "openrlhf" and not params.model.policy.startswith((".", "/")) and "/" in params.model.policy:
         return params.model.policy  # a hub id the cluster has cached (paper profiles)
-    raise TrainError(f"{p}: policy dir missing (model.dir): run the model stage first (`python stages/model.py`)")
+    raise TrainError(f"{p}: policy dir missing (model.dir): run the model stage first (`dvc repro model`)")
 
 
 def _section(params: Params, stage: str, plan: strategies.StagePlan) -> dict[str, Any]:
@@ -175,26 +177,25 @@ def _section(params: Params, stage: str, plan: strategies.StagePlan) -> dict[str
     return out
 
 
-def _write_reports(paths: StagePaths, stage: str, report: dict[str, Any], history: list[dict[str, Any]]) -> Path:
-    rdir = paths.abs(paths.reports)
-    rdir.mkdir(parents=True, exist_ok=True)
-    out = write_text_atomic(rdir / f"train_{stage}.json", json.dumps(report, indent=2, default=str))
-    write_text_atomic(rdir / f"train_{stage}_steps.json", json.dumps(history, indent=1, default=str))
+def _write_reports(paths: StagePaths, report: dict[str, Any], history: list[dict[str, Any]]) -> Path:
+    for p in (paths.abs(paths.report), paths.abs(paths.steps)):
+        p.parent.mkdir(parents=True, exist_ok=True)
+    out = write_text_atomic(paths.abs(paths.report), json.dumps(report, indent=2, default=str))
+    write_text_atomic(paths.abs(paths.steps), json.dumps(history, indent=1, default=str))
     return out
 
 
-def run_train_stage(params: Params, stage: str, *, paths: StagePaths | None = None, dry_run: bool = False,
+def run_train_stage(params: Params, stage: str, paths: StagePaths, *, dry_run: bool = False,
                     callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Run training stage ``stage`` ('stage1' | 'stage2') as ``params.train.strategy`` plans it; returns the report."""
     set_offline_env()
-    paths = paths or StagePaths()
     plan = strategies.stage_plan(params.train.strategy, stage)
     strategies.check_backend(params.train.strategy, params.train.backend)
     init_model = stage_input_model(params, stage, paths)
-    policy_dir = paths.abs(paths.policy or params.model.dir)
+    policy_dir = paths.abs(paths.policy)
     if stage == "stage2" and (policy_dir / "config.json").exists():
         check_compatible(init_model, policy_dir)
-    out_dir = paths.abs(paths.checkpoints) / stage
+    out_dir = paths.abs(paths.out)
     report: dict[str, Any] = {"stage": stage, "strategy": params.train.strategy, "backend": params.train.backend,
                               "data": plan.data, "reward": plan.reward, "init_model": init_model, "out": str(out_dir)}
     t0 = time.time()
@@ -210,12 +211,12 @@ def run_train_stage(params: Params, stage: str, *, paths: StagePaths | None = No
 
         with tracking.stage_run(stage, params, _section(params, stage, plan)) as mlflow:
             mlflow.set_tags({"passthrough": "true", "strategy": params.train.strategy})
-        _write_reports(paths, stage, report, [])
+        _write_reports(paths, report, [])
         print(f"[train] {stage}: pass-through ({reason}); {out_dir} links {init_model}")
         return report
 
     stage_cfg = getattr(params.train, stage)
-    template = load_prompt_template(paths.abs(paths.prompt))
+    template = load_prompt_template(paths.abs(DEFAULT_PROMPT))
     examples, stats = load_examples(plan.data, paths.abs(paths.synthetic), paths.abs(paths.real),
                                     max_samples=stage_cfg.max_samples, seed=params.train.seed)
     report["dataset"] = stats
@@ -230,7 +231,7 @@ def run_train_stage(params: Params, stage: str, *, paths: StagePaths | None = No
     history = result.pop("history", [])
     report.update(result)
     report["wall_s"] = round(time.time() - t0, 2)
-    _write_reports(paths, stage, report, history)
+    _write_reports(paths, report, history)
     s = report.get("summary", {})
     print(f"[train] {stage}: {params.train.strategy}/{plan.data}/{plan.reward} on {params.train.backend}: "
           f"{report.get('global_step')} steps, {stats['examples']} prompts, reward {s.get('reward_mean_mean', float('nan')):.3f} "
