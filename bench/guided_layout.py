@@ -53,7 +53,7 @@ def main() -> int:
     params = load_params(ROOT / "params.yaml")
     prepared = ROOT / params.data.out_dir
     if not (prepared / "seeds.jsonl").exists():
-        subprocess.run([sys.executable, str(ROOT / "stages" / "prepare.py")], cwd=ROOT, check=True)
+        subprocess.run([sys.executable, "-m", "dvc", "repro", "prepare"], cwd=ROOT, check=True)  # as dvc.yaml runs it (its cmd has the paths)
     from medssr.synth.run import load_inputs
 
     inputs = load_inputs(prepared, ROOT / params.corpus.index_dir)
