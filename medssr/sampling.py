@@ -1115,18 +1115,19 @@ def run_split(jobs: Sequence[Callable[[], Any]], split_threads: bool = True) -> 
     """Run ``jobs`` side by side, one Python thread each, and return their results in order.
 
     ``split_threads`` (CPU torch work): each job runs with ``torch.get_num_threads() // len(jobs)`` torch threads
-    (at least 1) and the caller's count is restored afterwards. On 2 cores, 2 jobs x 1 thread beat 1 x 2 threads by
-    1.5x (bench/README.md, issue #16): no OpenMP wake-up of the second thread per small kernel, and each job's tail
-    is its own. torch's count is process-wide and each new thread's OpenMP and MKL pools start from it, so it is set
+    and the caller's count is restored afterwards; with fewer threads than jobs they run one after another in the
+    caller instead (no oversubscription). On 2 cores, 2 jobs x 1 thread beat 1 x 2 threads by 1.3-1.5x
+    (bench/README.md, #16 and #16.4): no OpenMP wake-up of the second thread per small kernel, and each job's tail is
+    its own. torch's count is process-wide and each new thread's OpenMP and MKL pools start from it, so it is set
     before the threads start and again inside each one (MKL may run before torch's lazy per-thread init)."""
-    if len(jobs) <= 1:
-        return [job() for job in jobs]
-    from concurrent.futures import ThreadPoolExecutor
-
     import torch
 
     before = torch.get_num_threads()
-    per = max(1, before // len(jobs))
+    if len(jobs) <= 1 or (split_threads and before < len(jobs)):
+        return [job() for job in jobs]
+    from concurrent.futures import ThreadPoolExecutor
+
+    per = before // len(jobs)
 
     def pinned(job: Callable[[], Any]) -> Any:
         if split_threads:

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from medssr.config import SamplingCfg
 from medssr.records import append_jsonl, quarantine_path_for
@@ -135,7 +136,11 @@ def test_hf_engines_take_whole_chunks_and_give_one_engines_samples(tiny_model_di
     ref, _ = rollout(hf_sampler(tiny_model_dir), spec(chunk=chunk), qs, None, groups=groups, progress=False)
     two = two_hf_engines(tiny_model_dir)
     calls = [recording(engine) for engine in two.shards]
-    done, stats = rollout(two, spec(chunk=chunk, engines=2), qs, None, groups=groups, progress=False)
+    torch.set_num_threads(2)  # one each (with one thread in all, the engines would take turns)
+    try:
+        done, stats = rollout(two, spec(chunk=chunk, engines=2), qs, None, groups=groups, progress=False)
+    finally:
+        torch.set_num_threads(1)
     assert done == ref and (stats.sampled, stats.samples) == (5, 10)
     whole = [["q0", "q1"], ["q2", "q3"], ["q4"]] if chunk == 2 else [["q0", "q1"], ["q2", "q3", "q4"]]
     assert sorted(c for cs in calls for c in cs) == whole

@@ -415,6 +415,8 @@ def test_cpu_engines_each_run_on_their_share_of_torch_threads_and_the_count_is_r
 
 
 def test_run_split_divides_the_threads_and_restores_them_even_after_an_error():
+    import threading
+
     from medssr.sampling import run_split
 
     before = torch.get_num_threads()
@@ -424,6 +426,9 @@ def test_run_split_divides_the_threads_and_restores_them_even_after_an_error():
         assert run_split([torch.get_num_threads] * 3) == [1, 1, 1]  # at least one each
         assert run_split([torch.get_num_threads]) == [4]  # one job runs in the caller, with every thread
         assert run_split([torch.get_num_threads] * 2, split_threads=False) == [4, 4]  # e.g. vLLM engines: no torch work here
+        torch.set_num_threads(1)
+        assert run_split([threading.get_ident] * 2) == [threading.get_ident()] * 2  # fewer threads than jobs: in turn, here
+        torch.set_num_threads(4)
 
         def boom() -> int:
             raise RuntimeError("shard failed")
