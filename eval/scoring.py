@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from eval.stats import bootstrap_interval, decoding_std, discordant, mcnemar_exact, stable_seed, wilson_interval
+from medssr.metric_names import category_key, eval_prefix, flatten
 from medssr.records import CATEGORIES
 
 RARE_PREFIX = "raredis"
@@ -120,11 +121,6 @@ class Comparison:
 
 def is_rare_benchmark(name: str) -> bool:
     return name.lower().startswith(RARE_PREFIX)
-
-
-def category_key(category: str) -> str:
-    """``Related disorders`` -> ``related_disorders``: the spelling used in metric names and JSON keys."""
-    return category.lower().replace(" ", "_")
 
 
 def accuracy(correct: Sequence[bool]) -> float:
@@ -350,26 +346,10 @@ def results_json(preds_by_checkpoint: Mapping[str, Sequence[Prediction]], refere
     return {name: checkpoint_json(s, comparisons.get(name), reference) for name, s in scores.items()}
 
 
-def metric_prefix(checkpoint: str, final: bool) -> str:
-    """``eval`` for the final checkpoint, ``eval/<checkpoint>`` for the others (e.g. ``eval/base/medqa/acc``)."""
-    return "eval" if final else f"eval/{checkpoint}"
-
-
-def flatten_metrics(block: Mapping[str, Any], prefix: str) -> dict[str, float]:
-    """Nested numeric JSON -> ``{<prefix>/<key>/<key>...: value}`` (the MLflow names)."""
-    out: dict[str, float] = {}
-    for k, v in block.items():
-        if isinstance(v, Mapping):
-            out |= flatten_metrics(v, f"{prefix}/{k}")
-        elif isinstance(v, (int, float)) and not isinstance(v, bool):
-            out[f"{prefix}/{k}"] = float(v)
-    return out
-
-
 def checkpoint_metrics(score: CheckpointScore, prefix: str = "eval", comparison: Mapping[str, Any] | None = None,
                        reference: str = REFERENCE) -> dict[str, float]:
-    """MLflow metric names and values of one checkpoint: its eval.json block under ``prefix``."""
-    return flatten_metrics(checkpoint_json(score, comparison, reference), prefix)
+    """MLflow metric names and values of one checkpoint: its eval.json block under ``prefix`` (``metric_names.eval_prefix``)."""
+    return flatten(checkpoint_json(score, comparison, reference), prefix)
 
 
 def results_metrics(results: Mapping[str, Mapping[str, Any]], final: str | None = None) -> dict[str, float]:
@@ -377,7 +357,7 @@ def results_metrics(results: Mapping[str, Mapping[str, Any]], final: str | None 
     final = final if final is not None else (list(results)[-1] if results else None)
     out: dict[str, float] = {}
     for name, block in results.items():
-        out |= flatten_metrics(block, metric_prefix(name, name == final))
+        out |= flatten(block, eval_prefix(name, name == final))
     return out
 
 

@@ -246,10 +246,12 @@ def review_stats(ratings: Sequence[Rating]) -> dict[str, GroupStats]:
 
 def review_metrics(stats: dict[str, GroupStats]) -> dict[str, float]:
     """MLflow names: review/<group>/incorrect_pct, harmful_pct, plausibility_mean, plausibility_sd, n_questions, n_ratings, ..."""
+    from medssr.metric_names import review_metric
+
     m: dict[str, float] = {}
     for g, s in stats.items():
         for k in ("incorrect_pct", "harmful_pct", "plausibility_mean", "plausibility_sd", "n_questions", "n_ratings", "n_incorrect", "n_harmful"):
-            m[f"review/{g}/{k}"] = float(getattr(s, k))
+            m[review_metric(g, k)] = float(getattr(s, k))
     return m
 
 
@@ -304,11 +306,13 @@ def _default_experiment() -> str:
 
 def _log_review(metrics: dict[str, float], files: list[str], experiment: str | None) -> str:
     """A plain run in the project's experiment, tagged medssr_role=review (a review is done by people, after the pipeline)."""
+    from medssr.metric_names import CheckedMlflow
     from medssr.tracking import ensure_experiment
 
     exp_id = ensure_experiment(experiment or _default_experiment())  # also points mlflow at the project's store
-    import mlflow
+    import mlflow as mlflow_module
 
+    mlflow = CheckedMlflow(mlflow_module)  # log_metrics checks each name against the registry
     with mlflow.start_run(experiment_id=exp_id, run_name="review", tags={"medssr_role": "review", "medssr_stage": "review"}) as run:
         mlflow.log_param("review.files", ", ".join(files)[:6000])
         mlflow.log_metrics(metrics)

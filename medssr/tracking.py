@@ -1,4 +1,4 @@
-"""MLflow in one place: the store, the experiment, the pipeline parent run, stage runs and metric names.
+"""MLflow in one place: the store, the experiment, the pipeline parent run and stage runs (metric names: medssr.metric_names).
 
 Every stage of one pipeline execution nests under one parent run. The parent is found by a
 ``pipeline_key`` tag (DVC experiment name + git revision + params hash), so separate stage processes
@@ -15,7 +15,8 @@ What a researcher sees (#15.1): the experiment opens on its runs table (``mlflow
 named by what was swept (``α=0.25 · two_stage · smollm2-135m · <DVC experiment>``) and described by the params that
 differ from the committed params.yaml; it carries only ``HEADLINE_METRICS``, one name per quantity. The stage shell
 (``medssr.stage.run_stage``) opens each stage's run before the work starts (``stage_scope``), with system metrics on
-long stages, and the library's ``stage_run`` logs into that run, so a run's duration is the stage's.
+long stages, and the library's ``stage_run`` logs into that run, so a run's duration is the stage's. Both yield an
+mlflow whose ``log_metric(s)`` check each name against the registry in ``medssr.metric_names``.
 """
 
 from __future__ import annotations
@@ -31,13 +32,11 @@ from pathlib import Path
 from typing import Any
 
 from medssr.config import set_offline_env
+from medssr.metric_names import HEADLINE_METRICS, CheckedMlflow, check_names
+from medssr.metric_names import metric as metric  # re-export for stages/model.py until it imports medssr.metric_names
 from medssr.secrets import scrub_params
 
 LONG_STAGES = ("corpus", "synthesize", "label", "stage1", "stage2", "evaluate")  # these get MLflow system metrics
-# The parent run's metrics, in the order a reader wants them; anything else stays on its stage run.
-HEADLINE_METRICS = ("eval/avg", "eval/avg_ci_low", "eval/avg_ci_high", "eval/raredis/avg", "eval/raredis/avg_ci_low",
-                    "eval/raredis/avg_ci_high", "eval/vs_base/avg/diff", "synth/accepted", "synth/rare_ratio_achieved", "label/kept",
-                    "label/agreement_mean")
 HEADLINE_PARAMS = ("synth.rare_ratio", "train.strategy", "model.policy")
 VIEW_KEY = "headline"  # the runs table with the headline columns: <ui>/#/experiments/<id>/runs?viewStateShareKey=headline
 HEADLINE_VIEW = {"selectedColumns": [*(f"metrics.`{m}`" for m in HEADLINE_METRICS), *(f"params.`{p}`" for p in HEADLINE_PARAMS)],
@@ -48,19 +47,6 @@ EXPERIMENT_TAGS = {
 }
 
 STAGES = ("model", "prepare", "corpus", "synthesize", "label", "stage1", "stage2", "train", "evaluate", "report", "review")
-
-
-def metric(stage: str, name: str) -> str:
-    """The stable metric name ``<stage>/<name>`` (e.g. ``label/agreement_mean``, ``eval/medqa/acc``)."""
-    return f"{stage}/{name}"
-
-
-def eval_metric(benchmark: str, what: str = "acc") -> str:
-    return f"eval/{benchmark}/{what}"
-
-
-def raredis_metric(category: str) -> str:
-    return f"eval/raredis/{category.lower().replace(' ', '_')}/acc"
 
 
 def project_root(start: str | os.PathLike | None = None) -> Path:
@@ -252,7 +238,8 @@ _SCOPED: dict[str, str] = {}  # stage -> id of the run stage_scope holds open in
 
 @contextlib.contextmanager
 def stage_run(stage: str, params: Any, section: Mapping[str, Any] | None = None) -> Iterator[Any]:
-    """The MLflow run of one stage, nested under the pipeline parent run; yields the mlflow module.
+    """The MLflow run of one stage, nested under the pipeline parent run; yields the mlflow module, its ``log_metric(s)``
+    checking names (``metric_names.CheckedMlflow``).
 
     Inside ``stage_scope`` of the same stage (the stage shell opened it before the work) that run is reused: the
     section params are logged into it and it stays open. Otherwise a run is opened here and closed on exit.
@@ -265,12 +252,12 @@ def stage_run(stage: str, params: Any, section: Mapping[str, Any] | None = None)
     if active is not None and _SCOPED.get(stage) == active.info.run_id:
         if section:
             _log_new_params(mlflow, active.info.run_id, section)
-        yield mlflow
+        yield CheckedMlflow(mlflow)
         return
     with _open_stage_run(mlflow, stage, params) as run:
         if section:
             _log_new_params(mlflow, run.info.run_id, section)
-        yield mlflow
+        yield CheckedMlflow(mlflow)
 
 
 def _log_new_params(mlflow: Any, run_id: str, section: Mapping[str, Any]) -> None:
@@ -324,7 +311,7 @@ def stage_scope(stage: str, params: Any) -> Iterator[Any]:
     with _open_stage_run(mlflow, stage, params, system_metrics=system) as run:  # start_run's exit marks FAILED on errors
         _SCOPED[stage] = run.info.run_id
         try:
-            yield mlflow
+            yield CheckedMlflow(mlflow)
         finally:
             _SCOPED.pop(stage, None)
     # the parent's end time follows its last stage, so its Duration is the pipeline's, not the instant it was created
@@ -454,6 +441,7 @@ def log_summary_to_parent(params: Any, metrics: Mapping[str, float]) -> None:
     client = MlflowClient()
     items = [(k, float(metrics[k])) for k in HEADLINE_METRICS
              if isinstance(metrics.get(k), (int, float)) and not isinstance(metrics.get(k), bool) and metrics[k] == metrics[k]]
+    check_names(k for k, _ in items)
     for chunk in _chunks(items, 500):
         client.log_batch(parent, metrics=[mlflow.entities.Metric(k, v, _now_ms(), 0) for k, v in chunk])
 

@@ -14,14 +14,13 @@ from eval.scoring import (
     correct_matrix,
     format_table,
     invalid_rate,
-    metric_prefix,
     results_json,
     results_metrics,
     score_benchmark,
     score_checkpoint,
     score_runs,
 )
-from medssr.tracking import eval_metric, raredis_metric
+from medssr.metric_names import eval_metric, eval_prefix, raredis_metric
 
 
 def _p(qid, bench, run, correct, extracted="A", final="A", category=None):
@@ -130,13 +129,13 @@ def test_checkpoint_json_shape_for_dvc_metrics():
     assert "raredis_sub" in j
 
 
-def test_metric_names_match_tracking_helpers_and_prefix_non_final_checkpoints():
+def test_metric_names_match_the_registry_helpers_and_prefix_non_final_checkpoints():
     preds = [_p("a", "medqa", 0, True), _p("d", "raredis_sub", 0, True, category="Related disorders")]
-    final = checkpoint_metrics(score_checkpoint(preds), metric_prefix("stage2", final=True))
+    final = checkpoint_metrics(score_checkpoint(preds), eval_prefix("stage2", final=True))
     assert eval_metric("medqa", "acc") in final
     assert raredis_metric("Related disorders") in final
     assert "eval/avg" in final and "eval/raredis/avg" in final
-    base = checkpoint_metrics(score_checkpoint(preds), metric_prefix("base", final=False))
+    base = checkpoint_metrics(score_checkpoint(preds), eval_prefix("base", final=False))
     assert "eval/base/medqa/acc" in base and "eval/base/raredis/related_disorders/acc" in base and "eval/base/avg" in base
 
 

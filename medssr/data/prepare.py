@@ -58,10 +58,6 @@ def _check_not_empty(rows: list[Question], path: str | os.PathLike, key: str, al
     raise RecordError(path, None, "<file>", f"{why}; fix the file or remove it from {key}, or set data.allow_empty: true")
 
 
-def _category_metric(c: str) -> str:
-    return c.lower().replace(" ", "_")
-
-
 def run_prepare(params: Any, classifier: Callable[[Question], bool] | None = None,
                 category_classifier: Callable[[Question], str] | None = None,
                 report_path: str | os.PathLike = "reports/prepare.json", tag_scope: str | None = None,
@@ -232,7 +228,8 @@ def run_prepare(params: Any, classifier: Callable[[Question], bool] | None = Non
 
 def _log_mlflow(params: Any, summary: dict[str, Any]) -> None:
     from medssr.config import to_flat_dict
-    from medssr.tracking import metric, stage_run
+    from medssr.metric_names import metric, prepare_category_metric
+    from medssr.tracking import stage_run
 
     m = {metric("prepare", "train_rows"): summary["train_rows"], metric("prepare", "seeds"): summary["seeds"],
          metric("prepare", "raredis_sub"): summary["raredis_sub"], metric("prepare", "entities"): summary["entities"],
@@ -240,7 +237,7 @@ def _log_mlflow(params: Any, summary: dict[str, Any]) -> None:
     m.update({metric("prepare", f"train_rows/{s}"): n for s, n in summary["train_by_source"].items()})
     m.update({metric("prepare", f"leakage_removed/{s}"): n for s, n in summary["leakage_removed"].items()})
     m.update({metric("prepare", f"rare/{b}"): r["ours"] for b, r in summary["rare"].items()})
-    m.update({metric("prepare", f"raredis/{_category_metric(c)}"): n for c, n in summary["categories"].items()})
+    m.update({prepare_category_metric(c): n for c, n in summary["categories"].items()})
     section = {k: v for k, v in to_flat_dict(params).items() if k.startswith("data.") or k == "project.seed"}
     with stage_run("prepare", params, section=section) as mlflow:
         mlflow.log_metrics({k: float(v) for k, v in m.items()})

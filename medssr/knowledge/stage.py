@@ -60,7 +60,8 @@ def run_corpus(params: Params, entities_path: str | os.PathLike = "data/prepared
     }
     write_json_atomic(reports_path, report, ensure_ascii=False)
     if log_mlflow:
-        from medssr.tracking import metric, stage_run
+        from medssr.metric_names import metric
+        from medssr.tracking import stage_run
 
         section = {k: v for k, v in to_flat_dict(params).items() if k.startswith("corpus.")}
         with stage_run("corpus", params, section) as mlflow:

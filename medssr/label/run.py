@@ -128,10 +128,6 @@ def _plot(path: Path, agreements: Sequence[float], statuses: Sequence[str], g: i
     plt.close(fig)
 
 
-def _metric_key(lo: float, hi: float) -> str:
-    return f"reliability/bucket_{lo:g}_{hi:g}_acc"
-
-
 def run_label(params: Params, model_dir: str | os.PathLike, synthetic_path: str | os.PathLike, benchmarks_dir: str | os.PathLike,
               out_path: str | os.PathLike, report_path: str | os.PathLike, plot_path: str | os.PathLike, *, sampler: Any = None,
               chunk_size: int | None = None, progress: bool = True, track: bool = True,
@@ -218,7 +214,7 @@ def run_label(params: Params, model_dir: str | os.PathLike, synthetic_path: str 
 
 def label_metrics(report: dict[str, Any]) -> dict[str, float]:
     """The report's numbers under their stable MLflow names (``label/...``)."""
-    from medssr.tracking import metric
+    from medssr.metric_names import label_bucket_metric, metric
 
     m = {metric("label", k): float(report[k]) for k in ("kept", "dropped_no_valid", "dropped_ties", "dropped_low_agreement", "agreement_mean")}
     m[metric("label", "votes_per_s")] = float(report["timing"]["votes_per_s"])
@@ -230,22 +226,21 @@ def label_metrics(report: dict[str, Any]) -> dict[str, float]:
             m[metric("label", f"reliability/{name}")] = float(rel[name])
             m[metric("label", f"reliability/{name}_ci_low")], m[metric("label", f"reliability/{name}_ci_high")] = map(float, rel[f"{name}_ci"])
         for b in rel["buckets"]:
-            m[metric("label", f"reliability/bucket_{b['lo']:g}_{b['hi']:g}_n")] = float(b["n"])
+            m[label_bucket_metric(b["lo"], b["hi"], "n")] = float(b["n"])
             if b["majority_acc"] is not None:
-                m[metric("label", _metric_key(b["lo"], b["hi"]))] = float(b["majority_acc"])
+                m[label_bucket_metric(b["lo"], b["hi"], "acc")] = float(b["majority_acc"])
     return m
 
 
 def _log(params: Params, model_dir: str, report: dict[str, Any], report_path, plot_path) -> None:
-    from medssr.tracking import log_summary_to_parent, metric, stage_run
+    from medssr.tracking import log_summary_to_parent, stage_run
 
     metrics = label_metrics(report)
     with stage_run("label", params, label_section(params, model_dir)) as mlflow:
         mlflow.log_metrics(metrics)
         mlflow.log_artifact(str(report_path))
         mlflow.log_artifact(str(plot_path))
-    headline = [metric("label", "kept"), metric("label", "agreement_mean"), metric("label", "reliability/majority_acc")]
-    log_summary_to_parent(params, {k: metrics[k] for k in headline if k in metrics})
+    log_summary_to_parent(params, metrics)  # it copies the headline ones (metric_names.HEADLINE_METRICS)
 
 
 def summary_line(report: dict[str, Any]) -> str:

@@ -1,4 +1,4 @@
-"""Per-step training metrics under stable MLflow names ``train/<stage>/<name>``, collapse signals included.
+"""Per-step training metrics under stable MLflow names ``train/<stage>/<name>`` (medssr.metric_names), collapse signals included.
 
 TRL logs its own keys (``reward``, ``kl``, ``completions/mean_length`` ...); the reward wrapper in
 ``trl_backend`` adds group statistics of the extracted answers through TRL's ``log_metric`` hook under
@@ -20,6 +20,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from transformers import TrainerCallback
+
+from medssr.metric_names import check_names, train_metric
 
 OWN_PREFIX = "medssr/"  # keys our reward wrapper logs through TRL's log_metric
 
@@ -95,11 +97,8 @@ def peak_memory_mb() -> dict[str, float]:
     return out
 
 
-def metric_name(stage: str, name: str) -> str:
-    """``train/<stage>/<name>``, through tracking.metric so tracking.py stays the one place that names metrics."""
-    from medssr.tracking import metric
-
-    return metric(f"train/{stage}", name)
+# re-export for medssr/rl/run.py until it imports train_metric from medssr.metric_names
+metric_name = train_metric
 
 
 def history_row(step: int, logs: Mapping[str, Any]) -> dict[str, float]:
@@ -143,13 +142,14 @@ class MLflowStepCallback(TrainerCallback):
             return
         self.history.append(row)
         if self.mlflow is not None:
-            self.mlflow.log_metrics({metric_name(self.stage, k): v for k, v in row.items() if k != "step"}, step=row["step"])
+            self.mlflow.log_metrics({train_metric(self.stage, k): v for k, v in row.items() if k != "step"}, step=row["step"])
 
     def _log_rows(self, rows: Sequence[Mapping[str, float]]) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        metrics = [Metric(metric_name(self.stage, k), v, now, int(r["step"])) for r in rows for k, v in r.items() if k != "step"]
+        metrics = [Metric(train_metric(self.stage, k), v, now, int(r["step"])) for r in rows for k, v in r.items() if k != "step"]
+        check_names({m.key for m in metrics})
         run_id = self.mlflow.active_run().info.run_id
         client = self.mlflow.MlflowClient()
         for i in range(0, len(metrics), 1000):  # MLflow's limit per batch

@@ -315,11 +315,11 @@ def tensorboard_history(series: Mapping[str, Mapping[int, float]], samples_per_s
 
 def tensorboard_to_mlflow(tb_dir: str | os.PathLike, stage: str, mlflow: Any | None, samples_per_step: int | None = None) -> list[dict[str, float]]:
     """Copy OpenRLHF's TensorBoard scalars into the active MLflow run as ``train/<stage>/<name>``; returns the rows."""
-    from medssr.rl.callbacks import metric_name
+    from medssr.metric_names import train_metric
 
     history = tensorboard_history(read_tensorboard(tb_dir), samples_per_step)
     if mlflow is not None:
         for row in history:
             step = int(row["step"])
-            mlflow.log_metrics({metric_name(stage, k): v for k, v in row.items() if k != "step"}, step=step)
+            mlflow.log_metrics({train_metric(stage, k): v for k, v in row.items() if k != "step"}, step=step)
     return history

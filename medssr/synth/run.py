@@ -377,7 +377,8 @@ def _to_question(a: Attempt, pq: ParsedQuestion, fin: _Finished, seeds: Sequence
 
 def log_to_mlflow(params: Params, report: Mapping[str, Any]) -> None:
     """Stage metrics under the stable ``synth/...`` names, plus the report as an artifact."""
-    from medssr.tracking import log_summary_to_parent, metric, stage_run
+    from medssr.metric_names import metric
+    from medssr.tracking import log_summary_to_parent, stage_run
 
     metrics = {
         metric("synth", "accepted"): report["accepted"],
@@ -400,8 +401,7 @@ def log_to_mlflow(params: Params, report: Mapping[str, Any]) -> None:
     with stage_run("synthesize", params, synth_section(params)) as mlflow:
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
         mlflow.log_dict(dict(report), "synth_report.json")
-    log_summary_to_parent(params, {k: metrics[k] for k in (metric("synth", "accepted"), metric("synth", "rare_ratio_achieved"),
-                                                           metric("synth", "cost_usd"))})
+    log_summary_to_parent(params, metrics)  # it copies the headline ones (metric_names.HEADLINE_METRICS)
 
 
 def default_retriever(params: Params) -> Retriever:
