@@ -42,7 +42,8 @@ def test_two_value_sweep_lands_side_by_side_in_dvc_and_the_mlflow_server(tmp_pat
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "true", "HF_HUB_OFFLINE": "1",
            "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "OMP_WAIT_POLICY": "PASSIVE",
            "MEDSSR_MODEL_CACHE": str(ROOT / ".cache" / "models"), "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@localhost",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@localhost"}
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@localhost",
+           "MEDSSR_STRICT_METRICS": "1"}  # a stage that logs a metric name medssr.metric_names lacks fails
     env.pop("PYTEST_CURRENT_TEST", None)
     _run([BIN / "medssr", "profile", "apply", "micro"], repo, env)
     _run(["git", "init", "-q"], repo, env)
@@ -108,6 +109,12 @@ def test_two_value_sweep_lands_side_by_side_in_dvc_and_the_mlflow_server(tmp_pat
         for alpha, (name, metrics) in evaluated.items():
             assert name.startswith(f"α={float(alpha):g} · supervised · tiny-random-llama · "), name
             assert {"eval/avg", "eval/raredis/avg", "synth/accepted"} <= set(metrics) <= set(HEADLINE_METRICS)
+        # every name a researcher finds in the store, on any run of either pipeline, is in the registry (#14)
+        from medssr import metric_names
+
+        logged = metric_names.logged_names(f"sqlite:///{tmp_path}/mlflow.db")
+        assert {"model/size_mb", "train/stage2/reward_mean", "train/stage2/global_step", "eval/base/medqa/acc"} <= logged
+        assert metric_names.unregistered(logged) == []
         if os.environ.get("MEDSSR_SWEEP_KEEP"):
             keep = Path(os.environ["MEDSSR_SWEEP_KEEP"])
             keep.mkdir(parents=True, exist_ok=True)
