@@ -198,6 +198,9 @@ def test_a_grpo_run_trains_the_same_weights_with_and_without_grouping(tiny_model
     assert (plain_calls, grouped_calls) == (0, 4)  # per step: the reference's and the policy's log-probs, both grouped
     initial = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
     moved = max((theirs[k] - initial[k]).abs().max() for k in theirs)
-    assert moved > 1e-4  # the run changed the weights, so equal weights say something
+    assert moved > 1e-3  # two Adam steps at lr 1e-3 moved the weights, so equal weights say something
+    # Adam divides by sqrt(v): a rounding difference in a near-zero gradient entry can move that weight by up to lr, so
+    # the check is per tensor, relative to how far it moved (measured: <= 7e-5), plus a loose bound on any one weight
     for k, t in theirs.items():
-        assert (ours[k] - t).abs().max() <= 1e-5 * max(1.0, float(t.abs().max())), k
+        assert (ours[k] - t).norm() <= 1e-3 * (t - initial[k]).norm() + 1e-7, k
+        assert (ours[k] - t).abs().max() <= 5e-5, k
