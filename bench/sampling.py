@@ -82,23 +82,25 @@ def worker(args: argparse.Namespace) -> dict:
     set_offline_env()
     torch.set_num_threads(args.threads)
     from medssr.config import SamplingCfg
-    from medssr.sampling import HFSampler, make_sampler
+    from medssr.sampling import HFSampler, make_sampler, resolve_sampling_dtype
 
     qs, prompts = _questions(args.questions)
-    out: dict = {"variant": args.worker, "threads": args.threads}
+    backend = "vllm" if args.worker == "vllm" else "hf"
+    dtype = resolve_sampling_dtype(SamplingCfg(backend=backend, dtype=args.dtype), "float32")  # as the stages resolve it
+    out: dict = {"variant": args.worker, "threads": args.threads, "dtype": dtype}
     if args.worker == "vllm":
         t0 = time.perf_counter()
-        sampler = make_sampler(_model_dir(args.model), backend="vllm", dtype=args.dtype, batch_size=args.vllm_batch_size, seed=args.seed,
-                               sampling=SamplingCfg(max_new_tokens=args.max_new_tokens))
+        sampler = make_sampler(_model_dir(args.model), backend="vllm", dtype=dtype, batch_size=args.vllm_batch_size, seed=args.seed,
+                               sampling=SamplingCfg(backend="vllm", max_new_tokens=args.max_new_tokens, dtype=dtype))
         out.update(engine_start_s=sampler.info["start_s"], ready_s=time.perf_counter() - t0)
     else:
         bs = args.generic_batch_size if args.worker == "ours_generic" and args.generic_batch_size else args.batch_size
         if args.engines > 1 and args.worker != "naive":  # sampling.engines: samplers side by side on prompt slices; the sampler
             # splits torch's threads between them while it samples (medssr.sampling.run_split), as the pipeline does
-            sampler = make_sampler(_model_dir(args.model), dtype=args.dtype, batch_size=bs, seed=args.seed,
-                                   sampling=SamplingCfg(engines=args.engines))
+            sampler = make_sampler(_model_dir(args.model), dtype=dtype, batch_size=bs, seed=args.seed,
+                                   sampling=SamplingCfg(engines=args.engines, dtype=dtype))
         else:
-            sampler = HFSampler(_model_dir(args.model), dtype=args.dtype, batch_size=bs, seed=args.seed)
+            sampler = HFSampler(_model_dir(args.model), dtype=dtype, batch_size=bs, seed=args.seed)
         shards = getattr(sampler, "shards", [sampler])
         out["fast_path"] = shards[0].decoder is not None and args.worker != "ours_generic"
         for s in shards:
@@ -155,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--g", type=int, default=8, help="votes per question for our sampler")
     ap.add_argument("--naive-n", type=int, default=2, help="samples per question for the naive loop")
     ap.add_argument("--naive-questions", type=int, default=8, help="questions for the naive loop (the first ones)")
-    ap.add_argument("--dtype", default="float32", help="model dtype for ours and vllm (float32 or bfloat16)")
+    ap.add_argument("--dtype", default="float32", choices=("auto", "float32", "bfloat16", "float16"),
+                    help="sampling dtype for ours and vllm (sampling.dtype; auto: bfloat16 where this machine runs it faster)")
     ap.add_argument("--max-new-tokens", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--generic-batch-size", type=int, default=0, help="batch for ours_generic (default --batch-size)")

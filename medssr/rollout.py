@@ -31,7 +31,7 @@ from typing import Any
 
 from medssr.config import SamplingCfg
 from medssr.records import append_jsonl, read_partial_jsonl
-from medssr.sampling import Completion
+from medssr.sampling import Completion, resolve_sampling_dtype
 
 DEFAULT_CHUNK = 32  # questions per vLLM chunk at least: short enough that a kill loses little, long enough to fill the engine
 
@@ -70,23 +70,34 @@ class RolloutSpec:
     k: int
     seed: int
     weights: str = ""  # medssr.models.weights_fingerprint: the weights by content, not by path or mtime
-    dtype: str = "float32"
+    dtype: str = "float32"  # model.dtype; the samples are decided by sampling_dtype (sampling.dtype resolved against it)
     template: str = ""  # hash of the prompt template the questions are rendered with
     chat_template: bool = True  # whether the sampler wraps the prompt in the model's chat template
     chunk: int | None = None
+
+    @property
+    def sampling_dtype(self) -> str:
+        """The dtype the samples are computed in (``medssr.sampling.resolve_sampling_dtype``, as ``make_sampler``)."""
+        return resolve_sampling_dtype(self.sampling, self.dtype)
 
     def fingerprint(self) -> str:
         """Changes whenever a saved sample could differ. The batch composition counts only where it moves the floats
         (hf): batch rows and the questions of one call, which runs whole on one engine (``rollout``), so a resume on
         another number of engines keeps the samples. (The names below are those of the per-engine share
-        before #16.4, when an hf call was split between the engines: progress files of one engine stay valid.)"""
+        before #16.4, when an hf call was split between the engines: progress files of one engine stay valid.)
+        The dtype is the resolved sampling dtype (``sampling.dtype: auto`` differs by machine), under the key that
+        held model.dtype before sampling.dtype existed, so float32 progress files of then are still resumed; model.dtype
+        joins it only where the two differ (it does not move the samples: a conservative split that costs a resample
+        only when model.dtype changes)."""
         s = self.sampling
-        decoding = {k: v for k, v in dataclasses.asdict(s).items() if k not in (*SCALE_KNOBS, "n", "batch_size")}
+        decoding = {k: v for k, v in dataclasses.asdict(s).items() if k not in (*SCALE_KNOBS, "n", "batch_size", "dtype")}
         composition = None
         if composition_matters(s):
             composition = {"batch_size": s.batch_size, "per_engine": "group/1" if self.chunk is None else self.chunk}
-        blob = json.dumps({"weights": self.weights, "dtype": self.dtype, "decoding": decoding, "k": self.k, "seed": self.seed,
-                           "template": self.template, "chat_template": self.chat_template, "composition": composition},
+        dtype = self.sampling_dtype
+        blob = json.dumps({"weights": self.weights, "dtype": dtype, "decoding": decoding, "k": self.k, "seed": self.seed,
+                           "template": self.template, "chat_template": self.chat_template, "composition": composition,
+                           **({"model_dtype": self.dtype} if self.dtype != dtype else {})},
                           sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -29,6 +29,12 @@ the results in order (``ShardedSampler``); with GPUs each vLLM engine gets its o
 hf engines share one copy of the weights and, on CPU, split torch's threads between them (``run_split``: 2 engines
 x 1 thread beat 1 x 2 threads on a 2-core machine).
 
+Both backends compute in ``sampling.dtype`` (``resolve_sampling_dtype``, the one place it is decided): ``auto`` is
+bfloat16 where the hardware runs it faster than a float32 ``model.dtype`` (a CPU with AMX-BF16: ~3x fp32 per thread for
+matmuls; a CUDA GPU with bf16), else ``model.dtype``; the hf backend casts the weights on load, a trainer's own model
+(``HFSampler(model=...)``) is sampled in its dtype. The fast path rounds like transformers' forward in that dtype:
+norms in float32, flash attention accumulating in float32, the two attention parts merged in float32.
+
 Prompts that are plain strings become one user message wrapped in the policy's own chat template (or the
 documented fallback template of ``medssr.models`` when the tokenizer has none); callers build the F.4 / voting
 prompt text themselves.
@@ -36,6 +42,7 @@ prompt text themselves.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -185,6 +192,74 @@ def render_prompt(tok, prompt: Prompt, chat_template: bool = True) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# the sampler's compute dtype (``sampling.dtype``): bfloat16 where the hardware runs it faster, training untouched
+
+
+def _proc_cpu_flags() -> frozenset[str] | None:
+    """The CPU feature flags the Linux kernel reports (it lists AMX only where it enables it), None where unreadable."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.partition(":")[2].split())
+    return None
+
+
+@functools.cache
+def cpu_bf16_is_fast() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices on AMX tiles (Sapphire Rapids and later: ~3x fp32 per thread).
+
+    Without AMX, bfloat16 matmuls on CPU are emulated or run on AVX512-BF16 dot products, at or below fp32 speed. Both
+    torch's own check (CPUID, through oneDNN's cpuinfo) and, where readable, the kernel's flags (is AMX enabled for
+    processes) must say so; oneDNN must be built in, since it is what runs bfloat16 ``F.linear``."""
+    import torch
+
+    if not torch.backends.mkldnn.is_available():
+        return False
+    flags = _proc_cpu_flags()
+    if flags is not None and not {"amx_tile", "amx_bf16"} <= flags:
+        return False
+    torch_check = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private, present since torch 2.3
+    return bool(torch_check()) if torch_check is not None else flags is not None
+
+
+@functools.cache
+def cuda_bf16_is_fast() -> bool:
+    """Whether every visible GPU has bfloat16 tensor cores (compute capability >= 8.0: Ampere and later).
+
+    Asked of torch where it sees CUDA, else of nvidia-smi (the vLLM engine runs in its own env; ours may be CPU-only)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return all(torch.cuda.get_device_capability(i) >= (8, 0) for i in range(torch.cuda.device_count()))
+    ids = _visible_gpus()
+    if not ids or not shutil.which("nvidia-smi"):
+        return False
+    out = subprocess.run(["nvidia-smi", "--query-gpu=index,compute_cap", "--format=csv,noheader"], capture_output=True, text=True)
+    caps = dict(line.replace(" ", "").split(",", 1) for line in out.stdout.splitlines() if "," in line)
+    try:
+        return all(float(caps[i]) >= 8.0 for i in ids)
+    except (KeyError, ValueError):
+        return False
+
+
+def resolve_sampling_dtype(sampling: SamplingCfg | None, model_dtype: str) -> str:
+    """The dtype a sampler computes in: ``sampling.dtype``, or for ``auto`` bfloat16 where a float32 ``model.dtype``
+    would run slower on this hardware (hf: always CPU; vLLM: its GPUs where visible, else CPU), else ``model.dtype``.
+
+    The one place the choice is made: ``make_sampler`` loads the weights in it and ``RolloutSpec`` fingerprints it."""
+    want = sampling.dtype if sampling is not None else model_dtype
+    if want != "auto":
+        return want
+    if model_dtype != "float32":
+        return model_dtype  # already half precision: auto never widens it, nor swaps float16 for bfloat16
+    on_gpu = sampling.backend == "vllm" and bool(_visible_gpus())  # type: ignore[union-attr]
+    return "bfloat16" if (cuda_bf16_is_fast() if on_gpu else cpu_bf16_is_fast()) else model_dtype
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # hf backend
 
 
@@ -264,6 +339,7 @@ class HFSampler:
         self.model, self.tok = model, tok
         self.family = model_family(self.model_dir)
         self.device = next(model.parameters()).device
+        self.dtype = str(next(model.parameters()).dtype).removeprefix("torch.")  # what it computes in (a given model's own)
         eos = {tok.eos_token_id}
         gc_eos = getattr(model.generation_config, "eos_token_id", None)
         eos |= set(gc_eos) if isinstance(gc_eos, (list, tuple)) else {gc_eos}
@@ -785,8 +861,11 @@ class _SharedKV:
         o1 = o1.view(G, KH, self.width, R, D).transpose(1, 2).reshape(G * self.width, KH, R, D).index_select(0, self.slot)
         l1 = l1.view(G, KH, self.width, R).transpose(1, 2).reshape(G * self.width, KH, R).index_select(0, self.slot)
         # the two partial softmaxes merged: weight of the prompt part = exp(l1) / (exp(l1) + exp(l2)) = sigmoid(l1 - l2)
-        w1 = torch.sigmoid(l1 - l2).unsqueeze(-1).to(q.dtype)  # lse is float32 even for bf16 queries
-        return torch.addcmul(o2, o1 - o2, w1)
+        w1 = torch.sigmoid(l1 - l2).unsqueeze(-1)  # lse is float32 even for bf16 queries
+        if q.dtype == torch.float32:
+            return torch.addcmul(o2, o1 - o2, w1)
+        # half precision: merge in float32 and round once, as one attention call over the whole sequence would
+        return torch.addcmul(o2.float(), o1.float() - o2.float(), w1).to(q.dtype)
 
 
 class _SharedRun(_Run):
@@ -973,6 +1052,7 @@ class VLLMSampler:
         self.chat_template = chat_template
         self.tok = load_tokenizer(self.model_dir)
         self.engine = engine_kwargs(self.model_dir, sampling or SamplingCfg(), dtype, batch_size, seed)
+        self.dtype = dtype
         self.max_model_len = int(self.engine["max_model_len"])
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(_REPO), os.environ.get("PYTHONPATH")])))
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", KV_CACHE_GIB_CPU)
@@ -1156,6 +1236,7 @@ class ShardedSampler:
             raise ValueError("ShardedSampler needs at least one sampler")
         self.shards = list(shards)
         self.model_dir, self.family = shards[0].model_dir, shards[0].family
+        self.dtype = getattr(shards[0], "dtype", None)
         self.last_stats = SampleStats()
 
     def render(self, prompt: Prompt) -> str:
@@ -1243,15 +1324,26 @@ class ShardedSampler:
         return [c for _, res in parts for c in res]
 
 
-def _engine_devices(engines: int, tp: int) -> list[list[str]] | None:
-    """GPU ids per engine (``tp`` each) from CUDA_VISIBLE_DEVICES or nvidia-smi; None without GPUs (CPU engines)."""
+def _visible_gpus() -> tuple[str, ...] | None:
+    """GPU ids from CUDA_VISIBLE_DEVICES or nvidia-smi; None where neither exists (CPU machines)."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
-        ids = [d for d in visible.split(",") if d.strip()]
-    elif shutil.which("nvidia-smi"):
-        out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True, text=True)
-        ids = out.stdout.split()
-    else:
+        return tuple(d.strip() for d in visible.split(",") if d.strip())
+    return _nvidia_smi_gpus()
+
+
+@functools.cache
+def _nvidia_smi_gpus() -> tuple[str, ...] | None:
+    if not shutil.which("nvidia-smi"):
+        return None
+    out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True, text=True)
+    return tuple(out.stdout.split())
+
+
+def _engine_devices(engines: int, tp: int) -> list[list[str]] | None:
+    """GPU ids per engine (``tp`` each) from CUDA_VISIBLE_DEVICES or nvidia-smi; None without GPUs (CPU engines)."""
+    ids = _visible_gpus()
+    if ids is None:
         return None
     if len(ids) < engines * tp:
         raise ValueError(f"sampling.engines {engines} x tensor_parallel_size {tp} needs {engines * tp} GPUs, {len(ids)} visible")
@@ -1262,10 +1354,12 @@ def make_sampler(model_dir: str, backend: str = "hf", dtype: str = "float32", ba
                  chat_template: bool = True, sampling: SamplingCfg | None = None) -> Sampler:
     """The sampler for ``sampling.backend``: 'hf' (transformers, CPU default) or 'vllm' (engine in .venv-vllm).
 
-    ``sampling`` brings the scale knobs (engines, and vLLM's tensor_parallel_size, max_model_len, prefix caching,
-    gpu_memory_utilization); without it one engine with their defaults."""
+    ``dtype`` is ``model.dtype``; the sampler computes in ``resolve_sampling_dtype(sampling, dtype)`` (``sampling.dtype``,
+    auto: bfloat16 where the hardware runs it faster). ``sampling`` also brings the scale knobs (engines, and vLLM's
+    tensor_parallel_size, max_model_len, prefix caching, gpu_memory_utilization); without it one engine in ``dtype``."""
     if backend not in ("hf", "vllm"):
         raise ValueError(f"sampling.backend: expected 'hf' or 'vllm', got {backend!r}")
+    dtype = resolve_sampling_dtype(sampling, dtype)
     engines = sampling.engines if sampling is not None else 1
     if backend == "hf":
         first = HFSampler(model_dir, dtype=dtype, batch_size=batch_size, seed=seed, chat_template=chat_template)

@@ -92,7 +92,7 @@ def items(n: int) -> list[Item]:
 
 
 def spec(backend: str = "hf", chunk: int | None = 2, k: int = 2, **sampling) -> RolloutSpec:
-    s = SamplingCfg(backend=backend, n=k, temperature=1.0, max_new_tokens=5, batch_size=4, **sampling)
+    s = SamplingCfg(backend=backend, n=k, temperature=1.0, max_new_tokens=5, batch_size=4, **{"dtype": "float32", **sampling})
     return RolloutSpec(s, k, seed=0, weights="w", template="t", chunk=chunk)
 
 
@@ -123,7 +123,7 @@ def test_a_run_stopped_mid_chunk_resumes_to_exactly_the_uninterrupted_samples(ti
 def two_hf_engines(model_dir: Path):
     from medssr.sampling import make_sampler
 
-    s = make_sampler(str(model_dir), batch_size=4, seed=0, sampling=SamplingCfg(engines=2))
+    s = make_sampler(str(model_dir), batch_size=4, seed=0, sampling=SamplingCfg(engines=2, dtype="float32"))
     for engine in s.shards:
         composition_sensitive(engine)
     return s
@@ -315,12 +315,14 @@ def test_vllm_chunk_is_two_batches_of_sequences_and_its_fingerprint_ignores_batc
     assert RolloutSpec(v, 8, 0, chunk=None).fingerprint() == base
 
 
-@pytest.mark.parametrize("change", ["weights", "dtype", "template", "chat_template", "k", "seed", "temperature", "top_p", "top_k",
-                                    "max_new_tokens", "stop_at_answer", "backend", "hf_batch_size"])
+@pytest.mark.parametrize("change", ["weights", "dtype", "model_dtype", "template", "chat_template", "k", "seed", "temperature",
+                                    "top_p", "top_k", "max_new_tokens", "stop_at_answer", "backend", "hf_batch_size"])
 def test_fingerprint_changes_with_everything_that_decides_a_sample(change):
-    s = SamplingCfg(batch_size=32)
+    s = SamplingCfg(batch_size=32, dtype="float32")
     base = RolloutSpec(s, 4, 0, weights="w", dtype="float32", template="t", chat_template=True, chunk=8)
-    changed = {"weights": dataclasses.replace(base, weights="w2"), "dtype": dataclasses.replace(base, dtype="bfloat16"),
+    changed = {"weights": dataclasses.replace(base, weights="w2"),
+               "dtype": dataclasses.replace(base, sampling=dataclasses.replace(s, dtype="bfloat16")),
+               "model_dtype": dataclasses.replace(base, dtype="bfloat16"),  # conservative: it does not move the samples
                "template": dataclasses.replace(base, template="t2"), "chat_template": dataclasses.replace(base, chat_template=False),
                "k": dataclasses.replace(base, k=5), "seed": dataclasses.replace(base, seed=1),
                **{f: dataclasses.replace(base, sampling=dataclasses.replace(s, **{f: v}))
@@ -328,3 +330,36 @@ def test_fingerprint_changes_with_everything_that_decides_a_sample(change):
                                ("stop_at_answer", False), ("backend", "vllm"))},
                "hf_batch_size": dataclasses.replace(base, sampling=dataclasses.replace(s, batch_size=16))}[change]
     assert changed.fingerprint() != base.fingerprint()
+
+
+# --- the sampling dtype ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bf16_fast", [True, False], ids=["amx", "no-amx"])
+def test_auto_dtype_enters_the_fingerprint_as_this_machine_resolves_it(monkeypatch, bf16_fast):
+    """A progress file is keyed by the dtype its samples were computed in, not by the word 'auto'."""
+    import medssr.sampling
+
+    monkeypatch.setattr(medssr.sampling, "cpu_bf16_is_fast", lambda: bf16_fast)
+    s = SamplingCfg(batch_size=32)
+    auto = RolloutSpec(s, 4, 0, weights="w", dtype="float32", chunk=8)
+    explicit = dataclasses.replace(auto, sampling=dataclasses.replace(s, dtype="bfloat16" if bf16_fast else "float32"))
+    assert auto.sampling_dtype == ("bfloat16" if bf16_fast else "float32")
+    assert auto.fingerprint() == explicit.fingerprint()
+
+
+def test_a_float32_progress_file_is_not_resumed_into_a_bfloat16_run(tiny_model_dir, tmp_path, monkeypatch):
+    import medssr.sampling
+
+    qs, prog = items(3), tmp_path / "p.jsonl"
+    monkeypatch.setattr(medssr.sampling, "cpu_bf16_is_fast", lambda: False)
+    _, first = rollout(hf_sampler(tiny_model_dir), spec(chunk=2, dtype="auto"), qs, prog, progress=False)
+    monkeypatch.setattr(medssr.sampling, "cpu_bf16_is_fast", lambda: True)  # the same params on an AMX machine
+    _, again = rollout(hf_sampler(tiny_model_dir), spec(chunk=2, dtype="auto"), qs, prog, progress=False)
+    assert (first.sampled, again.resumed, again.sampled) == (3, 0, 3)
+
+
+def test_float32_fingerprints_are_those_from_before_sampling_dtype_existed():
+    """Progress files and eval caches written before sampling.dtype (model.dtype float32) are still resumed."""
+    spec32 = RolloutSpec(SamplingCfg(batch_size=32, dtype="float32"), 4, 0, weights="w", dtype="float32", template="t", chunk=8)
+    assert spec32.fingerprint() == "fe1861bc266c1a12"  # RolloutSpec(SamplingCfg(batch_size=32), ...) at c6c517c

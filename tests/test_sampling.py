@@ -351,7 +351,7 @@ def test_vllm_backend_without_its_env_says_how_to_make_it(tiny_model_dir, tmp_pa
 def test_two_hf_engines_split_the_prompts_and_give_one_engines_samples(tiny_model_dir):
     """batch_size 1 makes every row's batch composition the same either way, so the samples are bit-identical."""
     one = make_sampler(str(tiny_model_dir), batch_size=1, seed=3)
-    two = make_sampler(str(tiny_model_dir), batch_size=1, seed=3, sampling=SamplingCfg(engines=2))
+    two = make_sampler(str(tiny_model_dir), batch_size=1, seed=3, sampling=SamplingCfg(engines=2, dtype="float32"))
     assert isinstance(two, ShardedSampler) and len(two.shards) == 2
     assert two.shards[0].model is two.shards[1].model and two.shards[0].tok is not two.shards[1].tok  # one copy of the weights
     prompts = PROMPTS + ["Define anemia."]
@@ -369,7 +369,7 @@ def test_two_hf_engines_split_the_prompts_and_give_one_engines_samples(tiny_mode
 def test_two_hf_engines_give_their_slices_samples_run_one_by_one_and_repeat_exactly(tiny_model_dir):
     """batch_size 4 lets the rows of a slice share batches (so the composition moves the floats): each engine must
     sample exactly its contiguous slice, seeded per row, and two runs must be byte-identical."""
-    two = make_sampler(str(tiny_model_dir), batch_size=4, seed=5, sampling=SamplingCfg(engines=2))
+    two = make_sampler(str(tiny_model_dir), batch_size=4, seed=5, sampling=SamplingCfg(engines=2, dtype="float32"))
     one = HFSampler(str(tiny_model_dir), batch_size=4, seed=5)
     prompts = PROMPTS + ["Define anemia.", "Name a rare disease of the liver."]
     keys = [f"q{i}" for i in range(5)]
@@ -399,7 +399,7 @@ def _thread_log(sampler: ShardedSampler) -> list[tuple[int, int]]:
 
 
 def test_cpu_engines_each_run_on_their_share_of_torch_threads_and_the_count_is_restored(tiny_model_dir):
-    two = make_sampler(str(tiny_model_dir), batch_size=4, sampling=SamplingCfg(engines=2))
+    two = make_sampler(str(tiny_model_dir), batch_size=4, sampling=SamplingCfg(engines=2, dtype="float32"))
     log = _thread_log(two)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
@@ -443,6 +443,135 @@ def test_run_split_divides_the_threads_and_restores_them_even_after_an_error():
 def test_unknown_backend_is_an_error_naming_the_param(tiny_model_dir):
     with pytest.raises(ValueError, match="sampling.backend"):
         make_sampler(str(tiny_model_dir), backend="tgi")
+
+
+# --- the sampling dtype (sampling.dtype) ---------------------------------------------------------------------------
+
+
+def _bf16_fast(monkeypatch, cpu: bool, cuda: bool = False) -> None:
+    import medssr.sampling
+
+    monkeypatch.setattr(medssr.sampling, "cpu_bf16_is_fast", lambda: cpu)
+    monkeypatch.setattr(medssr.sampling, "cuda_bf16_is_fast", lambda: cuda)
+
+
+@pytest.mark.parametrize("amx", [True, False], ids=["amx", "no-amx"])
+def test_auto_dtype_is_bfloat16_only_where_the_cpu_runs_it_faster(monkeypatch, amx):
+    from medssr.sampling import resolve_sampling_dtype
+
+    _bf16_fast(monkeypatch, cpu=amx)
+    assert resolve_sampling_dtype(SamplingCfg(), "float32") == ("bfloat16" if amx else "float32")
+    assert resolve_sampling_dtype(SamplingCfg(), "bfloat16") == "bfloat16"
+    assert resolve_sampling_dtype(SamplingCfg(), "float16") == "float16"  # auto never swaps one half precision for another
+    for explicit in ("float32", "bfloat16", "float16"):
+        assert resolve_sampling_dtype(SamplingCfg(dtype=explicit), "float32") == explicit
+    assert resolve_sampling_dtype(None, "float32") == "float32"  # no sampling config: model.dtype
+
+
+@pytest.mark.parametrize("cuda", [True, False], ids=["ampere", "pre-ampere"])
+def test_auto_dtype_of_vllm_engines_on_gpus_follows_the_gpus(monkeypatch, cuda):
+    from medssr.sampling import resolve_sampling_dtype
+
+    _bf16_fast(monkeypatch, cpu=not cuda, cuda=cuda)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    assert resolve_sampling_dtype(SamplingCfg(backend="vllm"), "float32") == ("bfloat16" if cuda else "float32")
+    assert resolve_sampling_dtype(SamplingCfg(backend="hf"), "float32") == ("float32" if cuda else "bfloat16")  # hf: CPU
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no GPU visible: a vLLM-CPU engine
+    assert resolve_sampling_dtype(SamplingCfg(backend="vllm"), "float32") == ("float32" if cuda else "bfloat16")
+
+
+@pytest.mark.parametrize(("flags", "torch_says", "fast"), [
+    ({"avx512f", "amx_tile", "amx_bf16"}, True, True),
+    ({"avx512f", "avx512_bf16"}, True, False),  # CPUID has AMX but the kernel does not enable it (or only AVX512-BF16)
+    ({"avx512f", "amx_tile", "amx_bf16"}, False, False),
+    (None, True, True),  # no /proc/cpuinfo (not Linux): torch's check alone
+], ids=["amx", "kernel-without-amx", "torch-without-amx", "no-proc"])
+def test_cpu_bf16_check_wants_amx_from_both_the_kernel_and_torch(monkeypatch, flags, torch_says, fast):
+    import medssr.sampling
+
+    monkeypatch.setattr(medssr.sampling, "_proc_cpu_flags", lambda: None if flags is None else frozenset(flags))
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: torch_says, raising=False)
+    assert medssr.sampling.cpu_bf16_is_fast.__wrapped__() is fast
+
+
+@pytest.mark.parametrize("amx", [True, False], ids=["amx", "no-amx"])
+def test_make_sampler_loads_the_weights_in_the_resolved_dtype(tiny_model_dir, monkeypatch, amx):
+    _bf16_fast(monkeypatch, cpu=amx)
+    want = torch.bfloat16 if amx else torch.float32
+    two = make_sampler(str(tiny_model_dir), dtype="float32", batch_size=4, sampling=SamplingCfg(engines=2))
+    assert two.dtype == str(want).removeprefix("torch.") and all(s.dtype == two.dtype for s in two.shards)
+    assert {p.dtype for p in two.shards[0].model.parameters()} == {want}
+    assert make_sampler(str(tiny_model_dir), dtype="float32").dtype == "float32"  # no sampling config: model.dtype
+
+
+def test_vllm_engines_get_the_resolved_dtype(tiny_model_dir, monkeypatch):
+    import medssr.sampling
+
+    _bf16_fast(monkeypatch, cpu=True)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    got: list[str] = []
+
+    class Engine:
+        def __init__(self, model_dir, dtype, **kw):
+            got.append(dtype)
+
+        def wait_ready(self):
+            return {}
+
+    monkeypatch.setattr(medssr.sampling, "VLLMSampler", Engine)
+    make_sampler(str(tiny_model_dir), backend="vllm", dtype="float32", sampling=SamplingCfg(backend="vllm"))
+    make_sampler(str(tiny_model_dir), backend="vllm", dtype="float32", sampling=SamplingCfg(backend="vllm", dtype="float32"))
+    assert got == ["bfloat16", "float32"]
+
+
+@pytest.fixture(scope="module")
+def bf16_sampler(tiny_model_dir) -> HFSampler:
+    return HFSampler(str(tiny_model_dir), dtype="bfloat16", batch_size=4, seed=0)
+
+
+def test_bf16_shared_prefix_logits_match_transformers_bf16_forward_within_bf16_rounding(tiny_model_dir):
+    """As the float32 test above, in bfloat16: each decode step's logits vs the whole sequence through transformers."""
+    s = HFSampler(str(tiny_model_dir), dtype="bfloat16", batch_size=8, seed=0)
+    assert s.decoder is not None and s.dtype == "bfloat16"
+    steps: list = []
+    real = s._forward
+
+    def spy(input_ids, attention_mask, position_ids, cache):
+        logits = real(input_ids, attention_mask, position_ids, cache)
+        if attention_mask is None:
+            steps.append((input_ids[:, -1].tolist(), logits.clone()))
+        return logits
+
+    s._forward = spy
+    s.sample(PROMPTS[:2], n=3, temperature=1.0, max_new_tokens=6, progress=False)
+    assert s.last_stats.rebuilds == 1 and len(steps) == 5 and steps[0][1].dtype == torch.bfloat16
+    ids = [s.tok(s.render(p), add_special_tokens=False)["input_ids"] for p in PROMPTS[:2]]
+    eps = torch.finfo(torch.bfloat16).eps  # 2^-7: one unit in the last place at magnitude 1
+    with torch.inference_mode():
+        for r in range(6):
+            seq = ids[r // 3] + [inp[r] for inp, _ in steps]
+            ref = s.model(input_ids=torch.tensor([seq])).logits[0, len(ids[r // 3]) :].float()
+            got = torch.stack([logits[r] for _, logits in steps]).float()
+            assert (got - ref).abs().max() <= 2 * eps * ref.abs().max()  # a couple of bf16 ulps (float32: 1e-4)
+
+
+def test_bf16_samples_repeat_exactly_and_do_not_depend_on_the_other_prompts(bf16_sampler):
+    kw = dict(n=3, temperature=1.0, max_new_tokens=10, progress=False)
+    a = bf16_sampler.sample(PROMPTS, keys=["q-pneumonia", "q-hi", "q-anemia"], **kw)
+    assert bf16_sampler.sample(PROMPTS, keys=["q-pneumonia", "q-hi", "q-anemia"], **kw) == a
+    alone = bf16_sampler.sample([PROMPTS[1]], keys=["q-hi"], **kw)
+    assert _texts(alone)[0] == _texts(a)[1]
+    assert len({c.text for cs in a for c in cs}) > 5
+
+
+def test_bf16_engines_give_their_slices_samples_and_repeat_exactly(tiny_model_dir, bf16_sampler):
+    two = make_sampler(str(tiny_model_dir), batch_size=4, seed=0, sampling=SamplingCfg(engines=2, dtype="bfloat16"))
+    prompts = PROMPTS + ["Define anemia.", "Name a rare disease of the liver."]
+    keys = [f"q{i}" for i in range(5)]
+    kw = dict(n=3, temperature=1.0, max_new_tokens=10, progress=False)
+    got = two.sample(prompts, keys=keys, **kw)
+    assert got == bf16_sampler.sample(prompts[:2], keys=keys[:2], **kw) + bf16_sampler.sample(prompts[2:], keys=keys[2:], **kw)
+    assert two.sample(prompts, keys=keys, **kw) == got
 
 
 # --- the real policy (slow) ------------------------------------------------------------------------------------
