@@ -39,6 +39,7 @@ from typing import Any
 
 from eval.benchmarks import load_evaluated, paper_benchmarks, sampling_for_family
 from eval.scoring import REFERENCE, Prediction, format_table, results_json, results_metrics
+from medssr import metric_names
 from medssr.answers import ANSWER_SUFFIX, echoes_options, extract_answer
 from medssr.config import SamplingCfg, set_offline_env, to_flat_dict
 from medssr.errors import MedssrError
@@ -48,9 +49,6 @@ from medssr.rollout import Item, RolloutSpec, cache_path_for, chunk_size_for, co
 
 PROGRESS_DIR = ".cache/eval_progress"
 EVAL_PROMPT = "eval_f4"
-
-# report entries that are settings or histograms, not results
-HEADLINE_SKIP = frozenset({"seed", "sampling", "prompt", "params", "agreement_histogram", "finish_reasons", "buckets", "min_agreement"})
 
 
 class EvalError(MedssrError, RuntimeError):
@@ -190,32 +188,17 @@ def _release(sampler: Any) -> None:
 
 
 def eval_json_headlines(metrics_path: str | os.PathLike) -> dict[str, float]:
-    """The final checkpoint's accuracies from the evaluate stage's metrics (metrics/eval.json) under the unprefixed MLflow names."""
+    """The final checkpoint's numbers from the evaluate stage's metrics (metrics/eval.json) under the unprefixed MLflow names."""
     path = Path(metrics_path)
     if not path.exists():
         return {}
     data = json.loads(path.read_text(encoding="utf-8"))
-    if not data:
-        return {}
-    final = data[list(data)[-1]]
-    out: dict[str, float] = {}
-    for bench, v in final.items():
-        if bench == "raredis" and isinstance(v, dict):
-            for cat, cv in v.items():
-                if isinstance(cv, dict) and "acc" in cv:
-                    out[f"eval/raredis/{cat}/acc"] = float(cv["acc"])
-                elif cat == "avg" and isinstance(cv, (int, float)):
-                    out["eval/raredis/avg"] = float(cv)
-        elif isinstance(v, dict) and "acc" in v:
-            out[f"eval/{bench}/acc"] = float(v["acc"])
-        elif bench in ("avg", "invalid_before", "invalid_after") and isinstance(v, (int, float)):
-            out[f"eval/{bench}"] = float(v)
-    return out
+    return metric_names.flatten(data[list(data)[-1]], "eval") if data else {}
 
 
 def stage_headlines(reports: Mapping[str, str | os.PathLike]) -> dict[str, float]:
-    """Numeric headline values of every stage report present ({prefix: report file}; top level and one level down),
-    under their prefix."""
+    """The numbers of every stage report present ({prefix: report file}) under their MLflow names; the parent run
+    keeps the headline ones (``tracking.log_summary_to_parent``)."""
     out: dict[str, float] = {}
     for prefix, fname in reports.items():
         path = Path(fname)
@@ -224,18 +207,10 @@ def stage_headlines(reports: Mapping[str, str | os.PathLike]) -> dict[str, float
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError):
-            print(f"[evaluate] warning: {path} is not valid JSON; its headline metrics are not copied")
+            print(f"[report] warning: {path} is not valid JSON; its headline metrics are not copied")
             continue
-        if not isinstance(data, dict):
-            continue
-        for k, v in data.items():
-            if k in HEADLINE_SKIP:
-                continue
-            items = [(k2, v2) for k2, v2 in v.items() if k2 not in HEADLINE_SKIP] if isinstance(v, dict) else [(None, v)]
-            for k2, v2 in items:
-                if isinstance(v2, (int, float)) and not isinstance(v2, bool):
-                    name = f"{prefix}/{k}" + (f"/{k2}" if k2 is not None else "")
-                    out[re.sub(r"[^A-Za-z0-9_./ -]", "_", name)] = float(v2)
+        if isinstance(data, dict):
+            out |= metric_names.flatten(data, prefix)
     return out
 
 
@@ -316,10 +291,7 @@ def _log(params: Any, metrics: dict[str, float], ckpts: Mapping[str, str], final
     with tracking.stage_run("evaluate", params, section) as mlflow:
         mlflow.set_tags({"medssr_eval_checkpoints": json.dumps(list(ckpts)), "medssr_eval_final": final})
         mlflow.log_metrics(metrics)
-    summary = {k: v for k, v in metrics.items() if k.startswith(("eval/avg", "eval/raredis/avg", "eval/invalid")) or
-               re.fullmatch(r"eval/[^/]+/acc|eval/raredis/[^/]+/acc|eval/[^/]+/avg|eval/[^/]+/raredis/avg"
-                            r"|eval/(?:[^/]+/)?vs_base/(?:raredis/)?avg/(?:diff|ci_low|ci_high|p_mcnemar)", k)}
-    tracking.log_summary_to_parent(params, summary)
+    tracking.log_summary_to_parent(params, metrics)  # it keeps the headline names
     _tag_parent(params, ckpts, final)
 
 

@@ -172,10 +172,6 @@ REGISTRY: tuple[MetricName, ...] = (
     _m("train/<stage>/global_step", "optimizer steps taken", "steps"),
     _m("train/<stage>/steps_logged", "steps with a logged row", "steps"),
     _m("train/<stage>/train_s", "training wall time", "s"),
-    # duplicates of the last value of train/<stage>/peak_rss_mb and peak_gpu_mb (each a running peak): medssr/rl/run.py
-    # is to stop logging them (issue #14), and these two entries then go
-    _m("train/<stage>/peak_rss_mb_max", "peak resident memory of the trainer (retiring: read train/<stage>/peak_rss_mb)", "MiB"),
-    _m("train/<stage>/peak_gpu_mb_max", "peak GPU memory allocated (retiring: read train/<stage>/peak_gpu_mb)", "MiB"),
     # stage `evaluate` (eval/scoring.py: metrics/eval.json flattened); the final checkpoint's names carry no checkpoint
     _m(f"eval{_C}/<benchmark>/acc", "accuracy on the benchmark, mean over the k runs", "fraction 0-1"),
     _m(f"eval{_C}/<benchmark>/<ci>", "Wilson interval of that accuracy (level eval.confidence)", "fraction 0-1"),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
 import warnings
 from collections.abc import Callable, Iterable
@@ -44,11 +45,11 @@ def is_tracking_frame(frame: FrameType | None) -> bool:
     return False
 
 
-def reader_of(frame: FrameType | None) -> str:
-    """'module:function' of the first frame that is not the dataclass machinery or this module."""
+def reader_of(frame: FrameType | None, skip: tuple[str, ...] = ()) -> str:
+    """'module:function' of the first frame that is not the dataclass machinery, this module or a module in ``skip``."""
     while frame is not None:
         module = frame.f_globals.get("__name__", "")
-        if module not in _NOT_READERS:
+        if module not in _NOT_READERS and module not in skip:
             return f"{module}:{frame.f_code.co_name}"
         frame = frame.f_back
     return "?"
@@ -87,7 +88,9 @@ def covers(declared: Iterable[str], key: str) -> bool:
 
 
 def declared_params(dvc_yaml: str | os.PathLike, stage: str) -> list[str] | None:
-    """The params ``stage`` declares in ``dvc_yaml`` (None: no such file or stage, so nothing to check against).
+    """The params ``stage`` declares in ``dvc_yaml``: its ``params:`` list and the ``${key}``s of its ``cmd`` (a change
+    to those changes the command, and DVC reruns a stage whose command changed). None: no such file or stage, or an
+    ``always_changed`` stage (it reruns every time, nothing it reads can go stale).
 
     Entries of another params file (``{file.yaml: [keys]}``) are not params.yaml keys and are skipped."""
     import yaml
@@ -96,9 +99,11 @@ def declared_params(dvc_yaml: str | os.PathLike, stage: str) -> list[str] | None
     if not path.is_file():
         return None
     entry = ((yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("stages") or {}).get(stage)
-    if not isinstance(entry, dict):
+    if not isinstance(entry, dict) or entry.get("always_changed"):
         return None
-    return [p for p in entry.get("params") or [] if isinstance(p, str)]
+    cmd = entry.get("cmd") or ""
+    templated = re.findall(r"\$\{\s*([^}\s]+)\s*\}", " ".join(cmd) if isinstance(cmd, list) else str(cmd))
+    return [p for p in entry.get("params") or [] if isinstance(p, str)] + templated
 
 
 def params_slice(params: Any, stage: str, declared: Iterable[str], strict: bool | None = None) -> Any:

@@ -99,6 +99,16 @@ def with_paths(params: Any, paths: Mapping[str, str | os.PathLike]) -> Any:
     return out
 
 
+def declared_slice(params: Any, stage: str) -> Any:
+    """What stage ``stage`` may read of ``params``: the keys its dvc.yaml entry declares (medssr.param_slice); the
+    whole object where no dvc.yaml entry describes the stage (a stage script run by hand outside a DVC project)."""
+    from medssr.param_slice import declared_params, params_slice
+    from medssr.tracking import workspace_root
+
+    declared = declared_params(workspace_root() / "dvc.yaml", stage)
+    return params if declared is None else params_slice(params, stage, declared)
+
+
 def run_stage(name: str, doc: str | None, add_args: Callable[[argparse.ArgumentParser], None],
               body: Callable[[argparse.Namespace, object], str | None], argv: list[str] | None = None, *,
               track: str | Callable[[argparse.Namespace], str | None] | None = None,
@@ -122,8 +132,8 @@ def run_stage(name: str, doc: str | None, add_args: Callable[[argparse.ArgumentP
         if tracked:
             from medssr.tracking import stage_scope
 
-            with stage_scope(tracked, params):
-                summary = body(args, params)
+            with stage_scope(tracked, params):  # tracking gets every param (the run's params table, the parent's identity)
+                summary = body(args, declared_slice(params, tracked))
         else:
             summary = body(args, params)
         for metrics_path, report_path in (metrics(args) if metrics else {}).items():

@@ -33,7 +33,6 @@ from typing import Any
 
 from medssr.config import set_offline_env
 from medssr.metric_names import HEADLINE_METRICS, CheckedMlflow, check_names
-from medssr.metric_names import metric as metric  # re-export for stages/model.py until it imports medssr.metric_names
 from medssr.secrets import scrub_params
 
 LONG_STAGES = ("corpus", "synthesize", "label", "stage1", "stage2", "evaluate")  # these get MLflow system metrics

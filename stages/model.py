@@ -14,14 +14,14 @@ def add_args(ap):
 
 
 def body(args, params):
-    from medssr import models, tracking
+    from medssr import metric_names, models, tracking
 
     t0 = time.time()
     out = models.materialize(params.model.policy, args.out, params.model.dtype)
     size_mb = sum(f.stat().st_size for f in Path(out).rglob("*") if f.is_file()) / 2**20
     family = models.model_family(str(out))
     with tracking.stage_run("model", params, {"model.policy": params.model.policy, "model.dtype": params.model.dtype}) as mlflow:
-        mlflow.log_metrics({tracking.metric("model", "size_mb"): size_mb, tracking.metric("model", "materialize_s"): time.time() - t0})
+        mlflow.log_metrics({metric_names.metric("model", "size_mb"): size_mb, metric_names.metric("model", "materialize_s"): time.time() - t0})
         mlflow.set_tag("model_family", family)
     return f"[model] {params.model.policy} -> {out} ({size_mb:.0f} MB, family {family}) in {time.time() - t0:.1f}s"
 

@@ -14,6 +14,10 @@ set_offline_env()
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # torch's OpenMP threads busy-wait by default: on a shared 2-core box that made subprocess tests ~9x slower
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# a stage that reads a param its dvc.yaml entry does not declare, or logs a metric name medssr.metric_names does not
+# register, fails in every test (and in the stage subprocesses and `dvc repro`s they start); users get a warning
+os.environ["MEDSSR_STRICT_PARAMS"] = "1"
+os.environ["MEDSSR_STRICT_METRICS"] = "1"
 
 ROOT = Path(__file__).resolve().parents[1]
 RAW = ROOT / "data" / "raw"

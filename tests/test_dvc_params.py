@@ -37,6 +37,7 @@ import pytest
 
 from medssr.config import Params, load_params, to_flat_dict
 from medssr.data.loaders import load_medmcqa
+from medssr.param_slice import covers, is_tracking_frame, reader_of, watched
 from medssr.records import write_jsonl
 from tests.dvc_yaml import raw_stages, stages, template_keys
 
@@ -50,46 +51,16 @@ KNOWN_READS: set[tuple[str, str, str]] = set()  # (stage, key prefix, "module:fu
 
 # -- the recording params object ---------------------------------------------------------------------------------
 class Reads(dict):
-    """dotted key path -> the set of 'module:function' that read it."""
-
-    def note(self, path: str) -> None:
-        self.note_at(path, sys._getframe(2))
+    """dotted key path -> the set of 'module:function' that read it (the reader, as medssr.param_slice names it)."""
 
     def note_at(self, path: str, frame) -> None:
-        where = None
-        while frame is not None:
-            module = frame.f_globals.get("__name__", "")
-            if module == "medssr.tracking" or frame.f_code is to_flat_dict.__code__:
-                return  # copying params into MLflow's params table: not a dependency
-            if where is None and module not in ("dataclasses", "pathlib", "json", "gzip", "io", "codecs", __name__):
-                where = f"{module}:{frame.f_code.co_name}"
-            frame = frame.f_back
-        self.setdefault(path, set()).add(where or "?")
+        if not is_tracking_frame(frame):  # copying params into MLflow's params table: not a dependency
+            self.setdefault(path, set()).add(reader_of(frame, skip=(__name__,)))
 
 
-_RECORDING_CLASSES: dict[type, type] = {}
-
-
-def _recording_getattribute(self, name):
-    value = object.__getattribute__(self, name)
-    if name in type(self).__dataclass_fields__ and not dataclasses.is_dataclass(value):
-        rec = object.__getattribute__(self, "__dict__").get("_recording")
-        if rec is not None:
-            rec[0].note(rec[1] + name)
-    return value
-
-
-def recording(obj, reads: Reads, prefix: str = ""):
-    """A copy of the params dataclass ``obj`` (an instance of a subclass, so isinstance/asdict/replace work) that notes
-    every leaf read into ``reads``; nested sections are recording copies too."""
-    cls = type(obj)
-    sub = _RECORDING_CLASSES.setdefault(cls, type(f"Recording{cls.__name__}", (cls,), {"__getattribute__": _recording_getattribute}))
-    new = object.__new__(sub)
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        object.__setattr__(new, f.name, recording(value, reads, f"{prefix}{f.name}.") if dataclasses.is_dataclass(value) else value)
-    object.__setattr__(new, "_recording", (reads, prefix))
-    return new
+def recording(obj, reads: Reads):
+    """A watched copy of the params (medssr.param_slice, what a stage body gets at run time) that notes every leaf read."""
+    return watched(obj, reads.note_at)
 
 
 def test_the_recorder_records_leaves_by_path_and_skips_mlflow_copies():
@@ -326,7 +297,7 @@ def _declared(stage: str) -> list[str]:
 
 
 def _covered(key: str, declared: list[str]) -> bool:
-    return any(key == d or key.startswith(d + ".") for d in declared)
+    return covers(declared, key)
 
 
 def _section_type(path: str):

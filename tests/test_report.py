@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 
 import pytest
+from mlflow.tracking import MlflowClient
 
 from eval.report import Cell, _err, collect_runs, main_report
 from eval.runner import _log
@@ -42,11 +43,14 @@ def _pipeline(tmp_path, rare_ratio: float, strategy: str, skill: float, experime
             for step in range(4):
                 mlflow.log_metrics({f"train/{stage}/reward_mean": skill * step / 3, f"train/{stage}/kl": 0.01 * step,
                                     f"train/{stage}/distinct_answers": 3 - step * skill,
-                                    f"train/{stage}/accuracy": skill * step / 4, f"train/{stage}/summary/reward_mean": 9.0}, step=step)
+                                    f"train/{stage}/accuracy": skill * step / 4}, step=step)
+                # a summary copy as older medssr versions logged it (no longer a registered name): past the name check,
+                # as a store from those versions holds it; the report must not draw it as a curve
+                MlflowClient().log_metric(mlflow.active_run().info.run_id, f"train/{stage}/summary/reward_mean", 9.0, step=step)
     ckpts = {"base": "artifacts/models/policy", "stage1": "checkpoints/stage1", "stage2": "checkpoints/stage2"}
     preds = {name: _preds(s) for name, s in (("base", 0.3), ("stage1", (0.3 + skill) / 2), ("stage2", skill))}
     metrics = results_metrics(results_json(preds, n_boot=200), "stage2")
-    _log(p, metrics, ckpts, "stage2", {}, tmp_path / "no-reports")
+    _log(p, metrics, ckpts, "stage2", {})
 
 
 @pytest.fixture(scope="module")

@@ -97,9 +97,6 @@ def peak_memory_mb() -> dict[str, float]:
     return out
 
 
-# re-export for medssr/rl/run.py until it imports train_metric from medssr.metric_names
-metric_name = train_metric
-
 
 def history_row(step: int, logs: Mapping[str, Any]) -> dict[str, float]:
     """One step's row of ``reports/train_<stage>_steps.json``: the step and its metrics in name order."""

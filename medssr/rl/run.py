@@ -244,10 +244,10 @@ def _log_summary(mlflow: Any, params: Params, stage: str, summary: dict[str, flo
     """The run-level numbers on the stage run: steps, time, peak memory. One name per quantity: a step series
     (``train/<stage>/reward_mean``) is not repeated as ``_last``/``_mean`` scalars (MLflow draws those as lone bars);
     its summary stays in reports/train_<stage>.json and metrics/train_<stage>.json for DVC."""
-    from medssr.rl.callbacks import metric_name
+    from medssr.metric_names import train_metric
 
-    scalars = {k: v for k, v in summary.items() if k in ("steps_logged", "peak_rss_mb_max", "peak_gpu_mb_max")}
-    values = {metric_name(stage, k): float(v) for k, v in {**scalars, **extra}.items() if isinstance(v, (int, float))}
+    scalars = {k: v for k, v in summary.items() if k == "steps_logged"}
+    values = {train_metric(stage, k): float(v) for k, v in {**scalars, **extra}.items() if isinstance(v, (int, float))}
     if values:
         mlflow.log_metrics(values)
 
