@@ -173,7 +173,9 @@ def _section(params: Params, stage: str, plan: strategies.StagePlan) -> dict[str
     out = {k: v for k, v in flat.items() if not k.startswith(f"train.{other}.") and not k.startswith("train.openrlhf.")}
     if params.train.backend == "openrlhf":
         out.update({k: v for k, v in flat.items() if k.startswith("train.openrlhf.")})
-    out.update({"model.policy": params.model.policy, "stage.data": plan.data, "stage.reward": plan.reward})
+    out.update({"stage.data": plan.data, "stage.reward": plan.reward})
+    if stage == "stage1":  # the model it starts from (stage II starts from stage I's checkpoint and does not declare it)
+        out["model.policy"] = params.model.policy
     return out
 
 
