@@ -380,7 +380,7 @@ def test_reliability_votes_are_reused_by_a_run_on_another_synthetic_set(tiny_mod
 
 
 def test_data_parallel_engines_vote_by_key_and_a_resume_on_one_engine_reuses_them(tiny_model_dir, tmp_path):
-    """sampling.engines shards each chunk across samplers; the votes are keyed, so resuming on fewer engines keeps them."""
+    """sampling.engines hands whole chunks to the next free sampler (hf); the votes are keyed, so resuming on fewer engines keeps them."""
     syn_path, bench = _write_inputs(tmp_path, 5)
     out = tmp_path / "labeled.jsonl"
     params = _params(n=2, reliability_n=2)

@@ -17,7 +17,7 @@ GPU environment (separate from the CPU venv: OpenRLHF pins transformers==5.15.0,
     pip install --no-deps -e . && pip install mlflow==3.17.2 pyyaml tqdm   # our launcher + MLflow bridge
     ray start --head --num-gpus 8                   # or point train.openrlhf.ray_address at a running cluster
 
-Then ``python stages/train.py stage1`` (``train.backend: openrlhf``) submits the job and waits. Models,
+Then ``dvc repro stage1`` (``train.backend: openrlhf``; the stage's cmd in dvc.yaml) submits the job and waits. Models,
 checkpoints and TensorBoard logs are passed as absolute paths: on several nodes they must sit on a shared
 filesystem. The dataset JSONL and the reward file travel with the Ray ``working_dir`` (the project root).
 An empty ``train.openrlhf.ray_address`` runs ``python3 -m openrlhf.cli.train_ppo_ray`` directly (one node;
