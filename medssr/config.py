@@ -278,7 +278,7 @@ class SamplingCfg:
     batch_size: Annotated[Int, Field(ge=1)] = 16  # sequences per forward batch (vLLM: max_num_seqs)
     stop_at_answer: Bool = True
     # the dtype the sampler computes in (weights cast on load; training stays model.dtype). auto = bfloat16 where this
-    # hardware runs it faster than a float32 model.dtype (CPU with AMX-BF16, CUDA with bf16), else model.dtype
+    # hardware runs it faster than a float32 model.dtype (hf: a CPU with AMX-BF16; vLLM: GPUs with bf16), else model.dtype
     # (medssr.sampling.resolve_sampling_dtype; the resolved one is in the rollout fingerprint)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     # scale knobs (medssr/sampling.py): `engines` data-parallel samplers each take a slice of the prompts (hf or vLLM);

@@ -247,16 +247,20 @@ def cuda_bf16_is_fast() -> bool:
 
 def resolve_sampling_dtype(sampling: SamplingCfg | None, model_dtype: str) -> str:
     """The dtype a sampler computes in: ``sampling.dtype``, or for ``auto`` bfloat16 where a float32 ``model.dtype``
-    would run slower on this hardware (hf: always CPU; vLLM: its GPUs where visible, else CPU), else ``model.dtype``.
+    would run slower on this hardware (hf: always CPU, bf16 with AMX; vLLM: only on GPUs with bf16), else ``model.dtype``.
 
+    vLLM on CPU keeps ``model.dtype`` under auto: in bfloat16 it is 2.7x faster, but its seeded samples did not repeat
+    run to run (tests/test_vllm_engine.py, prefix cache warm on the second call), and resuming vLLM chunks relies on
+    samples fixed by their seeds (``medssr.rollout``); ``dtype: bfloat16`` asks for it anyway.
     The one place the choice is made: ``make_sampler`` loads the weights in it and ``RolloutSpec`` fingerprints it."""
     want = sampling.dtype if sampling is not None else model_dtype
     if want != "auto":
         return want
     if model_dtype != "float32":
         return model_dtype  # already half precision: auto never widens it, nor swaps float16 for bfloat16
-    on_gpu = sampling.backend == "vllm" and bool(_visible_gpus())  # type: ignore[union-attr]
-    return "bfloat16" if (cuda_bf16_is_fast() if on_gpu else cpu_bf16_is_fast()) else model_dtype
+    if sampling.backend == "vllm":  # type: ignore[union-attr]
+        return "bfloat16" if _visible_gpus() and cuda_bf16_is_fast() else model_dtype
+    return "bfloat16" if cpu_bf16_is_fast() else model_dtype
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -1359,6 +1363,10 @@ def make_sampler(model_dir: str, backend: str = "hf", dtype: str = "float32", ba
     tensor_parallel_size, max_model_len, prefix caching, gpu_memory_utilization); without it one engine in ``dtype``."""
     if backend not in ("hf", "vllm"):
         raise ValueError(f"sampling.backend: expected 'hf' or 'vllm', got {backend!r}")
+    if sampling is not None and sampling.backend != backend:  # the argument decides the backend, also for the dtype
+        import dataclasses
+
+        sampling = dataclasses.replace(sampling, backend=backend)
     dtype = resolve_sampling_dtype(sampling, dtype)
     engines = sampling.engines if sampling is not None else 1
     if backend == "hf":

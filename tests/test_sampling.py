@@ -469,15 +469,17 @@ def test_auto_dtype_is_bfloat16_only_where_the_cpu_runs_it_faster(monkeypatch, a
 
 
 @pytest.mark.parametrize("cuda", [True, False], ids=["ampere", "pre-ampere"])
-def test_auto_dtype_of_vllm_engines_on_gpus_follows_the_gpus(monkeypatch, cuda):
+def test_auto_dtype_of_vllm_engines_is_bfloat16_only_on_gpus_with_it(monkeypatch, cuda):
     from medssr.sampling import resolve_sampling_dtype
 
     _bf16_fast(monkeypatch, cpu=not cuda, cuda=cuda)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
     assert resolve_sampling_dtype(SamplingCfg(backend="vllm"), "float32") == ("bfloat16" if cuda else "float32")
     assert resolve_sampling_dtype(SamplingCfg(backend="hf"), "float32") == ("float32" if cuda else "bfloat16")  # hf: CPU
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no GPU visible: a vLLM-CPU engine
-    assert resolve_sampling_dtype(SamplingCfg(backend="vllm"), "float32") == ("float32" if cuda else "bfloat16")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no GPU visible: vLLM-CPU, whose bf16 samples do not repeat run to run
+    _bf16_fast(monkeypatch, cpu=True, cuda=cuda)
+    assert resolve_sampling_dtype(SamplingCfg(backend="vllm"), "float32") == "float32"
+    assert resolve_sampling_dtype(SamplingCfg(backend="vllm", dtype="bfloat16"), "float32") == "bfloat16"
 
 
 @pytest.mark.parametrize(("flags", "torch_says", "fast"), [
@@ -507,8 +509,8 @@ def test_make_sampler_loads_the_weights_in_the_resolved_dtype(tiny_model_dir, mo
 def test_vllm_engines_get_the_resolved_dtype(tiny_model_dir, monkeypatch):
     import medssr.sampling
 
-    _bf16_fast(monkeypatch, cpu=True)
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    _bf16_fast(monkeypatch, cpu=False, cuda=True)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
     got: list[str] = []
 
     class Engine:
@@ -521,7 +523,10 @@ def test_vllm_engines_get_the_resolved_dtype(tiny_model_dir, monkeypatch):
     monkeypatch.setattr(medssr.sampling, "VLLMSampler", Engine)
     make_sampler(str(tiny_model_dir), backend="vllm", dtype="float32", sampling=SamplingCfg(backend="vllm"))
     make_sampler(str(tiny_model_dir), backend="vllm", dtype="float32", sampling=SamplingCfg(backend="vllm", dtype="float32"))
-    assert got == ["bfloat16", "float32"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # vLLM on CPU: model.dtype, also when the config's backend says hf
+    _bf16_fast(monkeypatch, cpu=True)
+    make_sampler(str(tiny_model_dir), backend="vllm", dtype="float32", sampling=SamplingCfg())
+    assert got == ["bfloat16", "float32", "float32"]
 
 
 @pytest.fixture(scope="module")
