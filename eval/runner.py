@@ -256,8 +256,9 @@ def run_evaluate(params: Any, checkpoints: Mapping[str, str], metrics_path: str 
         used[name] = {"dir": model_dir, "family": family, "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": sampling.top_k,
                       "chat_template": use_template, "chat_template_rule": rule, "stop_at_answer": sampling.stop_at_answer}
         spec = eval_spec(model_dir, sampling, cfg.runs, cfg.seed, template, params.model.dtype, use_template)
+        used[name]["dtype"] = spec.sampling_dtype  # sampling.dtype resolved on this machine (auto: bf16 where faster)
         prog = cache_path_for(progress_root, _safe_name(name), spec)
-        print(f"[evaluate] {name}: {model_dir} (family {family}, T={sampling.temperature}, top_p={sampling.top_p}, "
+        print(f"[evaluate] {name}: {model_dir} (family {family}, {spec.sampling_dtype}, T={sampling.temperature}, top_p={sampling.top_p}, "
               f"top_k={sampling.top_k}, k={cfg.runs}, chat template {'yes' if use_template else 'no'}: {rule}, "
               f"{'stop at first answer' if sampling.stop_at_answer else 'generate to the end'})")
         counts: dict[str, Any] = {}

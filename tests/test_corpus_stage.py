@@ -39,8 +39,9 @@ def test_stage_builds_the_index_and_writes_coverage_report_and_mlflow_metrics(tm
                             index_dir=str(tmp_path / "artifacts/corpus"), eval_embedders=["minilm", "bm25", "hybrid"], eval_sample=None)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     report_path = tmp_path / "reports/corpus.json"
-    assert _stage_main()(["--params", str(tmp_path / "params.yaml"), "--entities", str(_entities_file(tmp_path / "entities.jsonl")),
-                          "--report", str(report_path)]) == 0
+    assert _stage_main()(["--params", str(tmp_path / "params.yaml"), "--raw-dir", str(raw), "--index-dir", str(tmp_path / "artifacts/corpus"),
+                          "--entities", str(_entities_file(tmp_path / "entities.jsonl")), "--report", str(report_path),
+                          "--metrics", str(tmp_path / "metrics/corpus.json")]) == 0
 
     summary = capsys.readouterr().out.strip().splitlines()[-1]
     assert summary.startswith("corpus: ") and "recall@4: minilm" in summary

@@ -331,7 +331,7 @@ def _project(tmp: Path, base_url: str, seeds, benchmarks, n: int) -> tuple[Path,
 def _stage(tmp: Path, env: dict) -> subprocess.Popen:
     cmd = [sys.executable, str(ROOT / "stages" / "synthesize.py"), "--params", str(tmp / "params.yaml"), "--prepared", str(tmp / "prepared"),
            "--corpus", str(tmp / "corpus"), "--out", str(tmp / "synthetic" / "questions.jsonl"), "--report", str(tmp / "synth.json"),
-           "--no-progress-bar"]
+           "--metrics", str(tmp / "metrics" / "synth.json"), "--no-progress-bar"]
     return subprocess.Popen(cmd, cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

@@ -194,7 +194,7 @@ def run_label(params: Params, model_dir: str | os.PathLike, synthetic_path: str 
                                 for k in range(1, sampling.n + 1)},
         "valid_vote_rate": (sum(r.n_valid for r in results) / (len(results) * sampling.n)) if results else 0.0,
         "reliability": reliability,
-        "sampling": dataclasses.asdict(sampling), "ties": cfg.ties, "min_agreement": cfg.min_agreement, "seed": cfg.seed,
+        "sampling": dataclasses.asdict(sampling), "sampling_dtype": spec.sampling_dtype, "ties": cfg.ties, "min_agreement": cfg.min_agreement, "seed": cfg.seed,
         "model_dir": model_dir, "prompt": {"name": PROMPT_NAME, "version": template.version, "sha256": template.sha256},
         "finish_reasons": finish,
         "timing": {"sampled_questions": stats.sampled, "resumed_questions": stats.resumed,
@@ -251,7 +251,8 @@ def summary_line(report: dict[str, Any]) -> str:
     t = report["timing"]
     return (f"[label] kept {report['kept']}/{report['questions']} (no valid {report['dropped_no_valid']}, ties {report['dropped_ties']}, "
             f"low agreement {report['dropped_low_agreement']}), mean agreement {report['agreement_mean']:.2f}{rel_txt}; "
-            f"{t['votes']} votes in {t['seconds']:.0f}s ({t['votes_per_s']:.2f}/s, {t['resumed_questions']} questions resumed"
+            f"{t['votes']} votes in {t['seconds']:.0f}s ({t['votes_per_s']:.2f}/s in {report.get('sampling_dtype', '?')}, "
+            f"{t['resumed_questions']} questions resumed"
             f"{_quarantine_note(report.get('progress', {}))}) -> {report['out']}")
 
 
