@@ -13,9 +13,11 @@ mlflow_parent_run.png and mlflow_compare.png with ``chromium --headless --screen
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -35,11 +37,47 @@ def shoot(url: str, out: Path, size: str = "1600,1000", budget_ms: int = 15000) 
     if shoot_cdp(url, out, size):
         return
     chromium = shutil.which("chromium") or "/usr/bin/chromium"
-    with tempfile.TemporaryDirectory() as profile:
-        subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", f"--user-data-dir={profile}",
-                        f"--screenshot={out}", f"--window-size={size}", f"--virtual-time-budget={budget_ms}", url],
-                       check=True, capture_output=True, timeout=180)
+    with fresh_profile() as profile:
+        proc = subprocess.Popen([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", f"--user-data-dir={profile}",
+                                 f"--screenshot={out}", f"--window-size={size}", f"--virtual-time-budget={budget_ms}", url],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        try:
+            _, err = proc.communicate(timeout=180)
+        finally:
+            stop_browser(proc)
+        if proc.returncode != 0:
+            raise RuntimeError(f"chromium --screenshot exited {proc.returncode}: {err.decode(errors='replace')[-2000:]}")
     print(f"[screenshots] {out}  <- {url}")
+
+
+@contextlib.contextmanager
+def fresh_profile():
+    """A throwaway Chromium profile directory. Chromium's helper processes (crashpad, utility) can still be writing in it
+    a moment after the browser exits, so removal retries and never fails the screenshot run."""
+    profile = tempfile.mkdtemp(prefix="medssr-chromium-")
+    try:
+        yield profile
+    finally:
+        for _ in range(20):
+            shutil.rmtree(profile, ignore_errors=True)
+            if not os.path.exists(profile):
+                break
+            time.sleep(0.25)
+
+
+def stop_browser(proc: subprocess.Popen) -> None:
+    """End Chromium and every helper it forked (it runs in its own session, so its process group is all of them)."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=20)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 TIDY_JS = """(() => {
@@ -73,10 +111,10 @@ def shoot_cdp(url: str, out: Path, size: str = "1600,1000", settle_s: float = 8.
     chromium = shutil.which("chromium") or "/usr/bin/chromium"
     port = free_port()
     w, h = size.split(",")
-    with tempfile.TemporaryDirectory() as profile:
+    with fresh_profile() as profile:
         proc = subprocess.Popen([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", f"--user-data-dir={profile}",
                                  f"--remote-debugging-port={port}", "--remote-debugging-address=127.0.0.1", f"--window-size={w},{h}",
-                                 "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                 "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         try:
             deadline = time.time() + 30
             while True:
@@ -112,8 +150,7 @@ def shoot_cdp(url: str, out: Path, size: str = "1600,1000", settle_s: float = 8.
             out.write_bytes(base64.b64decode(png))
             ws.close()
         finally:
-            proc.terminate()
-            proc.wait(timeout=20)
+            stop_browser(proc)
     print(f"[screenshots] {out}  <- {url}  {tidy}")
     return True
 
