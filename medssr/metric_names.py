@@ -8,20 +8,20 @@ as a ``_last``/``_mean`` scalar, and the parent run's headline copies keep their
 
 The builders below are the only code that spells names. Logging goes through ``check_names`` (``tracking.stage_run``
 yields an mlflow whose ``log_metric(s)`` call it): an unregistered name raises ``UnregisteredMetricError`` with
-``MEDSSR_STRICT_METRICS=1`` (tests, CI) and otherwise warns once and is logged anyway, so a naming slip cannot throw
+``MEDSSR_STRICT=1`` (tests, CI) and otherwise warns once and is logged anyway, so a naming slip cannot throw
 away hours of training. ``python -m medssr.metric_names --check <tracking uri>`` lists a store's unregistered names. ``python -m medssr.metric_names > docs/metrics.md`` writes the table a researcher reads.
 """
 
 from __future__ import annotations
 
 import functools
-import os
 import re
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from medssr.errors import contract_slip
 from medssr.records import CATEGORIES
 
 _NAME = r"[A-Za-z0-9_.-]+"
@@ -266,25 +266,14 @@ def lookup(name: str) -> MetricName:
                                   f"({', '.join(e.pattern for e in found)}); each name needs exactly one")
 
 
-def strict() -> bool:
-    """Unregistered names raise with ``MEDSSR_STRICT_METRICS=1`` (tests, CI); elsewhere they warn."""
-    return os.environ.get("MEDSSR_STRICT_METRICS") == "1"
-
-
-_warned: set[str] = set()
-
-
 def check_names(names: Iterable[str]) -> None:
-    """Check names about to be logged: raise (``strict()``) or warn once per name for one the registry does not know."""
+    """Check names about to be logged: an unregistered one is a contract slip (``medssr.errors.contract_slip``: raises
+    under ``MEDSSR_STRICT=1``, else warns once per name and is logged anyway)."""
     for name in names:
         try:
             lookup(name)
         except UnregisteredMetricError as e:
-            if strict():
-                raise
-            if name not in _warned:
-                _warned.add(name)
-                print(f"[medssr] warning: {e}; logged anyway", file=sys.stderr)
+            contract_slip(e, once=f"metric {name}", stacklevel=4)
 
 
 class CheckedMlflow:

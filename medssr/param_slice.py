@@ -3,7 +3,7 @@
 DVC reruns a stage when a param it *declares* changes; a param a stage reads without declaring it can change and
 leave the stage's outputs stale with `dvc status` clean. ``run_stage`` therefore hands each stage body a *watched*
 copy of the params: reading a key the stage's ``params:`` list does not cover warns once per key, naming the key
-and the stage (``MEDSSR_STRICT_PARAMS=1``, set by the test suite and CI, makes it an error). The tracking layer
+and the stage (``MEDSSR_STRICT=1``, set by the test suite and CI, makes it an error: ``medssr.errors.contract_slip``). The tracking layer
 (medssr.tracking, ``config.to_flat_dict``) copies every param into MLflow and is not a reader: it gets the whole
 object. ``watched`` is also what tests/test_dvc_params.py records reads with, so the runtime guard and the test
 agree on what a read is.
@@ -15,15 +15,13 @@ import dataclasses
 import os
 import re
 import sys
-import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from medssr.errors import MedssrError
+from medssr.errors import MedssrError, contract_slip
 
-STRICT_ENV = "MEDSSR_STRICT_PARAMS"
 TRACKING_ONLY = frozenset({"project.experiment"})  # where results are recorded, never what a stage writes
 _NOT_READERS = ("dataclasses", "copy", "pathlib", "json", "gzip", "io", "codecs", __name__)
 
@@ -108,20 +106,14 @@ def declared_params(dvc_yaml: str | os.PathLike, stage: str) -> list[str] | None
 
 def params_slice(params: Any, stage: str, declared: Iterable[str], strict: bool | None = None) -> Any:
     """``params`` as stage ``stage`` may read them: an undeclared read warns once per key, or raises when ``strict``
-    (default: ``MEDSSR_STRICT_PARAMS=1``)."""
+    (default: ``MEDSSR_STRICT=1``)."""
     declared = tuple(declared)
-    strict = os.environ.get(STRICT_ENV) == "1" if strict is None else strict
-    warned: set[str] = set()
 
     def check(key: str, frame: FrameType) -> None:
         if key in TRACKING_ONLY or covers(declared, key) or is_tracking_frame(frame):
             return
         message = (f"stage {stage!r} read param {key} ({reader_of(frame)}), which its dvc.yaml entry does not declare: "
                    f"add it to stages.{stage}.params, or DVC will not rerun {stage} when it changes")
-        if strict:
-            raise UndeclaredParamError(message)
-        if key not in warned:
-            warned.add(key)
-            warnings.warn(message, stacklevel=3)
+        contract_slip(UndeclaredParamError(message), once=f"param {stage} {key}", strict_mode=strict, stacklevel=4)
 
     return watched(params, check)

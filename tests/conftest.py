@@ -16,8 +16,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # a stage that reads a param its dvc.yaml entry does not declare, or logs a metric name medssr.metric_names does not
 # register, fails in every test (and in the stage subprocesses and `dvc repro`s they start); users get a warning
-os.environ["MEDSSR_STRICT_PARAMS"] = "1"
-os.environ["MEDSSR_STRICT_METRICS"] = "1"
+os.environ["MEDSSR_STRICT"] = "1"
 
 ROOT = Path(__file__).resolve().parents[1]
 RAW = ROOT / "data" / "raw"

@@ -46,7 +46,7 @@ def test_an_undeclared_read_fails_in_strict_mode_naming_key_stage_and_reader(par
 
 
 def test_an_undeclared_read_warns_once_per_key_by_default(params, monkeypatch):
-    monkeypatch.delenv("MEDSSR_STRICT_PARAMS", raising=False)
+    monkeypatch.delenv("MEDSSR_STRICT", raising=False)
     p = params_slice(params, "prepare", ["data"])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -58,7 +58,7 @@ def test_an_undeclared_read_warns_once_per_key_by_default(params, monkeypatch):
 
 
 def test_strict_mode_follows_the_environment(params, monkeypatch):
-    monkeypatch.setenv("MEDSSR_STRICT_PARAMS", "1")
+    monkeypatch.setenv("MEDSSR_STRICT", "1")
     with pytest.raises(UndeclaredParamError):
         _ = params_slice(params, "model", ["model"]).label.seed
 

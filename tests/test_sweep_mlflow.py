@@ -43,7 +43,7 @@ def test_two_value_sweep_lands_side_by_side_in_dvc_and_the_mlflow_server(tmp_pat
            "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "OMP_WAIT_POLICY": "PASSIVE",
            "MEDSSR_MODEL_CACHE": str(ROOT / ".cache" / "models"), "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@localhost",
            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@localhost",
-           "MEDSSR_STRICT_METRICS": "1"}  # a stage that logs a metric name medssr.metric_names lacks fails
+           "MEDSSR_STRICT": "1"}  # a stage that logs a metric name medssr.metric_names lacks fails
     env.pop("PYTEST_CURRENT_TEST", None)
     _run([BIN / "medssr", "profile", "apply", "micro"], repo, env)
     _run(["git", "init", "-q"], repo, env)
