@@ -127,3 +127,15 @@ def write_params(tmp: Path, overrides: dict) -> Path:
     path.write_text(yaml.safe_dump(raw))
     return path
 
+
+def params_without(key: str) -> dict:
+    """The shipped params.yaml as a dict with the dotted ``key`` deleted (to check what a missing key is called)."""
+    import yaml
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    *parents, last = key.split(".")
+    node = raw
+    for p in parents:
+        node = node[p]
+    del node[last]
+    return raw

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from medssr.config import ConfigError, Params, load_params, set_dotted, to_flat_dict
-from tests.conftest import write_params
+from tests.conftest import params_without, write_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,31 +78,6 @@ def test_flat_dict_has_dotted_keys_for_mlflow():
     assert "train.stage1.learning_rate" in flat
 
 
-@pytest.mark.parametrize("profile", sorted(p.stem for p in (ROOT / "params").glob("*.yaml")))
-def test_every_profile_applies_and_validates(profile, tmp_path):
-    from medssr.profiles import apply_profile
-
-    target = tmp_path / "params.yaml"
-    target.write_text((ROOT / "params.yaml").read_text())
-    changed = apply_profile(profile, params_path=target)
-    assert changed, f"profile {profile} changes nothing"
-    load_params(target)
-    assert "# medssr embedded default" in target.read_text()  # comments survive
-
-
-def test_a_profile_with_a_bad_value_is_rejected_before_writing(tmp_path):
-    from medssr.profiles import apply_profile
-
-    target = tmp_path / "params.yaml"
-    original = (ROOT / "params.yaml").read_text()
-    target.write_text(original)
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("synth:\n  rare_ratio: lots\n")
-    with pytest.raises(ConfigError, match="synth.rare_ratio"):
-        apply_profile(str(bad), params_path=target)
-    assert target.read_text() == original
-
-
 # -- one source of defaults, whole files everywhere (#13.8) ------------------------------------------------------
 # declarations a user writes; the code's default is "none declared" (data.train: the bundled sets, checked in
 # tests/test_data_loaders.py against the shipped entries)
@@ -130,20 +105,10 @@ def test_code_defaults_equal_the_shipped_params_yaml_for_every_key():
     assert drift == {}, "params.yaml value vs code default"
 
 
-def _without(key: str) -> dict:
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    *parents, last = key.split(".")
-    node = raw
-    for p in parents:
-        node = node[p]
-    del node[last]
-    return raw
-
-
 @pytest.mark.parametrize("key", ["synth", "synth.generator", "synth.generator.max_tokens", "train.stage2.max_samples", "model.dtype"])
 def test_a_missing_key_is_an_error_naming_file_and_key_path(tmp_path, key):
     f = tmp_path / "params.yaml"
-    f.write_text(yaml.safe_dump(_without(key)))
+    f.write_text(yaml.safe_dump(params_without(key)))
     with pytest.raises(ConfigError) as e:
         load_params(f)
     assert str(e.value).startswith(f"{f}: missing {key} (")
@@ -161,17 +126,6 @@ def test_a_profile_is_not_awrite_params(tmp_path):
         load_params(ROOT / "params" / "micro.yaml")
 
 
-def test_a_profile_applied_onto_an_incomplete_params_file_names_the_missing_key(tmp_path):
-    from medssr.profiles import apply_profile
-
-    target = tmp_path / "params.yaml"
-    target.write_text(yaml.safe_dump(_without("label.sampling")))
-    before = target.read_text()
-    with pytest.raises(ConfigError, match=rf"smoke.yaml merged onto {target}: missing label.sampling.backend, "):
-        apply_profile("smoke", params_path=target)  # smoke sets two label.sampling keys; the other eleven are missing
-    assert target.read_text() == before
-
-
 def test_set_dotted_creates_levels():
     raw: dict = {}
     set_dotted(raw, "a.b.c", 1)
@@ -182,7 +136,7 @@ def test_overrides_replace_values_after_the_file_is_checked_whole(tmp_path):
     p = load_params(ROOT / "params.yaml", overrides={"synth.generator": {"backend": "openai", "model": "m"}})
     assert p.synth.generator.model == "m" and p.synth.generator.max_tokens == 384  # the rest: code defaults = shipped values
     f = tmp_path / "params.yaml"
-    f.write_text(yaml.safe_dump(_without("synth.generator")))
+    f.write_text(yaml.safe_dump(params_without("synth.generator")))
     with pytest.raises(ConfigError, match="missing synth.generator"):
         load_params(f, overrides={"synth.generator": {"backend": "openai", "model": "m"}})
 

@@ -1,4 +1,4 @@
-"""Parsing and validating generated questions, the contamination index, and the strict classifier parsers."""
+"""Parsing and validating generated questions, and the contamination index."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ import pytest
 
 from medssr.config import load_params
 from medssr.data.loaders import load_benchmarks, load_medmcqa
-from medssr.records import CATEGORIES, Question, validate_question
-from medssr.synth.classify import parse_category, parse_reasoning_label
+from medssr.records import Question, validate_question
 from medssr.synth.contamination import OverlapIndex, build_index, question_text
 from medssr.synth.parse import QUESTION_SCHEMA, REASONS, InvalidQuestion, ParsedQuestion, parse_question, validate
 from tests.conftest import RAW, ROOT
@@ -193,26 +192,7 @@ def test_benchmark_match_is_reported_before_a_seed_match(benchmarks):
     assert index.match(question_text(src)).kind == "benchmark"
 
 
-# -- classifier parsers -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("text,expected", [
-    ("<Reasoning>", True), ("<Memorization>", False), ("  <reasoning> - for analysis questions", True),
-    ("This needs <Reasoning>.", True), ("Reasoning", None), ("<Reasoning> or <Memorization>", None), ("", None),
-])
-def test_reasoning_label_needs_exactly_one_tag(text, expected):
-    assert parse_reasoning_label(text) is expected
-
-
-@pytest.mark.parametrize("text,expected", [
-    ("Category: Treatment", "Treatment"), ("category: related disorders", "Related disorders"), ("Diagnosis", "Diagnosis"),
-    ("**Category:** <Symptoms>", "Symptoms"), ("Category: Treatment\nBecause it asks about therapy.", "Treatment"),
-    ("Category: Therapy", None), ("Category: Treatment\nCategory: Diagnosis", None), ("It is about Treatment", None),
-    ("Treatment\nDiagnosis", None), ("", None),
-])
-def test_category_parse_is_strict(text, expected):
-    assert parse_category(text) == expected
-    assert expected is None or expected in CATEGORIES
-
-
+# -- run-away replies ---------------------------------------------------------------------------------------
 def test_a_reply_listing_more_options_than_letters_is_rejected_not_a_crash():
     """Seen from SmolLM2 in a real sweep: a run-away list of options (A. … J. then K. …) once raised IndexError."""
     from medssr.records import LETTERS
