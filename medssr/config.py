@@ -354,7 +354,7 @@ class TrainCfg:
 class EvalCfg:
     benchmarks: dict[str, str] = field(default_factory=dict)  # name -> file; empty = every data.benchmarks entry + raredis_sub
     max_per_benchmark: Annotated[Int | None, Field(ge=1)] = 16
-    max_raredis: Annotated[Int | None, Field(ge=1)] = None  # RareDis-Sub slice (stratified by category); None = max_per_benchmark
+    max_raredis: Annotated[Int | None, Field(ge=1)] = 32  # RareDis-Sub slice (stratified by category); None = max_per_benchmark
     runs: Annotated[Int, Field(ge=1)] = 1  # k runs (paper: 4)
     checkpoints: list[str] = field(default_factory=lambda: ["base", "stage1", "stage2"])
     # greedy, one vote, to the end of the answer (the official evaluator reads the last answer)
