@@ -186,7 +186,7 @@ def print_tables(res: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--index-dir", default="artifacts/corpus")
+    ap.add_argument("--index-dir", default=None, help="the corpus stage's index (default: corpus.index_dir of params.yaml)")
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
@@ -202,6 +202,10 @@ def main(argv: list[str] | None = None) -> int:
 
     res: dict = {"cpu_count": os.cpu_count(), "note": "shared machine: other jobs ran at the same time; timings are noisy"}
     if not args.no_corpus:
+        if args.index_dir is None:
+            from medssr.config import load_params
+
+            args.index_dir = load_params("params.yaml").corpus.index_dir
         res["corpus"] = corpus_bench(Path(args.index_dir), args.queries, args.k, args.seed)
     if not args.no_scaling:
         res["scaling_dim"] = args.dim

@@ -162,7 +162,7 @@ def load_declared(benchmarks: Mapping[str, str], max_per_benchmark: int | None =
     """
     if not benchmarks:
         raise BenchmarkError("eval.benchmarks is empty: declare benchmarks as `name: path` (e.g. medqa: data/prepared/benchmarks/medqa.jsonl), "
-                             "or pass eval_benchmarks(params) to get every data.benchmarks entry + raredis_sub")
+                             "or pass eval_benchmarks(params, prepared_dir) to get every data.benchmarks entry + raredis_sub")
     out: dict[str, list[Question]] = {}
     for name, path in benchmarks.items():
         problem = benchmark_name_problem(name)
@@ -181,26 +181,32 @@ def load_declared(benchmarks: Mapping[str, str], max_per_benchmark: int | None =
     return out
 
 
-def eval_benchmarks(params: Any) -> dict[str, str]:
-    """What the evaluation reads: ``eval.benchmarks`` when given, else every ``data.benchmarks`` entry's prepared file + RareDis-Sub."""
+def evaluated_names(params: Any) -> list[str]:
+    """The benchmarks an evaluation runs: ``eval.benchmarks``' names when given, else every ``data.benchmarks`` entry + RareDis-Sub."""
+    return list(params.eval.benchmarks) if params.eval.benchmarks else [*params.data.benchmarks, RAREDIS_SUB]
+
+
+def eval_benchmarks(params: Any, prepared_dir: str | os.PathLike) -> dict[str, str]:
+    """What the evaluation reads: ``eval.benchmarks`` when given, else the prepared file of each ``evaluated_names``
+    entry under ``prepared_dir`` (the prepare stage's output dir: benchmarks/<name>.jsonl, raredis_sub.jsonl)."""
     if params.eval.benchmarks:
         return dict(params.eval.benchmarks)
-    out = Path(params.data.out_dir)
-    files = {name: str(out / "benchmarks" / f"{name}.jsonl") for name in params.data.benchmarks}
-    files[RAREDIS_SUB] = str(out / f"{RAREDIS_SUB}.jsonl")
-    return files
+    out = Path(prepared_dir)
+    return {name: str(out / f"{name}.jsonl" if name == RAREDIS_SUB else out / "benchmarks" / f"{name}.jsonl")
+            for name in evaluated_names(params)}
 
 
-def load_evaluated(params: Any, strict: bool = True) -> dict[str, list[Question]]:
-    """The questions an evaluation runs: ``eval_benchmarks(params)`` sliced by eval.max_per_benchmark / eval.max_raredis."""
+def load_evaluated(params: Any, prepared_dir: str | os.PathLike, strict: bool = True) -> dict[str, list[Question]]:
+    """The questions an evaluation runs: ``eval_benchmarks(params, prepared_dir)`` sliced by eval.max_per_benchmark / eval.max_raredis."""
     cfg = params.eval
-    return load_declared(eval_benchmarks(params), cfg.max_per_benchmark, cfg.seed, strict=strict, max_raredis=cfg.max_raredis)
+    return load_declared(eval_benchmarks(params, prepared_dir), cfg.max_per_benchmark, cfg.seed, strict=strict,
+                         max_raredis=cfg.max_raredis)
 
 
 def display_names(params: Any) -> dict[str, str]:
     """Table names per benchmark name: the declaration's ``display`` (paper spelling), RareDis-Sub, else the name itself."""
     names = {name: decl.display or name for name, decl in params.data.benchmarks.items()}
-    for name in eval_benchmarks(params):
+    for name in evaluated_names(params):
         names.setdefault(name, RAREDIS_DISPLAY if name == RAREDIS_SUB else name)
     return names
 

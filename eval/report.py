@@ -637,7 +637,7 @@ def _fig_rows(ev: Sequence[PipelineRun], kind: str) -> list[tuple[str, dict[str,
     return earlier[-max(0, MAX_FIG_ROWS - len(latest)):] + latest if len(latest) < MAX_FIG_ROWS else latest[-MAX_FIG_ROWS:]
 
 
-def main_report(out_dir: str = "reports", experiment: str | None = None) -> int:
+def main_report(out_dir: str | os.PathLike, experiment: str | None = None) -> int:
     """`medssr report`: write <out_dir>/report.md and its PNG figures from the experiment's MLflow runs."""
     set_offline_env()
     experiment = experiment or _experiment_from_params()

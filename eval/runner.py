@@ -214,10 +214,11 @@ def stage_headlines(reports: Mapping[str, str | os.PathLike]) -> dict[str, float
     return out
 
 
-def run_evaluate(params: Any, checkpoints: Mapping[str, str], metrics_path: str | os.PathLike, predictions_dir: str | os.PathLike,
-                 family_defaults: bool | None = None, sampler_factory: Callable[..., Any] | None = None,
+def run_evaluate(params: Any, checkpoints: Mapping[str, str], prepared_dir: str | os.PathLike, metrics_path: str | os.PathLike,
+                 predictions_dir: str | os.PathLike, family_defaults: bool | None = None, sampler_factory: Callable[..., Any] | None = None,
                  log_mlflow: bool = True, progress: bool = True, progress_dir: str | os.PathLike = PROGRESS_DIR) -> dict[str, Any]:
-    """Evaluate every checkpoint (``checkpoints`` {name: dir}, see ``resolve_checkpoints``) and return eval.json.
+    """Evaluate every checkpoint (``checkpoints`` {name: dir}, see ``resolve_checkpoints``) on the benchmarks of
+    ``load_evaluated(params, prepared_dir)`` and return eval.json.
 
     The last checkpoint is the final one: its MLflow metrics are unprefixed and copied onto the pipeline parent run,
     so the compare view shows a whole sweep (the report stage adds every stage report's headlines there).
@@ -231,7 +232,7 @@ def run_evaluate(params: Any, checkpoints: Mapping[str, str], metrics_path: str 
         family_defaults = bool(getattr(cfg, "family_defaults", False))  # proposed param eval.family_defaults
     factory = sampler_factory or make_sampler
     ckpts = dict(checkpoints)
-    benchmarks = load_evaluated(params)
+    benchmarks = load_evaluated(params, prepared_dir)
     paper = paper_benchmarks(params)  # the headline average is over the paper's nine when all of them are evaluated
     average_over = paper if paper and set(paper) <= set(benchmarks) else None
     clash = sorted(set(benchmarks) & set(ckpts))

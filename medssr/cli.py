@@ -16,7 +16,12 @@ def _validate(args: argparse.Namespace) -> int:
 def _retrieve(args: argparse.Namespace) -> int:
     from medssr.knowledge import main_retrieve
 
-    return main_retrieve(args.query, args.k, args.index_dir)
+    index_dir = args.index_dir
+    if index_dir is None:  # where the corpus stage wrote it: dvc.yaml passes it corpus.index_dir
+        from medssr.config import load_params
+
+        index_dir = load_params(args.params).corpus.index_dir
+    return main_retrieve(args.query, index_dir, args.k)
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -104,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("retrieve", help="show the passages the synthesizer would see for a query")
     r.add_argument("query", help="the text to retrieve passages for (e.g. a rare disease name)")
     r.add_argument("-k", type=int, default=4, help="passages to show (default 4, as the synthesizer uses)")
-    r.add_argument("--index-dir", default="artifacts/corpus", help="corpus index written by the corpus stage (default artifacts/corpus)")
+    r.add_argument("--index-dir", default=None, help="corpus index written by the corpus stage (default: corpus.index_dir of --params)")
+    r.add_argument("--params", default="params.yaml", help="params file naming the corpus index (default params.yaml)")
     r.set_defaults(fn=_retrieve)
 
     rep = sub.add_parser("report", help="render reports/report.md and figures from MLflow runs")

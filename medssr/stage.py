@@ -81,24 +81,6 @@ def add_metrics_arg(ap: argparse.ArgumentParser) -> None:
     add_path_args(ap, ("--metrics", "numbers of --report only, for dvc metrics/exp show"))
 
 
-def with_paths(params: Any, paths: Mapping[str, str | os.PathLike]) -> Any:
-    """A copy of ``params`` whose path keys (dotted: ``data.out_dir``) hold the stage's path arguments, for library
-    code that reads them from params; the original is untouched. Copies, never re-constructs, each section on the
-    way, so a params object with extra instance state (tests record reads) keeps it."""
-    import copy
-
-    out = copy.copy(params)
-    for dotted, value in paths.items():
-        *sections, leaf = dotted.split(".")
-        node = out
-        for name in sections:
-            child = copy.copy(getattr(node, name))
-            object.__setattr__(node, name, child)
-            node = child
-        object.__setattr__(node, leaf, str(value))
-    return out
-
-
 def declared_slice(params: Any, stage: str) -> Any:
     """What stage ``stage`` may read of ``params``: the keys its dvc.yaml entry declares (medssr.param_slice); the
     whole object where no dvc.yaml entry describes the stage (a stage script run by hand outside a DVC project)."""

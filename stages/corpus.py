@@ -5,7 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run this checkout's code, also in a DVC queue copy
 
-from medssr.stage import add_metrics_arg, add_path_args, run_stage, with_paths  # noqa: E402
+from medssr.stage import add_metrics_arg, add_path_args, run_stage  # noqa: E402
 
 
 def add_args(ap):
@@ -21,8 +21,7 @@ def body(args, params):
     from medssr.knowledge import run_corpus
     from medssr.knowledge.stage import summary_line
 
-    params = with_paths(params, {"data.raw_dir": args.raw_dir, "corpus.index_dir": args.index_dir})  # what run_corpus reads
-    return summary_line(run_corpus(params, args.entities, args.report, eval_sample=args.eval_sample))
+    return summary_line(run_corpus(params, args.raw_dir, args.entities, args.index_dir, args.report, eval_sample=args.eval_sample))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run this checkout's code, also in a DVC queue copy
 
-from medssr.stage import add_path_args, name_path, run_stage, with_paths  # noqa: E402
+from medssr.stage import add_path_args, name_path, run_stage  # noqa: E402
 
 
 def add_args(ap):
@@ -28,12 +28,11 @@ def body(args, params):
     from eval.runner import print_summary, resolve_checkpoints, run_evaluate
     from medssr.tracking import log_dataset_inputs, log_stage_artifacts
 
-    params = with_paths(params, {"data.out_dir": args.prepared})  # where eval.benchmarks reads the prepared benchmarks
     ckpts = resolve_checkpoints(args.checkpoint or params.eval.checkpoints, dict(args.checkpoint_dir))
     prepared = Path(args.prepared)
     log_dataset_inputs("evaluate", {p.stem: p for p in [*sorted((prepared / "benchmarks").glob("*.jsonl")), prepared / "raredis_sub.jsonl"]},
                        context="evaluation")
-    results = run_evaluate(params, ckpts, metrics_path=args.metrics, predictions_dir=args.predictions_dir,
+    results = run_evaluate(params, ckpts, prepared, metrics_path=args.metrics, predictions_dir=args.predictions_dir,
                            family_defaults=args.family_defaults, progress=not args.no_progress_bar)
     write_plots(results, params.synth.rare_ratio, Path(args.accuracy), Path(args.alpha))
     log_stage_artifacts("evaluate", [args.metrics, args.accuracy, args.alpha])

@@ -5,7 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run this checkout's code, also in a DVC queue copy
 
-from medssr.stage import add_metrics_arg, add_path_args, run_stage, with_paths  # noqa: E402
+from medssr.stage import add_metrics_arg, add_path_args, run_stage  # noqa: E402
 
 
 def llm_classifiers(params):
@@ -36,9 +36,8 @@ def body(args, params):
     from medssr.data.prepare import run_prepare, summary_line
     from medssr.stage import fail_if_empty
 
-    params = with_paths(params, {"data.raw_dir": args.raw_dir, "data.out_dir": args.out_dir})  # what run_prepare reads
     classifier, category = llm_classifiers(params)
-    summary = run_prepare(params, classifier=classifier, category_classifier=category, report_path=args.report)
+    summary = run_prepare(params, args.raw_dir, args.out_dir, args.report, classifier=classifier, category_classifier=category)
     for name, c in (("reasoning", classifier), ("category", category)):
         if c is not None:
             print(f"[prepare] LLM {name} classifier ({c.generator.name}): {c.fallbacks} replies fell back to the rule")

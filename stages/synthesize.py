@@ -5,7 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run this checkout's code, also in a DVC queue copy
 
-from medssr.stage import add_metrics_arg, add_path_args, run_stage, with_paths  # noqa: E402
+from medssr.stage import add_metrics_arg, add_path_args, run_stage  # noqa: E402
 
 
 def add_args(ap):
@@ -34,15 +34,14 @@ def empty_cause(report):
 
 def body(args, params):
     from medssr.stage import fail_if_empty
-    from medssr.synth.run import load_inputs, run_synthesize, summary_line
+    from medssr.synth.run import corpus_retriever, load_inputs, run_synthesize, summary_line
     from medssr.tracking import log_dataset_inputs
 
-    params = with_paths(params, {"corpus.index_dir": args.corpus})  # the retriever reads it
     prepared = args.prepared
     log_dataset_inputs("synthesize", {"seeds": f"{prepared}/seeds.jsonl", "entities": f"{prepared}/entities.jsonl"})
     inputs = load_inputs(prepared, args.corpus)
-    report = run_synthesize(params, inputs, args.out, args.report, args.progress, prompt_variant=args.prompt_variant,
-                            show_progress=not args.no_progress_bar)
+    report = run_synthesize(params, inputs, args.out, args.report, args.progress, retriever=corpus_retriever(args.corpus),
+                            prompt_variant=args.prompt_variant, show_progress=not args.no_progress_bar)
     if report["target_n"] > 0:
         fail_if_empty(report["accepted"], params.synth.allow_empty, "synth.allow_empty",
                       f"{args.out} (0 of {report['target_n']} questions)", *empty_cause(report), summary_line(report))

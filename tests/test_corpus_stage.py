@@ -34,9 +34,9 @@ def _entities_file(path: Path) -> Path:
 def test_stage_builds_the_index_and_writes_coverage_report_and_mlflow_metrics(tmp_path, mlflow_store, capsys):
     raw = make_raw_slice(tmp_path / "raw", gard=20, other=5, orphanet=30, nord=3)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())  # a params file is whole: the shipped one, changed
-    params["project"]["experiment"], params["data"]["raw_dir"] = "corpus-test", str(raw)
+    params["project"]["experiment"] = "corpus-test"
     params["corpus"].update(sources=["medquad_gard_ghr", "medquad_other_nih", "raredis_nord", "orphanet"], batch_size=16,
-                            index_dir=str(tmp_path / "artifacts/corpus"), eval_embedders=["minilm", "bm25", "hybrid"], eval_sample=None)
+                            eval_embedders=["minilm", "bm25", "hybrid"], eval_sample=None)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     report_path = tmp_path / "reports/corpus.json"
     assert _stage_main()(["--params", str(tmp_path / "params.yaml"), "--raw-dir", str(raw), "--index-dir", str(tmp_path / "artifacts/corpus"),
@@ -64,7 +64,7 @@ def test_stage_builds_the_index_and_writes_coverage_report_and_mlflow_metrics(tm
 
 
 def test_stage_fails_before_building_when_the_entity_file_is_missing(tmp_path):
-    params = build(Params, {"corpus": {"index_dir": str(tmp_path / "idx")}})
+    params = build(Params, {})
     with pytest.raises(CorpusError, match=r"entities\.jsonl: entity file not found; run the prepare stage"):
-        run_corpus(params, tmp_path / "entities.jsonl", tmp_path / "corpus.json", log_mlflow=False)
+        run_corpus(params, RAW, tmp_path / "entities.jsonl", tmp_path / "idx", tmp_path / "corpus.json", log_mlflow=False)
     assert not (tmp_path / "idx").exists()

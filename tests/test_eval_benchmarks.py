@@ -12,6 +12,7 @@ from eval.benchmarks import (
     category_quota,
     display_names,
     eval_benchmarks,
+    evaluated_names,
     load_declared,
     load_evaluated,
     paper_benchmarks,
@@ -42,17 +43,17 @@ def _rare_set(questions, sizes: dict[str, int]):
 
 # --- which benchmarks, under which names ------------------------------------------------------------
 
-def test_embedded_default_evaluates_every_declared_benchmark_and_raredis_sub():
+def test_embedded_default_evaluates_every_declared_benchmark_and_raredis_sub_from_the_prepared_dir():
     p = load_params(ROOT / "params.yaml")
-    files = eval_benchmarks(p)
+    files = eval_benchmarks(p, "some/prepared")
     assert list(files) == [*PAPER_NINE, "raredis_sub"]
-    assert files["nejm"] == "data/prepared/benchmarks/nejm.jsonl"
-    assert files["raredis_sub"] == "data/prepared/raredis_sub.jsonl"
+    assert files["nejm"] == "some/prepared/benchmarks/nejm.jsonl"
+    assert files["raredis_sub"] == "some/prepared/raredis_sub.jsonl"
 
 
 def test_an_explicit_eval_benchmarks_mapping_is_used_as_given():
     p = load_params(ROOT / "params.yaml", overrides={"eval.benchmarks": {"mine": "my/file.json"}})
-    assert eval_benchmarks(p) == {"mine": "my/file.json"}
+    assert eval_benchmarks(p, "some/prepared") == {"mine": "my/file.json"}
 
 
 def test_display_names_follow_the_papers_table_2_and_fall_back_to_the_name():
@@ -67,7 +68,7 @@ def test_the_headline_average_covers_the_benchmarks_declared_paper_true():
     p = load_params(ROOT / "params.yaml")
     assert paper_benchmarks(p) == PAPER_NINE
     p.data.benchmarks["mine"] = dataclasses.replace(p.data.benchmarks["medqa"], paper=False, display="Mine")
-    assert "mine" not in paper_benchmarks(p) and "mine" in eval_benchmarks(p)
+    assert "mine" not in paper_benchmarks(p) and "mine" in evaluated_names(p)
 
 
 # --- the allocation rule ----------------------------------------------------------------------------
@@ -136,9 +137,8 @@ def test_load_evaluated_reads_the_prepared_files_of_every_declared_benchmark(tmp
     (out / "benchmarks").mkdir(parents=True)
     write_jsonl(out / "benchmarks" / "medqa.jsonl", medqa[:20])
     write_jsonl(out / "raredis_sub.jsonl", _rare_set(medqa[20:90], dict.fromkeys(CATEGORIES, 10)))
-    p = load_params(ROOT / "params.yaml", overrides={"data.out_dir": str(out), "eval.max_per_benchmark": 5,
-                                                     "eval.max_raredis": 14})
+    p = load_params(ROOT / "params.yaml", overrides={"eval.max_per_benchmark": 5, "eval.max_raredis": 14})
     p.data.benchmarks = {"medqa": p.data.benchmarks["medqa"]}
-    got = load_evaluated(p)
+    got = load_evaluated(p, out)
     assert list(got) == ["medqa", "raredis_sub"] and len(got["medqa"]) == 5
     assert Counter(q.category for q in got["raredis_sub"]) == dict.fromkeys(CATEGORIES, 2)

@@ -71,7 +71,7 @@ def evaluated(tmp_path_factory, tiny_model_dir):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{d}/mlflow.db")
         params = _params(d)
-        results = run_evaluate(params, checkpoints={"base": str(tiny_model_dir), "stage2": str(tiny_model_dir)},
+        results = run_evaluate(params, checkpoints={"base": str(tiny_model_dir), "stage2": str(tiny_model_dir)}, prepared_dir=d,
                                metrics_path=d / "metrics" / "eval.json", predictions_dir=d / "eval",
                                progress=False, progress_dir=d / "progress")
         from mlflow.tracking import MlflowClient
@@ -180,7 +180,7 @@ def test_finished_samples_are_kept_and_the_same_weights_elsewhere_sample_nothing
     d = evaluated["dir"]
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{d}/mlflow.db")
-        again = run_evaluate(evaluated["params"], checkpoints={"base": str(copy), "stage2": str(tiny_model_dir)},
+        again = run_evaluate(evaluated["params"], checkpoints={"base": str(copy), "stage2": str(tiny_model_dir)}, prepared_dir=d,
                              metrics_path=tmp_path / "eval.json", predictions_dir=tmp_path / "eval",
                              progress=False, progress_dir=d / "progress", sampler_factory=factory, log_mlflow=False)
     assert again == evaluated["results"]
@@ -261,7 +261,7 @@ def test_damaged_progress_lines_are_quarantined_and_the_rerun_equals_an_uninterr
     n = 1 if where == "middle" else len(lines) - 1
     bad = lines[n][: len(lines[n]) // 2] + "\n"
     base.write_text("".join(lines[:n] + [bad] + lines[n + 1 :]))
-    kw = dict(checkpoints={"base": str(tiny_model_dir), "stage2": str(tiny_model_dir)}, metrics_path=tmp_path / "eval.json",
+    kw = dict(checkpoints={"base": str(tiny_model_dir), "stage2": str(tiny_model_dir)}, prepared_dir=d, metrics_path=tmp_path / "eval.json",
               predictions_dir=tmp_path / "eval", progress=False, progress_dir=progress, log_mlflow=False)
     capsys.readouterr()
     assert run_evaluate(evaluated["params"], **kw) == evaluated["results"]
@@ -378,7 +378,7 @@ def test_each_checkpoints_sampler_is_closed_and_unreferenced_before_the_next_is_
         return s
 
     run_evaluate(params, checkpoints={"base": str(tiny_model_dir), "stage1": str(tiny_model_dir), "stage2": str(tiny_model_dir)},
-                 metrics_path=tmp_path / "eval.json", predictions_dir=tmp_path / "eval",
+                 prepared_dir=tmp_path, metrics_path=tmp_path / "eval.json", predictions_dir=tmp_path / "eval",
                  sampler_factory=factory, log_mlflow=False, progress=False, progress_dir=tmp_path / "progress")
     assert len(built) == 3 and len(closed) == 3
 
@@ -445,8 +445,8 @@ def test_each_checkpoint_gets_its_chat_template_rule_and_it_is_logged(tmp_path, 
         asked[model_dir] = kw["chat_template"]
         return make_sampler(model_dir, **kw)
 
-    run_evaluate(params, checkpoints={"base": str(base_named), "stage2": str(tiny_model_dir)}, metrics_path=tmp_path / "eval.json",
-                 predictions_dir=tmp_path / "eval", sampler_factory=factory, progress=False,
+    run_evaluate(params, checkpoints={"base": str(base_named), "stage2": str(tiny_model_dir)}, prepared_dir=tmp_path,
+                 metrics_path=tmp_path / "eval.json", predictions_dir=tmp_path / "eval", sampler_factory=factory, progress=False,
                  progress_dir=tmp_path / "progress")
     assert asked == {str(base_named): False, str(tiny_model_dir): True}
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")

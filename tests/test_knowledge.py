@@ -266,14 +266,28 @@ def test_recall_at_4_on_entity_names_is_measured_per_embedder(index_dir, passage
 
 
 def test_main_retrieve_prints_source_score_and_provenance(index_dir, capsys):
-    assert main_retrieve("Worster-Drought syndrome", 2, str(index_dir)) == 0
+    assert main_retrieve("Worster-Drought syndrome", str(index_dir), 2) == 0
     out = capsys.readouterr().out
     assert "[1]" in out and "[2]" in out and "(orphanet, ORPHA:3465#0; CC BY 4.0 (Orphanet))" in out
 
 
 def test_main_retrieve_without_an_index_is_a_clear_error(tmp_path, capsys):
-    assert main_retrieve("x", 4, str(tmp_path / "none")) == 2
+    assert main_retrieve("x", str(tmp_path / "none"), 4) == 2
     assert "no complete passage index" in capsys.readouterr().err
+
+
+def test_medssr_retrieve_reads_the_index_dir_from_params_unless_given(tmp_path, capsys):
+    import yaml
+
+    from medssr.cli import main
+
+    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text(encoding="utf-8"))
+    raw["corpus"]["index_dir"] = str(tmp_path / "from-params")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
+    assert main(["retrieve", "x", "--params", str(tmp_path / "params.yaml")]) == 2
+    assert f"{tmp_path / 'from-params'}: no complete passage index" in capsys.readouterr().err
+    assert main(["retrieve", "x", "--params", str(tmp_path / "params.yaml"), "--index-dir", str(tmp_path / "given")]) == 2
+    assert f"{tmp_path / 'given'}: no complete passage index" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- index safety

@@ -152,8 +152,8 @@ def prepared(tmp_path_factory):
     mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp}/mlflow.db")
     (tmp / "prepared" / "benchmarks").mkdir(parents=True)
     (tmp / "prepared" / "benchmarks" / "dropped.jsonl").write_text("{}\n")  # a benchmark no longer declared
-    params = load_params(_params_file(tmp, f"  raw_dir: {RAW}\n  out_dir: {tmp}/prepared\n  max_seeds: 300\n"))
-    summary = run_prepare(params, report_path=tmp / "reports" / "prepare.json")
+    params = load_params(_params_file(tmp, "  max_seeds: 300\n"))
+    summary = run_prepare(params, RAW, tmp / "prepared", tmp / "reports" / "prepare.json")
     yield tmp, summary
     mp.undo()
 
@@ -176,9 +176,14 @@ def test_prepare_writes_one_file_per_declared_benchmark_and_drops_undeclared_one
 
 
 def test_prepare_without_declared_benchmarks_is_a_params_error(tmp_path):
-    path = _params_file(tmp_path, f"  raw_dir: {RAW}\n  out_dir: {tmp_path}/p\n  benchmarks: {{}}\n")
+    path = _params_file(tmp_path, "  benchmarks: {}\n")
     with pytest.raises(ConfigError, match="data.benchmarks is empty"):
-        run_prepare(load_params(path), report_path=tmp_path / "r.json", log_mlflow=False)
+        run_prepare(load_params(path), RAW, tmp_path / "p", tmp_path / "r.json", log_mlflow=False)
+
+
+def test_a_missing_raw_dir_is_an_error_naming_the_argument_and_its_param(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"^--raw-dir \(data\.raw_dir\): .*/nowhere is not a directory"):
+        run_prepare(load_params(ROOT / "params.yaml"), tmp_path / "nowhere", tmp_path / "p", tmp_path / "r.json", log_mlflow=False)
 
 
 def test_a_newly_declared_benchmark_gets_leakage_removal_and_rare_tagging(tmp_path):
@@ -186,9 +191,9 @@ def test_a_newly_declared_benchmark_gets_leakage_removal_and_rare_tagging(tmp_pa
     bioasq = load_training_source("bioasq", RAW, drop_known_test=True)[:40]
     mine = [{"id": f"mine-{i}", "question": q.render(), "gold": q.answer} for i, q in enumerate(bioasq)]
     (tmp_path / "mine.json").write_text(json.dumps(mine), encoding="utf-8")
-    path = _params_file(tmp_path, f"  raw_dir: {RAW}\n  out_dir: {tmp_path}/p\n  train_sources: [bioasq]\n",
+    path = _params_file(tmp_path, "  train_sources: [bioasq]\n",
                         {"my_set": {"file": f"{tmp_path}/mine.json", "display": "My set"}})
-    summary = run_prepare(load_params(path), report_path=tmp_path / "r.json", log_mlflow=False)
+    summary = run_prepare(load_params(path), RAW, tmp_path / "p", tmp_path / "r.json", log_mlflow=False)
     assert summary["benchmarks"]["my_set"] == 40 and (tmp_path / "p" / "benchmarks" / "my_set.jsonl").exists()
     assert summary["leakage_removed_by_reason"]["bioasq"]["text"] == 2 + 40
     assert summary["rare"]["my_set"] == {"ours": summary["raredis_sub_by_source"].get("my_set", 0), "paper": None}
@@ -238,8 +243,8 @@ def test_prepare_report_and_mlflow_metrics(prepared):
 
 
 def test_prepare_caps_train_rows_by_source_share(tmp_path):
-    path = _params_file(tmp_path, f"  raw_dir: {RAW}\n  out_dir: {tmp_path}/p\n  max_train: 100\n  train_sources: [pubmedqa, bioasq]\n")
-    summary = run_prepare(load_params(path), report_path=tmp_path / "r.json", log_mlflow=False)
+    path = _params_file(tmp_path, "  max_train: 100\n  train_sources: [pubmedqa, bioasq]\n")
+    summary = run_prepare(load_params(path), RAW, tmp_path / "p", tmp_path / "r.json", log_mlflow=False)
     assert summary["train_rows"] == 100 and summary["train_pool_rows"] == 500 + 291
     assert summary["train_by_source"] == {"pubmedqa": 63, "bioasq": 37}
 
@@ -249,9 +254,9 @@ def test_extra_raredis_rows_join_raredis_sub_leave_training_and_bad_rows_are_qua
     extra = [{"id": f"redisqa-{i}", "question": q.render(), "gold": q.answer} for i, q in enumerate(bioasq)]
     extra[4]["gold"] = "C"  # not among A-B: quarantined when data.strict is false
     (tmp_path / "redisqa.json").write_text(json.dumps(extra, indent=1), encoding="utf-8")
-    path = _params_file(tmp_path, f"  raw_dir: {RAW}\n  out_dir: {tmp_path}/p\n  strict: false\n  train_sources: [bioasq]\n"
+    path = _params_file(tmp_path, f"  strict: false\n  train_sources: [bioasq]\n"
                                   f"  extra_raredis: [{tmp_path}/redisqa.json]\n")
-    summary = run_prepare(load_params(path), report_path=tmp_path / "r.json", log_mlflow=False)
+    summary = run_prepare(load_params(path), RAW, tmp_path / "p", tmp_path / "r.json", log_mlflow=False)
     assert summary["extra_raredis"] == {"redisqa": 4} and summary["quarantined"] == 1
     assert "record 5: gold: 'C' is not among options A-B" in (tmp_path / "p" / "rejected.jsonl").read_text()
     assert summary["leakage_removed_by_reason"]["bioasq"]["text"] == 2 + 4  # the 4 extra rows left training
@@ -261,9 +266,9 @@ def test_extra_raredis_rows_join_raredis_sub_leave_training_and_bad_rows_are_qua
 
 def test_strict_mode_stops_at_the_first_bad_row(tmp_path):
     (tmp_path / "bad.json").write_text('[{"id": "x-1", "question": "Is it?\\nA. yes\\nB. no", "gold": "E"}]', encoding="utf-8")
-    path = _params_file(tmp_path, f"  raw_dir: {RAW}\n  out_dir: {tmp_path}/p\n  extra_raredis: [{tmp_path}/bad.json]\n")
+    path = _params_file(tmp_path, f"  extra_raredis: [{tmp_path}/bad.json]\n")
     with pytest.raises(RecordError, match=r"bad.json:1: record 1: gold: 'E' is not among options A-B"):
-        run_prepare(load_params(path), report_path=tmp_path / "r.json", log_mlflow=False)
+        run_prepare(load_params(path), RAW, tmp_path / "p", tmp_path / "r.json", log_mlflow=False)
 
 
 def test_llm_reasoning_and_category_classifiers_run_through_the_generator_backend(tmp_path, monkeypatch, mlflow_store):
@@ -282,7 +287,7 @@ def test_llm_reasoning_and_category_classifiers_run_through_the_generator_backen
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     with FakeOpenAIServer(responder=responder) as srv:
         params = load_params(ROOT / "params.yaml", overrides={
-            "data.raw_dir": str(ROOT / "data/raw"), "data.out_dir": str(tmp_path / "prepared"), "data.train_sources": ["bioasq"],
+            "data.train_sources": ["bioasq"],
             "data.reasoning_filter": "llm", "data.category_classifier": "llm", "synth.cache_dir": str(tmp_path / "cache"),
             "synth.generator": {"backend": "openai_compatible", "model": "m", "base_url": srv.base_url, "concurrency": 8,
                                 "max_retries": 0, "timeout_s": 10.0, "structured": False}})
@@ -292,7 +297,7 @@ def test_llm_reasoning_and_category_classifiers_run_through_the_generator_backen
         reasoning, category = mod.llm_classifiers(params)
         from medssr.data.prepare import run_prepare
 
-        run_prepare(params, classifier=reasoning, category_classifier=category, report_path=tmp_path / "prepare.json")
+        run_prepare(params, RAW, tmp_path / "prepared", tmp_path / "prepare.json", classifier=reasoning, category_classifier=category)
         n_calls = len(srv.requests)
     raredis = [json.loads(x) for x in (tmp_path / "prepared/raredis_sub.jsonl").read_text().splitlines()]
     assert raredis and all(r["category"] == "Diagnosis" for r in raredis)
@@ -303,31 +308,31 @@ def test_llm_reasoning_and_category_classifiers_run_through_the_generator_backen
 # --- empty inputs fail naming the file (#13.7) -------------------------------------------------------------------
 def test_an_empty_extra_raredis_file_is_an_error_naming_it(tmp_path):
     (tmp_path / "empty.json").write_text("[]", encoding="utf-8")
-    path = _params_file(tmp_path, f"  raw_dir: {RAW}\n  out_dir: {tmp_path}/p\n  extra_raredis: [{tmp_path}/empty.json]\n")
+    path = _params_file(tmp_path, f"  extra_raredis: [{tmp_path}/empty.json]\n")
     with pytest.raises(RecordError, match=rf"^{tmp_path}/empty.json: <file>: no records; fix the file or remove it from data.extra_raredis, "
                                           r"or set data.allow_empty: true$"):
-        run_prepare(load_params(path), report_path=tmp_path / "r.json", log_mlflow=False)
+        run_prepare(load_params(path), RAW, tmp_path / "p", tmp_path / "r.json", log_mlflow=False)
 
 
 def test_an_empty_benchmark_file_is_an_error_naming_it_and_its_declaration(tmp_path):
     (tmp_path / "mine.json").write_text("[\n]\n", encoding="utf-8")
-    path = _params_file(tmp_path, f"  raw_dir: {RAW}\n  out_dir: {tmp_path}/p\n", {"my_set": {"file": f"{tmp_path}/mine.json"}})
+    path = _params_file(tmp_path, "", {"my_set": {"file": f"{tmp_path}/mine.json"}})
     with pytest.raises(RecordError, match=rf"^{tmp_path}/mine.json: <file>: no records; fix the file or remove it from data.benchmarks.my_set"):
-        run_prepare(load_params(path), report_path=tmp_path / "r.json", log_mlflow=False)
+        run_prepare(load_params(path), RAW, tmp_path / "p", tmp_path / "r.json", log_mlflow=False)
 
 
 def test_a_file_whose_records_were_all_quarantined_says_so(tmp_path):
     (tmp_path / "bad.json").write_text('[{"id": "x-1", "question": "Is it?\\nA. yes\\nB. no", "gold": "E"}]', encoding="utf-8")
-    path = _params_file(tmp_path, f"  raw_dir: {RAW}\n  out_dir: {tmp_path}/p\n  strict: false\n  extra_raredis: [{tmp_path}/bad.json]\n")
+    path = _params_file(tmp_path, f"  strict: false\n  extra_raredis: [{tmp_path}/bad.json]\n")
     with pytest.raises(RecordError, match=r"bad.json: <file>: all 1 records were quarantined \(see rejected.jsonl\)"):
-        run_prepare(load_params(path), report_path=tmp_path / "r.json", log_mlflow=False)
+        run_prepare(load_params(path), RAW, tmp_path / "p", tmp_path / "r.json", log_mlflow=False)
 
 
 def test_data_allow_empty_lets_an_empty_extra_file_pass(tmp_path):
     (tmp_path / "empty.json").write_text("[]", encoding="utf-8")
-    path = _params_file(tmp_path, f"  raw_dir: {RAW}\n  out_dir: {tmp_path}/p\n  train_sources: [bioasq]\n  allow_empty: true\n"
+    path = _params_file(tmp_path, f"  train_sources: [bioasq]\n  allow_empty: true\n"
                                   f"  extra_raredis: [{tmp_path}/empty.json]\n")
-    summary = run_prepare(load_params(path), report_path=tmp_path / "r.json", log_mlflow=False)
+    summary = run_prepare(load_params(path), RAW, tmp_path / "p", tmp_path / "r.json", log_mlflow=False)
     assert summary["extra_raredis"] == {"empty": 0}
 
 
@@ -364,12 +369,12 @@ def prepared_formats(tmp_path_factory):
              "table_f": {"path": str(FORMATS / "table.json"), "format": "columns", "columns": TABLE},
              "medmcqa_f": {"path": str(FORMATS / "medmcqa.json"), "format": "medmcqa"},
              "medmcqa_hf_f": {"path": str(FORMATS / "medmcqa_hf.jsonl"), "format": "medmcqa_hf"}}
-    path = _params_file(tmp, f"  raw_dir: {RAW}\n  out_dir: {tmp}/p\n  max_train: 43000\n"
+    path = _params_file(tmp, f"  max_train: 43000\n"
                              f"  extra_raredis: [{{path: {FORMATS}/redisqa.jsonl, format: redisqa}}]\n")
     raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     raw["data"]["train"] = train
     path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
-    summary = run_prepare(load_params(path), report_path=tmp / "r.json", log_mlflow=False)
+    summary = run_prepare(load_params(path), RAW, tmp / "p", tmp / "r.json", log_mlflow=False)
     return tmp, summary
 
 
@@ -418,7 +423,7 @@ def test_the_shipped_default_asks_for_no_volume_and_gets_no_note(prepared):
 
 
 def test_train_sources_picks_declared_entries_and_names_the_declared_ones_otherwise(tmp_path):
-    path = _params_file(tmp_path, f"  raw_dir: {RAW}\n  out_dir: {tmp_path}/p\n  train_sources: [medqa]\n")
+    path = _params_file(tmp_path, "  train_sources: [medqa]\n")
     with pytest.raises(ConfigError, match=r"data\.train_sources\[0\]: 'medqa' is not declared in data\.train \(declared: "
                                           r"medmcqa, headqa, pubmedqa, bioasq\)"):
         load_params(path)

@@ -278,13 +278,3 @@ def _stage_script(path: Path):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
-
-
-def test_with_paths_sets_path_params_on_a_copy():
-    from medssr.config import load_params
-    from medssr.stage import with_paths
-
-    params = load_params(ROOT / "params.yaml")
-    moved = with_paths(params, {"data.out_dir": "/x/prepared", "corpus.index_dir": Path("/x/corpus")})
-    assert (moved.data.out_dir, moved.corpus.index_dir, moved.data.raw_dir) == ("/x/prepared", "/x/corpus", params.data.raw_dir)
-    assert (params.data.out_dir, params.corpus.index_dir) == ("data/prepared", "artifacts/corpus")

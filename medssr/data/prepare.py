@@ -1,8 +1,8 @@
 """The prepare stage: real training rows without benchmark leakage, seeds, benchmarks, RareDis-Sub, E_rare.
 
-Outputs under ``data.out_dir``: train.jsonl, seeds.jsonl, benchmarks/<name>.jsonl, raredis_sub.jsonl,
-entities.jsonl (and rejected.jsonl when ``data.strict`` is false); the summary goes to reports/prepare.json
-and to MLflow as ``prepare/...`` metrics.
+Outputs under ``out_dir`` (dvc.yaml: ``${data.out_dir}``): train.jsonl, seeds.jsonl, benchmarks/<name>.jsonl,
+raredis_sub.jsonl, entities.jsonl (and rejected.jsonl when ``data.strict`` is false); the summary goes to the
+report (reports/prepare.json) and to MLflow as ``prepare/...`` metrics.
 """
 
 from __future__ import annotations
@@ -58,12 +58,12 @@ def _check_not_empty(rows: list[Question], path: str | os.PathLike, key: str, al
     raise RecordError(path, None, "<file>", f"{why}; fix the file or remove it from {key}, or set data.allow_empty: true")
 
 
-def run_prepare(params: Any, classifier: Callable[[Question], bool] | None = None,
-                category_classifier: Callable[[Question], str] | None = None,
-                report_path: str | os.PathLike = "reports/prepare.json", tag_scope: str | None = None,
-                include_gard: bool | None = None, min_option_overlap: float | None = None, extra_stoplist: tuple[str, ...] | None = None,
-                log_mlflow: bool = True) -> dict[str, Any]:
-    """Run the stage from validated ``params`` (medssr.config.Params); returns the summary written to the report.
+def run_prepare(params: Any, raw_dir: str | os.PathLike, out_dir: str | os.PathLike, report_path: str | os.PathLike,
+                classifier: Callable[[Question], bool] | None = None, category_classifier: Callable[[Question], str] | None = None,
+                tag_scope: str | None = None, include_gard: bool | None = None, min_option_overlap: float | None = None,
+                extra_stoplist: tuple[str, ...] | None = None, log_mlflow: bool = True) -> dict[str, Any]:
+    """Run the stage from validated ``params`` (medssr.config.Params): read ``raw_dir``, write ``out_dir`` and the
+    summary to ``report_path`` (the stage's --raw-dir, --out-dir, --report); returns the summary.
 
     ``classifier`` decides reasoning-heavy seeds (default: the heuristic), ``category_classifier`` the
     RareDis-Sub category (default: the keyword rules); the LLM versions plug in here. ``tag_scope``,
@@ -76,9 +76,9 @@ def run_prepare(params: Any, classifier: Callable[[Question], bool] | None = Non
     include_gard = cfg.rare_gard if include_gard is None else include_gard
     min_option_overlap = cfg.leakage_option_overlap if min_option_overlap is None else min_option_overlap
     extra_stoplist = tuple(cfg.rare_stoplist) if extra_stoplist is None else extra_stoplist
-    raw, out = Path(cfg.raw_dir), Path(cfg.out_dir)
+    raw, out = Path(raw_dir), Path(out_dir)
     if not raw.is_dir():
-        raise FileNotFoundError(f"data.raw_dir: {raw} is not a directory (the repository ships the real data under data/raw)")
+        raise FileNotFoundError(f"--raw-dir (data.raw_dir): {raw} is not a directory (the repository ships the real data under data/raw)")
     if classifier is None:
         if cfg.reasoning_filter != "heuristic":
             raise ConfigError(f"data.reasoning_filter={cfg.reasoning_filter!r} needs a classifier passed to run_prepare "

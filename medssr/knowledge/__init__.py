@@ -1,11 +1,12 @@
 """Rare-disease knowledge for question synthesis: corpus passages, embedders, a persistent index, retrieval.
 
-``retrieve("Worster-Drought syndrome", k=4)`` returns the top-k passages (paper §3.2: k = 4, dot-product
-similarity) from the index the corpus stage built under ``artifacts/corpus``.
+``retrieve("Worster-Drought syndrome", index_dir, k=4)`` returns the top-k passages (paper §3.2: k = 4, dot-product
+similarity) from the index the corpus stage built in ``index_dir`` (dvc.yaml: ``${corpus.index_dir}``).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
 from medssr.knowledge.corpus import SOURCES, CorpusError, CorpusStats, Passage, Source, load_passages, register_source
@@ -26,20 +27,20 @@ from medssr.knowledge.stage import run_corpus
 KnowledgeErrors = (CorpusError, UnknownEmbedderError, MissingWeightsError, IndexNotFoundError, IndexMismatchError, IndexBuildError)
 
 
-def retrieve(query: str, k: int = 4, index_dir: str = "artifacts/corpus", embedder: str | None = None) -> list[Passage]:
+def retrieve(query: str, index_dir: str | os.PathLike, k: int = 4, embedder: str | None = None) -> list[Passage]:
     """The ``k`` passages most similar to ``query``, best first (the index and its encoder are loaded once per process)."""
     return open_index(index_dir, embedder).search([query], k)[0]
 
 
-def retrieve_many(queries: list[str], k: int = 4, index_dir: str = "artifacts/corpus", embedder: str | None = None) -> list[list[Passage]]:
+def retrieve_many(queries: list[str], index_dir: str | os.PathLike, k: int = 4, embedder: str | None = None) -> list[list[Passage]]:
     """``retrieve`` for a batch of queries (one encoder call)."""
     return open_index(index_dir, embedder).search(queries, k)
 
 
-def main_retrieve(query: str, k: int = 4, index_dir: str = "artifacts/corpus", embedder: str | None = None) -> int:
+def main_retrieve(query: str, index_dir: str | os.PathLike, k: int = 4, embedder: str | None = None) -> int:
     """CLI body of ``medssr retrieve QUERY -k 4``: print each passage with source, score and provenance; exit status."""
     try:
-        passages = retrieve(query, k, index_dir, embedder)
+        passages = retrieve(query, index_dir, k, embedder)
     except KnowledgeErrors as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

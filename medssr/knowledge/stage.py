@@ -16,10 +16,11 @@ from medssr.knowledge.index import build_index, open_index
 COVERAGE = "coverage.json"
 
 
-def run_corpus(params: Params, entities_path: str | os.PathLike = "data/prepared/entities.jsonl",
-               reports_path: str | os.PathLike = "reports/corpus.json", eval_sample: int | None = None,
-               show_progress: bool = True, log_mlflow: bool = True) -> dict[str, Any]:
-    """Build the passage index for params.corpus, write coverage.json and the report, log them; returns the report."""
+def run_corpus(params: Params, raw_dir: str | os.PathLike, entities_path: str | os.PathLike, index_dir: str | os.PathLike,
+               report_path: str | os.PathLike, eval_sample: int | None = None, show_progress: bool = True,
+               log_mlflow: bool = True) -> dict[str, Any]:
+    """Build the passage index for params.corpus from the texts under ``raw_dir`` into ``index_dir``, write its
+    coverage.json (of E_rare at ``entities_path``) and the report at ``report_path``, log them; returns the report."""
     set_offline_env()
     cfg = params.corpus
     eval_sample = cfg.eval_sample if eval_sample is None else eval_sample
@@ -27,16 +28,16 @@ def run_corpus(params: Params, entities_path: str | os.PathLike = "data/prepared
     for name in cfg.eval_embedders:
         check_embedder_name(name, "corpus.eval_embedders")
     entities = load_entities(entities_path)  # fail before the long build, not after
-    passages, stats = load_passages(cfg.sources, params.data.raw_dir, cfg.extra_jsonl, cfg.chunk_words, cfg.chunk_overlap,
+    passages, stats = load_passages(cfg.sources, raw_dir, cfg.extra_jsonl, cfg.chunk_words, cfg.chunk_overlap,
                                     cfg.max_passages, seed=params.project.seed)
-    manifest = build_index(passages, cfg.index_dir, cfg.embedder, also=cfg.eval_embedders, batch_size=cfg.batch_size,
+    manifest = build_index(passages, index_dir, cfg.embedder, also=cfg.eval_embedders, batch_size=cfg.batch_size,
                            medcpt_query_dir=cfg.medcpt_query_dir, medcpt_article_dir=cfg.medcpt_article_dir,
                            sources=stats.passages, show_progress=show_progress)
     covered = coverage(entities, passages)
-    write_json_atomic(Path(cfg.index_dir) / COVERAGE, dict(sorted(covered.items())), ensure_ascii=False)
+    write_json_atomic(Path(index_dir) / COVERAGE, dict(sorted(covered.items())), ensure_ascii=False)
     recalls = {}
     for name in dict.fromkeys([cfg.embedder, *cfg.eval_embedders]):
-        r = recall_at_k(open_index(cfg.index_dir, name), entities, covered, k=4, sample=eval_sample, seed=params.project.seed)
+        r = recall_at_k(open_index(index_dir, name), entities, covered, k=4, sample=eval_sample, seed=params.project.seed)
         recalls[name] = {"recall": round(r.recall, 4), "queries": r.n_queries, "hits": r.hits, "seconds": r.seconds,
                          "sample": r.sample, "misses_example": r.misses[:10]}
     report = {
@@ -49,7 +50,7 @@ def run_corpus(params: Params, entities_path: str | os.PathLike = "data/prepared
         "rare_passages": sum(1 for p in passages if p.rare),
         "embedder": cfg.embedder,
         "index_embedders": manifest.embedders,
-        "index_dir": str(cfg.index_dir),
+        "index_dir": str(index_dir),
         "corpus_hash": manifest.corpus_hash,
         "build_seconds": manifest.build_seconds,
         "build_passages_per_s": manifest.passages_per_s,
@@ -58,7 +59,7 @@ def run_corpus(params: Params, entities_path: str | os.PathLike = "data/prepared
         "recall_at_4": {name: v["recall"] for name, v in recalls.items()},
         "recall_eval": recalls,
     }
-    write_json_atomic(reports_path, report, ensure_ascii=False)
+    write_json_atomic(report_path, report, ensure_ascii=False)
     if log_mlflow:
         from medssr.metric_names import metric
         from medssr.tracking import stage_run
@@ -71,7 +72,7 @@ def run_corpus(params: Params, entities_path: str | os.PathLike = "data/prepared
             metrics.update({metric("corpus", f"recall_at_4/{name}"): v["recall"] for name, v in recalls.items()})
             metrics.update({metric("corpus", f"source_passages/{src}"): n for src, n in stats.passages.items()})
             mlflow.log_metrics(metrics)
-            mlflow.log_artifact(str(reports_path))
+            mlflow.log_artifact(str(report_path))
     return report
 
 

@@ -57,7 +57,7 @@ class SynthInputs:
     raredis_sub: list[Question] = field(default_factory=list)
 
 
-def load_inputs(prepared_dir: str | os.PathLike = "data/prepared", corpus_dir: str | os.PathLike = "artifacts/corpus") -> SynthInputs:
+def load_inputs(prepared_dir: str | os.PathLike, corpus_dir: str | os.PathLike) -> SynthInputs:
     """Read seeds.jsonl, entities.jsonl, every benchmarks/*.jsonl (one per data.benchmarks entry), raredis_sub.jsonl, coverage.json."""
     prepared = Path(prepared_dir)
     seeds = read_questions(prepared / "seeds.jsonl")
@@ -149,8 +149,8 @@ def run_synthesize(params: Params, inputs: SynthInputs, out_path: str | os.PathL
                    track: bool = True, show_progress: bool = True) -> dict[str, Any]:
     """Synthesize ``synth.n`` questions; writes ``out_path`` (JSONL) and ``report_path`` (JSON); returns the report.
 
-    ``generator`` defaults to ``make_generator(synth.generator)``; ``retriever(query, k)`` to the corpus index
-    (needed only when synth.rare_ratio > 0). ``prompt_variant`` 'small' picks ``prompts/synth_f{1,2}_small.txt``
+    ``generator`` defaults to ``make_generator(synth.generator)``; ``retriever(query, k)`` (``corpus_retriever(index_dir)``:
+    the corpus stage's index) is needed only when synth.rare_ratio > 0. ``prompt_variant`` 'small' picks ``prompts/synth_f{1,2}_small.txt``
     (the layout for small local generators); default: ``synth.prompt_variant`` when params has it, else the paper's. Raises SynthError when requests fail after their retries; every
     finished response is kept in the progress file (default ``<out>.progress.jsonl``) for the rerun.
     """
@@ -159,14 +159,14 @@ def run_synthesize(params: Params, inputs: SynthInputs, out_path: str | os.PathL
     out_path = Path(out_path)
     progress_path = Path(progress_path) if progress_path else out_path.with_name(out_path.stem + ".progress.jsonl")
     max_attempts = cfg.max_attempts or 8 * cfg.n
+    if cfg.rare_ratio > 0 and retriever is None:
+        raise SynthError("synth.rare_ratio > 0 needs a retriever: pass corpus_retriever(<the corpus stage's index dir>)")
     if generator is None:
         from medssr.llm import make_generator
         from medssr.tracking import project_root
 
         cache_dir = Path(cfg.cache_dir) if Path(cfg.cache_dir).is_absolute() else project_root() / cfg.cache_dir
         generator = make_generator(cfg.generator, cache_dir, cfg.prices)
-    if cfg.rare_ratio > 0 and retriever is None:
-        retriever = default_retriever(params)
     if prompt_variant is None:
         prompt_variant = cfg.prompt_variant
     prompts = synth_prompts(prompt_variant, prompt_dir)
@@ -404,14 +404,12 @@ def log_to_mlflow(params: Params, report: Mapping[str, Any]) -> None:
     log_summary_to_parent(params, metrics)  # it copies the headline ones (metric_names.HEADLINE_METRICS)
 
 
-def default_retriever(params: Params) -> Retriever:
-    """The corpus index built by the `corpus` stage (medssr.knowledge.retrieve)."""
+def corpus_retriever(index_dir: str | os.PathLike) -> Retriever:
+    """The passage index the `corpus` stage built in ``index_dir`` (medssr.knowledge.retrieve); opened on the first query."""
     from medssr.knowledge import retrieve
 
-    index_dir = params.corpus.index_dir
-
     def _retrieve(query: str, k: int) -> Sequence[Any]:
-        return retrieve(query, k=k, index_dir=index_dir)
+        return retrieve(query, index_dir, k=k)
 
     return _retrieve
 
