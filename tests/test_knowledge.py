@@ -124,7 +124,7 @@ def test_exact_duplicate_texts_are_dropped_and_repeated_ids_made_unique(tmp_path
             {"id": "d1", "title": "C", "content": "other text"}]
     f = tmp_path / "textbook.jsonl"
     f.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    got, stats = load_passages([], extra=[str(f)])
+    got, stats = load_passages([], tmp_path, extra=[str(f)])
     assert [p.id for p in got] == ["d1#0", "d1#0~2"] and stats.duplicates_dropped == 1
     assert got[0].source == "extra:textbook"
 
@@ -134,7 +134,7 @@ def test_a_datasets_folder_on_disk_is_a_source(tmp_path):
 
     datasets.Dataset.from_list([{"id": "s1", "title": "StatPearls: Gaucher", "content": "Gaucher disease is a lysosomal storage disorder."}]
                                ).save_to_disk(str(tmp_path / "statpearls"))
-    got, _ = load_passages([], extra=[str(tmp_path / "statpearls")])
+    got, _ = load_passages([], tmp_path, extra=[str(tmp_path / "statpearls")])
     assert [(p.id, p.title) for p in got] == [("s1#0", "StatPearls: Gaucher")]
 
 
@@ -157,7 +157,7 @@ def test_missing_corpus_file_names_the_path_and_param(tmp_path):
 def test_empty_corpus_file_is_an_error(tmp_path):
     f = _jsonl_gz(tmp_path / "empty.jsonl.gz", [])
     with pytest.raises(CorpusError, match=r"empty\.jsonl\.gz: corpus file is empty"):
-        load_passages([], extra=[str(f)])
+        load_passages([], tmp_path, extra=[str(f)])
 
 
 def test_passage_with_no_text_names_file_and_line(tmp_path):
@@ -172,7 +172,7 @@ def test_non_utf8_bytes_name_the_line(tmp_path):
     f = tmp_path / "bad.jsonl"
     f.write_bytes(b'{"id": "a", "title": "t", "content": "fine"}\n{"id": "b", "title": "t", "content": "caf\xe9"}\n')
     with pytest.raises(CorpusError, match=r"bad\.jsonl:2: not valid UTF-8"):
-        load_passages([], extra=[str(f)])
+        load_passages([], tmp_path, extra=[str(f)])
 
 
 def test_non_utf8_nord_member_names_the_zip_member(tmp_path):

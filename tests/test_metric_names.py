@@ -173,9 +173,8 @@ def test_every_name_the_stages_log_to_a_real_store_is_registered(tmp_path, mlflo
     from medssr.rl.callbacks import OWN_PREFIX, TRL_KEYS, MLflowStepCallback
 
     monkeypatch.setenv("MEDSSR_STRICT", "1")
-    params = load_params(write_params(tmp_path, {"data.raw_dir": str(RAW), "data.out_dir": str(tmp_path / "prepared"),
-                                                 "data.max_seeds": 50}))
-    run_prepare(params, report_path=tmp_path / "reports" / "prepare.json")
+    params = load_params(write_params(tmp_path, {"data.max_seeds": 50}))
+    run_prepare(params, RAW, tmp_path / "prepared", tmp_path / "reports" / "prepare.json")
 
     results = results_json({"base": _eval_predictions(2), "stage1": _eval_predictions(3), "stage2": _eval_predictions(5)}, n_boot=50)
     metrics = results_metrics(results, "stage2")
@@ -220,14 +219,13 @@ def test_the_corpus_stage_logs_only_registered_names(tmp_path, mlflow_store, mon
     monkeypatch.setenv("MEDSSR_STRICT", "1")
     raw = make_raw_slice(tmp_path / "raw", gard=10, other=3, orphanet=10, nord=2)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["data"]["raw_dir"] = str(raw)
-    params["corpus"].update(sources=["medquad_gard_ghr", "orphanet"], batch_size=16, index_dir=str(tmp_path / "index"),
-                            eval_embedders=["bm25"], eval_sample=None)
+    params["corpus"].update(sources=["medquad_gard_ghr", "orphanet"], batch_size=16, eval_embedders=["bm25"], eval_sample=None)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     with open(tmp_path / "entities.jsonl", "w", encoding="utf-8") as fh:
         for e in entities_from_orphanet(KRAW / "rare_disease/orphanet_diseases.jsonl.gz"):
             fh.write(json.dumps({"name": e.name, "synonyms": list(e.synonyms), "orphacode": e.orphacode}) + "\n")
-    run_corpus(load_params(tmp_path / "params.yaml"), tmp_path / "entities.jsonl", tmp_path / "corpus.json", show_progress=False)
+    run_corpus(load_params(tmp_path / "params.yaml"), raw, tmp_path / "entities.jsonl", tmp_path / "index", tmp_path / "corpus.json",
+               show_progress=False)
     names = mn.logged_names(mlflow_store)
     assert {"corpus/passages", "corpus/recall_at_4/bm25", "corpus/source_passages/orphanet"} <= names
     assert mn.unregistered(names) == []

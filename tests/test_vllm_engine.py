@@ -144,7 +144,7 @@ def test_evaluate_three_checkpoints_releases_each_engine_first(tmp_path, smol_mo
         return s
 
     result = run_evaluate(params, checkpoints={"base": str(smol_model_dir), "stage1": str(smol_model_dir), "stage2": str(smol_model_dir)},
-                          metrics_path=tmp_path / "eval.json", predictions_dir=tmp_path / "eval",
+                          prepared_dir=tmp_path, metrics_path=tmp_path / "eval.json", predictions_dir=tmp_path / "eval",
                           sampler_factory=factory, log_mlflow=False, progress=False, progress_dir=tmp_path / "progress")
     assert len(procs) == 3 and all(p.poll() is not None for p in procs)
     assert all("acc" in result[c]["medqa"] for c in ("base", "stage1", "stage2"))

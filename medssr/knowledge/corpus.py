@@ -305,7 +305,7 @@ def cap_passages(passages: list[Passage], max_passages: int | None, seed: int = 
     return [p for p in passages if p.rare or p.id in keep]
 
 
-def load_passages(sources: list[str], raw_dir: str | Path = "data/raw", extra: list[str] | None = None, chunk_size: int = 200,
+def load_passages(sources: list[str], raw_dir: str | Path, extra: list[str] | None = None, chunk_size: int = 200,
                   overlap: int = 30, max_passages: int | None = None, seed: int = 0) -> tuple[list[Passage], CorpusStats]:
     """Read, chunk, dedupe and (optionally) cap the corpus, in a fixed order: sources as listed, then extra files."""
     raw_dir = Path(raw_dir)

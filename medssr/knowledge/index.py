@@ -326,7 +326,7 @@ def read_passages(index_dir: str | os.PathLike) -> list[Passage]:
     return [Passage.from_dict(obj) for _, obj in iter_jsonl(Path(index_dir) / PASSAGES)]
 
 
-def open_index(index_dir: str | os.PathLike = "artifacts/corpus", embedder: str | None = None, *,
+def open_index(index_dir: str | os.PathLike, embedder: str | None = None, *,
                medcpt_query_dir: str | None = None, medcpt_article_dir: str | None = None,
                models: Mapping[str, Embedder] | None = None) -> Retriever:
     """Open an index for ``embedder`` (default: the one it was built for); cached per process and manifest."""
