@@ -139,3 +139,20 @@ def params_without(key: str) -> dict:
         node = node[p]
     del node[last]
     return raw
+
+
+@pytest.fixture(scope="session")
+def declared_benchmarks():
+    """The benchmarks the shipped params.yaml declares, loaded from data/raw (real rows; read once per run)."""
+    from medssr.config import load_params
+    from medssr.data.loaders import load_benchmarks
+
+    return load_benchmarks(load_params(ROOT / "params.yaml").data.benchmarks, RAW)
+
+
+@pytest.fixture(scope="session")
+def medmcqa_dev():
+    """MedMCQA dev (a training source), by id."""
+    from medssr.data.loaders import load_training_source
+
+    return {q.id: q for q in load_training_source("medmcqa", RAW)}

@@ -276,20 +276,6 @@ def test_main_retrieve_without_an_index_is_a_clear_error(tmp_path, capsys):
     assert "no complete passage index" in capsys.readouterr().err
 
 
-def test_medssr_retrieve_reads_the_index_dir_from_params_unless_given(tmp_path, capsys):
-    import yaml
-
-    from medssr.cli import main
-
-    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text(encoding="utf-8"))
-    raw["corpus"]["index_dir"] = str(tmp_path / "from-params")
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
-    assert main(["retrieve", "x", "--params", str(tmp_path / "params.yaml")]) == 2
-    assert f"{tmp_path / 'from-params'}: no complete passage index" in capsys.readouterr().err
-    assert main(["retrieve", "x", "--params", str(tmp_path / "params.yaml"), "--index-dir", str(tmp_path / "given")]) == 2
-    assert f"{tmp_path / 'given'}: no complete passage index" in capsys.readouterr().err
-
-
 # ---------------------------------------------------------------- index safety
 
 

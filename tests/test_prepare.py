@@ -1,4 +1,4 @@
-"""Leakage removal, RareDis-Sub categories, the seed filter, and the prepare stage end to end on data/raw."""
+"""medssr.data.prepare: the prepare stage end to end on data/raw (its parts: test_leakage, test_categories, test_reasoning)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,9 @@ import pytest
 import yaml
 
 from medssr.config import ConfigError, load_params
-from medssr.data.categories import classify_text, focus_sentence
-from medssr.data.leakage import build_index, leak_reason, normalize_text, remove_leakage
-from medssr.data.loaders import load_benchmarks, load_training_source
+from medssr.data.loaders import load_training_source
 from medssr.data.prepare import run_prepare, stratified_cap, summary_line
-from medssr.data.reasoning import is_reasoning_heavy, reasoning_score, select_seeds
+from medssr.data.reasoning import is_reasoning_heavy
 from medssr.data.validate import validate_files
 from medssr.records import CATEGORIES, RecordError, read_questions
 
@@ -34,110 +32,10 @@ def _params_file(tmp: Path, data_yaml: str, benchmarks: dict | None = None) -> P
     return path
 
 
-@pytest.fixture(scope="module")
-def bench():
-    return load_benchmarks(DECLARED, RAW)
+# --- caps ------------------------------------------------------------------------------------------
 
-
-@pytest.fixture(scope="module")
-def index(bench):
-    return build_index(q for rows in bench.values() for q in rows)
-
-
-@pytest.fixture(scope="module")
-def medmcqa():
-    return {q.id: q for q in load_training_source("medmcqa", RAW)}
-
-
-# --- leakage ---------------------------------------------------------------------------------------
-
-def test_normalize_text_folds_case_unicode_and_punctuation():
-    assert normalize_text("  Is Verubecestat effective for Alzheimer’s Disease?? ") == "is verubecestat effective for alzheimer s disease"
-    assert normalize_text("Ｈ２Ｏ\u00a0level") == "h2o level"  # NFKC folds full-width forms
-
-
-def test_benchmark_id_overlap_is_leakage(medmcqa, index):
-    assert leak_reason(medmcqa["medmcqa-76eb0208-23fa-422d-aa0b-c4d5ec0fc3b5"], index) == "id"
-
-
-def test_same_question_under_another_id_is_removed(medmcqa, index):
-    # the benchmark holds it as medmcqa-c836b9a4-... with "Cold H2SO4" / "Sandblasting" spelled differently
-    q = medmcqa["medmcqa-51baa169-5c84-4d0e-94fb-d21279cea570"]
-    assert q.question == "Cleaning of base metal alloy is done by"
-    assert leak_reason(q, index) == "text"
-
-
-def test_generic_stem_with_other_options_is_kept(medmcqa, index):
-    q = medmcqa["medmcqa-c02f03a6-ff92-4236-9883-f9e7bf1e02df"]  # "Which of the following is true?" as in two MMLU items
-    assert normalize_text(q.question) in index.stems
-    assert leak_reason(q, index) is None
-
-
-def test_medmcqa_dev_leaves_the_manifests_usable_count(medmcqa, index):
-    kept, removed = remove_leakage(medmcqa.values(), index)
-    assert 2975 <= len(kept) <= 2983
-    assert removed == {"medmcqa": {"id": 1200, "text": 7}}
-
-
-def test_source_flags_count_as_leakage(index):
-    kept, removed = remove_leakage(load_training_source("bioasq", RAW), index)
-    assert len(kept) == 291 and removed["bioasq"]["id"] == 325  # 2 more share a stem and yes/no options
-    kept, _ = remove_leakage(load_training_source("pubmedqa", RAW), index)
-    assert len(kept) == 500
-
-
-# --- categories --------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("stem, category", [
-    ("A 6-month-old boy ... Which of the following is the most likely diagnosis?", "Diagnosis"),
-    ("Is golodirsen effective for the treatment of Duchenne muscular dystrophy?", "Treatment"),
-    ("A 17-year-old boy presents with ... Which of the following is the most appropriate next step in management?", "Treatment"),
-    ("Mutations that cause achondroplasia exert an effect which can be classified as:", "Causes"),
-    ("Which of the following is the most likely cause of this patient's symptoms?", "Causes"),
-    ("Which of the following is a renal complication of sickle cell disease?", "Symptoms"),
-    ("Regional Odontodysplasia is most common in", "Affects"),
-    ("Is peripheral neuroepithelioma related to Ewing sarcoma?", "Related disorders"),
-    ("Which of the following is true of Systemic Sclerosis?", "Others"),
-])
-def test_category_rules_on_real_stems(stem, category):
-    assert classify_text(stem) == category
-
-
-def test_focus_is_the_sentence_that_asks():
-    stem = "A boy presents with fever and symptoms of weakness. He was treated last year. What is the most likely diagnosis?"
-    assert focus_sentence(stem) == "What is the most likely diagnosis?"
-    assert classify_text(stem) == "Diagnosis"
-
-
-# --- reasoning filter --------------------------------------------------------------------------------
-
-def test_clinical_vignette_is_reasoning_heavy(bench):
-    q = next(q for q in bench["medqa"] if q.id == "medqa-000853")  # 22-year-old man, vitals, "most likely diagnosis"
-    s = reasoning_score(q)
-    assert s.heavy and "vignette" in s.cues and "asks_most_likely" in s.cues
-
-
-def test_fact_recall_is_not_reasoning_heavy(medmcqa):
-    q = next(q for q in medmcqa.values() if q.question == "Benzodiazepine antagonist is")
-    assert not is_reasoning_heavy(q)
-
-
-def test_heuristic_separates_vignette_sets_from_yes_no_sets(bench):
-    share = {n: sum(map(is_reasoning_heavy, bench[n])) / len(bench[n]) for n in ("medqa", "medbullets", "bioasq", "pubmedqa")}
-    assert share["medqa"] > 0.9 and share["medbullets"] > 0.9
-    assert share["bioasq"] < 0.05 and share["pubmedqa"] < 0.05
-
-
-def test_seed_cap_is_a_seeded_sample(medmcqa):
-    rows = list(medmcqa.values())
-    a = select_seeds(rows, max_seeds=20, seed=1)
-    assert len(a) == 20 and a == select_seeds(rows, max_seeds=20, seed=1)
-    assert [q.id for q in a] != [q.id for q in select_seeds(rows, max_seeds=20, seed=2)]
-    assert select_seeds(rows, classifier=lambda q: q.answer == "A", max_seeds=None) == [q for q in rows if q.answer == "A"]
-
-
-def test_stratified_cap_keeps_each_sources_share(medmcqa):
-    rows = list(medmcqa.values())[:300] + load_training_source("bioasq", RAW)[:100]
+def test_stratified_cap_keeps_each_sources_share(medmcqa_dev):
+    rows = list(medmcqa_dev.values())[:300] + load_training_source("bioasq", RAW)[:100]
     capped = stratified_cap(rows, 40, seed=0)
     assert Counter(q.source for q in capped) == {"medmcqa": 30, "bioasq": 10}
     assert stratified_cap(rows, None, seed=0) == rows
@@ -339,26 +237,6 @@ def test_data_allow_empty_lets_an_empty_extra_file_pass(tmp_path):
 # --- training data declared in params (#17.1, #17.2) ----------------------------------------------------------------
 FORMATS = ROOT / "tests" / "data" / "train_formats"
 TABLE = {"question": "stem", "options": "choices", "answer": "label", "answer_is": "text", "id": "qid"}
-
-
-@pytest.fixture(scope="module")
-def medqa_index():
-    return build_index(load_benchmarks(DECLARED, RAW, names=["medqa"])["medqa"])
-
-
-@pytest.mark.parametrize(("fmt", "file", "extra"), [
-    ("medqa", "medqa.jsonl", {}), ("medmcqa", "medmcqa.json", {}), ("medmcqa_hf", "medmcqa_hf.jsonl", {}),
-    ("columns", "table.json", {"columns": TABLE}),
-])
-def test_a_row_that_copies_a_benchmark_question_is_leakage_in_every_format(medqa_index, fmt, file, extra):
-    from medssr.config import TrainColumnsCfg, TrainSourceCfg
-    from medssr.data.loaders import load_train_source
-
-    cols = TrainColumnsCfg(**extra["columns"]) if extra else None
-    rows = load_train_source("mine", TrainSourceCfg(path=str(FORMATS / file), format=fmt, columns=cols), RAW)
-    kept, removed = remove_leakage(rows, medqa_index)
-    assert removed == {"mine": {"text": 1}}  # the third row is MedQA test question medqa-000786 under another id
-    assert [q.answer for q in kept] == ["A", "C"]
 
 
 @pytest.fixture(scope="module")

@@ -56,15 +56,6 @@ def test_a_stage_run_without_its_paths_names_the_missing_arguments(tmp_path, scr
     assert "error: the following arguments are required: --" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_cli_reads_params_files_with_the_same_check(tmp_path, capsys):
-    from medssr.cli import main
-
-    (tmp_path / "params.yaml").write_text("eval:\n  runs: 1\n")
-    (tmp_path / "eval.json").write_text("{}")
-    main(["table", str(tmp_path / "eval.json"), "--params", str(tmp_path / "params.yaml")])
-    assert f"{tmp_path / 'params.yaml'}: missing project, data, model, corpus, synth, label, train, eval.benchmarks" in capsys.readouterr().err
-
-
 def test_every_dvc_stage_runs_through_the_shared_shell():
     import yaml
 
@@ -261,14 +252,6 @@ def test_every_cli_argument_and_stage_argument_has_help():
             mod.add_args(ap)
         bare += [f"stages/{script.name}: {a.dest}" for a in ap._actions if not isinstance(a, argparse._HelpAction) and not a.help]
     assert not bare, bare
-
-
-def test_cli_review_help_lists_its_subcommands(capsys):
-    from medssr.cli import main
-
-    with pytest.raises(SystemExit):
-        main(["review", "--help"])
-    assert "export" in capsys.readouterr().out
 
 
 def _stage_script(path: Path):
