@@ -137,7 +137,7 @@ def sample_tokens(logits, uniforms, temperature: float, top_p: float = 1.0, top_
 
     if temperature <= 0:
         return logits.argmax(-1)
-    scores = logits.float() / temperature
+    scores = logits.float() if temperature == 1.0 else logits.float() / temperature  # x / 1 == x: one kernel less
     idx = None
     if 0 < top_k < scores.shape[-1]:
         scores, idx = scores.topk(top_k, dim=-1)
@@ -703,8 +703,45 @@ class _Run:
 # Profile of the generic path (SmolLM2-135M, 32 questions x G=8, 2 threads): each of a prompt's G rows held its own
 # copy of the prompt's KV (~350 tokens), so at batch 64 a decode step read ~1.2 GB of KV against 0.54 GB of weights,
 # and transformers' per-module overhead came on top. Here a prompt's KV is stored once and its rows attend to it
-# together (one attention call per layer over all prompts in the batch, G queries each), their own generated
+# together (one attention call per prompt and layer, its G rows' queries side by side), their own generated
 # tokens in a second call, and the two partial softmaxes are merged by their log-sum-exp (as in cascade attention).
+
+
+def _contiguous(w):
+    return w.contiguous()
+
+
+def _packed_linear(x, w, b):
+    """``F.linear`` on a weight in oneDNN's blocked layout (``_weight_packer``)."""
+    return __import__("torch").ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
+
+
+@functools.cache
+def _packing_fails(dtype) -> str | None:
+    """Why oneDNN cannot run prepacked ``dtype`` linears here (None: it can); warns once."""
+    import warnings
+
+    torch = __import__("torch")
+    try:
+        w, x = torch.randn(32, 64).to(dtype), torch.randn(3, 64).to(dtype)
+        got = _packed_linear(x, torch.ops.mkldnn._reorder_linear_weight(w, None), None)
+        if not torch.allclose(got.float(), torch.nn.functional.linear(x, w).float(), atol=1e-2, rtol=1e-2):
+            raise RuntimeError("prepacked linear disagrees with F.linear")
+    except Exception as e:  # no oneDNN, no bf16 support in it, or an op that changed
+        warnings.warn(f"sampling: oneDNN prepacked {dtype} linears unavailable ({e}); using F.linear", stacklevel=3)
+        return str(e)
+    return None
+
+
+def _weight_packer(ref):
+    """How the decode step stores its weights: for bfloat16 on CPU in oneDNN's blocked layout, so a matmul does not
+    re-layout its weight on every call (1.5-3x faster at decode batches, 3x for the 49k-vocab head: bench/README.md
+    #16); else as they are. Float32 keeps MKL's F.linear."""
+    torch = __import__("torch")
+    if ref.dtype != torch.bfloat16 or ref.device.type != "cpu" or not torch.backends.mkldnn.is_available() \
+            or _packing_fails(ref.dtype) is not None:
+        return _contiguous
+    return lambda w: torch.ops.mkldnn._reorder_linear_weight(w.detach().contiguous(), None)
 
 
 def _decoder_for(model) -> _LlamaDecoder | None:
@@ -735,6 +772,8 @@ class _LlamaDecoder:
         self.scale = float(model.model.layers[0].self_attn.scaling)
         self._key: tuple | None = None
         self._fused: list[tuple] = []
+        self._head: tuple = ()
+        self._linear: Callable = _packed_linear
 
     def refresh(self, force: bool = False) -> None:
         """Fuse the weights again if any parameter changed (a trainer's in-place update) since the last call.
@@ -746,17 +785,21 @@ class _LlamaDecoder:
         if key == self._key and not force:
             return
         torch = __import__("torch")
+        pack = _weight_packer(self.model.lm_head.weight)
         fused = []
         with torch.no_grad():
             for layer in self.model.model.layers:
                 a, m = layer.self_attn, layer.mlp
                 projs = (a.q_proj, a.k_proj, a.v_proj)
-                wqkv = torch.cat([p.weight for p in projs]).contiguous()
+                wqkv = pack(torch.cat([p.weight for p in projs]))
                 bqkv = torch.cat([p.bias for p in projs]) if a.q_proj.bias is not None else None
-                wgu = torch.cat([m.gate_proj.weight, m.up_proj.weight]).contiguous()
+                wgu = pack(torch.cat([m.gate_proj.weight, m.up_proj.weight]))
                 qn, kn = getattr(a, "q_norm", None), getattr(a, "k_norm", None)
-                fused.append((layer.input_layernorm, wqkv, bqkv, a.o_proj, layer.post_attention_layernorm, wgu, m.down_proj,
-                              qn, kn))
+                fused.append((layer.input_layernorm, wqkv, bqkv, pack(a.o_proj.weight), a.o_proj.bias, layer.post_attention_layernorm,
+                              wgu, pack(m.down_proj.weight), qn, kn))
+            head = self.model.lm_head
+            self._head = (pack(head.weight), getattr(head, "bias", None))
+        self._linear = _packed_linear if pack is not _contiguous else torch.nn.functional.linear
         self._fused, self._key = fused, key
 
     @staticmethod
@@ -775,23 +818,24 @@ class _LlamaDecoder:
         B, H, KH, D = tokens.shape[0], self.heads, self.kv_heads, self.head_dim
         x = inner.embed_tokens(tokens)
         cos, sin = inner.rotary_emb(x, positions[:, None])  # (B, 1, D)
-        cos, sin = cos.view(B, 1, D), sin.view(B, 1, D)
         half = D // 2
-        prefix_mask = kv.prefix_mask()
-        for li, (ln1, wqkv, bqkv, o_proj, ln2, wgu, down, qn, kn) in enumerate(self._fused):
-            qkv = F.linear(self._rms(x, ln1), wqkv, bqkv)
+        # RoPE's rotate_half(x) * sin as cat(x2, x1) * (-sin1, sin2): the same products, one kernel (neg) less per layer
+        cos, sin = cos.view(B, 1, D), torch.cat((-sin[..., :half], sin[..., half:]), -1).view(B, 1, D)
+        linear = self._linear
+        for li, (ln1, wqkv, bqkv, wo, bo, ln2, wgu, wdown, qn, kn) in enumerate(self._fused):
+            qkv = linear(self._rms(x, ln1), wqkv, bqkv)
             qk = qkv[:, : (H + KH) * D].view(B, H + KH, D)
             v = qkv[:, (H + KH) * D :].view(B, KH, D)
             if qn is not None:
                 qk = torch.cat((qn(qk[:, :H]), kn(qk[:, H:])), 1)
             # RoPE on q and k at once (few small kernels: on 2 cores each costs a thread wake-up)
-            qk = torch.addcmul(qk * cos, torch.cat((-qk[..., half:], qk[..., :half]), -1), sin)
+            qk = torch.addcmul(qk * cos, torch.cat((qk[..., half:], qk[..., :half]), -1), sin)
             q, k = qk[:, :H], qk[:, H:]
-            attn = kv.attend(li, q.reshape(B, KH, self.rep, D), k, v, prefix_mask, self.scale)
-            x = x + o_proj(attn.reshape(B, H * D))
-            gate, up = F.linear(self._rms(x, ln2), wgu).chunk(2, dim=-1)
-            x = x + down(F.silu(gate) * up)
-        return self.model.lm_head(self._rms(x, inner.norm))
+            attn = kv.attend(li, q.reshape(B, KH, self.rep, D), k, v, self.scale)
+            x = x + linear(attn.reshape(B, H * D), wo, bo)
+            gate, up = linear(self._rms(x, ln2), wgu, None).chunk(2, dim=-1)
+            x = x + linear(F.silu(gate) * up, wdown, None)
+        return linear(self._rms(x, inner.norm), *self._head)
 
 
 @dataclass
@@ -811,27 +855,22 @@ class _Cohort:
 
 
 class _SharedKV:
-    """The decode batch's KV: each prompt's KV once (``pk``/``pv``, one slot per prompt in the batch, padded to the
-    longest and masked) and each row's generated tokens (``cohorts``: the batch's rows in order, cut into spans).
+    """The decode batch's KV: each prompt's KV once (``pk``/``pv``: per layer, one (1, kv_heads, P, D) tensor per
+    prompt in the batch, as prefilled) and each row's generated tokens (``cohorts``: the batch's rows in order, cut
+    into spans).
 
-    Row r is query slot ``slot[r]`` (= prompt slot * width + rank among that prompt's rows) of the prefix attention.
+    ``order`` lists the rows grouped by prompt (prompt gi's rows are ``order[bounds[gi]:bounds[gi + 1]]``) and
+    ``inv`` is its inverse permutation (both None when the rows already are in that order): a prompt's rows attend
+    to its KV in one call, without padding.
     """
 
-    def __init__(self, prefix_k: list, prefix_v: list, prefix_len, cohorts: list[_Cohort], slot, width: int):
-        self.pk, self.pv, self.plen, self.cohorts = prefix_k, prefix_v, prefix_len, cohorts
-        self.slot, self.width = slot, width
-        self.groups: tuple[int, ...] = ()  # the prompt in each prefix slot
+    def __init__(self, prefix_k: list, prefix_v: list, cohorts: list[_Cohort], order, inv, bounds: list[int]):
+        self.pk, self.pv, self.cohorts = prefix_k, prefix_v, cohorts
+        self.order, self.inv, self.bounds = order, inv, bounds
         self.spans, r = [], 0
         for c in cohorts:
             self.spans.append((r, r + c.k[0].shape[0]))
             r += c.k[0].shape[0]
-
-    def prefix_mask(self):
-        """Additive mask (G, 1, 1, P) hiding each prompt slot's padding."""
-        torch = __import__("torch")
-        ref = self.pk[0]
-        cols = torch.arange(ref.shape[2], device=ref.device)
-        return torch.where(cols[None] < self.plen[:, None], 0.0, torch.finfo(ref.dtype).min).to(ref.dtype)[:, None, None]
 
     def reserve(self, extra: int) -> None:
         """Room for one more token in every cohort."""
@@ -843,7 +882,7 @@ class _SharedKV:
         for c in self.cohorts:
             c.length += 1
 
-    def attend(self, li: int, q, k, v, prefix_mask, scale: float):
+    def attend(self, li: int, q, k, v, scale: float):
         """Attention output (B, kv_heads, rep, D) of one layer for queries q (B, kv_heads, rep, D); writes k, v."""
         torch = __import__("torch")
         flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
@@ -857,19 +896,25 @@ class _SharedKV:
             outs.append(o)
             lses.append(lse)
         o2, l2 = (outs[0], lses[0]) if len(outs) == 1 else (torch.cat(outs), torch.cat(lses))
-        G = self.pk[li].shape[0]
-        qs = q.new_zeros((G * self.width, KH, R, D))
-        qs.index_copy_(0, self.slot, q)
-        qs = qs.view(G, self.width, KH, R, D).transpose(1, 2).reshape(G, KH, self.width * R, D)
-        o1, l1 = flash(qs, self.pk[li], self.pv[li], 0.0, False, attn_mask=prefix_mask, scale=scale)
-        o1 = o1.view(G, KH, self.width, R, D).transpose(1, 2).reshape(G * self.width, KH, R, D).index_select(0, self.slot)
-        l1 = l1.view(G, KH, self.width, R).transpose(1, 2).reshape(G * self.width, KH, R).index_select(0, self.slot)
+        # the prompt part: one call per prompt over its own KV, its rows' queries side by side (a padded call over all
+        # prompts costs ~2x: the flash kernel's work follows the padded key length, not the number of queries)
+        qg = (q if self.order is None else q.index_select(0, self.order)).transpose(0, 1).reshape(KH, B * R, D)
+        outs, lses = [], []
+        for a, b, pk, pv in zip(self.bounds, self.bounds[1:], self.pk[li], self.pv[li], strict=False):
+            o, lse = flash(qg[None, :, a * R : b * R], pk, pv, 0.0, False, scale=scale)
+            outs.append(o[0])
+            lses.append(lse[0])
+        o1 = (outs[0] if len(outs) == 1 else torch.cat(outs, 1)).reshape(KH, B, R, D).transpose(0, 1)
+        l1 = (lses[0] if len(lses) == 1 else torch.cat(lses, 1)).reshape(KH, B, R).transpose(0, 1)
+        if self.inv is not None:
+            o1, l1 = o1.index_select(0, self.inv), l1.index_select(0, self.inv)
         # the two partial softmaxes merged: weight of the prompt part = exp(l1) / (exp(l1) + exp(l2)) = sigmoid(l1 - l2)
         w1 = torch.sigmoid(l1 - l2).unsqueeze(-1)  # lse is float32 even for bf16 queries
         if q.dtype == torch.float32:
             return torch.addcmul(o2, o1 - o2, w1)
         # half precision: merge in float32 and round once, as one attention call over the whole sequence would
-        return torch.addcmul(o2.float(), o1.float() - o2.float(), w1).to(q.dtype)
+        o2 = o2.float()
+        return torch.addcmul(o2, o1.float() - o2, w1).to(q.dtype)
 
 
 class _SharedRun(_Run):
@@ -937,27 +982,17 @@ class _SharedRun(_Run):
             self.kv = None
             return
         self.stats.rebuilds += 1
-        width = max(groups.values())
-        index = {p: gi for gi, p in enumerate(groups)}
-        seen: dict[int, int] = {}
-        slot = []
-        for r in self.rows:
-            slot.append(index[r.p] * width + seen.get(r.p, 0))
-            seen[r.p] = seen.get(r.p, 0) + 1
-        lens = [len(self.prompt_ids[p]) for p in groups]
+        members: dict[int, list[int]] = {p: [] for p in groups}
+        for i, r in enumerate(self.rows):
+            members[r.p].append(i)
+        order = [i for p in groups for i in members[p]]
+        bounds = [0]
+        for p in groups:
+            bounds.append(bounds[-1] + groups[p])
         ref = self.prompt_kv[self.rows[0].p][0][0]
         kh, hd = ref.shape[0], ref.shape[2]
-        pk, pv = [], []
-        if old is not None and old.groups == tuple(groups):
-            pk, pv = old.pk, old.pv  # the same prompts in the same slots: no copy
-        for li in range(self.s.n_layers if not pk else 0):
-            k = ref.new_zeros((len(groups), kh, max(lens), hd))
-            v = torch.zeros_like(k)
-            for gi, p in enumerate(groups):
-                P = lens[gi]
-                k[gi, :, :P], v[gi, :, :P] = self.prompt_kv[p][li]
-            pk.append(k)
-            pv.append(v)
+        pk = [[self.prompt_kv[p][li][0][None] for p in groups] for li in range(self.s.n_layers)]  # views: no copy
+        pv = [[self.prompt_kv[p][li][1][None] for p in groups] for li in range(self.s.n_layers)]
         cohorts: list[_Cohort] = []
         if keep:
             kept = set(keep)
@@ -972,8 +1007,11 @@ class _SharedRun(_Run):
             cap = max(1, min(self.max_new, 128))
             cohorts.append(_Cohort([ref.new_empty((len(new), kh, cap, hd)) for _ in range(self.s.n_layers)],
                                    [ref.new_empty((len(new), kh, cap, hd)) for _ in range(self.s.n_layers)]))
-        self.kv = _SharedKV(pk, pv, torch.tensor(lens, device=dev), cohorts, torch.tensor(slot, dtype=torch.long, device=dev), width)
-        self.kv.groups = tuple(groups)
+        order_t = inv = None
+        if order != sorted(order):
+            order_t = torch.tensor(order, dtype=torch.long, device=dev)
+            inv = torch.argsort(order_t)
+        self.kv = _SharedKV(pk, pv, cohorts, order_t, inv, bounds)
 
     def step(self) -> None:
         """One decode step for every row in the batch (finished rows ride along until the next rebuild)."""

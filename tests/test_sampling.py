@@ -275,19 +275,50 @@ def test_shared_prefix_attention_matches_full_attention_within_rounding(tiny_mod
             assert torch.allclose(got, ref[1:], atol=1e-4, rtol=1e-4)
 
 
-def test_decoder_follows_in_place_weight_updates(tiny_model_dir):
-    """A trainer updates the policy in place between sampling calls: the fused weights are rebuilt."""
-    s = HFSampler(str(tiny_model_dir), batch_size=4, seed=0)
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_decoder_follows_in_place_weight_updates(tiny_model_dir, dtype):
+    """A trainer updates the policy in place between sampling calls: the decode step's own weights (fused; in bfloat16
+    also prepacked) are rebuilt, so it samples as a sampler built on the updated model."""
+    s = HFSampler(str(tiny_model_dir), dtype=dtype, batch_size=4, seed=0)
     kw = dict(n=2, temperature=1.0, max_new_tokens=8, progress=False)
     before = s.sample(PROMPTS, **kw)
     with torch.no_grad():
         for layer in s.model.model.layers:
             layer.mlp.up_proj.weight.mul_(-3.0)
             layer.self_attn.k_proj.weight.mul_(2.0)
+            layer.self_attn.o_proj.weight.mul_(2.0)
+        s.model.lm_head.weight.mul_(-1.0)
     after = s.sample(PROMPTS, **kw)
     assert _texts(after) != _texts(before)
-    _generic(s)
-    assert _texts(s.sample(PROMPTS, **kw)) == _texts(after)
+    fresh = HFSampler(str(tiny_model_dir), batch_size=4, seed=0, model=s.model, tok=s.tok)
+    assert _texts(fresh.sample(PROMPTS, **kw)) == _texts(after)
+    if dtype == "float32":
+        _generic(fresh)  # transformers' forward reads the live weights
+        assert _texts(fresh.sample(PROMPTS, **kw)) == _texts(after)
+
+
+def test_bf16_decoder_falls_back_to_plain_linears_with_one_warning(tiny_model_dir, monkeypatch):
+    """Where oneDNN cannot prepack weights, the decode step warns once and uses F.linear; its samples are the same."""
+    from medssr import sampling
+
+    kw = dict(n=2, temperature=1.0, max_new_tokens=8, progress=False)
+    packed = HFSampler(str(tiny_model_dir), dtype="bfloat16", batch_size=4, seed=0)
+    expected = packed.sample(PROMPTS, **kw)
+
+    def unavailable(*args, **kwargs):
+        raise RuntimeError("no oneDNN here")
+
+    sampling._packing_fails.cache_clear()
+    monkeypatch.setattr(torch.ops.mkldnn, "_reorder_linear_weight", unavailable)
+    try:
+        with pytest.warns(UserWarning, match="prepacked"):
+            plain = HFSampler(str(tiny_model_dir), batch_size=4, seed=0, model=packed.model, tok=packed.tok)
+            got = plain.sample(PROMPTS, **kw)
+        assert plain.decoder._linear is torch.nn.functional.linear
+        assert _texts(got) == _texts(expected)
+    finally:
+        monkeypatch.undo()
+        sampling._packing_fails.cache_clear()
 
 
 @pytest.mark.parametrize("arch", ["qwen2", "qwen3"])
