@@ -427,36 +427,27 @@ class HFSampler:
 
     # -- constrained second pass -----------------------------------------------------------------------------------
     def constrained_choice(self, prompts_with_partial: Sequence[str], letters: Sequence[Sequence[str]]) -> list[str]:
-        """For each full text (prompt + output + '\\nThe answer is'), the option letter with the highest next-token logit."""
+        """For each full text (prompt + output + '\\nThe answer is'), the option letter with the highest next-token logit
+        (ties: the earlier option)."""
+        return [max(ls, key=lambda L, sc=sc, ls=list(ls): (sc[L], -ls.index(L)))
+                for sc, ls in zip(self.letter_scores(prompts_with_partial, letters), letters, strict=True)]
+
+    def letter_scores(self, prompts_with_partial: Sequence[str], letters: Sequence[Sequence[str]]) -> list[dict[str, float]]:
+        """Each letter's next-token logit after its full text, one unpadded forward per text.
+
+        Never batched: padding changes a half-precision forward's rounding, which flipped near-tied letters (3 of 80
+        second-pass answers of the base model in bf16 when RareDis-Sub went from 16 to 32 questions), so a question's
+        evaluated answer would depend on which other questions are evaluated. The cost is the same prefill FLOPs."""
         torch = self._torch
         if len(letters) != len(prompts_with_partial):
             raise ValueError(f"letters: expected one list per prompt ({len(prompts_with_partial)}), got {len(letters)}")
-        ids = [self._encode(t) for t in prompts_with_partial]
-        out: list[str] = [""] * len(ids)
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths together: less padding
-        bs, i = self.batch_size, 0
+        out = []
         with torch.inference_mode():
-            while i < len(order):
-                chunk = order[i : i + bs]
-                width = max(len(ids[k]) for k in chunk)
-                inp = torch.full((len(chunk), width), self.pad_id, dtype=torch.long)
-                mask = torch.zeros((len(chunk), width), dtype=torch.long)
-                for r, k in enumerate(chunk):
-                    inp[r, width - len(ids[k]) :] = torch.tensor(ids[k])
-                    mask[r, width - len(ids[k]) :] = 1
-                pos = (mask.cumsum(-1) - 1).clamp(min=0)
-                try:
-                    logits = self._forward(inp.to(self.device), mask.to(self.device), pos.to(self.device), None).float().cpu()
-                except Exception as e:
-                    if is_oom(e) and bs > 1:
-                        bs = max(1, bs // 2)
-                        continue
-                    raise
-                for r, k in enumerate(chunk):
-                    table = letter_token_ids(self.tok, letters[k])
-                    scores = {L: max(float(logits[r, t]) for t in tids) for L, tids in table.items()}
-                    out[k] = max(letters[k], key=lambda L: (scores[L], -list(letters[k]).index(L)))
-                i += len(chunk)
+            for text, ls in zip(prompts_with_partial, letters, strict=True):
+                ids = torch.tensor([self._encode(text)], dtype=torch.long, device=self.device)
+                pos = torch.arange(ids.shape[1], device=self.device)[None, :]
+                logits = self._forward(ids, torch.ones_like(ids), pos, None)[0].float().cpu()
+                out.append({L: max(float(logits[t]) for t in tids) for L, tids in letter_token_ids(self.tok, ls).items()})
         return out
 
 

@@ -224,6 +224,18 @@ def test_constrained_choice_returns_an_option_letter_deterministically(sampler):
 
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_a_second_pass_score_does_not_depend_on_the_other_texts(tiny_model_dir, dtype):
+    """The evaluated answer of one question must not change when other questions join the evaluation: each text's
+    letter logits are bitwise the same alone and among longer and shorter texts (padding moved bf16 rounding)."""
+    s = HFSampler(str(tiny_model_dir), dtype=dtype, batch_size=4, seed=0)
+    texts = [s.render(p) + "Some reasoning that goes on for a while, " * k + "\nThe answer is" for k, p in zip((1, 9, 0), PROMPTS, strict=True)]
+    letters = [list("ABCD")] * 3
+    alone = [s.letter_scores([t], [ls])[0] for t, ls in zip(texts, letters, strict=True)]
+    assert s.letter_scores(texts, letters) == alone
+    assert s.letter_scores(texts[::-1], letters) == alone[::-1]
+
+
 # --- the fast path: our decode step over a shared-prefix KV cache (Llama family on CPU) -------------------------
 
 
