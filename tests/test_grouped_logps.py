@@ -16,13 +16,13 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 PAD = 0
 
 
-def _model(temperature: float = 0.7, *, seed: int = 0, attn: str = "sdpa"):
+def _model(temperature: float = 0.7, *, seed: int = 0, attn: str = "sdpa", hidden: int = 32):
     """A tiny random fp32 Llama patched with TRL's fused LM head, as GRPOTrainer patches the policy."""
     from transformers import LlamaConfig, LlamaForCausalLM
     from trl.trainer.utils import add_fused_lm_head
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+    cfg = LlamaConfig(vocab_size=97, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2, num_attention_heads=4,
                       num_key_value_heads=2, max_position_embeddings=256, pad_token_id=PAD, tie_word_embeddings=True,
                       attn_implementation=attn)
     model = LlamaForCausalLM(cfg).float()
@@ -117,6 +117,28 @@ def test_gradients_of_every_parameter_equal_trls(g):
         assert (ours[name] - t).norm() <= 1e-5 * t.norm() + 1e-7, name
 
 
+def test_gradients_are_bitwise_the_same_in_every_call_with_two_threads():
+    """The G rollouts' gradients reach their shared prompt KV summed in a fixed order. With an index (``keys[rows]``)
+    the backward added them with parallel atomic float adds once the KV passed torch's grain (32768 values) and more
+    than one thread ran: the low bits changed from call to call, and a GRPO step was not reproducible run to run."""
+    model = _model(hidden=128)  # head_dim 32: the 8 rows' KV of the 120-token prompt is 8 x 2 x 119 x 32 = 60928 values
+    ids, mask, keep = _batch([120], 8, list(range(8)))
+    weights = torch.randn(ids.size(0), keep, generator=torch.Generator().manual_seed(7))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        grads = []
+        for _ in range(20):
+            model.zero_grad(set_to_none=True)
+            lp, _ = grouped_logps.per_token_logps_and_entropies(model, ids, mask, keep)
+            (lp * weights).sum().backward()
+            grads.append([p.grad.clone() for p in model.parameters()])
+    finally:
+        torch.set_num_threads(before)
+    differing = [i for i, g in enumerate(grads) if not all(torch.equal(a, b) for a, b in zip(g, grads[0], strict=True))]
+    assert differing == []
+
+
 @pytest.mark.parametrize("mistake", ["completion_positions_restart_at_0", "completions_one_position_late", "rows_in_the_wrong_group"])
 def test_the_comparison_with_trl_catches_a_wrong_grouping(mistake, monkeypatch):
     """Each plausible mistake makes the grouped result differ from TRL's by well over the 1e-5 the tests allow.
@@ -162,8 +184,8 @@ def test_nothing_to_share_or_unsupported_models_fall_back():
 
 # ---- end to end: a real GRPO run on the tiny Llama -----------------------------------------------------------------
 
-def _run(tiny_model_dir, tmp_path, grouped: bool, monkeypatch):
-    """Two GRPO steps, G = 4, KL on (reference model scored too), a reward that varies in every group."""
+def _run(tiny_model_dir, tmp_path, grouped: bool, monkeypatch, steps: int = 2):
+    """``steps`` GRPO steps, G = 4, KL on (reference model scored too), a reward that varies in every group."""
     from medssr.config import load_params
     from medssr.data.loaders import load_medmcqa
     from medssr.rl import trl_backend
@@ -179,7 +201,7 @@ def _run(tiny_model_dir, tmp_path, grouped: bool, monkeypatch):
 
     p = load_params(ROOT / "params.yaml", {
         "train.num_generations": 4, "train.per_device_batch_size": 8, "train.max_completion_length": 8, "train.save_steps": 100,
-        "train.stage1": {"max_steps": 2, "learning_rate": 1e-3, "beta": 0.04, "max_samples": 8}})
+        "train.stage1": {"max_steps": steps, "learning_rate": 1e-3, "beta": 0.04, "max_samples": 8}})
     examples, _ = examples_from_questions(load_medmcqa(RAW)[:4], "real")
     trainer = trl_backend.build_trainer(tiny_model_dir, to_trl_dataset(examples, load_prompt_template()), "gold", p.train, p.train.stage1,
                                         run_dir=tmp_path / "run", reward_funcs=[alternating])
@@ -204,3 +226,16 @@ def test_a_grpo_run_trains_the_same_weights_with_and_without_grouping(tiny_model
     for k, t in theirs.items():
         assert (ours[k] - t).norm() <= 1e-3 * (t - initial[k]).norm() + 1e-7, k
         assert (ours[k] - t).abs().max() <= 5e-5, k
+
+
+def test_two_grpo_runs_with_two_threads_train_bitwise_identical_weights(tiny_model_dir, tmp_path, monkeypatch):
+    """Three steps: every step updates the weights and the next one samples its rollouts from them, so a difference in
+    the low bits of one update changes the rest of the run (the embedded default's stage1 did, run to run)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        first, _ = _run(tiny_model_dir, tmp_path / "a", True, monkeypatch, steps=3)
+        second, _ = _run(tiny_model_dir, tmp_path / "b", True, monkeypatch, steps=3)
+    finally:
+        torch.set_num_threads(before)
+    assert [k for k in first if not torch.equal(first[k], second[k])] == []

@@ -3,10 +3,11 @@
 TRL scores a batch of G rollouts per prompt as B full ``prompt + completion`` rows, so the prompt (~80 % of the
 tokens with the F.4 prompt) goes through the policy, the reference model and the backward G times. Here the rows that
 share identical prompt ids and mask form a group: the group's prompt (left-padded exactly as TRL gives it, minus its
-last token) runs once with a KV cache; the cache is gathered to the group's rows (an index, so the gradients of all G
-completions flow back into the one prompt forward) and the rows' last prompt token + completion run against it
-through TRL's own fused LM head (same temperature, scaling and entropy code). Positions are the ones TRL's full-row
-forward uses (0..L-1 over the padded row), so the result is TRL's up to float rounding.
+last token) runs once with a KV cache; the cache is gathered to the group's rows (``gather_rows``: an index, so the
+gradients of all G completions flow back into the one prompt forward, in a fixed order) and the rows' last prompt
+token + completion run against it through TRL's own fused LM head (same temperature, scaling and entropy code).
+Positions are the ones TRL's full-row forward uses (0..L-1 over the padded row), so the result is TRL's up to float
+rounding.
 
 ``unsupported`` says when this is not exact or not wired (other model families, wrapped models, gradient
 checkpointing, ...); the trainer then calls TRL's own method.
@@ -64,6 +65,18 @@ def worth_grouping(input_ids: Any, attention_mask: Any, logits_to_keep: int) -> 
     return first.numel() < input_ids.size(0)
 
 
+def gather_rows(cache: Any, index: Any) -> None:
+    """Replace each layer's prompt KV in ``cache`` by its rows ``index`` (each rollout gets its group's prompt KV).
+
+    ``index_select``, not ``DynamicCache.batch_select_indices`` (``keys[index]``): the backward of an index with repeats
+    is an accumulating ``index_put_`` that on CPU adds the G rows' gradients with parallel atomic float adds, in an
+    order that changes run to run, so a GRPO step was not bitwise reproducible; ``index_select``'s backward
+    (``index_add_``) adds them in index order."""
+    for layer in cache.layers:
+        layer.keys = layer.keys.index_select(0, index)
+        layer.values = layer.values.index_select(0, index)
+
+
 def positions(length: int, device: Any) -> Any:
     """Position ids of TRL's full-row forward (the model's default): 0..L-1 over the left-padded row, shape (1, L)."""
     import torch
@@ -105,7 +118,7 @@ def per_token_logps_and_entropies(model: Any, input_ids: Any, attention_mask: An
         prompt = backbone(input_ids=input_ids[first[gs], :head], attention_mask=attention_mask[first[gs], :head],
                           position_ids=pos[:, :head], use_cache=True)
         cache = prompt.past_key_values
-        cache.batch_select_indices(local)  # indexing, not a copy of the computation: gradients reach the one prompt forward
+        gather_rows(cache, local)  # indexing, not a copy of the computation: gradients reach the one prompt forward
         tail_ids = input_ids[rows, head:]
         tail_mask = attention_mask[rows, head:]
         labels = tail_ids.masked_fill(tail_mask == 0, -100)
