@@ -435,9 +435,9 @@ class HFSampler:
     def letter_scores(self, prompts_with_partial: Sequence[str], letters: Sequence[Sequence[str]]) -> list[dict[str, float]]:
         """Each letter's next-token logit after its full text, one unpadded forward per text.
 
-        Never batched: padding changes a half-precision forward's rounding, which flipped near-tied letters (3 of 80
-        second-pass answers of the base model in bf16 when RareDis-Sub went from 16 to 32 questions), so a question's
-        evaluated answer would depend on which other questions are evaluated. The cost is the same prefill FLOPs."""
+        Never batched: left padding changes the forward's rounding (in float32 too; in bfloat16 enough to flip near-tied
+        letters: 3 of ~80 second-pass answers of the base model when RareDis-Sub went from 16 to 32 questions), so a
+        question's evaluated answer would depend on which other questions are evaluated. Same prefill FLOPs, no padding."""
         torch = self._torch
         if len(letters) != len(prompts_with_partial):
             raise ValueError(f"letters: expected one list per prompt ({len(prompts_with_partial)}), got {len(letters)}")
