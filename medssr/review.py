@@ -306,17 +306,13 @@ def _default_experiment() -> str:
 
 def _log_review(metrics: dict[str, float], files: list[str], experiment: str | None) -> str:
     """A plain run in the project's experiment, tagged medssr_role=review (a review is done by people, after the pipeline)."""
-    from medssr.metric_names import CheckedMlflow
-    from medssr.tracking import ensure_experiment
+    from medssr.tracking import plain_run
 
-    exp_id = ensure_experiment(experiment or _default_experiment())  # also points mlflow at the project's store
-    import mlflow as mlflow_module
-
-    mlflow = CheckedMlflow(mlflow_module)  # log_metrics checks each name against the registry
-    with mlflow.start_run(experiment_id=exp_id, run_name="review", tags={"medssr_role": "review", "medssr_stage": "review"}) as run:
+    # the tracking gate: every string scrubbed of credentials, log_metrics checks each name against the registry
+    with plain_run(experiment or _default_experiment(), "review", {"medssr_role": "review", "medssr_stage": "review"}) as (mlflow, run_id):
         mlflow.log_param("review.files", ", ".join(files)[:6000])
         mlflow.log_metrics(metrics)
-        return run.info.run_id
+        return run_id
 
 
 def review_parser() -> argparse.ArgumentParser:

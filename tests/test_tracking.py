@@ -282,3 +282,134 @@ def test_the_screenshot_script_captures_runs_table_parent_run_and_compare_view(t
         png = (tmp_path / name).read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000, name  # a page, not a blank
         assert struct.unpack(">II", png[16:24])[0] >= 1600, name
+
+
+# -- one gate for every write (#25) ---------------------------------------------------------------------------------
+
+WRITE_CALLS = {"log_metric", "log_metrics", "log_param", "log_params", "log_batch", "log_artifact", "log_artifacts", "log_text",
+               "log_dict", "log_figure", "log_image", "log_table", "log_input", "log_inputs", "set_tag", "set_tags",
+               "set_experiment_tag", "set_experiment_tags", "create_run", "create_experiment", "start_run", "set_terminated",
+               "update_run", "delete_tag", "log_model", "autolog", "rename_experiment", "set_experiment"}
+READERS = {"eval/report.py", "medssr/metric_names.py"}  # they import MlflowClient to read runs, never to write
+
+
+def _mlflow_imports(tree):
+    import ast
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from ((node.lineno, a.name) for a in node.names if a.name == "mlflow" or a.name.startswith("mlflow."))
+        elif isinstance(node, ast.ImportFrom) and node.module and (node.module == "mlflow" or node.module.startswith("mlflow.")):
+            yield node.lineno, node.module
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) in ("import_module", "__import__"):
+            if any(isinstance(a, ast.Constant) and str(a.value).startswith("mlflow") for a in node.args):
+                yield node.lineno, "import_module(mlflow...)"
+
+
+def test_only_the_tracking_gate_imports_mlflow_to_write():
+    """A raw `import mlflow` anywhere else could write around the scrubber: only mlflow.entities (plain data classes)
+    may be imported elsewhere, and the two readers may import the client but call no write on anything."""
+    import ast
+
+    slips = []
+    for path in sorted([*(ROOT / "medssr").rglob("*.py"), *(ROOT / "eval").rglob("*.py"), *(ROOT / "stages").rglob("*.py")]):
+        rel = path.relative_to(ROOT).as_posix()
+        if rel == "medssr/tracking.py":
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for line, mod in _mlflow_imports(tree):
+            if mod == "mlflow.entities" or (rel in READERS and mod == "mlflow.tracking"):
+                continue
+            slips.append(f"{rel}:{line}: imports {mod}")
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr in ("_mlflow", "_client", "_raw") and getattr(node.value, "id", "") == "tracking":
+                slips.append(f"{rel}:{node.lineno}: reaches tracking.{node.attr}")
+            if isinstance(node, ast.ImportFrom) and node.module == "medssr.tracking" and any(a.name in ("_mlflow", "_client") for a in node.names):
+                slips.append(f"{rel}:{node.lineno}: imports the raw mlflow from medssr.tracking")
+            if rel in READERS and isinstance(node, ast.Call) and getattr(node.func, "attr", None) in WRITE_CALLS:
+                if ast.unparse(node.func.value) != "self._module":  # metric_names.CheckedMlflow: built by nothing in medssr
+                    slips.append(f"{rel}:{node.lineno}: a reader calls {node.func.attr}")
+            if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "CheckedMlflow":
+                slips.append(f"{rel}:{node.lineno}: wraps the raw mlflow module (CheckedMlflow); use the tracking gate")
+    assert not slips, "MLflow writes must go through medssr.tracking's gate (#25):\n" + "\n".join(slips)
+
+
+def test_the_gate_offers_no_route_around_the_scrubber(mlflow_store):
+    params = load_params(ROOT / "params.yaml")
+    with tracking.stage_run("model", params) as mlflow:
+        assert isinstance(mlflow, tracking.TrackingGate)
+        for raw_route in ("tracking", "log_batch", "MlflowClient().log_metric", "set_experiment", "start_run", "_module"):
+            obj, *rest = raw_route.split("().")
+            with pytest.raises(AttributeError, match="tracking gate"):
+                target = mlflow.MlflowClient() if rest else mlflow
+                getattr(target, rest[0] if rest else obj)
+
+
+def test_every_write_route_of_the_gate_is_scrubbed(mlflow_store, tmp_path, monkeypatch):
+    """Params, tags, run names, descriptions, metric keys, text/dict/file artifacts and dataset inputs: neither the key in
+    OPENAI_API_KEY nor the password of a base_url reaches the store or the artifact root, raw, URL-encoded or base64."""
+    import base64
+    import json
+    from urllib.parse import quote
+
+    from mlflow.tracking import MlflowClient
+
+    key, pw = "sk-gatecanary-0b1c2d3e4f", "pw-gatecanary-9a8b7c"
+    monkeypatch.setenv("OPENAI_API_KEY", key)
+    url = f"http://proxyuser:{pw}@127.0.0.1:9/v1"
+    params = load_params(ROOT / "params.yaml", overrides={"synth.generator.base_url": url, "project.experiment": "gate-canary"})
+    leaky = f"base_url {url}, key {key}, quoted {quote(pw, safe='')}, b64 {base64.b64encode(key.encode()).decode()}, bare {pw}"
+    (tmp_path / "notes.txt").write_text(leaky)
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / "sub").mkdir()
+    (tmp_path / "dir" / "sub" / "eval.json").write_text(json.dumps({"why": leaky}))
+    (tmp_path / "dir" / "plot.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff" + key.encode())
+    data = tmp_path / f"data-{pw}.jsonl"
+    data.write_text("{}\n")
+    with tracking.stage_scope("synthesize", params):
+        with tracking.stage_run("synthesize", params, {"synth.generator.base_url": url, "synth.note": leaky}) as mlflow:
+            mlflow.set_tags({"why": leaky, f"k_{pw}": "v"})
+            mlflow.set_tag("mlflow.note.content", leaky)
+            mlflow.log_param("extra", leaky)
+            mlflow.log_text(leaky, "log.txt")
+            mlflow.log_dict({"report": leaky, f"k {key}": 1}, "report.json")
+            mlflow.log_artifact(str(tmp_path / "notes.txt"))
+            mlflow.log_artifacts(str(tmp_path / "dir"), "bundle")
+        tracking.log_stage_artifacts("synthesize", [tmp_path / "dir"])
+        tracking.log_dataset_inputs("synthesize", {f"seeds {pw}": data})
+    tracking.log_parent_artifacts(params, tmp_path / "notes.txt")
+    tracking.set_parent_tags(params, {"medssr_eval_final": leaky})
+
+    client = MlflowClient(mlflow_store)
+    exp = client.get_experiment_by_name("gate-canary")
+    runs = client.search_runs([exp.experiment_id])
+    assert {r.data.tags.get("medssr_role") for r in runs} == {"pipeline", "stage"}
+    forms = {key, pw, quote(pw, safe=""), base64.b64encode(key.encode()).decode().rstrip("=")}
+    art_root = Path(exp.artifact_location.removeprefix("file://"))
+    stage = next(r for r in runs if r.data.tags.get("medssr_role") == "stage")
+    assert "***" in stage.data.tags["why"] and stage.data.params["synth.generator.base_url"] == "http://127.0.0.1:9/v1"
+    files = [p for p in art_root.rglob("*") if p.is_file()]
+    assert {"log.txt", "report.json", "notes.txt", "eval.json", "plot.png"} <= {p.name for p in files}
+    db = Path(mlflow_store.removeprefix("sqlite:///")).read_bytes()
+    import sqlite3
+
+    con = sqlite3.connect(mlflow_store.removeprefix("sqlite:///"))
+    rows = "\n".join(con.iterdump())
+    con.close()
+    for where, blob in [("mlflow.db", db), ("rows", rows.encode()), *((str(p), p.read_bytes()) for p in files)]:
+        for f in forms:
+            assert f.encode() not in blob, f"{f!r} in {where}"
+
+
+def test_a_credential_in_params_is_named_once_with_the_variable_to_use(capsys):
+    from medssr.secrets import PARAMS_SECRET_WARNING
+
+    tracking._WARNED_PARAMS.clear()
+    flat = {"synth.generator.backend": "openai_compatible", "synth.generator.base_url": "http://u:pw-typed-in-1234@h/v1"}
+    assert len(tracking.warn_params_secrets(flat)) == 1 and tracking.warn_params_secrets(flat) == []
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and PARAMS_SECRET_WARNING in err[0] and "synth.generator.base_url" in err[0] and "OPENAI_API_KEY" in err[0]
+    assert "pw-typed-in-1234" not in err[0]
+    from medssr.config import to_flat_dict
+
+    assert tracking.warn_params_secrets(to_flat_dict(load_params(ROOT / "params.yaml"))) == []  # the shipped params carry none
