@@ -6,20 +6,24 @@ paper's Table 9, decoding variance), and against the reference checkpoint (``bas
 nested bootstrap interval and an exact McNemar p-value. The average is macro over the main benchmarks (paper
 Table 2); rare-disease sets (names starting ``raredis``) are left out of it and reported by category, with their own
 macro average over categories (paper Table 1 "Avg"). A macro average's interval is a bootstrap over questions within
-each benchmark (or category), so each keeps its size.
+each benchmark (or category), so each keeps its size. An average's difference is macro too, so its p is the paired
+permutation test of that macro difference (``p_perm_macro``); the McNemar test of its pooled discordant questions is
+kept beside it as ``p_mcnemar_pooled`` (it weighs questions, not benchmarks, and can disagree with the macro diff).
 
 metrics/eval.json, per checkpoint, in this order (every value a number, for ``dvc metrics show``):
 ``<benchmark>: {acc, ci_low, ci_high, n, run_std, invalid_before, invalid_after, echo_rate}``, ``avg``, ``avg_ci_low``,
 ``avg_ci_high``, ``avg_run_std``, ``avg_n`` (questions), ``n_benchmarks``, ``raredis: {<category>: {acc, ci_low, ci_high,
 n, run_std}, avg, avg_ci_low, avg_ci_high, avg_run_std, avg_n}``, ``invalid_before``, ``invalid_after``, ``n_runs``,
-``ci_level``, and for every checkpoint but the reference ``vs_base: {<benchmark>: {diff, ci_low, ci_high, n, b, c, p_mcnemar}, avg: {...},
-raredis: {<category>: {...}, avg: {...}}}`` (``ci_*`` are absent when eval.bootstrap is 0, as are ``avg_ci_*``).
+``ci_level``, and for every checkpoint but the reference ``vs_base: {<benchmark>: {diff, ci_low, ci_high, n, b, c, p_mcnemar},
+avg: {diff, ci_low, ci_high, n, b, c, p_perm_macro, p_mcnemar_pooled}, raredis: {<category>: {... p_mcnemar}, avg: {...
+p_perm_macro, p_mcnemar_pooled}}}`` (``ci_*`` are absent when eval.bootstrap is 0, as are ``avg_ci_*``; the permutation
+p does not depend on eval.bootstrap).
 
 MLflow names are those keys joined by ``/`` under ``eval`` (final checkpoint) or ``eval/<checkpoint>`` (the others):
 ``eval/medqa/acc``, ``eval/medqa/ci_low``, ``eval/medqa/run_std``, ``eval/avg``, ``eval/avg_ci_low``,
 ``eval/n_benchmarks``, ``eval/raredis/symptoms/acc``, ``eval/raredis/avg``, ``eval/base/medqa/acc``,
 ``eval/vs_base/medqa/diff``, ``eval/vs_base/medqa/p_mcnemar``, ``eval/stage1/vs_base/avg/ci_high``,
-``eval/vs_base/raredis/treatment/b`` ...
+``eval/vs_base/avg/p_perm_macro``, ``eval/vs_base/raredis/avg/p_mcnemar_pooled``, ``eval/vs_base/raredis/treatment/b`` ...
 """
 
 from __future__ import annotations
@@ -30,7 +34,17 @@ from typing import Any
 
 import numpy as np
 
-from eval.stats import bootstrap_interval, decoding_std, discordant, mcnemar_exact, stable_seed, wilson_interval
+from eval.stats import (
+    PERM_DRAWS,
+    PERM_EXACT_MAX,
+    bootstrap_interval,
+    decoding_std,
+    discordant,
+    mcnemar_exact,
+    permutation_p,
+    stable_seed,
+    wilson_interval,
+)
 from medssr.metric_names import category_key, eval_prefix, flatten
 from medssr.records import CATEGORIES
 
@@ -108,15 +122,21 @@ class CheckpointScore:
 
 @dataclass
 class Comparison:
-    """A checkpoint minus the reference on the questions (and runs) both answered."""
+    """A checkpoint minus the reference on the questions (and runs) both answered.
+
+    For one benchmark (category) ``p_mcnemar`` is the row's test. For an average (``p_perm_macro`` set) ``diff`` is
+    the macro difference and ``p_perm_macro`` its test; ``b``, ``c`` and ``p_mcnemar`` then pool the parts' questions
+    (eval.json calls that p ``p_mcnemar_pooled``: it answers whether more questions were won, not the macro diff).
+    """
 
     diff: float
     n: int
     b: int  # questions only this checkpoint gets right (majority over runs)
     c: int  # questions only the reference gets right
-    p_mcnemar: float
+    p_mcnemar: float  # exact McNemar on the b + c discordant questions (pooled over the parts of an average)
     ci_low: float | None = None  # paired nested bootstrap interval of ``diff``
     ci_high: float | None = None
+    p_perm_macro: float | None = None  # averages only: paired permutation p of the macro ``diff`` (eval.stats.permutation_p)
 
 
 def is_rare_benchmark(name: str) -> bool:
@@ -242,8 +262,14 @@ def _aligned(ref: Score, other: Score) -> tuple[np.ndarray, np.ndarray]:
 
 
 def compare_scores(ref: Sequence[Score], other: Sequence[Score], n_boot: int = 0, confidence: float = 0.95,
-                   seed: int | np.random.SeedSequence = 0) -> Comparison | None:
-    """``other`` minus ``ref``, macro over paired parts (one part: a benchmark); McNemar pools the parts' questions."""
+                   seed: int | np.random.SeedSequence = 0, average: bool = False,
+                   perm_seed: int | np.random.SeedSequence = 0) -> Comparison | None:
+    """``other`` minus ``ref``, macro over paired parts (one part: a benchmark); McNemar pools the parts' questions.
+
+    ``average``: the parts make a macro average, so add ``p_perm_macro``, the paired permutation test of the macro
+    difference itself (answers swapped within each question, every part kept apart), seeded by ``perm_seed`` and
+    computed whether or not the bootstrap (``n_boot``) runs.
+    """
     pairs = [p for p in (_aligned(r, o) for r, o in zip(ref, other, strict=True)) if p[0].size]
     if not pairs:
         return None
@@ -254,6 +280,8 @@ def compare_scores(ref: Sequence[Score], other: Sequence[Score], n_boot: int = 0
         b, c = b + db, c + dc
     out = Comparison(diff=float(np.mean([d.mean() for d in diffs])), n=sum(len(d) for d in diffs), b=b, c=c,
                      p_mcnemar=mcnemar_exact(b, c))
+    if average:
+        out.p_perm_macro = permutation_p(diffs, seed=perm_seed)
     if n_boot > 0:
         out.ci_low, out.ci_high = bootstrap_interval(diffs, n_boot, confidence, seed)
     return out
@@ -263,7 +291,8 @@ def compare_checkpoints(ref: CheckpointScore, other: CheckpointScore, n_boot: in
                         seed: int = 0, name: str = "") -> dict[str, Any]:
     """{benchmark: Comparison, 'avg': Comparison, 'raredis': {category: Comparison, 'avg': Comparison}} on shared parts."""
     def cmp(key: str, r: Sequence[Score], o: Sequence[Score]) -> Comparison | None:
-        return compare_scores(r, o, n_boot, confidence, stable_seed(seed, name, "vs", key))
+        return compare_scores(r, o, n_boot, confidence, stable_seed(seed, name, "vs", key), average=key in ("avg", "raredis/avg"),
+                              perm_seed=stable_seed(seed, name, "perm", key))
 
     shared = [b for b in other.benchmarks if b in ref.benchmarks]
     out: dict[str, Any] = {b: cmp(b, [ref.benchmarks[b]], [other.benchmarks[b]]) for b in shared}
@@ -307,10 +336,17 @@ def _average_json(a: Average) -> dict[str, Any]:
     return {"avg": _r(a.acc), **_ci(a.ci_low, a.ci_high, "avg_"), "avg_run_std": _r(a.run_std), "avg_n": a.n}
 
 
+def _pv(p: float) -> float:
+    return float(f"{p:.6g}")
+
+
 def comparison_json(c: Comparison) -> dict[str, Any]:
-    """A ``vs_base`` entry; p keeps six significant digits (a tiny p must not round to 0)."""
-    return {"diff": _r(c.diff), **_ci(c.ci_low, c.ci_high), "n": c.n, "b": c.b, "c": c.c,
-            "p_mcnemar": float(f"{c.p_mcnemar:.6g}")}
+    """A ``vs_base`` entry; p keeps six significant digits (a tiny p must not round to 0). An average's entry names
+    its tests apart: ``p_perm_macro`` (of its macro ``diff``) and ``p_mcnemar_pooled`` (of its pooled ``b``, ``c``)."""
+    out = {"diff": _r(c.diff), **_ci(c.ci_low, c.ci_high), "n": c.n, "b": c.b, "c": c.c}
+    if c.p_perm_macro is not None:
+        return out | {"p_perm_macro": _pv(c.p_perm_macro), "p_mcnemar_pooled": _pv(c.p_mcnemar)}
+    return out | {"p_mcnemar": _pv(c.p_mcnemar)}
 
 
 def checkpoint_json(score: CheckpointScore, comparison: Mapping[str, Any] | None = None,
@@ -386,14 +422,21 @@ def _p(p: float) -> str:
     return "p<0.001" if p < 0.001 else f"p={p:.3f}"
 
 
-def _diff_cell(d: Any) -> str:
-    """``+6.2 [-12.5, +25.0] p=0.727``: difference in points, paired bootstrap interval, exact McNemar p."""
+def _diff_cell(d: Any, average: bool = False) -> str:
+    """``+6.2 [-12.5, +25.0] p=0.727``: difference in points, paired bootstrap interval, exact McNemar p; an average's
+    cell names its test, ``perm p=0.031`` (the permutation test of its macro difference; eval.json files from before it
+    had only the pooled McNemar p, under ``p_mcnemar``, shown as ``pooled p=``)."""
     if not isinstance(d, Mapping) or d.get("diff") is None:
         return "-"
     s = _pct(d["diff"], signed=True)
     if d.get("ci_low") is not None:
         s += f" [{_pct(d['ci_low'], True)}, {_pct(d['ci_high'], True)}]"
-    return s + f" {_p(d['p_mcnemar'])}"
+    if d.get("p_perm_macro") is not None:
+        return s + f" perm {_p(d['p_perm_macro'])}"
+    pooled = d.get("p_mcnemar_pooled", d.get("p_mcnemar") if average else None)
+    if pooled is not None:
+        return s + f" pooled {_p(pooled)}"
+    return s + (f" {_p(d['p_mcnemar'])}" if d.get("p_mcnemar") is not None else "")
 
 
 def _avg_view(block: Mapping[str, Any]) -> dict[str, Any]:
@@ -462,18 +505,23 @@ def format_table(results: Mapping[str, Mapping[str, Any]], display_names: Mappin
 
     vs = [(c, key) for c in ckpts for key in results[c] if key.startswith("vs_") and isinstance(results[c][key], Mapping)]
     if vs:
-        def diff_row(label: str, get: Any) -> tuple[str, ...]:
-            return (label, *(_diff_cell(get(results[c][key])) for c, key in vs))
+        def diff_row(label: str, get: Any, average: bool = False) -> tuple[str, ...]:
+            return (label, *(_diff_cell(get(results[c][key]), average) for c, key in vs))
 
         rows2 = [("difference (points)", *(f"{c} − {key[3:]}" for c, key in vs))]
         rows2 += [diff_row(names.get(b, b), lambda v, b=b: v.get(b)) for b in main]
         if main:
-            rows2.append(diff_row("avg", lambda v: v.get("avg")))
+            rows2.append(diff_row("avg", lambda v: v.get("avg"), average=True))
         rows2 += [diff_row(names.get(b, b), lambda v, b=b: v.get(b)) for b in rare]
         rows2 += [diff_row(f"  {_CATEGORY_NAMES.get(x, x)}", lambda v, x=x: (v.get("raredis") or {}).get(x)) for x in cats]
         if cats:
-            rows2.append(diff_row("  avg", lambda v: (v.get("raredis") or {}).get("avg")))
+            rows2.append(diff_row("  avg", lambda v: (v.get("raredis") or {}).get("avg"), average=True))
         lines += ["", *_render(rows2),
                   f"diff in points [{pct} paired bootstrap interval: questions resampled" + (", runs nested]" if k > 1 else "]"),
                   "p = exact McNemar test on discordant questions" + (" (majority-correct over the k runs)" if k > 1 else "")]
+        if any(isinstance(a, Mapping) and "p_perm_macro" in a
+               for c, key in vs for a in (results[c][key].get("avg"), (results[c][key].get("raredis") or {}).get("avg"))):
+            lines.append("avg rows: perm p = paired permutation test of the macro difference (each question's two answers "
+                         f"swapped at random, within its benchmark/category; exact up to {PERM_EXACT_MAX} differing questions, "
+                         f"else {PERM_DRAWS} draws)")
     return "\n".join(lines)

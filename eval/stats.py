@@ -12,6 +12,14 @@ runs are repeated draws of the same question (decoding variance), never extra qu
   replacement, the same run indices for both checkpoints (run r of every checkpoint used the same decoding seed).
   Several strata (benchmarks, categories) are resampled each within itself and the statistic is their macro mean,
   which gives the interval of a macro average. Percentile interval; seeded, so results are reproducible to the bit.
+* Paired permutation test of a macro difference (the test of an average row): under the null hypothesis that the
+  two checkpoints are exchangeable on each question, swapping their answers to a question (all k runs together)
+  flips the sign of that question's run-summed difference a_i = sum_r (other - reference). The statistic is the
+  macro mean itself, D = (1/S) sum_s sum_{i in s} a_i / (n_s k_s) over S strata (benchmarks, categories) of n_s
+  questions and k_s runs, recomputed for each sign pattern with every stratum keeping its own n_s; two-sided
+  p = P[|D*| >= |D|]. Only questions with a_i != 0 matter: with m of them, all 2^m patterns are enumerated when
+  m <= PERM_EXACT_MAX (exact p), otherwise PERM_DRAWS seeded random patterns give p = (1 + #{|D*| >= |D|}) /
+  (draws + 1), never 0. D is compared in integers (a common denominator), so ties count exactly.
 * Run-to-run std: population std (ddof = 0) of the per-run accuracies, as in the paper's Table 9.
 """
 
@@ -25,6 +33,8 @@ from statistics import NormalDist
 import numpy as np
 
 BOOT_CHUNK = 256  # resamples drawn at once (bounds memory at chunk x questions x runs)
+PERM_EXACT_MAX = 16  # up to this many questions with a non-zero difference the permutation test enumerates all 2^m swaps
+PERM_DRAWS = 9999  # random swap patterns beyond that (the smallest p is 1 / (PERM_DRAWS + 1) = 1e-4)
 
 
 def _z(confidence: float) -> float:
@@ -111,3 +121,58 @@ def bootstrap_interval(strata: Sequence[np.ndarray], n_boot: int, confidence: fl
     alpha = (1 - confidence) / 2
     low, high = np.quantile(stats, [alpha, 1 - alpha])
     return float(low), float(high)
+
+
+def _integer_rows(m: np.ndarray) -> np.ndarray:
+    """Run sums of a difference matrix whose cells are -1, 0 or 1 (other minus reference, both 0/1)."""
+    if not np.isin(m, (-1.0, 0.0, 1.0)).all():
+        raise ValueError("a paired difference matrix holds -1, 0 and 1 only (other minus reference, both 0/1)")
+    return m.sum(axis=1).round().astype(np.int64)
+
+
+def permutation_p(strata: Sequence[np.ndarray], n_draws: int = PERM_DRAWS, seed: int | np.random.SeedSequence = 0,
+                  exact_max: int = PERM_EXACT_MAX) -> float:
+    """Two-sided paired permutation p of the macro mean of difference matrices (``bootstrap_interval``'s paired input).
+
+    ``strata``: per benchmark (or category) the questions x runs matrix other minus reference (cells -1, 0, 1). The
+    statistic is the macro mean of their means, the ``diff`` of a macro average; its null distribution swaps the two
+    checkpoints' answers to each question (all runs together) independently with probability 1/2, each question
+    staying in its stratum. Exact over all swaps when at most ``exact_max`` questions differ, else ``n_draws`` seeded
+    random swap patterns with the +1 correction. Identical checkpoints give p = 1.
+    """
+    if n_draws < 1:
+        raise ValueError("n_draws must be at least 1")
+    mats = [np.asarray(m, dtype=float) for m in strata]
+    if not mats or any(m.ndim != 2 or m.shape[0] == 0 or m.shape[1] == 0 for m in mats):
+        raise ValueError("each stratum must be a non-empty questions x runs matrix")
+    # D = (1/S) sum_s T_s / (n_s k_s) with integer T_s = sum_i eps_i a_i; times S * L (L = lcm of n_s k_s) it is the
+    # integer U = sum_s T_s * L / (n_s k_s): compared exactly (Python integers where int64 could overflow)
+    denoms = [m.shape[0] * m.shape[1] for m in mats]
+    lcm = math.lcm(*denoms)
+    coef = [lcm // d for d in denoms]
+    rows = [_integer_rows(m) for m in mats]
+    a = np.concatenate([r[r != 0] for r in rows]).astype(float)  # the questions whose swap changes D
+    owner = np.concatenate([np.full(int(np.count_nonzero(r)), s) for s, r in enumerate(rows)])
+    if a.size == 0:
+        return 1.0
+    bound = sum(c * int(np.abs(r).sum()) for c, r in zip(coef, rows, strict=True))
+    weights = np.array(coef, dtype=np.int64 if bound < 2**62 else object)
+    member = np.zeros((a.size, len(mats)))
+    member[np.arange(a.size), owner] = a  # column s: the non-zero a_i of stratum s
+
+    def u(signs: np.ndarray) -> np.ndarray:
+        t = np.rint(signs @ member).astype(np.int64)  # per-stratum integer sums (exact: |T_s| < 2^53)
+        return np.abs(t.astype(weights.dtype) @ weights)
+
+    observed = u(np.ones((1, a.size)))[0]
+    m = a.size
+    if m <= exact_max:
+        bits = (np.arange(2**m, dtype=np.int64)[:, None] >> np.arange(m)) & 1
+        return float(np.count_nonzero(u(1.0 - 2.0 * bits) >= observed)) / 2**m
+    rng = np.random.default_rng(seed)
+    hits = 0
+    for start in range(0, n_draws, BOOT_CHUNK):
+        size = min(BOOT_CHUNK, n_draws - start)
+        signs = 1.0 - 2.0 * rng.integers(0, 2, size=(size, m))
+        hits += int(np.count_nonzero(u(signs) >= observed))
+    return (1 + hits) / (n_draws + 1)

@@ -20,7 +20,7 @@ from eval.scoring import (
     score_checkpoint,
     score_runs,
 )
-from medssr.metric_names import eval_metric, eval_prefix, raredis_metric
+from medssr.metric_names import eval_metric, eval_prefix, lookup, raredis_metric
 
 
 def _p(qid, bench, run, correct, extracted="A", final="A", category=None):
@@ -214,3 +214,96 @@ def test_format_table_shows_each_difference_to_base_with_its_p_value():
 def test_format_table_shows_decoding_std_only_with_several_runs():
     assert "±" not in format_table(results_json(_two_checkpoints(1)))
     assert "± run-to-run std over k=2 runs" in format_table(results_json(_two_checkpoints(2)))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the average row's p is a test of the macro difference it sits beside
+
+
+def _disagreeing(lost: int, big: int, won: int, small: int, n_small: int, runs: int = 1) -> dict[str, list[Prediction]]:
+    """One big benchmark where stage2 loses ``lost`` of ``big`` questions base gets right, and ``n_small`` small ones
+    of ``small`` questions where it wins ``won`` base gets wrong: few questions, but most of the benchmarks."""
+    out: dict[str, list[Prediction]] = {"base": [], "stage2": []}
+    for r in range(runs):
+        for i in range(big):
+            out["base"].append(_p(f"big{i}", "big", r, i < lost or i % 2 == 0))
+            out["stage2"].append(_p(f"big{i}", "big", r, i >= lost and i % 2 == 0))
+        for s in range(n_small):
+            for i in range(small):
+                out["base"].append(_p(f"s{s}-{i}", f"small{s}", r, False))
+                out["stage2"].append(_p(f"s{s}-{i}", f"small{s}", r, i < won))
+    return out
+
+
+def test_average_p_tests_the_macro_difference_where_the_pooled_questions_point_the_other_way():
+    # 60 of 400 lost on one benchmark, 6 of 10 won on each of four: more questions lost (b 24 < c 60, pooled McNemar
+    # p < 0.001 for base) but the macro difference is +45 points on 4 of 5 benchmarks; its own test finds it
+    vs = results_json(_disagreeing(lost=60, big=400, won=6, small=10, n_small=4), n_boot=200, seed=0)["stage2"]["vs_base"]
+    avg = vs["avg"]
+    assert avg["diff"] == pytest.approx((-60 / 400 + 4 * 0.6) / 5) and avg["diff"] > 0
+    assert (avg["b"], avg["c"]) == (24, 60) and avg["p_mcnemar_pooled"] < 0.001  # pooled: base wins more questions
+    assert avg["p_perm_macro"] < 0.001  # the macro difference, tested as itself: 84 differing questions, Monte Carlo
+    assert avg["ci_low"] > 0  # and it agrees with the bootstrap interval of the same statistic
+    assert "p_mcnemar" not in avg  # no key named like the benchmarks' test that means something else here
+    assert vs["big"]["p_mcnemar"] < 0.001 and vs["big"]["diff"] < 0 and "p_perm_macro" not in vs["big"]
+
+
+def test_average_p_is_the_exact_permutation_p_where_pooled_mcnemar_sees_nothing():
+    # 6 of 100 lost, 3 of 3 won on each of three: pooled b 9 vs c 6 (p 0.61), macro +73.5 points; 15 differing
+    # questions are enumerated: only the 2 x 64 swaps keeping the 9 wins together reach it, p = 2^-8
+    avg = results_json(_disagreeing(lost=6, big=100, won=3, small=3, n_small=3))["stage2"]["vs_base"]["avg"]
+    assert avg["diff"] == pytest.approx((-0.06 + 3) / 4)
+    assert avg["p_mcnemar_pooled"] == pytest.approx(0.607239, abs=1e-6)
+    assert avg["p_perm_macro"] == 2**-8
+
+
+def test_average_p_of_identical_checkpoints_is_one_and_of_all_improved_is_small():
+    same = _two_checkpoints()
+    same["stage2"] = [_p(p.id, p.benchmark, p.run, p.correct, category=p.category) for p in same["base"]]
+    vs = results_json(same)["stage2"]["vs_base"]
+    assert vs["avg"]["p_perm_macro"] == 1.0 and vs["raredis"]["avg"]["p_perm_macro"] == 1.0
+    up = _disagreeing(lost=0, big=8, won=4, small=4, n_small=2)  # big: nothing differs; 8 of 8 small questions won
+    assert results_json(up)["stage2"]["vs_base"]["avg"]["p_perm_macro"] == 2 / 2**8
+
+
+def test_average_p_is_seeded_reproducible_and_independent_of_the_bootstrap():
+    preds = _disagreeing(lost=30, big=200, won=2, small=10, n_small=4, runs=2)  # 76 x 2 runs: Monte Carlo
+    a = results_json(preds, n_boot=0, seed=3)["stage2"]["vs_base"]["avg"]
+    assert a == results_json(preds, n_boot=0, seed=3)["stage2"]["vs_base"]["avg"]
+    assert a["p_perm_macro"] == results_json(preds, n_boot=300, seed=3)["stage2"]["vs_base"]["avg"]["p_perm_macro"]
+    assert a["p_perm_macro"] != results_json(preds, n_boot=0, seed=4)["stage2"]["vs_base"]["avg"]["p_perm_macro"]
+
+
+def test_average_tests_are_named_in_eval_json_mlflow_and_the_table():
+    res = results_json(_disagreeing(lost=6, big=100, won=3, small=3, n_small=3), n_boot=100)
+    assert list(res["stage2"]["vs_base"]["avg"]) == ["diff", "ci_low", "ci_high", "n", "b", "c", "p_perm_macro", "p_mcnemar_pooled"]
+    names = set(results_metrics(res))
+    assert {"eval/vs_base/avg/p_perm_macro", "eval/vs_base/avg/p_mcnemar_pooled", "eval/vs_base/big/p_mcnemar"} <= names
+    assert "eval/vs_base/avg/p_mcnemar" not in names
+    assert all(lookup(n) for n in names)  # every name registered
+    lines = format_table(res).splitlines()
+    head = next(i for i, line in enumerate(lines) if "stage2 − base" in line)
+    assert next(line for line in lines[head:] if line.startswith("avg")).endswith("perm p=0.004")
+    assert next(line for line in lines[head:] if line.startswith("big")).split()[-1].startswith("p=")
+    assert any(line.startswith("avg rows: perm p = paired permutation test of the macro difference") for line in lines)
+
+
+def test_raredis_average_p_is_its_own_macro_permutation_test():
+    preds = {n: [_p(f"r{i}", "raredis_sub", 0, right(i), category=("Causes", "Symptoms")[i % 2]) for i in range(8)]
+             for n, right in (("base", lambda i: False), ("stage2", lambda i: i % 2 == 0 or i == 1))}
+    rd = results_json(preds)["stage2"]["vs_base"]["raredis"]
+    assert rd["causes"]["p_mcnemar"] == 0.125 and "p_perm_macro" not in rd["causes"]
+    assert rd["avg"]["diff"] == pytest.approx((1 + 0.25) / 2)
+    assert rd["avg"]["p_perm_macro"] == 2 / 2**5 and rd["avg"]["p_mcnemar_pooled"] == 2 / 2**5
+
+
+def test_table_of_an_older_eval_json_labels_its_average_p_as_pooled():
+    res = results_json(_two_checkpoints())
+    vs = res["stage2"]["vs_base"]
+    for avg in (vs["avg"], vs["raredis"]["avg"]):
+        avg["p_mcnemar"] = avg.pop("p_mcnemar_pooled")  # as eval.json held it before p_perm_macro
+        del avg["p_perm_macro"]
+    lines = format_table(res).splitlines()
+    head = next(i for i, line in enumerate(lines) if "stage2 − base" in line)
+    assert next(line for line in lines[head:] if line.startswith("avg")).endswith("pooled p=0.250")
+    assert not any(line.startswith("avg rows: perm p") for line in lines)

@@ -1,11 +1,22 @@
-"""Evaluation statistics against hand-computed values: Wilson, exact McNemar, nested paired bootstrap, decoding std."""
+"""Evaluation statistics against hand-computed values: Wilson, exact McNemar, nested paired bootstrap, decoding std,
+the paired permutation test of a macro difference."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from eval.stats import bootstrap_interval, decoding_std, discordant, majority_correct, mcnemar_exact, stable_seed, wilson_interval
+from eval.stats import (
+    PERM_DRAWS,
+    bootstrap_interval,
+    decoding_std,
+    discordant,
+    majority_correct,
+    mcnemar_exact,
+    permutation_p,
+    stable_seed,
+    wilson_interval,
+)
 
 
 def test_wilson_interval_at_3_of_16_is_6_6_to_43_0_percent():
@@ -92,3 +103,88 @@ def test_bootstrap_is_reproducible_for_a_seed():
 def test_bootstrap_rejects_an_empty_stratum():
     with pytest.raises(ValueError):
         bootstrap_interval([np.zeros((0, 1))], 100)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the paired permutation test of a macro difference (the p of an average row)
+
+
+def _brute_force_p(strata):
+    """Every swap pattern of every question, the macro mean recomputed in exact fractions: the definition itself."""
+    import itertools
+    from fractions import Fraction
+
+    rows = [(s, [int(x) for x in m.sum(axis=1)], m.shape[0] * m.shape[1]) for s, m in enumerate(strata)]
+    cells = [(a, n) for _, r, n in rows for a in r if a]  # a question with no difference swaps to itself
+    observed = abs(sum(Fraction(a, n) for a, n in cells))
+    hits = sum(abs(sum(Fraction(e * a, n) for e, (a, n) in zip(signs, cells, strict=True))) >= observed
+               for signs in itertools.product((1, -1), repeat=len(cells)))
+    return hits / 2 ** len(cells)
+
+
+def test_permutation_of_identical_checkpoints_is_one():
+    a = np.random.default_rng(3).integers(0, 2, size=(30, 4)).astype(float)
+    assert permutation_p([a - a, np.zeros((7, 4))]) == 1.0
+
+
+def test_permutation_of_one_benchmark_with_one_run_is_the_exact_mcnemar_test():
+    # k = 1, one stratum: a swap flips one discordant question, the statistic is (b - c) / n: the sign test
+    for b, c in ((1, 7), (0, 5), (3, 3), (10, 2)):
+        d = np.array([[1.0]] * b + [[-1.0]] * c + [[0.0]] * 4)
+        assert permutation_p([d]) == pytest.approx(mcnemar_exact(b, c))
+
+
+def test_permutation_all_improved_is_two_in_two_to_the_m():
+    # 15 questions over three benchmarks all improved: only "no swap" and "swap all" reach |D|
+    strata = [np.ones((5, 1)), np.ones((4, 1)), np.ones((6, 1))]
+    assert permutation_p(strata) == 2 / 2**15
+
+
+def test_permutation_weighs_each_stratum_by_its_own_size():
+    # 6 questions lost on a benchmark of 100, 9 won on three benchmarks of 3: the macro diff (+0.735) is far from 0
+    # and only the 2 x 64 patterns that keep the 9 small-benchmark questions together reach it: p = 128 / 2^15
+    big = np.array([[-1.0]] * 6 + [[0.0]] * 94)
+    small = [np.ones((3, 1))] * 3
+    assert permutation_p([big, *small]) == 128 / 2**15
+    assert mcnemar_exact(9, 6) > 0.6  # the pooled questions say nothing
+
+
+def test_permutation_matches_the_brute_force_definition_with_runs_and_uneven_strata():
+    rng = np.random.default_rng(11)
+    for _ in range(5):
+        strata = [(rng.integers(0, 2, size=(n, 2)) - rng.integers(0, 2, size=(n, 2))).astype(float) for n in (3, 4, 2)]
+        assert permutation_p(strata) == pytest.approx(_brute_force_p(strata), abs=1e-12)
+
+
+def _column(*diffs: int, n: int) -> np.ndarray:
+    """A k = 1 difference matrix of n questions: ``diffs`` first, the rest 0."""
+    return np.array([[float(x)] for x in diffs] + [[0.0]] * (n - len(diffs)))
+
+
+def test_permutation_counts_ties_exactly_across_strata():
+    # -2/10 - 1/8 + 1/7 is tied by 2 more of the 16 swap patterns than float sums of the same fractions find (8/16)
+    strata = [_column(-1, -1, n=10), _column(-1, n=8), _column(1, n=7)]
+    assert permutation_p(strata) == _brute_force_p(strata) == 10 / 16
+
+
+def test_permutation_monte_carlo_is_seeded_corrected_and_close_to_exact():
+    d = np.array([[1.0]] * 24 + [[-1.0]] * 16 + [[0.0]] * 10)  # 40 differing questions: past the exact limit
+    first = permutation_p([d], seed=stable_seed(0, "stage2", "perm", "avg"))
+    assert permutation_p([d], seed=stable_seed(0, "stage2", "perm", "avg")) == first
+    assert permutation_p([d], seed=stable_seed(1, "stage2", "perm", "avg")) != first
+    assert first == pytest.approx(mcnemar_exact(24, 16), abs=0.03)
+    assert (first * (PERM_DRAWS + 1)) == pytest.approx(round(first * (PERM_DRAWS + 1)))  # (1 + hits) / (draws + 1)
+    assert permutation_p([np.ones((40, 1))], seed=0) == 1 / (PERM_DRAWS + 1)  # never 0
+
+
+def test_permutation_swaps_a_question_with_all_its_runs():
+    # right in both runs vs wrong in both: a_i = 2 per question; run-by-run swaps would not be exchangeable pairs
+    d = np.array([[1.0, 1.0]] * 3 + [[1.0, -1.0]] * 5)
+    assert permutation_p([d]) == 2 / 2**3
+
+
+def test_permutation_rejects_non_paired_input():
+    with pytest.raises(ValueError):
+        permutation_p([np.array([[0.5]])])
+    with pytest.raises(ValueError):
+        permutation_p([np.zeros((0, 1))])
