@@ -157,3 +157,42 @@ def test_a_rollout_repeating_the_prompt_is_scored_on_its_own_answer() -> None:
     parrot = F4_PROMPT.split("user\n", 1)[1].split("<|im_end|>")[0]
     assert reward_func([F4_PROMPT + parrot + "\nThe answer is C.<|im_end|>"], [F4_PROMPT], [encode_label("C", WORSTER)])["rewards"].tolist() == [1.0]
     assert reward_func([F4_PROMPT + parrot + "<|im_end|>"], [F4_PROMPT], [encode_label("A", WORSTER)])["rewards"].tolist() == [0.0]
+
+
+# --- finished or cut off: read as votes and evaluation read it (complete=False on finish "length") ---------------
+# OpenRLHF 0.11.2 decodes prompt + vLLM's response ids with skip_special_tokens=False: the EOS is there iff it stopped.
+CUT_TEXTS = ["Drooling and dysarthria point to it.\nC", "Drooling and dysarthria point to it, so the answer is C"]
+
+
+def _as_votes_read(texts: list[str], complete: bool) -> list[float]:
+    """The oracle: the reward each response earns when read as the label stage and evaluation read it."""
+    from medssr.answers import extract_answer
+
+    return [1.0 if extract_answer(t, WORSTER, complete=complete) == "C" else 0.0 for t in texts]
+
+
+def test_openrlhf_reward_reads_cut_off_and_finished_queries_as_votes_do(tiny_model_dir) -> None:
+    from medssr.models import load_tokenizer
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    reward_func = load_reward_module().reward_func
+    assert _as_votes_read(CUT_TEXTS, complete=False) != _as_votes_read(CUT_TEXTS, complete=True)  # the bare line differs
+    prompt_ids = tok.encode(F4_PROMPT, add_special_tokens=False)
+    for eos in (False, True):
+        queries = [tok.decode(prompt_ids + tok.encode(t, add_special_tokens=False) + ([tok.eos_token_id] if eos else []),
+                              skip_special_tokens=False) for t in CUT_TEXTS]
+        got = [reward_func([q], [F4_PROMPT], [encode_label("C", WORSTER)])["rewards"].tolist()[0] for q in queries]
+        assert got == _as_votes_read(CUT_TEXTS, complete=eos), f"eos={eos}"
+
+
+@pytest.mark.parametrize("end", ["<|im_end|>", "<|eot_id|>", "</s>", "<end_of_turn>", "<|im_end|>\n<|endoftext|>"])
+def test_openrlhf_reward_reads_a_bare_last_line_only_before_a_stop_token(end: str) -> None:
+    reward_func = load_reward_module().reward_func
+    label = encode_label("C", WORSTER)
+    assert reward_func([F4_PROMPT + CUT_TEXTS[0] + end], [F4_PROMPT], [label])["rewards"].tolist() == [1.0]
+    assert reward_func([F4_PROMPT + CUT_TEXTS[0]], [F4_PROMPT], [label])["rewards"].tolist() == [0.0]
+
+
+def test_openrlhf_reward_reads_a_response_cut_after_a_non_stop_special_token_as_cut_off() -> None:
+    out = load_reward_module().reward_func([F4_PROMPT + CUT_TEXTS[0] + "<|im_start|>"], [F4_PROMPT], [encode_label("C", WORSTER)])
+    assert out["rewards"].tolist() == [0.0]

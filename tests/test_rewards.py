@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
+from medssr.answers import extract_answer
 from medssr.rl.rewards import (
     correctness,
     decode_label,
@@ -15,10 +17,14 @@ from medssr.rl.rewards import (
     majority,
     online_vote_reward,
     prompt_groups,
+    rollout_groups,
     strip_trailing_special_tokens,
+    trl_finished,
     trl_reward,
 )
 from tests.rollouts import MAJORITY, MINORITY, PUBMED, RAMBLE, WORSTER
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 # --- correctness ---------------------------------------------------------------------------------------------
@@ -172,3 +178,132 @@ def test_strip_trailing_special_tokens_keeps_text_and_inner_tokens() -> None:
 
 def test_trl_reward_reads_a_last_line_before_a_kept_eos() -> None:
     assert trl_reward(["p"], ["Reasoning.\nC</s>"], ["C"], [WORSTER]) == [1.0]
+
+
+# --- finished or cut off: one reading of a rollout (votes and evaluation pass complete=False on finish "length") ---
+# A bare last line is an answer only in a finished output; "... so the answer is C" is the issue's example.
+CUT_TEXTS = ["Drooling and dysarthria point to it.\nC", "Drooling and dysarthria point to it, so the answer is C"]
+
+
+def _as_votes_read(texts: list[str], complete: bool, label: str = "C") -> list[float]:
+    """The reward each text earns when read as the label stage and evaluation read it (the oracle)."""
+    return [1.0 if extract_answer(t, WORSTER, complete=complete) == label else 0.0 for t in texts]
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_model_dir):
+    from medssr.models import load_tokenizer
+
+    return load_tokenizer(str(tiny_model_dir))
+
+
+def _trl_completions(tok, texts: list[str], eos: bool) -> tuple[list[str], list[list[int]]]:
+    """Completions as TRL 1.16 hands them over: ids up to and with the first EOS, text decoded without specials."""
+    ids = [tok.encode(t, add_special_tokens=False) + ([tok.eos_token_id] if eos else []) for t in texts]
+    return tok.batch_decode(ids, skip_special_tokens=True), ids
+
+
+def test_trl_reward_reads_cut_off_and_finished_rollouts_as_votes_do(tok) -> None:
+    assert _as_votes_read(CUT_TEXTS, complete=False) != _as_votes_read(CUT_TEXTS, complete=True)  # the bare line differs
+    stops = [tok.eos_token_id, tok.pad_token_id]
+    for eos in (False, True):
+        completions, ids = _trl_completions(tok, CUT_TEXTS, eos)
+        got = trl_reward(["p"] * 2, completions, label=["C"] * 2, options=[WORSTER] * 2, completion_ids=ids, stop_token_ids=stops)
+        assert got == _as_votes_read(CUT_TEXTS, complete=eos), f"eos={eos}"
+
+
+def test_online_vote_reads_a_cut_off_rollout_as_cut_off(tok) -> None:
+    completions, ids = _trl_completions(tok, [CUT_TEXTS[0]] * 2, eos=False)
+    got = online_vote_reward(["p"] * 2, completions, options=[WORSTER] * 2, completion_ids=ids, stop_token_ids=[tok.eos_token_id],
+                             id=["q"] * 2, num_generations=2)
+    assert got == [0.0, 0.0]  # no valid answer in the group: nothing to agree with
+
+
+def test_trl_finished_follows_trls_truncation_rule() -> None:
+    # TRL 1.16 GRPOTrainer._generate: truncated when ids[-1] not in [*eos_token_ids, pad_token_id]
+    ids = [[5, 6, 2], [5, 6, 0], [5, 6, 7], [2, 5], []]
+    assert trl_finished(ids, [2, 0], 5) == [True, True, False, False, False]
+    assert trl_finished(None, None, 2) == [True, True]  # text only: nothing says it was cut
+
+
+def test_trl_finished_refuses_ids_without_stop_ids() -> None:
+    with pytest.raises(ValueError, match="without stop_token_ids"):
+        trl_reward(["p"], ["C"], label=["C"], options=[WORSTER], completion_ids=[[51]])
+
+
+def test_stage_reward_wrapper_reads_a_cut_off_rollout_as_cut_off(tok) -> None:
+    from medssr.rl.trl_backend import make_reward_fn
+
+    logged: dict[str, float] = {}
+    fn = make_reward_fn("gold", num_generations=2, stop_token_ids=[tok.eos_token_id, tok.pad_token_id])
+    texts = [CUT_TEXTS[0], CUT_TEXTS[0]]
+    cut, cut_ids = _trl_completions(tok, texts[:1], eos=False)
+    done, done_ids = _trl_completions(tok, texts[1:], eos=True)
+    scores = fn(prompts=["p"] * 2, completions=cut + done, label=["C"] * 2, options=[json.dumps(WORSTER)] * 2,
+                completion_ids=cut_ids + done_ids, log_metric=logged.__setitem__)
+    assert scores == [0.0, 1.0]
+    assert logged["medssr/accuracy"] == 0.5 and logged["medssr/valid_answer_share"] == 0.5  # metrics read as the reward did
+
+
+# --- online vote groups: G rollouts of one draw of a question, in TRL's RepeatSampler order ----------------------
+def test_online_vote_keeps_two_adjacent_copies_of_a_question_apart() -> None:
+    """A question drawn twice into one batch (G=2 each) is two votes, not one tie over 2G broken against a pair."""
+    completions = ["The answer is A.", "The answer is A.", "The answer is C.", "The answer is C."]
+    got = online_vote_reward(["p"] * 4, completions, options=[WORSTER] * 4, id=["q1"] * 4, num_generations=2)
+    assert got == [1.0] * 4
+
+
+def test_stage_online_vote_and_its_metrics_group_by_question_and_g() -> None:
+    from medssr.rl.trl_backend import make_reward_fn
+
+    logged: dict[str, float] = {}
+    fn = make_reward_fn("online_vote", num_generations=2, stop_token_ids=[2])
+    completions = [[{"role": "assistant", "content": f"The answer is {x}."}] for x in "AACC"]
+    scores = fn(prompts=["p"] * 4, completions=completions, label=["A"] * 4, options=[json.dumps(WORSTER)] * 4,
+                completion_ids=[[9, 2]] * 4, id=["q1"] * 4, log_metric=logged.__setitem__)
+    assert scores == [1.0] * 4
+    assert logged["medssr/pseudo_label_agreement"] == 1.0 and logged["medssr/all_agree_share"] == 1.0
+
+
+def test_rollout_groups_are_blocks_of_g_and_check_the_layout() -> None:
+    assert rollout_groups(["p"] * 4, ["q1"] * 4, 2) == [range(0, 2), range(2, 4)]
+    assert rollout_groups(["p"] * 4, None, 2) == [range(0, 2), range(2, 4)]
+    assert rollout_groups(["p"] * 4) == [range(0, 4)]  # no G: runs of equal prompts (callers with texts only)
+    with pytest.raises(ValueError, match="different ids"):
+        rollout_groups(["p"] * 4, ["q1", "q2", "q2", "q2"], 2)
+    with pytest.raises(ValueError, match="do not split into groups of num_generations=2"):
+        rollout_groups(["p"] * 3, ["q1"] * 3, 2)
+
+
+# --- the real trainer: its own stop ids reach the reward, and a step runs with it --------------------------------
+def _tiny_trainer(tiny_model_dir, tmp_path):
+    from medssr.config import load_params
+    from medssr.data.loaders import load_medmcqa
+    from medssr.rl import trl_backend
+    from medssr.rl.data import examples_from_questions, load_prompt_template, to_trl_dataset
+    from tests.conftest import RAW
+
+    stage = {"max_steps": 1, "learning_rate": 1e-3, "beta": 0.0, "max_samples": 8}
+    p = load_params(ROOT / "params.yaml", {"train.num_generations": 2, "train.per_device_batch_size": 2, "train.max_completion_length": 8,
+                                           "train.save_steps": 100, "train.stage1": stage, "train.stage2": stage})
+    examples, _ = examples_from_questions(load_medmcqa(RAW)[:4], "real")
+    return trl_backend.build_trainer(tiny_model_dir, to_trl_dataset(examples, load_prompt_template()), "gold", p.train, p.train.stage1,
+                                     run_dir=tmp_path / "run")
+
+
+def test_trainer_binds_its_eos_and_pad_ids_to_the_stage_reward(tiny_model_dir, tmp_path, one_torch_thread) -> None:
+    trainer = _tiny_trainer(tiny_model_dir, tmp_path)
+    fn = trainer.reward_funcs[0]
+    assert fn.stop_token_ids == [*trainer.eos_token_ids, trainer.processing_class.pad_token_id]
+    cut, cut_ids = _trl_completions(trainer.processing_class, CUT_TEXTS[:1], eos=False)
+    done, done_ids = _trl_completions(trainer.processing_class, CUT_TEXTS[:1], eos=True)
+    scores = fn(prompts=["p"] * 2, completions=cut + done, label=["C"] * 2, options=[json.dumps(WORSTER)] * 2,
+                completion_ids=cut_ids + done_ids)
+    assert scores == [0.0, 1.0]
+
+
+def test_a_grpo_step_runs_with_the_bound_stage_reward(tiny_model_dir, tmp_path, one_torch_thread) -> None:
+    trainer = _tiny_trainer(tiny_model_dir, tmp_path)
+    trainer.train()
+    step = trainer.state.log_history[0]
+    assert trainer.state.global_step == 1 and "reward" in step and "medssr/valid_answer_share" in step

@@ -10,6 +10,14 @@ scores 0 (``response_found`` 0), so the F.4 prompt's own ``Example: "The answer 
 field is what ``medssr.rl.rewards.encode_label`` wrote; a bare letter ("C") also works (letters A-J, no option texts).
 OpenRLHF may run in an environment without medssr installed: the repository root is put on sys.path from this
 file's own location, so the one extractor (medssr.answers) is imported, never copied.
+
+A cut-off response is read as cut off (``extract_answer(..., complete=False)``, as votes and evaluation read a
+``finish_reason == "length"`` output). The query says which it is: in OpenRLHF 0.11.2
+``SingleTurnAgentExecutor.execute`` (openrlhf/utils/agent.py) builds it as
+``hf_tokenizer.decode(prompt_token_ids + action_token_ids, skip_special_tokens=False)``, where ``action_token_ids`` is
+vLLM's ``outputs[0].token_ids``: they end with the EOS / stop token when the sample stopped by itself and not when
+it hit ``max_tokens`` (its own ``truncated`` flag, ``finish_reason == "length"``, is not passed to reward_func).
+So a response that ends with an end-of-text / end-of-turn token finished (``rewards.ends_with_stop_token``).
 """
 
 from __future__ import annotations
@@ -19,10 +27,10 @@ from pathlib import Path
 from typing import Any
 
 try:
-    from medssr.rl.rewards import decode_label, response_answer
+    from medssr.rl.rewards import decode_label, ends_with_stop_token, response_answer
 except ImportError:  # OpenRLHF's environment: medssr not installed, import it from this checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from medssr.rl.rewards import decode_label, response_answer
+    from medssr.rl.rewards import decode_label, ends_with_stop_token, response_answer
 
 try:
     import torch
@@ -104,7 +112,8 @@ def score_one(query: Any, prompt: Any, label: Any) -> tuple[float, float, float]
         if response is None:
             return 0.0, 0.0, 0.0
         letter, options = _label_and_options(label)
-        answer = response_answer(response, options) if options else None
+        # finished or cut off, read from the stop token the decoded query keeps (module docstring)
+        answer = response_answer(response, options, complete=ends_with_stop_token(response)) if options else None
         valid = 1.0 if answer is not None else 0.0
         return (1.0 if letter is not None and answer == letter else 0.0), valid, 1.0
     except Exception:  # OpenRLHF hides exceptions; a 0 reward (valid_answer 0) is the visible failure
