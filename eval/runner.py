@@ -44,6 +44,7 @@ from medssr.answers import ANSWER_SUFFIX, echoes_options, extract_answer
 from medssr.config import SamplingCfg, set_offline_env, to_flat_dict
 from medssr.errors import MedssrError
 from medssr.files import write_json_atomic
+from medssr.prompt_format import question_message
 from medssr.records import Question, write_jsonl
 from medssr.rollout import Item, RolloutSpec, cache_path_for, chunk_size_for, composition_matters, rollout
 
@@ -126,7 +127,7 @@ def evaluate_model(sampler: Any, benchmarks: Mapping[str, Sequence[Question]], s
     quarantined as damaged). ``spec``: the caller's ``eval_spec`` of these arguments, when it has one (saves hashing
     the weights again)."""
     spec = spec or eval_spec(sampler.model_dir, sampling, runs, seed, template, dtype, chat_template)
-    items = [Item(f"{bench}:{q.id}", template.render(question=q.render()), q.options) for bench, qs in benchmarks.items() for q in qs]
+    items = [Item(f"{bench}:{q.id}", question_message(template, q.render()), q.options) for bench, qs in benchmarks.items() for q in qs]
     done, st = rollout(sampler, spec, items, progress_path, groups=[len(qs) for qs in benchmarks.values()], progress=progress,
                        desc="evaluating")
     preds: list[Prediction] = []
@@ -159,7 +160,7 @@ def _constrained_pass(sampler: Any, benchmarks: Mapping[str, Sequence[Question]]
     for p in todo:
         q = qmap[(p.benchmark, p.id)]
         if (p.benchmark, p.id) not in rendered:
-            rendered[(p.benchmark, p.id)] = sampler.render(template.render(question=q.render()))
+            rendered[(p.benchmark, p.id)] = sampler.render(question_message(template, q.render()))
         texts.append(rendered[(p.benchmark, p.id)] + p.output.rstrip() + "\n" + ANSWER_SUFFIX)
         letters.append(list(q.options))
     for p, letter in zip(todo, sampler.constrained_choice(texts, letters), strict=True):
@@ -216,15 +217,18 @@ def stage_headlines(reports: Mapping[str, str | os.PathLike]) -> dict[str, float
 
 def run_evaluate(params: Any, checkpoints: Mapping[str, str], prepared_dir: str | os.PathLike, metrics_path: str | os.PathLike,
                  predictions_dir: str | os.PathLike, family_defaults: bool | None = None, sampler_factory: Callable[..., Any] | None = None,
-                 log_mlflow: bool = True, progress: bool = True, progress_dir: str | os.PathLike = PROGRESS_DIR) -> dict[str, Any]:
+                 log_mlflow: bool = True, progress: bool = True, progress_dir: str | os.PathLike = PROGRESS_DIR,
+                 dry_run: bool = False) -> dict[str, Any]:
     """Evaluate every checkpoint (``checkpoints`` {name: dir}, see ``resolve_checkpoints``) on the benchmarks of
     ``load_evaluated(params, prepared_dir)`` and return eval.json.
 
     The last checkpoint is the final one: its MLflow metrics are unprefixed and copied onto the pipeline parent run,
     so the compare view shows a whole sweep (the report stage adds every stage report's headlines there).
+    ``dry_run`` prints each checkpoint's prompt rule and probe sha (``medssr.prompt_format``) and samples nothing.
     """
     set_offline_env()
-    from medssr.models import chat_template_rule
+    from medssr.prompt_format import prompt_format
+    from medssr.prompt_format import summary as prompt_summary
     from medssr.sampling import make_sampler
 
     cfg = params.eval
@@ -248,14 +252,30 @@ def run_evaluate(params: Any, checkpoints: Mapping[str, str], prepared_dir: str 
     preds_by: dict[str, list[Prediction]] = {}
     used: dict[str, dict[str, Any]] = {}
     pred_dir = Path(predictions_dir)
+    first = next((question_message(template, q.render()) for qs in benchmarks.values() for q in qs), None)
+    if dry_run:
+        from medssr.models import load_tokenizer
+
+        recs = {}
+        for name, model_dir in ckpts.items():
+            fmt = prompt_format(model_dir, params.model.chat_template)
+            recs[name] = fmt.record(fmt.renderer(load_tokenizer(model_dir)), template, first)
+            print(prompt_summary(f"evaluate {name}", recs[name]))
+        print(f"[evaluate] dry run: {sum(map(len, benchmarks.values()))} questions x k={cfg.runs}, T={cfg.sampling.temperature} "
+              f"top_p={cfg.sampling.top_p} max_new_tokens={cfg.sampling.max_new_tokens} stop_at_answer={cfg.sampling.stop_at_answer}")
+        return {"dry_run": True, "prompt_format": recs}
     for name, model_dir in ckpts.items():
-        use_template, rule = chat_template_rule(model_dir, getattr(params.model, "chat_template", "auto"))
+        fmt = prompt_format(model_dir, params.model.chat_template)
+        use_template, rule = fmt.chat_template, fmt.rule
         sampler = factory(model_dir, backend=cfg.sampling.backend, dtype=params.model.dtype, batch_size=cfg.sampling.batch_size, seed=cfg.seed,
                           chat_template=use_template, sampling=cfg.sampling)
         family = params.model.family if params.model.family != "auto" else getattr(sampler, "family", None)
         sampling = sampling_for_family(cfg.sampling, family, family_defaults)
         used[name] = {"dir": model_dir, "family": family, "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": sampling.top_k,
                       "chat_template": use_template, "chat_template_rule": rule, "stop_at_answer": sampling.stop_at_answer}
+        rec = fmt.record(sampler.render, template, first)
+        used[name].update({"prompt_probe_sha256": rec["probe_sha256"], "prompt_first_sha256": rec.get("first_prompt_sha256")})
+        print(prompt_summary(f"evaluate {name}", rec))
         spec = eval_spec(model_dir, sampling, cfg.runs, cfg.seed, template, params.model.dtype, use_template)
         used[name]["dtype"] = spec.sampling_dtype  # sampling.dtype resolved on this machine (auto: bf16 where faster)
         prog = cache_path_for(progress_root, _safe_name(name), spec)
@@ -299,14 +319,9 @@ def _log(params: Any, metrics: dict[str, float], ckpts: Mapping[str, str], final
 
 def _tag_parent(params: Any, ckpts: Mapping[str, str], final: str) -> None:
     """The report reads which metric prefixes are checkpoints from these tags."""
-    from mlflow.tracking import MlflowClient
-
     from medssr import tracking
 
-    parent = tracking.parent_run_id(params.project.experiment, to_flat_dict(params))
-    client = MlflowClient(tracking_uri=tracking.tracking_uri())
-    client.set_tag(parent, "medssr_eval_checkpoints", json.dumps(list(ckpts)))
-    client.set_tag(parent, "medssr_eval_final", final)
+    tracking.set_parent_tags(params, {"medssr_eval_checkpoints": json.dumps(list(ckpts)), "medssr_eval_final": final})
 
 
 def _headline(block: Mapping[str, Any]) -> str:

@@ -221,6 +221,9 @@ def chat_template_rule(name_or_dir: str | os.PathLike, setting: str = "auto") ->
         return False, "never (model.chat_template)"
     if setting != "auto":
         raise ModelError(f"model.chat_template: expected auto, always or never, got {setting!r}")
+    recorded = trained_prompt_format(name_or_dir)
+    if recorded is not None:  # a trained checkpoint is asked as it was trained (its saved tokenizer may carry our fallback)
+        return recorded
     for name in model_lineage(name_or_dir):
         last = Path(name.rstrip("/")).name or name
         if _BASE_NAME.search(last):
@@ -229,6 +232,19 @@ def chat_template_rule(name_or_dir: str | os.PathLike, setting: str = "auto") ->
     if d.is_dir() and not _has_own_chat_template(d):
         return False, "auto: base model (its tokenizer has no chat template)"
     return True, "auto: instruct model (its own chat template)"
+
+
+def trained_prompt_format(name_or_dir: str | os.PathLike) -> tuple[bool, str] | None:
+    """(chat template?, rule) a trained checkpoint recorded in its ``medssr_source.json`` (``prompt_format``), else None.
+
+    Both trainers write it (``medssr.rl.run``): the decision made for the policy travels with every checkpoint."""
+    src = Path(name_or_dir) / "medssr_source.json"
+    if not src.is_file():
+        return None
+    fmt = json.loads(src.read_text(encoding="utf-8")).get("prompt_format")
+    if not isinstance(fmt, dict) or "chat_template" not in fmt:
+        return None
+    return bool(fmt["chat_template"]), str(fmt.get("rule", ""))
 
 
 def uses_chat_template(name_or_dir: str | os.PathLike, setting: str = "auto") -> bool:

@@ -139,7 +139,8 @@ def test_run_label_writes_voted_questions_report_plot_and_mlflow_metrics(tiny_mo
 
     labeled = read_questions(out)
     assert report["kept"] == len(labeled) > 0
-    assert report["kept"] + report["dropped_no_valid"] + report["dropped_ties"] + report["dropped_low_agreement"] == 6
+    assert report["kept"] + report["dropped_no_valid"] + report["dropped_ties"] + report["dropped_low_agreement"] \
+        + report["dropped_high_agreement"] == 6
     for q in labeled:
         assert len(q.votes) == 4 and q.majority in q.options and q.answer is None
         assert q.agreement == pytest.approx(q.votes.count(q.majority) / 4)
@@ -162,9 +163,14 @@ def test_run_label_writes_voted_questions_report_plot_and_mlflow_metrics(tiny_mo
     m = run.data.metrics
     for name in ("label/kept", "label/dropped_no_valid", "label/dropped_ties", "label/dropped_low_agreement", "label/agreement_mean",
                  "label/reliability/majority_acc", "label/reliability/single_acc", "label/votes_per_s",
-                 "label/reliability/majority_acc_ci_low", "label/reliability/majority_acc_ci_high"):
+                 "label/reliability/majority_acc_ci_low", "label/reliability/majority_acc_ci_high", "label/dropped_high_agreement",
+                 "label/reliability/pass_at_g", "label/reliability/pass_at_g_ci_low", "label/reliability/pass_at_g_ci_high",
+                 "label/reliability/majority_ratio", "label/reliability/majority_ratio_ci_low", "label/reliability/majority_ratio_ci_high"):
         assert name in m, name
     assert m["label/kept"] == report["kept"]
+    rel = on_disk["reliability"]
+    assert m["label/reliability/pass_at_g"] == pytest.approx(rel["pass_at_g"]) and rel["pass_at_g"] >= rel["majority_acc"]
+    assert m["label/reliability/majority_ratio"] == pytest.approx(rel["majority_ratio"])
     assert any(k.startswith("label/reliability/bucket_") and k.endswith("_acc") for k in m)
     assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"label.json", "label.png"}
 
@@ -194,6 +200,54 @@ def test_ties_drop_and_min_agreement_are_applied_and_counted(tiny_model_dir, tmp
     assert strict["dropped_ties"] == expected.count("tie")
     assert strict["dropped_low_agreement"] == expected.count("low_agreement")
     assert all(q.agreement >= 0.75 for q in read_questions(tmp_path / "b.jsonl"))
+
+
+def test_max_agreement_drops_too_easy_questions_counts_them_and_shows_the_histogram_before_and_after(tiny_model_dir, tmp_path,
+                                                                                                      mlflow_store):
+    from mlflow.tracking import MlflowClient
+
+    from medssr.label.run import summary_line
+
+    syn_path, bench = _write_inputs(tmp_path, 6)
+    kw = dict(sampler=_sampler(tiny_model_dir), progress=False)
+    base = run_label(_params(n=2, reliability_n=0), tiny_model_dir, syn_path, bench, tmp_path / "a.jsonl", tmp_path / "a.json",
+                     tmp_path / "a.png", track=False, **kw)
+    band = run_label(_params(n=2, reliability_n=0, max_agreement=0.5), tiny_model_dir, syn_path, bench, tmp_path / "b.jsonl",
+                     tmp_path / "b.json", tmp_path / "b.png", plot_data_path=tmp_path / "b_rows.json", **kw)
+    expected = [majority_vote(q.votes, q.id, max_agreement=0.5).status for q in read_questions(tmp_path / "a.jsonl")]
+    assert base["dropped_high_agreement"] == 0 and base["dropped_no_valid"] + len(expected) == 6
+    assert band["dropped_high_agreement"] == expected.count("too_easy") > 0  # the 2/2-unanimous questions
+    assert band["kept"] == expected.count("kept")
+    assert all(q.agreement <= 0.5 for q in read_questions(tmp_path / "b.jsonl"))
+
+    rows = json.loads((tmp_path / "b_rows.json").read_text())
+    assert rows == band["agreement_band_histogram"] and [r["agreement"] for r in rows] == [0.0, 0.5, 1.0]
+    assert [r["before"] for r in rows] == [r["before"] for r in base["agreement_band_histogram"]] and sum(r["before"] for r in rows) == 6
+    assert [r["after"] for r in rows] == [0, band["kept"], 0]
+    assert f"too easy {band['dropped_high_agreement']})" in summary_line(band)
+    client = MlflowClient(mlflow_store)
+    (run,) = client.search_runs([client.get_experiment_by_name("label-test").experiment_id], filter_string="tags.medssr_stage = 'label'")
+    assert run.data.metrics["label/dropped_high_agreement"] == band["dropped_high_agreement"]
+
+
+def test_min_agreement_above_max_agreement_is_a_config_error_naming_both_keys(tmp_path):
+    from medssr.config import ConfigError, load_params
+    from tests.conftest import write_params
+
+    with pytest.raises(ConfigError, match=r"label\.min_agreement: 0\.9 is above label\.max_agreement \(0\.5\)"):
+        load_params(write_params(tmp_path, {"label.min_agreement": 0.9, "label.max_agreement": 0.5}))
+
+
+def test_no_label_kept_because_all_were_too_easy_names_max_agreement():
+    sys.path.insert(0, str(ROOT / "stages"))
+    try:
+        import label as stage
+    finally:
+        sys.path.remove(str(ROOT / "stages"))
+    report = {"questions": 3, "kept": 0, "dropped_no_valid": 1, "dropped_ties": 0, "dropped_low_agreement": 0, "dropped_high_agreement": 2}
+    cause, change = stage.empty_cause(report, _params(max_agreement=0.75), "q.jsonl")
+    assert "2 agreement above label.max_agreement=0.75" in cause
+    assert change.startswith("label.max_agreement")  # the larger cause first
 
 
 def _label(tiny_model_dir, tmp_path: Path, out_name: str, params: Params | None = None, sampler=None, **kw) -> dict:
@@ -312,7 +366,8 @@ def test_label_stage_prints_the_bad_row_and_exits_nonzero(tmp_path, capsys):
     (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text().replace("  reliability_n: 16\n", "  reliability_n: 0\n"))
     rc = stage.main(["--params", str(tmp_path / "params.yaml"), "--synthetic", str(p), "--model", str(tmp_path / "none"),
                      "--benchmarks", str(tmp_path / "benchmarks"), "--out", str(tmp_path / "o.jsonl"), "--report", str(tmp_path / "r.json"),
-                     "--metrics", str(tmp_path / "m.json"), "--plot", str(tmp_path / "p.png")])
+                     "--metrics", str(tmp_path / "m.json"), "--plot", str(tmp_path / "p.png"),
+                     "--plot-data", str(tmp_path / "p.json")])
     assert rc == 1
     err = capsys.readouterr().err
     assert "questions.jsonl:2: id: malformed id 'bad id!'" in err
@@ -361,6 +416,23 @@ def test_reliability_table_compares_majority_with_first_sample_per_bucket():
     assert t["single_acc_ci"] == pytest.approx(list(wilson_interval(1, 3)))  # every accuracy with n and its interval
     assert top["majority_acc_ci"] == pytest.approx(list(wilson_interval(1, 1))) and top["single_acc_ci"] == [0.0, pytest.approx(0.7935, abs=1e-3)]
     assert t["buckets"][1]["n"] == 0 and t["buckets"][1]["majority_acc_ci"] is None
+
+
+def test_reliability_table_reports_ttrl_label_metrics_pass_at_g_and_majority_ratio_with_intervals():
+    from eval.stats import wilson_interval
+
+    qs = [Question(id=f"q{i}", source="medqa", split="test", question="?", options={"A": "a", "B": "b", "C": "c"}, answer="A")
+          for i in range(4)]
+    rs = [majority_vote(["A", "A", "A", "A"], "q0"),  # majority right, ratio 1
+          majority_vote(["B", "B", "B", "A"], "q1"),  # majority wrong but one vote right: pass@G counts it; ratio .75
+          majority_vote(["B", "C", None, None], "q2"),  # no vote right; ratio .25
+          majority_vote([None] * 4, "q3")]  # nothing valid; ratio 0
+    t = reliability_table(qs, rs)
+    assert (t["g"], t["majority_acc"], t["pass_at_g"]) == (4, 0.25, 0.5)  # label accuracy is the majority's
+    assert t["pass_at_g_ci"] == pytest.approx(list(wilson_interval(2, 4)))
+    assert t["majority_ratio"] == pytest.approx((1 + 0.75 + 0.25 + 0) / 4)
+    lo, hi = t["majority_ratio_ci"]
+    assert 0 <= lo < t["majority_ratio"] < hi <= 1 and t["majority_ratio_ci"] == reliability_table(qs, rs)["majority_ratio_ci"]
 
 
 def test_reliability_votes_are_reused_by_a_run_on_another_synthetic_set(tiny_model_dir, tmp_path):

@@ -426,6 +426,7 @@ def orl_project(tmp_path, tiny_model_dir, mlflow_module_store, monkeypatch):
     (root / "prompts").mkdir(parents=True)
     shutil.copy(ROOT / "prompts" / "eval_f4.txt", root / "prompts" / "eval_f4.txt")
     write_jsonl(root / "data/prepared/train.jsonl", load_medmcqa(RAW)[:6])
+    write_jsonl(root / "data/prepared/benchmarks/medmcqa.jsonl", load_medmcqa(RAW)[6:12])  # the held-out set (--eval.dataset)
     shutil.copytree(tiny_model_dir, root / "artifacts/models/policy")
     fake = tmp_path / "fake_openrlhf"
     (fake / "openrlhf" / "cli").mkdir(parents=True)
@@ -495,3 +496,26 @@ def test_paper_profile_commands_parse_and_train_max_steps_in_one_episode(tmp_pat
     updates = stage_cfg.max_steps * p.train.rollout_batch_size // p.train.global_batch_size
     assert _openrlhf_steps(ns) == (stage_cfg.max_steps, updates, False)
     assert "env_vars" not in json.loads(cmd[cmd.index("--runtime-env-json") + 1])
+
+
+def test_heldout_eval_and_plain_prompt_flags_parse_with_train_ppo_ray_argparse(specs):
+    """train.eval_every on OpenRLHF: --eval.dataset/steps/n_samples_per_prompt/temperature; a base model drops
+    --data.apply_chat_template (issue 22.1/22.8)."""
+    import dataclasses
+
+    p = _params(QWEN3_8B)
+    paths = dataclasses.replace(_paths("stage1", "Qwen/Qwen3-8B-Base"), heldout_dataset="data/rl/stage1_heldout.jsonl")
+    flags = orl.train_flags(p.train, p.train.stage1, paths, n_prompts=orl.stage_prompt_count(p.train, p.train.stage1),
+                            run_name="x", chat_template=False)
+    assert "--data.apply_chat_template" not in flags
+    assert flags[flags.index("--eval.dataset") + 1] == "data/rl/stage1_heldout.jsonl"
+    assert flags[flags.index("--eval.steps") + 1] == str(p.train.eval_every)
+    emitted = {t for t in flags if t.startswith("--")}
+    assert emitted <= defined_flags(specs), f"undefined: {sorted(emitted - defined_flags(specs))}"
+    ns, unknown = replica_parser(specs).parse_known_args(flags)
+    assert unknown == [] and getattr(ns, "eval.n_samples_per_prompt") == 1
+
+
+def test_openrlhfs_heldout_eval_scalar_becomes_heldout_acc():
+    rows = orl.tensorboard_history({orl.HELDOUT_TAG: {4: 0.375}, "train/kl": {4: 0.01}})
+    assert rows == [{"step": 4, "heldout_acc": 0.375, "kl": 0.01}] or rows[0]["heldout_acc"] == 0.375

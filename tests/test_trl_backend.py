@@ -45,6 +45,7 @@ def project(tmp_path, tiny_model_dir, medmcqa, mlflow_module_store, monkeypatch)
                                majority="B", agreement=0.5, n_valid=3) for i, q in enumerate(medmcqa[:12])]
     write_jsonl(root / "data/labeled/synthetic.jsonl", syn)
     write_jsonl(root / "data/prepared/train.jsonl", medmcqa[12:24])
+    write_jsonl(root / "data/prepared/benchmarks/medmcqa.jsonl", medmcqa[:8])  # the held-out set of train.eval_every
     shutil.copytree(tiny_model_dir, root / "artifacts/models/policy")
     monkeypatch.setenv("MEDSSR_ROOT", str(root))
     return root
@@ -85,7 +86,7 @@ def test_grpo_config_follows_params(tmp_path):
     p = _params(**{"train.per_device_batch_size": 4, "train.stage1": {**TINY["train.stage1"], "beta": 0.001}})
     cfg = grpo_config(p.train, p.train.stage1, tmp_path, use_cpu=True)
     assert (cfg.num_generations, cfg.max_completion_length, cfg.temperature, cfg.top_p) == (2, 8, 1.0, 1.0)
-    assert (cfg.learning_rate, cfg.beta, cfg.max_steps, cfg.loss_type) == (1e-3, 0.001, 1, "grpo")
+    assert (cfg.learning_rate, cfg.beta, cfg.max_steps, cfg.loss_type) == (1e-3, 0.001, 1, "dapo")
     assert cfg.per_device_train_batch_size == 4 and cfg.generation_batch_size == 4
     assert cfg.bf16 is False and cfg.use_cpu is True and cfg.report_to == []
     assert cfg.save_steps == 100 and cfg.save_only_model is False and cfg.lr_scheduler_type == "constant"
@@ -115,7 +116,7 @@ def test_offline_reward_logs_group_diversity_and_label_agreement():
     from medssr.rl.trl_backend import make_reward_fn
 
     logged: dict[str, float] = {}
-    fn = make_reward_fn("majority", num_generations=4)
+    fn = make_reward_fn("majority", num_generations=4, stop_token_ids=[1])
     answers = ["A", "A", "A", "A", "A", "B", None, "C"]
     labels = ["A"] * 4 + ["B"] * 4
     scores = fn(prompts=["p"] * 8, completions=[_done(a) for a in answers], label=labels, options=[OPTS] * 8,

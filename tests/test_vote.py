@@ -63,14 +63,28 @@ def test_min_agreement_drops_weak_majorities():
     assert (low.status, low.majority, low.agreement) == ("low_agreement", None, 0.375)
 
 
+def test_max_agreement_drops_unanimous_questions_as_too_easy():
+    unanimous, seven = ["A"] * 8, ["A"] * 7 + [None]  # 8/8 and 7/8
+    assert majority_vote(unanimous, "q").status == "kept"  # 1.0, the default, keeps them
+    easy = majority_vote(unanimous, "q", max_agreement=0.875)
+    assert (easy.status, easy.majority, easy.agreement, easy.kept) == ("too_easy", None, 1.0, False)
+    assert majority_vote(seven, "q", max_agreement=0.875).status == "kept"  # the band's upper end is inclusive
+
+
+def test_an_empty_agreement_band_is_an_error_naming_both_params():
+    with pytest.raises(ValueError, match=r"label\.min_agreement: 0\.9 is above label\.max_agreement \(0\.5\)"):
+        majority_vote(["A"], "q", min_agreement=0.9, max_agreement=0.5)
+
+
 def test_unknown_ties_mode_is_an_error_naming_the_param():
     with pytest.raises(ValueError, match="label.ties"):
         majority_vote(["A"], "q", ties="random")  # type: ignore[arg-type]
 
 
 def test_count_statuses_reports_every_status():
-    rs = [majority_vote(["A"], "a"), majority_vote([None], "b"), majority_vote(["A", "B"], "c", ties="drop")]
-    assert count_statuses(rs) == {"kept": 1, "no_valid": 1, "tie": 1, "low_agreement": 0}
+    rs = [majority_vote(["A"], "a"), majority_vote([None], "b"), majority_vote(["A", "B"], "c", ties="drop"),
+          majority_vote(["A", "A"], "d", max_agreement=0.5)]
+    assert count_statuses(rs) == {"kept": 1, "no_valid": 1, "tie": 1, "low_agreement": 0, "too_easy": 1}
 
 
 def test_agreement_buckets_are_half_open_with_one_in_the_last():

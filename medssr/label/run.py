@@ -12,7 +12,11 @@ a kill loses at most the questions in flight; with vLLM only a chunk's missing q
 file is written atomically in input order, byte-identical to an uninterrupted run.
 
 The label's reliability is measured the same way on ``label.reliability_n`` real benchmark questions with gold
-answers: majority-vote accuracy vs single-sample accuracy, by agreement bucket.
+answers: majority-vote accuracy (TTRL's label accuracy) vs single-sample accuracy, by agreement bucket, with pass@G
+(some vote is right: the ceiling of any label drawn from the votes) and the majority ratio (mean agreement).
+
+The agreement band ``[label.min_agreement, label.max_agreement]`` filters the synthetic questions; the report, the
+PNG and the plot rows (``{agreement, before, after}``, for `dvc plots`) show the agreement histogram before and after it.
 """
 
 from __future__ import annotations
@@ -36,6 +40,10 @@ from medssr.sampling import Completion
 
 PROMPT_NAME = "eval_f4"
 BUCKETS = (0.0, 0.5, 0.75, 1.0)
+MAJORITY_RATIO_BOOT = 2000  # bootstrap resamples (of questions) for the majority ratio's interval
+# report key of each drop reason (a status of medssr.label.vote)
+DROP_KEYS = {"no_valid": "dropped_no_valid", "tie": "dropped_ties", "low_agreement": "dropped_low_agreement",
+             "too_easy": "dropped_high_agreement"}
 
 
 class LabelError(MedssrError, ValueError):
@@ -57,15 +65,24 @@ def reliability_sample(benchmarks_dir: str | os.PathLike, n: int, seed: int) -> 
     return [pool[i] for i in picked]
 
 
-def reliability_table(questions: Sequence[Question], results: Sequence[VoteResult], edges: Sequence[float] = BUCKETS) -> dict[str, Any]:
-    """Majority-label accuracy vs single-sample accuracy, overall and per agreement bucket (no answer counts as wrong)."""
-    from eval.stats import wilson_interval  # pure statistics (no medssr imports): the evaluation's interval
+def reliability_table(questions: Sequence[Question], results: Sequence[VoteResult], edges: Sequence[float] = BUCKETS,
+                      seed: int = 0) -> dict[str, Any]:
+    """Majority-label accuracy vs single-sample accuracy, overall and per agreement bucket (no answer counts as wrong),
+    and TTRL's label metrics: pass@G (some vote equals gold) and the majority ratio (mean winner's votes / G; its
+    interval is a seeded percentile bootstrap over questions, since it is a mean of ratios, not a proportion)."""
+    import numpy as np
+
+    from eval.stats import bootstrap_interval, stable_seed, wilson_interval  # pure statistics: the evaluation's intervals
 
     n = len(questions)
     if n == 0:
         return {"n": 0}
     maj = [r.majority == q.answer for q, r in zip(questions, results, strict=True)]
     single = [r.votes[0] == q.answer for q, r in zip(questions, results, strict=True)]
+    any_right = [q.answer in r.votes for q, r in zip(questions, results, strict=True)]
+    ratios = np.array([[r.agreement] for r in results])
+    ratio = {"majority_ratio": float(ratios.mean()),
+             "majority_ratio_ci": list(bootstrap_interval([ratios], MAJORITY_RATIO_BOOT, seed=stable_seed(seed, "label/majority_ratio")))}
 
     def acc(hits: Sequence[bool], name: str) -> dict[str, Any]:  # accuracy with its 95 % Wilson interval over the n questions
         if not hits:
@@ -77,18 +94,37 @@ def reliability_table(questions: Sequence[Question], results: Sequence[VoteResul
         members = [i for i, r in enumerate(results) if agreement_bucket(r.agreement, edges) == (lo, hi)]
         buckets.append({"lo": lo, "hi": hi, "n": len(members), **acc([maj[i] for i in members], "majority_acc"),
                         **acc([single[i] for i in members], "single_acc")})
-    return {"n": n, **acc(maj, "majority_acc"), **acc(single, "single_acc"), "buckets": buckets,
-            "no_valid": sum(r.n_valid == 0 for r in results)}
+    return {"n": n, "g": len(results[0].votes), **acc(maj, "majority_acc"), **acc(single, "single_acc"),
+            **acc(any_right, "pass_at_g"), **ratio, "buckets": buckets, "no_valid": sum(r.n_valid == 0 for r in results)}
 
 
-def label_section(params: Params, model_dir: str) -> dict[str, Any]:
-    """The flat params the label stage depends on (logged on its MLflow run)."""
+def band_histogram(results: Sequence[VoteResult], g: int) -> list[dict[str, float | int]]:
+    """Questions per agreement k/G (k = 0: no valid vote) before the filters and after them (the kept ones)."""
+    rows = []
+    for k in range(g + 1):
+        at_k = [r for r in results if round(r.agreement * g) == k]
+        rows.append({"agreement": round(k / g, 6), "before": len(at_k), "after": sum(r.kept for r in at_k)})
+    return rows
+
+
+def label_section(params: Params, model_dir: str, prompt_format: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The flat params the label stage depends on (logged on its MLflow run), with its prompt rule and probe sha."""
+    from medssr.prompt_format import mlflow_params
+
     flat = {f"label.{k}": v for k, v in to_flat_dict(params.label).items()}
     flat["model.dir"] = model_dir
+    flat["model.chat_template"] = params.model.chat_template
+    flat.update(mlflow_params(prompt_format or {}))
     return flat
 
 
-def _plot(path: Path, agreements: Sequence[float], statuses: Sequence[str], g: int, reliability: dict[str, Any]) -> None:
+_DROP_STYLE = {"no_valid": ("no valid vote", "tab:gray"), "tie": ("tie", "tab:purple"),
+               "low_agreement": ("below min_agreement", "tab:orange"), "too_easy": ("above max_agreement (too easy)", "tab:red")}
+
+
+def _plot(path: Path, agreements: Sequence[float], statuses: Sequence[str], g: int, reliability: dict[str, Any],
+          band: tuple[float, float] = (0.0, 1.0)) -> None:
+    """Left: the agreement histogram before the band (whole bars) and after it (blue, kept), drops coloured by reason."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -96,15 +132,25 @@ def _plot(path: Path, agreements: Sequence[float], statuses: Sequence[str], g: i
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     xs = [k / g for k in range(g + 1)]
-    kept = [sum(1 for a, s in zip(agreements, statuses, strict=True) if s == "kept" and round(a * g) == k) for k in range(g + 1)]
-    dropped = [sum(1 for a, s in zip(agreements, statuses, strict=True) if s != "kept" and round(a * g) == k) for k in range(g + 1)]
+
+    def at(status: str) -> list[int]:
+        return [sum(1 for a, s in zip(agreements, statuses, strict=True) if s == status and round(a * g) == k) for k in range(g + 1)]
+
     w = 0.8 / g
-    axes[0].bar(xs, kept, width=w, label="kept", color="tab:blue")
-    axes[0].bar(xs, dropped, width=w, bottom=kept, label="dropped", color="tab:gray")
+    bottom = at("kept")
+    axes[0].bar(xs, bottom, width=w, label=f"after: kept ({sum(bottom)})", color="tab:blue")
+    for status, (label, color) in _DROP_STYLE.items():
+        ys = at(status)
+        if any(ys):
+            axes[0].bar(xs, ys, width=w, bottom=bottom, label=f"dropped: {label} ({sum(ys)})", color=color)
+            bottom = [b + y for b, y in zip(bottom, ys, strict=True)]
+    lo, hi = band
+    if lo > 0 or hi < 1:
+        axes[0].axvspan(lo - w / 2, hi + w / 2, color="tab:blue", alpha=0.08, label=f"band [{lo:g}, {hi:g}]")
     axes[0].set_xlabel(f"agreement (winner's votes / G, G={g})")
     axes[0].set_ylabel("synthetic questions")
-    axes[0].set_title("Pseudo-label agreement")
-    axes[0].legend()
+    axes[0].set_title(f"Agreement of {len(agreements)} questions: before = whole bar, after = blue", fontsize="medium")
+    axes[0].legend(fontsize="small")
     ax = axes[1]
     if reliability.get("n"):
         bs = reliability["buckets"]
@@ -117,7 +163,8 @@ def _plot(path: Path, agreements: Sequence[float], statuses: Sequence[str], g: i
         ax.set_xticks([i + 0.2 for i in range(len(bs))], labels)
         ax.set_ylim(0, 1)
         ax.set_ylabel("accuracy vs gold")
-        ax.set_title(f"Reliability on {reliability['n']} real questions")
+        ax.set_title(f"Reliability on {reliability['n']} real: pass@G {reliability['pass_at_g']:.0%}, "
+                     f"majority ratio {reliability['majority_ratio']:.2f}", fontsize="medium")
         ax.legend()
     else:
         ax.text(0.5, 0.5, "reliability not measured", ha="center", va="center")
@@ -131,12 +178,18 @@ def _plot(path: Path, agreements: Sequence[float], statuses: Sequence[str], g: i
 def run_label(params: Params, model_dir: str | os.PathLike, synthetic_path: str | os.PathLike, benchmarks_dir: str | os.PathLike,
               out_path: str | os.PathLike, report_path: str | os.PathLike, plot_path: str | os.PathLike, *, sampler: Any = None,
               chunk_size: int | None = None, progress: bool = True, track: bool = True,
-              on_chunk: Callable[[int], None] | None = None, reliability_cache: str | os.PathLike | None = None) -> dict[str, Any]:
+              on_chunk: Callable[[int], None] | None = None, reliability_cache: str | os.PathLike | None = None,
+              dry_run: bool = False, plot_data_path: str | os.PathLike | None = None) -> dict[str, Any]:
     """Vote on every synthetic question, write the labeled set, the report, the plot, and log them to MLflow.
 
     ``reliability_cache`` (a directory) keeps the votes on real questions after the run, keyed by the weights'
     content, decoding, seed and prompt: they do not depend on the synthetic set, so every value of a sweep reuses
-    them. Without it they live in the stage's own progress file."""
+    them. Without it they live in the stage's own progress file. ``plot_data_path`` gets the agreement histogram's
+    rows before and after the band (JSON, for `dvc plots`). The questions are asked as training and evaluation
+    ask them (``medssr.prompt_format``: the checkpoint's chat-template rule); ``dry_run`` prints that rule and the
+    sampling settings and samples nothing."""
+    from medssr.prompt_format import prompt_format, question_message
+    from medssr.prompt_format import summary as prompt_summary
     from medssr.synth.prompts import load_prompt
 
     cfg = params.label
@@ -147,17 +200,32 @@ def run_label(params: Params, model_dir: str | os.PathLike, synthetic_path: str 
         raise LabelError(f"{model_dir}: policy model directory not found (run the `model` stage or set model.dir)")
     real = reliability_sample(benchmarks_dir, cfg.reliability_n, cfg.seed)
     template = load_prompt(PROMPT_NAME)
+    fmt = prompt_format(model_dir, params.model.chat_template)
+    items_syn = [Item(q.id, question_message(template, q.render()), q.options) for q in questions]
+    items_real = [Item(f"real:{q.source}:{q.id}", question_message(template, q.render()), q.options) for q in real]
+    if dry_run:
+        from medssr.models import load_tokenizer
+
+        rec = fmt.record(fmt.renderer(load_tokenizer(model_dir)), template, items_syn[0].prompt if items_syn else None)
+        print(prompt_summary("label", rec))
+        print(f"[label] dry run: {len(items_syn)} synthetic + {len(items_real)} real questions x G={sampling.n}, "
+              f"T={sampling.temperature} top_p={sampling.top_p} top_k={sampling.top_k} max_new_tokens={sampling.max_new_tokens} "
+              f"stop_at_answer={sampling.stop_at_answer} on {sampling.backend}")
+        return {"dry_run": True, "prompt_format": rec, "sampling": dataclasses.asdict(sampling)}
     if sampler is None:
         from medssr.sampling import make_sampler
 
         sampler = make_sampler(model_dir, backend=sampling.backend, dtype=params.model.dtype, batch_size=sampling.batch_size, seed=cfg.seed,
-                               sampling=sampling)
+                               chat_template=fmt.chat_template, sampling=sampling)
+    elif getattr(sampler, "chat_template", fmt.chat_template) != fmt.chat_template:
+        raise LabelError(f"{model_dir}: the sampler given renders {'with' if sampler.chat_template else 'without'} the chat "
+                         f"template, but the checkpoint's rule says {fmt.rule}")
+    rec = fmt.record(sampler.render, template, items_syn[0].prompt if items_syn else None)
+    print(prompt_summary("label", rec))
     if chunk_size is None:
         chunk_size = chunk_size_for(sampling, sampling.n)
     spec = RolloutSpec(sampling, sampling.n, cfg.seed, weights_fingerprint(model_dir), params.model.dtype, template.sha256,
-                       chat_template=True, chunk=chunk_size)
-    items_syn = [Item(q.id, template.render(question=q.render()), q.options) for q in questions]
-    items_real = [Item(f"real:{q.source}:{q.id}", template.render(question=q.render()), q.options) for q in real]
+                       chat_template=fmt.chat_template, chunk=chunk_size)
     real_prog = progress_path_for(out_path) if reliability_cache is None else cache_path_for(reliability_cache, "real", spec)
     stats = RolloutStats()
     samples: dict[str, list[Completion]] = {}
@@ -171,14 +239,14 @@ def run_label(params: Params, model_dir: str | os.PathLike, synthetic_path: str 
     votes = {it.key: [extract_answer(c.text, it.options, c.finish_reason != "length") for c in samples[it.key]]
              for it in items_syn + items_real}
 
-    results = [majority_vote(votes[q.id], q.id, cfg.seed, cfg.ties, cfg.min_agreement) for q in questions]
+    results = [majority_vote(votes[q.id], q.id, cfg.seed, cfg.ties, cfg.min_agreement, cfg.max_agreement) for q in questions]
     labeled = [dataclasses.replace(q, votes=r.votes, majority=r.majority, agreement=round(r.agreement, 6), n_valid=r.n_valid)
                for q, r in zip(questions, results, strict=True) if r.kept]
     write_jsonl(out_path, labeled)
     counts = count_statuses(results)
     # reliability uses Eq. 3 as is (seeded ties, no agreement filter): the quality of the label itself
     real_results = [majority_vote(votes[it.key], it.key, cfg.seed, "seeded", 0.0) for it in items_real]
-    reliability = reliability_table(real, real_results)
+    reliability = reliability_table(real, real_results, seed=cfg.seed)
 
     kept_agreements = [r.agreement for r in results if r.kept]
     finish: dict[str, int] = {}
@@ -186,16 +254,19 @@ def run_label(params: Params, model_dir: str | os.PathLike, synthetic_path: str 
         for c in comps:
             finish[c.finish_reason] = finish.get(c.finish_reason, 0) + 1
     report: dict[str, Any] = {
-        "questions": len(questions), "kept": counts["kept"], "dropped_no_valid": counts["no_valid"], "dropped_ties": counts["tie"],
-        "dropped_low_agreement": counts["low_agreement"],
+        "questions": len(questions), "kept": counts["kept"], **{key: counts[status] for status, key in DROP_KEYS.items()},
         "agreement_mean": (sum(kept_agreements) / len(kept_agreements)) if kept_agreements else 0.0,
         "agreement_definition": "winner's votes / G (all G samples, not only valid ones); mean over kept questions",
         "agreement_histogram": {f"{k}/{sampling.n}": sum(1 for r in results if r.n_valid and round(r.agreement * sampling.n) == k)
                                 for k in range(1, sampling.n + 1)},
+        # questions per agreement k/G before the filters and after them (k = 0: no valid vote); also plot_data_path
+        "agreement_band_histogram": band_histogram(results, sampling.n),
         "valid_vote_rate": (sum(r.n_valid for r in results) / (len(results) * sampling.n)) if results else 0.0,
         "reliability": reliability,
-        "sampling": dataclasses.asdict(sampling), "sampling_dtype": spec.sampling_dtype, "ties": cfg.ties, "min_agreement": cfg.min_agreement, "seed": cfg.seed,
+        "sampling": dataclasses.asdict(sampling), "sampling_dtype": spec.sampling_dtype, "ties": cfg.ties, "min_agreement": cfg.min_agreement,
+        "max_agreement": cfg.max_agreement, "seed": cfg.seed,
         "model_dir": model_dir, "prompt": {"name": PROMPT_NAME, "version": template.version, "sha256": template.sha256},
+        "prompt_format": rec,
         "finish_reasons": finish,
         "timing": {"sampled_questions": stats.sampled, "resumed_questions": stats.resumed,
                    "votes": stats.samples, "tokens": stats.tokens, "seconds": round(stats.seconds, 3),
@@ -206,7 +277,10 @@ def run_label(params: Params, model_dir: str | os.PathLike, synthetic_path: str 
         "out": str(out_path),
     }
     write_json_atomic(report_path, report)
-    _plot(Path(plot_path), [r.agreement for r in results], [r.status for r in results], sampling.n, reliability)
+    _plot(Path(plot_path), [r.agreement for r in results], [r.status for r in results], sampling.n, reliability,
+          (cfg.min_agreement, cfg.max_agreement))
+    if plot_data_path is not None:
+        write_json_atomic(plot_data_path, report["agreement_band_histogram"])
     if track:
         _log(params, model_dir, report, report_path, plot_path)
     return report
@@ -216,13 +290,13 @@ def label_metrics(report: dict[str, Any]) -> dict[str, float]:
     """The report's numbers under their stable MLflow names (``label/...``)."""
     from medssr.metric_names import label_bucket_metric, metric
 
-    m = {metric("label", k): float(report[k]) for k in ("kept", "dropped_no_valid", "dropped_ties", "dropped_low_agreement", "agreement_mean")}
+    m = {metric("label", k): float(report[k]) for k in ("kept", *DROP_KEYS.values(), "agreement_mean")}
     m[metric("label", "votes_per_s")] = float(report["timing"]["votes_per_s"])
     m[metric("label", "tokens_per_s")] = float(report["timing"]["tokens_per_s"])
     m[metric("label", "valid_vote_rate")] = float(report["valid_vote_rate"])
     rel = report["reliability"]
     if rel.get("n"):
-        for name in ("majority_acc", "single_acc"):
+        for name in ("majority_acc", "single_acc", "pass_at_g", "majority_ratio"):
             m[metric("label", f"reliability/{name}")] = float(rel[name])
             m[metric("label", f"reliability/{name}_ci_low")], m[metric("label", f"reliability/{name}_ci_high")] = map(float, rel[f"{name}_ci"])
         for b in rel["buckets"]:
@@ -236,7 +310,7 @@ def _log(params: Params, model_dir: str, report: dict[str, Any], report_path, pl
     from medssr.tracking import log_summary_to_parent, stage_run
 
     metrics = label_metrics(report)
-    with stage_run("label", params, label_section(params, model_dir)) as mlflow:
+    with stage_run("label", params, label_section(params, model_dir, report.get("prompt_format"))) as mlflow:
         mlflow.log_metrics(metrics)
         mlflow.log_artifact(str(report_path))
         mlflow.log_artifact(str(plot_path))
@@ -246,11 +320,12 @@ def _log(params: Params, model_dir: str, report: dict[str, Any], report_path, pl
 def summary_line(report: dict[str, Any]) -> str:
     """The one line the stage prints at the end."""
     rel = report["reliability"]
-    rel_txt = (f"; reliability on {rel['n']} real: majority {_pct(rel, 'majority_acc')} vs single {_pct(rel, 'single_acc')}"
-               if rel.get("n") else "")
+    rel_txt = (f"; reliability on {rel['n']} real: majority {_pct(rel, 'majority_acc')} vs single {_pct(rel, 'single_acc')}, "
+               f"pass@{rel['g']} {_pct(rel, 'pass_at_g')}, majority ratio {rel['majority_ratio']:.2f} "
+               f"[{rel['majority_ratio_ci'][0]:.2f}, {rel['majority_ratio_ci'][1]:.2f}]" if rel.get("n") else "")
     t = report["timing"]
     return (f"[label] kept {report['kept']}/{report['questions']} (no valid {report['dropped_no_valid']}, ties {report['dropped_ties']}, "
-            f"low agreement {report['dropped_low_agreement']}), mean agreement {report['agreement_mean']:.2f}{rel_txt}; "
+            f"low agreement {report['dropped_low_agreement']}, too easy {report['dropped_high_agreement']}), mean agreement {report['agreement_mean']:.2f}{rel_txt}; "
             f"{t['votes']} votes in {t['seconds']:.0f}s ({t['votes_per_s']:.2f}/s in {report.get('sampling_dtype', '?')}, "
             f"{t['resumed_questions']} questions resumed"
             f"{_quarantine_note(report.get('progress', {}))}) -> {report['out']}")
@@ -268,5 +343,5 @@ def _quarantine_note(progress: dict[str, Any]) -> str:
     return f", {n} damaged progress line{'s' if n != 1 else ''} quarantined to {', '.join(progress['quarantine_files'])}"
 
 
-__all__ = ["LabelError", "STATUSES", "run_label", "reliability_sample", "reliability_table", "summary_line",
+__all__ = ["LabelError", "STATUSES", "band_histogram", "run_label", "reliability_sample", "reliability_table", "summary_line",
            "label_metrics", "progress_path_for"]

@@ -11,7 +11,10 @@ Rules (the label stage and its tests depend on them):
   sits in the file (``ties="seeded"``); with ``ties="drop"`` a tied question is dropped.
 - ``agreement`` is the winner's count over **all** G votes (``count / G``), not over the valid ones: a question
   where 2 of 8 completions answered (both "B") has agreement 0.25, not 1.0, because six samples never committed.
-- A question with no valid vote at all is dropped; one whose agreement is below ``min_agreement`` is dropped.
+- A question with no valid vote at all is dropped; one whose agreement is below ``min_agreement`` is dropped, and
+  one whose agreement is above ``max_agreement`` is dropped as too easy: when all G votes agree, every GRPO group
+  on it is likely to share one reward (zero advantage, no gradient), so voting and training on it is pure cost
+  (ReMEDY drops such questions by pass@n; here the votes say it without gold). ``max_agreement=1.0`` keeps them all.
 """
 
 from __future__ import annotations
@@ -22,8 +25,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-Status = Literal["kept", "no_valid", "tie", "low_agreement"]
-STATUSES: tuple[Status, ...] = ("kept", "no_valid", "tie", "low_agreement")
+Status = Literal["kept", "no_valid", "tie", "low_agreement", "too_easy"]
+STATUSES: tuple[Status, ...] = ("kept", "no_valid", "tie", "low_agreement", "too_easy")
 
 
 @dataclass(frozen=True)
@@ -52,10 +55,12 @@ def tie_break(tied: Sequence[str], question_id: str, seed: int) -> str:
 
 
 def majority_vote(votes: Sequence[str | None], question_id: str, seed: int = 0, ties: Literal["seeded", "drop"] = "seeded",
-                  min_agreement: float = 0.0) -> VoteResult:
-    """Eq. 3: the most frequent valid letter among the G votes, with the tie and filter rules above."""
+                  min_agreement: float = 0.0, max_agreement: float = 1.0) -> VoteResult:
+    """Eq. 3: the most frequent valid letter among the G votes, with the tie and agreement-band rules above."""
     if ties not in ("seeded", "drop"):
         raise ValueError(f"label.ties: expected 'seeded' or 'drop', got {ties!r}")
+    if min_agreement > max_agreement:
+        raise ValueError(band_problem(min_agreement, max_agreement))
     votes = list(votes)
     g = len(votes)
     counts = Counter(v for v in votes if v is not None)
@@ -70,11 +75,19 @@ def majority_vote(votes: Sequence[str | None], question_id: str, seed: int = 0, 
     winner = tied[0] if len(tied) == 1 else tie_break(tied, question_id, seed)
     if agreement < min_agreement:
         return VoteResult(votes, None, agreement, n_valid, tied, "low_agreement")
+    if agreement > max_agreement:
+        return VoteResult(votes, None, agreement, n_valid, tied, "too_easy")
     return VoteResult(votes, winner, agreement, n_valid, tied, "kept")
 
 
+def band_problem(min_agreement: float, max_agreement: float) -> str:
+    """The message for an empty agreement band (shared by the params check and the vote)."""
+    return (f"label.min_agreement: {min_agreement} is above label.max_agreement ({max_agreement}), so the agreement band "
+            "keeps no question; lower label.min_agreement or raise label.max_agreement (1.0 = no upper bound)")
+
+
 def count_statuses(results: Iterable[VoteResult]) -> dict[str, int]:
-    """How many questions ended in each status (all four keys present, zeros included)."""
+    """How many questions ended in each status (every key of STATUSES present, zeros included)."""
     out = dict.fromkeys(STATUSES, 0)
     for r in results:
         out[r.status] += 1

@@ -46,7 +46,8 @@ MEAN_KEYS = ("reward_mean", "step_time_s", "generation_s", "update_s", "tokens_p
 
 
 def group_metrics(answers: Sequence[str | None], num_generations: int, targets: Sequence[str | None] | None = None) -> dict[str, float]:
-    """Collapse signals of one generation batch: ``answers`` hold G consecutive rollouts per prompt (TRL's order).
+    """Collapse signals of one generation batch: ``answers`` hold G consecutive rollouts per question (TRL's order),
+    the groups ``medssr.rl.rewards.rollout_groups`` votes over (a question drawn twice is two groups of G).
 
     ``targets`` (one per rollout) is the label the reward compared against; ``pseudo_label_agreement`` is the share
     of rollouts whose answer equals it.

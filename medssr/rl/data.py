@@ -4,7 +4,8 @@ The prompt is the paper's evaluation prompt F.4 (``prompts/eval_f4.txt``, placeh
 ``Prompt.render``, as the label stage and evaluation fill it, with the stem and its ``A. ...`` option lines, and
 sent as one user chat message so that each backend applies the policy's chat template. The reward target is
 ``Question.label``: the offline majority vote for a labeled synthetic question (stage I), the gold answer for a
-real one (stage II).
+real one (stage II). Whether the message goes through the chat template is the checkpoint's ``PromptFormat``
+(``medssr.prompt_format``), the one rule the label stage and evaluation apply too: a base model gets the plain text.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from medssr.errors import MedssrError
+from medssr.prompt_format import PromptFormat, question_message
 from medssr.records import Question, read_questions
 from medssr.synth.prompts import Prompt, PromptError, load_prompt
 
 DEFAULT_PROMPT = "prompts/eval_f4.txt"
+CHAT = PromptFormat(True, "always (caller)")  # the default of helpers that tests and benches call on instruct models
 
 
 class RLDataError(MedssrError, ValueError):
@@ -64,14 +67,12 @@ def load_prompt_template(path: str | os.PathLike = DEFAULT_PROMPT) -> str:
 def render_prompt(question: str, prompt: Prompt | str) -> str:
     """Fill the F.4 prompt (a Prompt, or its body text) with ``Prompt.render``: one pass, braces in questions kept.
 
-    The message is stripped, as training prompts always were (a trailing space of the last option goes)."""
-    if isinstance(prompt, str):
-        prompt = Prompt.from_text(prompt)
-    return prompt.render(question=question).strip()
+    The message is stripped (``medssr.prompt_format.question_message``, as the label stage and evaluation fill it)."""
+    return question_message(prompt, question)
 
 
 def chat_prompt(ex: RLExample, template: Prompt | str) -> list[dict[str, str]]:
-    """The prompt as chat messages (one user turn): both TRL and OpenRLHF apply the chat template to it."""
+    """The prompt as chat messages (one user turn)."""
     return [{"role": "user", "content": render_prompt(ex.question, template)}]
 
 
@@ -135,20 +136,22 @@ def load_examples(kind: str, synthetic_path: str | os.PathLike, real_path: str |
     return examples, stats
 
 
-def prompt_token_ids(ex: RLExample, template: Prompt | str, tokenizer: Any) -> list[int]:
-    """The prompt's tokens as the trainers see them: chat-templated text, tokenized without added special tokens.
+def prompt_token_ids(ex: RLExample, template: Prompt | str, tokenizer: Any, fmt: PromptFormat = CHAT) -> list[int]:
+    """The prompt's tokens as the trainers see them (``PromptFormat.token_ids`` of its text).
 
-    OpenRLHF 0.11.2 does exactly this (PromptDataset renders the text, its agent tokenizes it), as TRL does.
+    OpenRLHF 0.11.2 renders the text in PromptDataset and its agent tokenizes it without special tokens; TRL
+    tokenises a templated chat the same way and a plain string with the tokenizer's own (``openrlhf_prompt`` puts
+    that BOS into the text), so both see these ids.
     """
-    text = tokenizer.apply_chat_template(chat_prompt(ex, template), add_generation_prompt=True, tokenize=False)
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return fmt.token_ids(tokenizer, fmt.text(tokenizer, render_prompt(ex.question, template)))
 
 
-def drop_long_prompts(examples: Sequence[RLExample], template: Prompt | str, tokenizer: Any, max_tokens: int) -> tuple[list[RLExample], int]:
-    """Keep prompts whose chat-templated length fits ``train.max_prompt_length`` (neither trainer may truncate them)."""
+def drop_long_prompts(examples: Sequence[RLExample], template: Prompt | str, tokenizer: Any, max_tokens: int,
+                      fmt: PromptFormat = CHAT) -> tuple[list[RLExample], int]:
+    """Keep prompts whose length as the policy gets them fits ``train.max_prompt_length`` (no trainer may truncate them)."""
     kept, dropped = [], 0
     for ex in examples:
-        if len(prompt_token_ids(ex, template, tokenizer)) <= max_tokens:
+        if len(prompt_token_ids(ex, template, tokenizer, fmt)) <= max_tokens:
             kept.append(ex)
         else:
             dropped += 1
@@ -175,37 +178,40 @@ def fill_to(examples: Sequence[RLExample], count: int, seed: int = 0) -> list[RL
     return out
 
 
-def trl_rows(examples: Sequence[RLExample], template: Prompt | str) -> list[dict[str, Any]]:
-    """Rows for TRL: ``prompt`` (chat), ``label``, ``options`` (JSON text: option sets differ, Arrow wants one schema)."""
-    return [{"prompt": chat_prompt(ex, template), "label": ex.label, "options": json.dumps(ex.options, ensure_ascii=False),
+def trl_rows(examples: Sequence[RLExample], template: Prompt | str, fmt: PromptFormat = CHAT) -> list[dict[str, Any]]:
+    """Rows for TRL: ``prompt`` (chat messages or, for a base model, the plain text), ``label``, ``options`` (JSON
+    text: option sets differ, Arrow wants one schema)."""
+    return [{"prompt": fmt.trl_prompt(render_prompt(ex.question, template)), "label": ex.label, "options": json.dumps(ex.options, ensure_ascii=False),
              "id": ex.id, "kind": ex.kind} for ex in examples]
 
 
-def to_trl_dataset(examples: Sequence[RLExample], template: Prompt | str):
+def to_trl_dataset(examples: Sequence[RLExample], template: Prompt | str, fmt: PromptFormat = CHAT):
     """A ``datasets.Dataset`` whose extra columns (label, options, id, kind) reach TRL reward functions as kwargs."""
     from datasets import Dataset
 
     if not examples:
         raise RLDataError("no training examples: the stage's dataset is empty")
-    return Dataset.from_list(trl_rows(examples, template))
+    return Dataset.from_list(trl_rows(examples, template, fmt))
 
 
-def openrlhf_rows(examples: Sequence[RLExample], template: Prompt | str) -> list[dict[str, Any]]:
-    """Rows for OpenRLHF: ``--data.input_key prompt`` (chat, with ``--data.apply_chat_template``), ``--data.label_key label``.
+def openrlhf_rows(examples: Sequence[RLExample], template: Prompt | str, fmt: PromptFormat = CHAT, tokenizer: Any = None) -> list[dict[str, Any]]:
+    """Rows for OpenRLHF: ``--data.input_key prompt`` (chat with ``--data.apply_chat_template``, or plain text for a base
+    model, without that flag: ``PromptFormat.openrlhf_prompt``), ``--data.label_key label``.
 
     The label is ``encode_label(label, options)`` because OpenRLHF hands the reward function only the label
     string; ``datasource`` splits its eval metrics by set.
     """
     from medssr.rl.rewards import encode_label
 
-    return [{"prompt": chat_prompt(ex, template), "label": encode_label(ex.label, ex.options), "datasource": ex.kind, "id": ex.id}
+    return [{"prompt": fmt.openrlhf_prompt(tokenizer, render_prompt(ex.question, template)), "label": encode_label(ex.label, ex.options), "datasource": ex.kind, "id": ex.id}
             for ex in examples]
 
 
-def write_openrlhf_jsonl(examples: Sequence[RLExample], template: Prompt | str, path: str | os.PathLike) -> int:
+def write_openrlhf_jsonl(examples: Sequence[RLExample], template: Prompt | str, path: str | os.PathLike, fmt: PromptFormat = CHAT,
+                        tokenizer: Any = None) -> int:
     """Write the prompt/label JSONL OpenRLHF's ``--data.prompt_dataset`` reads (atomically)."""
     from medssr.records import write_jsonl
 
     if not examples:
         raise RLDataError(f"{path}: refusing to write an empty OpenRLHF prompt set")
-    return write_jsonl(path, openrlhf_rows(examples, template))
+    return write_jsonl(path, openrlhf_rows(examples, template, fmt, tokenizer))

@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from medssr.config import ConfigError, StageTrainCfg, TrainCfg
-from medssr.rl.data import RLExample, drop_long_prompts, fill_to, write_openrlhf_jsonl
+from medssr.prompt_format import PromptFormat
+from medssr.rl.data import CHAT, RLExample, drop_long_prompts, fill_to, write_openrlhf_jsonl
 
 ENTRYPOINT = "openrlhf.cli.train_ppo_ray"
 REWARD_FILE = "medssr/rl/openrlhf_reward.py"
@@ -73,6 +74,7 @@ class RunPaths:
     ckpt_path: str  # --ckpt.path: DeepSpeed checkpoints, for --ckpt.load_enable resume
     tensorboard_dir: str  # --logger.tensorboard_dir
     reward_file: str = REWARD_FILE  # --reward.remote_url: a .py file OpenRLHF imports
+    heldout_dataset: str | None = None  # --eval.dataset: the held-out questions of train.eval_every (datasource 'heldout')
 
 
 def _num(x: float) -> str:
@@ -91,19 +93,19 @@ def stage_prompt_count(train: TrainCfg, stage_cfg: StageTrainCfg) -> int:
 
 
 def export_prompts(examples: Sequence[RLExample], template: str, path: str | os.PathLike, train: TrainCfg,
-                   stage_cfg: StageTrainCfg, tokenizer: Any | None) -> dict[str, Any]:
+                   stage_cfg: StageTrainCfg, tokenizer: Any | None, fmt: PromptFormat = CHAT) -> dict[str, Any]:
     """Write the stage's prompt JSONL: long prompts dropped (as on TRL), then exactly ``stage_prompt_count`` rows.
 
     Dropping here keeps OpenRLHF from left-truncating a prompt (it cuts the chat header and the instruction). With
     ``tokenizer=None`` (a dry run whose model cannot be loaded here) lengths are not checked: the report says so.
     """
     kept, dropped = (list(examples), None) if tokenizer is None else drop_long_prompts(examples, template, tokenizer,
-                                                                                       train.max_prompt_length)
+                                                                                       train.max_prompt_length, fmt)
     if not kept:
         raise ConfigError(f"train.max_prompt_length: all {dropped} prompts are longer than {train.max_prompt_length} tokens")
     count = stage_prompt_count(train, stage_cfg)
     rows = fill_to(kept, count, seed=train.seed)
-    write_openrlhf_jsonl(rows, template, path)
+    write_openrlhf_jsonl(rows, template, path, fmt, tokenizer)
     return {"exported": len(rows), "questions": len(kept), "dropped_long_prompts": dropped,
             "passes": round(count / len(kept), 3), "lengths_checked": tokenizer is not None}
 
@@ -119,12 +121,15 @@ def check_openrlhf_params(train: TrainCfg, stage_cfg: StageTrainCfg, n_prompts: 
                           f"train.rollout_batch_size = {stage_prompt_count(train, stage_cfg)}: write it with export_prompts")
 
 
-def train_flags(train: TrainCfg, stage_cfg: StageTrainCfg, paths: RunPaths, *, n_prompts: int, run_name: str) -> list[str]:
+def train_flags(train: TrainCfg, stage_cfg: StageTrainCfg, paths: RunPaths, *, n_prompts: int, run_name: str,
+                chat_template: bool = True) -> list[str]:
     """The ``train_ppo_ray`` arguments of one stage (paper Table 8 settings come from params).
 
     Batch semantics (verl's, the paper's trainer): ``train.rollout_batch_size`` prompts per rollout ("global batch
     size"), ``train.global_batch_size`` prompts per optimizer update ("PPO mini batch size"; OpenRLHF's
     ``--train.batch_size`` counts samples, so it is multiplied by G), ``train.micro_batch_size`` samples per GPU.
+    ``chat_template`` is the policy's ``PromptFormat``: without it (base models) the JSONL holds the plain text and
+    OpenRLHF must not template it.
     """
     check_openrlhf_params(train, stage_cfg, n_prompts)
     o = train.openrlhf
@@ -134,7 +139,7 @@ def train_flags(train: TrainCfg, stage_cfg: StageTrainCfg, paths: RunPaths, *, n
         "--data.prompt_dataset", paths.dataset,
         "--data.input_key", "prompt",
         "--data.label_key", "label",
-        "--data.apply_chat_template",
+        *(["--data.apply_chat_template"] if chat_template else []),
         "--data.max_len", str(train.max_prompt_length + train.max_completion_length),
         "--data.max_samples", str(n_prompts),
         "--rollout.max_new_tokens", str(train.max_completion_length),
@@ -187,6 +192,9 @@ def train_flags(train: TrainCfg, stage_cfg: StageTrainCfg, paths: RunPaths, *, n
         "--logger.tensorboard_dir", paths.tensorboard_dir,
         "--logger.wandb.run_name", run_name,
     ]
+    if paths.heldout_dataset and train.eval_every:  # held-out accuracy: OpenRLHF's eval of the gold reward, greedy, once each
+        f += ["--eval.dataset", paths.heldout_dataset, "--eval.steps", str(train.eval_every), "--eval.n_samples_per_prompt", "1",
+              "--eval.temperature", "0.0"]
     return f + list(o.extra_args)
 
 
@@ -206,11 +214,12 @@ def runtime_env(working_dir: str, env_vars: Mapping[str, str] | None = None) -> 
 
 
 def build_command(train: TrainCfg, stage_cfg: StageTrainCfg, paths: RunPaths, *, n_prompts: int, run_name: str,
-                  working_dir: str | None = None, python: str = "python3") -> list[str]:
+                  working_dir: str | None = None, python: str = "python3", chat_template: bool = True) -> list[str]:
     """The full argv: ``ray job submit ... -- python3 -m openrlhf.cli.train_ppo_ray <flags>`` (or the bare module
     when ``train.openrlhf.ray_address`` is empty)."""
     o = train.openrlhf
-    inner = [python, "-m", ENTRYPOINT, *train_flags(train, stage_cfg, paths, n_prompts=n_prompts, run_name=run_name)]
+    inner = [python, "-m", ENTRYPOINT, *train_flags(train, stage_cfg, paths, n_prompts=n_prompts, run_name=run_name,
+                                                         chat_template=chat_template)]
     if not o.ray_address:
         return inner
     wd = working_dir if working_dir is not None else o.working_dir
@@ -272,6 +281,10 @@ TB_TAGS = {
 }
 
 
+# OpenRLHF's eval of --eval.dataset rows whose datasource is 'heldout' (ppo_trainer compute_eval_metrics: eval_<ds>_pass1)
+HELDOUT_TAG = "eval/eval_heldout_pass1"
+
+
 def read_tensorboard(tb_dir: str | os.PathLike) -> dict[str, dict[int, float]]:
     """All scalar series under ``tb_dir`` (every run subdir): tag -> {step: value}; a later value for a step wins
     (a resumed run rewrites the steps after its checkpoint)."""
@@ -297,6 +310,8 @@ def tensorboard_history(series: Mapping[str, Mapping[int, float]], samples_per_s
             name = TB_TAGS[tag]
         elif tag.startswith("train/"):
             name = "orl_" + tag[len("train/") :].replace("/", "_")
+        elif tag == HELDOUT_TAG:
+            name = "heldout_acc"
         elif tag.startswith("eval/"):
             name = "eval_" + tag[len("eval/") :].replace("/", "_")
         else:

@@ -30,6 +30,8 @@ from typing import Any
 from medssr.config import Params, set_offline_env
 from medssr.errors import MedssrError
 from medssr.files import atomic_dir, write_text_atomic
+from medssr.prompt_format import PromptFormat, mlflow_params, prompt_format
+from medssr.prompt_format import summary as prompt_summary
 from medssr.rl import strategies
 from medssr.rl.data import DEFAULT_PROMPT, RLExample, load_examples, load_prompt_template
 
@@ -54,6 +56,7 @@ class StagePaths:
     steps: str  # one row per step (JSON, dvc plots)
     rl_data: str  # OpenRLHF prompt JSONL dir, shipped to the Ray cluster with the working_dir (scratch, not a DVC out)
     init: str | None = None  # stage II's start: stage I's out (unused by stage I)
+    heldout: str | None = None  # prepared benchmarks dir: the held-out questions of train.eval_every (medssr.rl.heldout)
     runs: str = ".cache/train"  # resumable run dirs: a cache, outside the outs DVC deletes before a rerun
     root: str | None = None  # base for relative paths; default the project root
 
@@ -118,7 +121,8 @@ def _plain(value: Any) -> Any:
     return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
 
 
-def run_fingerprint(params: Params, stage: str, init_model: str, examples: Sequence[RLExample], prompt: str) -> str:
+def run_fingerprint(params: Params, stage: str, init_model: str, examples: Sequence[RLExample], prompt: str,
+                    chat_template: bool = True) -> str:
     """Identity of a stage run: a resumable checkpoint is reused only if all of this is unchanged."""
     # only this stage's params are read (dvc.yaml declares train minus the other stage: tests/test_dvc_params.py);
     # save_steps is left out, checkpoint cadence does not change what is trained
@@ -128,7 +132,8 @@ def run_fingerprint(params: Params, stage: str, init_model: str, examples: Seque
     init_sig = model_signature(init_model) if Path(init_model, "config.json").exists() else init_model
     blob = json.dumps({"stage": stage, "train": train, "stage_cfg": stage_cfg, "init": str(init_model), "init_sig": init_sig,
                        "data": examples_hash(examples), "prompt": hashlib.sha256(prompt.encode()).hexdigest()[:16],
-                       "dtype": params.model.dtype}, sort_keys=True, default=str)
+                       "dtype": params.model.dtype, **({} if chat_template else {"plain_prompt": True})},
+                      sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -148,12 +153,17 @@ def prepare_run_dir(run_dir: Path, fingerprint: str) -> bool:
     return False
 
 
-def stage_input_model(params: Params, stage: str, paths: StagePaths) -> str:
-    """Stage I starts from ``paths.policy`` (or ``model.policy`` for OpenRLHF hub ids); stage II from ``paths.init``."""
+def stage_input_model(params: Params, stage: str, paths: StagePaths, dry_run: bool = False) -> str:
+    """Stage I starts from ``paths.policy`` (or ``model.policy`` for OpenRLHF hub ids); stage II from ``paths.init``.
+
+    A dry run of stage II before stage I has run plans from the policy (the checkpoint's lineage starts there)."""
     if stage == "stage2":
         if not paths.init:
             raise TrainError("stage2 starts from the stage I checkpoint: pass its dir (the stage1 stage's out) as --init")
         p = paths.abs(paths.init)
+        if dry_run and not (p / "config.json").exists():
+            print(f"[train] stage2 dry run: {p} not trained yet; planning from the policy, where its lineage starts")
+            return stage_input_model(params, "stage1", paths)
         if not (p / "config.json").exists():
             raise TrainError(f"{p}: stage I checkpoint missing: run `dvc repro stage1` first")
         return str(p)
@@ -179,11 +189,20 @@ def _section(params: Params, stage: str, plan: strategies.StagePlan) -> dict[str
     return out
 
 
-def _write_reports(paths: StagePaths, report: dict[str, Any], history: list[dict[str, Any]]) -> Path:
+def heldout_curve_path(steps: str | os.PathLike) -> Path:
+    """The held-out accuracy curve beside the steps file (reports/train_stage1_steps.json -> ..._heldout.json): its own
+    file, since its points are not at every step and a plot of a field some rows lack fails in ``dvc plots``."""
+    p = Path(steps)
+    return p.with_name(p.name.replace("_steps.json", "") + "_heldout.json")
+
+
+def _write_reports(paths: StagePaths, report: dict[str, Any], history: list[dict[str, Any]],
+                   heldout: Sequence[dict[str, Any]] = ()) -> Path:
     for p in (paths.abs(paths.report), paths.abs(paths.steps)):
         p.parent.mkdir(parents=True, exist_ok=True)
     out = write_text_atomic(paths.abs(paths.report), json.dumps(report, indent=2, default=str))
     write_text_atomic(paths.abs(paths.steps), json.dumps(history, indent=1, default=str))
+    write_text_atomic(heldout_curve_path(paths.abs(paths.steps)), json.dumps(list(heldout), indent=1, default=str))
     return out
 
 
@@ -193,7 +212,7 @@ def run_train_stage(params: Params, stage: str, paths: StagePaths, *, dry_run: b
     set_offline_env()
     plan = strategies.stage_plan(params.train.strategy, stage)
     strategies.check_backend(params.train.strategy, params.train.backend)
-    init_model = stage_input_model(params, stage, paths)
+    init_model = stage_input_model(params, stage, paths, dry_run)
     policy_dir = paths.abs(paths.policy)
     if stage == "stage2" and (policy_dir / "config.json").exists():
         check_compatible(init_model, policy_dir)
@@ -219,21 +238,26 @@ def run_train_stage(params: Params, stage: str, paths: StagePaths, *, dry_run: b
 
     stage_cfg = getattr(params.train, stage)
     template = load_prompt_template(paths.abs(DEFAULT_PROMPT))
+    fmt = prompt_format(init_model, params.model.chat_template)  # the rule the label stage and evaluation apply too
     examples, stats = load_examples(plan.data, paths.abs(paths.synthetic), paths.abs(paths.real),
                                     max_samples=stage_cfg.max_samples, seed=params.train.seed)
     report["dataset"] = stats
     run_dir = paths.abs(paths.runs) / stage
 
     if params.train.backend == "trl":
-        result = _run_trl(params, stage, plan, stage_cfg, init_model, examples, template, run_dir, out_dir, report, dry_run, callbacks, paths)
+        result = _run_trl(params, stage, plan, stage_cfg, init_model, examples, template, fmt, run_dir, out_dir, report, dry_run,
+                          callbacks, paths)
     else:
-        result = _run_openrlhf(params, stage, plan, stage_cfg, init_model, examples, template, run_dir, out_dir, report, dry_run, paths)
+        result = _run_openrlhf(params, stage, plan, stage_cfg, init_model, examples, template, fmt, run_dir, out_dir, report,
+                               dry_run, paths)
     if dry_run:
         return report
     history = result.pop("history", [])
+    heldout = result.pop("heldout", [])
     report.update(result)
+    report["heldout"] = heldout
     report["wall_s"] = round(time.time() - t0, 2)
-    _write_reports(paths, report, history)
+    _write_reports(paths, report, history, heldout)
     s = report.get("summary", {})
     print(f"[train] {stage}: {params.train.strategy}/{plan.data}/{plan.reward} on {params.train.backend}: "
           f"{report.get('global_step')} steps, {stats['examples']} prompts, reward {s.get('reward_mean_mean', float('nan')):.3f} "
@@ -254,18 +278,37 @@ def _log_summary(mlflow: Any, params: Params, stage: str, summary: dict[str, flo
         mlflow.log_metrics(values)
 
 
-def _run_trl(params, stage, plan, stage_cfg, init_model, examples, template, run_dir, out_dir, report, dry_run, callbacks, paths) -> dict:
+def _prompt_record(stage: str, fmt: PromptFormat, tok: Any, template: str, examples: Sequence[RLExample], report: dict[str, Any]) -> dict:
+    """The stage's prompt rule and probe sha, into its report, printed in one line (as label and evaluate do)."""
+    from medssr.rl.data import render_prompt
+
+    rec = fmt.record(fmt.renderer(tok), template, render_prompt(examples[0].question, template) if examples else None)
+    report["prompt_format"] = rec
+    print(prompt_summary(stage, rec))
+    return rec
+
+
+def _lineage(stage: str, params: Params, init_model: str, fingerprint: str, fmt: PromptFormat) -> dict[str, Any]:
+    """What a trained checkpoint's medssr_source.json says: where it came from and the prompt rule it was trained with
+    (``medssr.models.trained_prompt_format`` reads it back, so the next stage and evaluation ask it the same way)."""
+    return {"stage": stage, "strategy": params.train.strategy, "init": init_model, "fingerprint": fingerprint,
+            "prompt_format": {"chat_template": fmt.chat_template, "rule": fmt.rule}}
+
+
+def _run_trl(params, stage, plan, stage_cfg, init_model, examples, template, fmt, run_dir, out_dir, report, dry_run, callbacks,
+             paths) -> dict:
     from medssr import tracking
     from medssr.models import load_tokenizer
     from medssr.rl import trl_backend
     from medssr.rl.data import drop_long_prompts, to_trl_dataset
 
     tok = load_tokenizer(init_model)
-    examples, dropped = drop_long_prompts(examples, template, tok, params.train.max_prompt_length)
+    examples, dropped = drop_long_prompts(examples, template, tok, params.train.max_prompt_length, fmt)
     report["dataset"]["dropped_long_prompts"] = dropped
     if not examples:
         raise TrainError(f"train.max_prompt_length: all {dropped} prompts of {stage} are longer than {params.train.max_prompt_length} tokens")
-    fp = run_fingerprint(params, stage, init_model, examples, template)
+    rec = _prompt_record(stage, fmt, tok, template, examples, report)
+    fp = run_fingerprint(params, stage, init_model, examples, template, fmt.chat_template)
     if dry_run:
         cfg = trl_backend.grpo_config(params.train, stage_cfg, run_dir, dtype=params.model.dtype)
         print(f"[train] {stage} dry run (trl): {plan.data}/{plan.reward}, {len(examples)} prompts from {init_model}; "
@@ -278,18 +321,44 @@ def _run_trl(params, stage, plan, stage_cfg, init_model, examples, template, run
     resume = trl_backend.last_checkpoint(run_dir) if kept else None
     if resume is not None:
         print(f"[train] {stage}: resuming from {resume}")
-    dataset = to_trl_dataset(examples, template)
-    with tracking.stage_run(stage, params, _section(params, stage, plan)) as mlflow:
+    dataset = to_trl_dataset(examples, template, fmt)
+    heldout = _heldout_callback(params, stage, paths, template, fmt, init_model)
+    with tracking.stage_run(stage, params, {**_section(params, stage, plan), **mlflow_params(rec)}) as mlflow:
         mlflow.set_tags({"strategy": params.train.strategy, "backend": "trl", "stage_data": plan.data, "stage_reward": plan.reward,
                          "resumed_from": resume.name if resume else "none"})
         result = trl_backend.train(init_model, dataset, plan.reward, params.train, stage_cfg, stage=stage, run_dir=run_dir, out_dir=out_dir,
-                                   mlflow=mlflow, dtype=params.model.dtype, resume_from=resume, callbacks=callbacks,
-                                   meta={"stage": stage, "strategy": params.train.strategy, "init": init_model, "fingerprint": fp})
+                                   mlflow=mlflow, dtype=params.model.dtype, resume_from=resume, callbacks=callbacks, heldout=heldout,
+                                   meta=_lineage(stage, params, init_model, fp, fmt))
         _log_summary(mlflow, params, stage, result["summary"], {"global_step": result["global_step"], "train_s": result["train_s"]})
     return result
 
 
-def _run_openrlhf(params, stage, plan, stage_cfg, init_model, examples, template, run_dir, out_dir, report, dry_run, paths) -> dict:
+def _heldout_callback(params: Params, stage: str, paths: StagePaths, template: str, fmt: PromptFormat, init_model: str) -> Any:
+    """The held-out accuracy probe of ``train.eval_every`` (None when off or no benchmarks dir was given)."""
+    t = params.train
+    if not t.eval_every or not paths.heldout:
+        return None
+    from medssr.rl.heldout import HeldoutCallback, heldout_questions
+
+    questions = heldout_questions(paths.abs(paths.heldout), t.heldout_n, t.seed)
+    return HeldoutCallback(stage, questions, template, fmt, init_model, every=t.eval_every, max_new_tokens=t.heldout_max_new_tokens)
+
+
+def _export_heldout(params: Params, stage: str, paths: StagePaths, template: str, fmt: PromptFormat, tok: Any) -> str | None:
+    """The held-out set as OpenRLHF eval rows (gold labels, datasource 'heldout'), relative to the working dir, or None."""
+    if not params.train.eval_every or not paths.heldout:
+        return None
+    from medssr.rl.data import examples_from_questions, write_openrlhf_jsonl
+    from medssr.rl.heldout import heldout_questions
+
+    examples, _ = examples_from_questions(heldout_questions(paths.abs(paths.heldout), params.train.heldout_n, params.train.seed), "real")
+    examples = [dataclasses.replace(e, kind="heldout") for e in examples]
+    rel = Path(paths.rl_data) / f"{stage}_heldout.jsonl"
+    write_openrlhf_jsonl(examples, template, paths.abs(rel), fmt, tok)
+    return str(rel)
+
+
+def _run_openrlhf(params, stage, plan, stage_cfg, init_model, examples, template, fmt, run_dir, out_dir, report, dry_run, paths) -> dict:
     from medssr import tracking
     from medssr.models import load_tokenizer
     from medssr.rl import openrlhf_backend as orl
@@ -302,23 +371,26 @@ def _run_openrlhf(params, stage, plan, stage_cfg, init_model, examples, template
             raise TrainError(f"model.policy: cannot load the tokenizer of {init_model} to drop over-long prompts: {e}") from None
         print(f"[train] {stage}: tokenizer of {init_model} not available here ({type(e).__name__}); prompt lengths not checked")
         tok = None
-    export = orl.export_prompts(examples, template, paths.abs(data_rel), params.train, stage_cfg, tokenizer=tok)
+    rec = _prompt_record(stage, fmt, tok, template, examples, report)
+    export = orl.export_prompts(examples, template, paths.abs(data_rel), params.train, stage_cfg, tokenizer=tok, fmt=fmt)
     report["dataset"].update(export)
     n = export["exported"]
+    heldout_rel = _export_heldout(params, stage, paths, template, fmt, tok)
     run_paths = orl.RunPaths(model=init_model, dataset=str(data_rel), output_dir=str(out_dir), ckpt_path=str(run_dir / "ckpt"),
-                             tensorboard_dir=str(run_dir / "tb"))
+                             tensorboard_dir=str(run_dir / "tb"), heldout_dataset=heldout_rel)
     wd = params.train.openrlhf.working_dir
     wd = str(paths.abs(wd).resolve())
     # the interpreter of the separate OpenRLHF environment (used when train.openrlhf.ray_address is empty)
     python = os.environ.get("MEDSSR_OPENRLHF_PYTHON", params.train.openrlhf.python)
-    cmd = orl.build_command(params.train, stage_cfg, run_paths, n_prompts=n, run_name=f"medssr-{stage}", working_dir=wd, python=python)
+    cmd = orl.build_command(params.train, stage_cfg, run_paths, n_prompts=n, run_name=f"medssr-{stage}", working_dir=wd, python=python,
+                            chat_template=fmt.chat_template)
     report["command"] = cmd
     if dry_run:
         print(orl.format_command(cmd))
         return {}
-    fp = run_fingerprint(params, stage, init_model, examples, template)
+    fp = run_fingerprint(params, stage, init_model, examples, template, fmt.chat_template)
     prepare_run_dir(run_dir, fp)
-    with tracking.stage_run(stage, params, _section(params, stage, plan)) as mlflow:
+    with tracking.stage_run(stage, params, {**_section(params, stage, plan), **mlflow_params(rec)}) as mlflow:
         mlflow.set_tags({"strategy": params.train.strategy, "backend": "openrlhf", "stage_data": plan.data, "stage_reward": plan.reward})
         mlflow.log_text(orl.format_command(cmd), f"openrlhf_{stage}_command.sh")
         t0 = time.time()
@@ -329,6 +401,8 @@ def _run_openrlhf(params, stage, plan, stage_cfg, init_model, examples, template
             raise TrainError(f"{run_dir / 'openrlhf.log'}: OpenRLHF exited with status {rc}")
         if not (out_dir / "config.json").exists():
             raise TrainError(f"{out_dir}: OpenRLHF finished but wrote no HF model (see {run_dir / 'openrlhf.log'})")
+        # OpenRLHF writes no lineage of its own: without this the checkpoint's rule would restart from its saved files
+        write_text_atomic(out_dir / "medssr_source.json", json.dumps(_lineage(stage, params, init_model, fp, fmt), indent=2, default=str))
         from medssr.rl.callbacks import summarize
 
         summary = summarize(history)

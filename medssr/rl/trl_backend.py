@@ -48,6 +48,7 @@ def grpo_config(train: TrainCfg, stage_cfg: StageTrainCfg, output_dir: str | os.
         per_device_train_batch_size=train.per_device_batch_size,
         gradient_accumulation_steps=train.gradient_accumulation_steps,
         loss_type=train.loss_type,
+        scale_rewards=scale_rewards(train.loss_type),
         seed=train.seed,
         data_seed=train.seed,
         use_cpu=use_cpu,
@@ -66,17 +67,25 @@ def grpo_config(train: TrainCfg, stage_cfg: StageTrainCfg, output_dir: str | os.
     )
 
 
+def scale_rewards(loss_type: str) -> str:
+    """TRL's advantage scaling for a loss: Dr. GRPO does not divide by the group's reward std (its paper, §3.1), which
+    TRL 1.16 still does by default ('group') even with loss_type='dr_grpo'; every other loss keeps GRPO's std scaling."""
+    return "none" if loss_type == "dr_grpo" else "group"
+
+
 def _options(o: Any) -> dict[str, str]:
     return json.loads(o) if isinstance(o, str) else dict(o)
 
 
-def make_reward_fn(kind: str, num_generations: int):
+def make_reward_fn(kind: str, num_generations: int, stop_token_ids: Sequence[int] | None = None):
     """The TRL reward callable of a stage ('majority' | 'gold' | 'online_vote') that also logs the collapse signals.
 
     'majority' and 'gold' are the same indicator reward against the row's ``label`` column (offline vote or gold
-    answer); 'online_vote' votes within each group of rollouts at every step. For online voting the reward's own
-    target is the group's current majority, so ``pseudo_label_agreement`` is measured against it and
-    ``offline_label_agreement`` against the offline vote, for comparison.
+    answer); 'online_vote' votes within each group of ``num_generations`` rollouts of a question at every step. For
+    online voting the reward's own target is the group's current majority, so ``pseudo_label_agreement`` is measured
+    against it and ``offline_label_agreement`` against the offline vote, for comparison. ``stop_token_ids`` (the
+    callable's ``stop_token_ids`` attribute, which ``build_trainer`` sets from the trainer) tells a finished
+    completion from a cut-off one (``rewards.trl_finished``).
     """
     from medssr.rl import rewards
 
@@ -85,14 +94,18 @@ def make_reward_fn(kind: str, num_generations: int):
 
     def reward(prompts, completions, label=None, options=None, completion_ids=None, log_metric=None, **kwargs) -> list[float]:
         # the reward functions get no log_metric: the collapse signals are logged once, here, under our names
+        read = {"completion_ids": completion_ids, "stop_token_ids": reward.stop_token_ids, "num_generations": num_generations}
         if kind == "online_vote":
-            scores = rewards.online_vote_reward(prompts, completions, options=options, **kwargs)
+            scores = rewards.online_vote_reward(prompts, completions, options=options, **read, **kwargs)
         else:
-            scores = rewards.trl_reward(prompts, completions, label=label, options=options, **kwargs)
+            scores = rewards.trl_reward(prompts, completions, label=label, options=options, **read, **kwargs)
         if log_metric is not None:
-            # the answers and targets the rewards used: same reader, same vote and tie rule (medssr.label.vote)
-            answers = [rewards.response_answer(rewards.completion_text(c), _options(o)) for c, o in zip(completions, options, strict=True)]
-            targets = rewards.vote_targets(prompts, answers, kwargs.get("id")) if kind == "online_vote" else list(label)
+            # the answers and targets the rewards used: same reader and finished flags, same groups, vote and tie rule
+            finished = rewards.trl_finished(completion_ids, reward.stop_token_ids, len(completions))
+            answers = [rewards.response_answer(rewards.completion_text(c), _options(o), f)
+                       for c, o, f in zip(completions, options, finished, strict=True)]
+            targets = (rewards.vote_targets(prompts, answers, kwargs.get("id"), num_generations=num_generations)
+                       if kind == "online_vote" else list(label))
             m = group_metrics(answers, num_generations, targets if kind != "gold" else None)
             if kind == "online_vote" and label is not None:
                 m["offline_label_agreement"] = sum(a is not None and a == t for a, t in zip(answers, label, strict=True)) / len(answers)
@@ -105,6 +118,7 @@ def make_reward_fn(kind: str, num_generations: int):
         return scores
 
     reward.__name__ = f"medssr_{kind}"
+    reward.stop_token_ids = list(stop_token_ids) if stop_token_ids is not None else None
     return reward
 
 
@@ -225,17 +239,20 @@ def save_policy(model: Any, tokenizer: Any, out_dir: str | os.PathLike, meta: di
 def train(model_dir: str | os.PathLike, dataset: Any, reward_kind: str, train_cfg: TrainCfg, stage_cfg: StageTrainCfg, *, stage: str,
           run_dir: str | os.PathLike, out_dir: str | os.PathLike, mlflow: Any | None = None, dtype: str = "float32",
           resume_from: str | os.PathLike | None = None, callbacks: Sequence[Any] = (), meta: dict[str, Any] | None = None,
-          rollout_sampler: str | None = None, grouped_logps: bool = True) -> dict[str, Any]:
+          rollout_sampler: str | None = None, grouped_logps: bool = True, heldout: Any = None) -> dict[str, Any]:
     """Run GRPO on ``dataset`` from ``model_dir``; save the policy to ``out_dir``; return history and summary.
 
     ``rollout_sampler`` ('auto' | 'hf' | 'trl'; default ``train.rollout_sampler``, 'auto' while params lack it) picks
     who samples the rollouts: medssr's sampler or TRL's ``generate`` (same prompts, settings, rewards and metrics).
     ``grouped_logps=False`` scores every rollout with its own prompt forward, as TRL does (the bench's baseline).
+    ``heldout`` (a ``medssr.rl.heldout.HeldoutCallback``) measures held-out accuracy (its points: ``heldout``).
     """
     set_offline_env()
     step_cb = MLflowStepCallback(stage, mlflow)
+    if heldout is not None:
+        heldout.mlflow = mlflow
     trainer = build_trainer(model_dir, dataset, reward_kind, train_cfg, stage_cfg, run_dir=run_dir, dtype=dtype,
-                            callbacks=[step_cb, _no_final_save_callback(), *callbacks])
+                            callbacks=[step_cb, _no_final_save_callback(), *([heldout] if heldout is not None else []), *callbacks])
     trainer.grouped_logps = grouped_logps
     requested = rollout_sampler or getattr(train_cfg, "rollout_sampler", "auto")
     rollouts = attach_rollouts(trainer, requested, model_dir)
@@ -248,7 +265,10 @@ def train(model_dir: str | os.PathLike, dataset: Any, reward_kind: str, train_cf
     save_policy(policy, trainer.processing_class, out_dir, {**(meta or {}), "global_step": trainer.state.global_step})
     for ckpt in complete_checkpoints(run_dir):  # the run is done and saved: free the optimizer states
         shutil.rmtree(ckpt, ignore_errors=True)
-    return {"history": step_cb.history, "summary": summarize(step_cb.history), "final": step_cb.final,
+    summary = summarize(step_cb.history)
+    if heldout is not None and heldout.rows:  # first and last point: did the policy learn or collapse
+        summary.update(heldout_acc_first=heldout.rows[0]["heldout_acc"], heldout_acc_last=heldout.rows[-1]["heldout_acc"])
+    return {"history": step_cb.history, "summary": summary, "final": step_cb.final, "heldout": heldout.rows if heldout else [],
             "global_step": int(trainer.state.global_step), "train_s": train_s, "rollout_sampler": rollouts,
             "resumed_from": Path(resume_from).name if resume_from else None}
 
@@ -264,5 +284,9 @@ def build_trainer(model_dir: str | os.PathLike, dataset: Any, reward_kind: str, 
     config = grpo_config(train_cfg, stage_cfg, run_dir, dtype=dtype)
     tokenizer = load_tokenizer(str(model_dir))
     rewards = list(reward_funcs) if reward_funcs is not None else [make_reward_fn(reward_kind, train_cfg.num_generations)]
-    return _trainer_class()(model=str(model_dir), reward_funcs=rewards,
-                            args=config, train_dataset=dataset, processing_class=tokenizer, callbacks=list(callbacks))
+    trainer = _trainer_class()(model=str(model_dir), reward_funcs=rewards,
+                               args=config, train_dataset=dataset, processing_class=tokenizer, callbacks=list(callbacks))
+    for fn in rewards:  # the ids that end a completion, exactly as TRL counts one as not truncated (rewards.trl_finished)
+        if hasattr(fn, "stop_token_ids"):
+            fn.stop_token_ids = [*trainer.eos_token_ids, trainer.processing_class.pad_token_id]
+    return trainer
