@@ -24,7 +24,7 @@ from medssr.records import CATEGORIES
 
 # paper Table 1 column order
 TABLE1_ORDER = ("Symptoms", "Causes", "Diagnosis", "Others", "Related disorders", "Treatment", "Affects")
-CURVE_KEYS = ("reward_mean", "kl", "distinct_answers", "answer_entropy", "accuracy")
+CURVE_KEYS = ("reward_mean", "kl", "distinct_answers", "answer_entropy", "accuracy", "heldout_acc", "zero_std_group_share")
 MAX_FIG_ROWS = 8
 FIG_DIR = "figures"  # under the report's directory; report.md links figures/<name>.png
 FIGURES = ("table2_benchmarks.png", "table1_raredis.png", "fig4_rare_ratio.png", "fig6_training.png")
@@ -39,14 +39,20 @@ class Cell:
     n: int | None = None  # questions
 
 
+# the p of a vs_base entry: a benchmark's (category's) McNemar, an average's permutation test, its pooled McNemar
+_P_KEYS = (("p_perm_macro", "perm"), ("p_mcnemar", "mcnemar"), ("p_mcnemar_pooled", "pooled"))
+
+
 @dataclass
 class Diff:
-    """A checkpoint minus the reference (``eval/<ckpt>/vs_base/<part>/...``): paired bootstrap interval, McNemar p."""
+    """A checkpoint minus the reference (``eval/<ckpt>/vs_base/<part>/...``): paired bootstrap interval and p: the exact
+    McNemar p of a benchmark (category), the permutation p of an average's macro difference (``test`` 'perm')."""
 
     diff: float
     p: float
     ci_low: float | None = None
     ci_high: float | None = None
+    test: str = "mcnemar"  # 'mcnemar' | 'perm' (p_perm_macro) | 'pooled' (an average's p_mcnemar_pooled, older stores)
 
 
 @dataclass
@@ -71,6 +77,26 @@ class PipelineRun:
             return float(self.params["synth.rare_ratio"])
         except (KeyError, ValueError):
             return None
+
+    @property
+    def rare_share_target(self) -> float | None:
+        """synth.rare_share_target (None: α fixed, or a run from before the param existed)."""
+        try:
+            return float(self.params["synth.rare_share_target"])
+        except (KeyError, ValueError):  # MLflow logs a null param as "None"
+            return None
+
+    @property
+    def rare_share_measured(self) -> float | None:
+        """The synthetic set's rare-disease share as the benchmark tagger measures it (the paper's ratio, §4.2-4.3)."""
+        return self.metrics.get("synth/rare_share_measured")
+
+    @property
+    def setting(self) -> tuple[str, float] | None:
+        """What a sweep varied: ("target", measured share asked for) or ("α", synth.rare_ratio); runs of one setting are averaged."""
+        if self.rare_share_target is not None:
+            return ("target", self.rare_share_target)
+        return ("α", self.rare_ratio) if self.rare_ratio is not None else None
 
     def prefix(self, ckpt: str) -> str:
         return "eval" if ckpt == self.final else f"eval/{ckpt}"
@@ -111,10 +137,16 @@ class PipelineRun:
         out = {}
         for k, v in self.metrics.items():
             m = re.fullmatch(rf"{re.escape(pre)}/([^/]+)/diff", k)
-            if m and f"{pre}/{m.group(1)}/p_mcnemar" in self.metrics:
-                base = f"{pre}/{m.group(1)}"
-                out[m.group(1)] = Diff(v, self.metrics[f"{base}/p_mcnemar"], self.metrics.get(f"{base}/ci_low"),
-                                       self.metrics.get(f"{base}/ci_high"))
+            if not m:
+                continue
+            base = f"{pre}/{m.group(1)}"
+            found = next(((key, test) for key, test in _P_KEYS if f"{base}/{key}" in self.metrics), None)
+            if found:
+                key, test = found
+                if m.group(1) == "avg" and test == "mcnemar":
+                    test = "pooled"  # a run logged before p_perm_macro: an average's p_mcnemar pooled its parts
+                out[m.group(1)] = Diff(v, self.metrics[f"{base}/{key}"], self.metrics.get(f"{base}/ci_low"),
+                                       self.metrics.get(f"{base}/ci_high"), test)
         return out
 
     @property
@@ -238,7 +270,8 @@ def _diff_text(d: Diff | None) -> str:
     if d is None:
         return "-"
     ci = f" [{100 * d.ci_low:+.1f}, {100 * d.ci_high:+.1f}]" if d.ci_low is not None and d.ci_high is not None else ""
-    return f"{100 * d.diff:+.2f}{ci} {_p_value(d.p)}"
+    label = {"perm": "perm ", "pooled": "pooled "}.get(d.test, "")
+    return f"{100 * d.diff:+.2f}{ci} {label}{_p_value(d.p)}"
 
 
 def diff_table(rows: Sequence[tuple[str, Mapping[str, Diff]]], cols: Sequence[str], headers: Sequence[str]) -> str:
@@ -305,23 +338,48 @@ def _mean_cells(cells: Sequence[Mapping[str, Cell]]) -> dict[str, Cell]:
     return out
 
 
-def sweep_groups(runs: Sequence[PipelineRun]) -> dict[str, dict[float, list[PipelineRun]]]:
-    """{strategy: {rare ratio: runs}} for the strategies evaluated at two or more rare ratios."""
-    groups: dict[str, dict[float, list[PipelineRun]]] = {}
+Setting = tuple[str, float]  # PipelineRun.setting: ("target", share) or ("α", ratio)
+
+
+def sweep_groups(runs: Sequence[PipelineRun]) -> dict[str, dict[Setting, list[PipelineRun]]]:
+    """{strategy: {setting: runs}} for the strategies evaluated at two or more settings (α, or target rare share)."""
+    groups: dict[str, dict[Setting, list[PipelineRun]]] = {}
     for r in runs:
-        if r.evaluated and r.rare_ratio is not None:
-            groups.setdefault(r.strategy, {}).setdefault(r.rare_ratio, []).append(r)
+        if r.evaluated and r.setting is not None:
+            groups.setdefault(r.strategy, {}).setdefault(r.setting, []).append(r)
     return {s: dict(sorted(g.items())) for s, g in groups.items() if len(g) >= 2}
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+def measured_share(runs: Sequence[PipelineRun]) -> float | None:
+    """Mean measured rare-disease share of a setting's runs (None when none logged it: runs from before #22.5)."""
+    return _mean([r.rare_share_measured for r in runs])
+
+
+def setting_label(setting: Setting, runs: Sequence[PipelineRun]) -> str:
+    """``α=25% · measured 34.8%`` or ``target 25% · measured 25.0% · α 0.16``: what was asked and what the set holds."""
+    kind, value = setting
+    label = f"target {100 * value:g}%" if kind == "target" else f"α={100 * value:g}%"
+    m = measured_share(runs)
+    if m is not None:
+        label += f" · measured {100 * m:.1f}%"
+    if kind == "target" and (a := _mean([r.metrics.get("synth/alpha_used") for r in runs])) is not None:
+        label += f" · α {a:.2f}"
+    return label
 
 
 def strategy_rows(runs: Sequence[PipelineRun]) -> list[tuple[str, dict[str, Cell]]]:
     """Table 3: per strategy (and α when runs differ in it), stage I (the stage1 checkpoint) and stage II (the final one),
     averaged over its runs; a stage the strategy passes through untrained gets no row of its own."""
     ev = [r for r in runs if r.evaluated]
-    mixed = len({r.rare_ratio for r in ev}) > 1  # keep settings apart: never average runs of different α
+    mixed = len({r.setting for r in ev}) > 1  # keep settings apart: never average runs of different α or target share
     by: dict[tuple[str, str], list[PipelineRun]] = {}
     for r in ev:
-        by.setdefault((r.strategy, f" (α={r.rare_ratio:g})" if mixed and r.rare_ratio is not None else ""), []).append(r)
+        by.setdefault((r.strategy, f" ({_short(r.setting)})" if mixed and r.setting is not None else ""), []).append(r)
     rows = []
     for (name, alpha), rs in sorted(by.items()):
         strat = name + alpha
@@ -332,6 +390,11 @@ def strategy_rows(runs: Sequence[PipelineRun]) -> list[tuple[str, dict[str, Cell
         else:
             rows.append((strat, _mean_cells([r.benchmarks(r.final) for r in rs])))
     return rows
+
+
+def _short(setting: Setting) -> str:
+    """``α=0.25`` or ``target 25%``."""
+    return f"target {100 * setting[1]:g}%" if setting[0] == "target" else f"α={setting[1]:g}"
 
 
 def _trained(strategy: str, stage: str) -> bool:
@@ -430,24 +493,42 @@ def _err(c: Cell | None) -> tuple[float, float]:
     return c.std, c.std
 
 
-def sweep_figure(groups: Mapping[str, Mapping[float, Sequence[PipelineRun]]], path: Path) -> Path:
-    """Fig. 4: final-checkpoint accuracy against the rare-disease ratio α, general benchmarks (avg) and RareDis-Sub
-    (avg over categories) on one shared y axis, with the interval of each point (one run: its interval over questions;
-    several runs of one α: ± std across them) and the base model as a dashed line."""
+def sweep_points(g: Mapping[Setting, Sequence[PipelineRun]]) -> list[tuple[float, Setting, bool]]:
+    """Fig. 4's x of each setting, in percent, sorted: the measured rare share of its synthetic set (the paper's ratio;
+    α and the target are annotations), or, for runs that logged none, the asked value (flagged False)."""
+    pts = []
+    for setting, runs in g.items():
+        m = measured_share(runs)
+        pts.append((100 * (m if m is not None else setting[1]), setting, m is not None))
+    return sorted(pts)
+
+
+def sweep_figure(groups: Mapping[str, Mapping[Setting, Sequence[PipelineRun]]], path: Path) -> Path:
+    """Fig. 4: final-checkpoint accuracy against the measured rare-disease share of the synthetic set, general
+    benchmarks (avg) and RareDis-Sub (avg over categories) on one shared y axis, each point annotated with its α (or
+    target share), with the interval of each point (one run: its interval over questions; several runs of one
+    setting: ± std across them) and the base model as a dashed line."""
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
     ns: dict[str, set[int]] = {"bench": set(), "cat": set()}
+    unmeasured = False
     for strat, g in groups.items():
-        xs = sorted(g)
+        order = sweep_points(g)
+        unmeasured |= not all(ok for _, _, ok in order)
+        xs = [setting for _, setting, _ in order]
         for ax, kind in zip(axes, ("bench", "cat"), strict=True):
             cells = [_mean_cells([r.part(r.final, kind) for r in g[x]]).get("avg") for x in xs]
-            pts = [(100 * x, c) for x, c in zip(xs, cells, strict=True) if c is not None]
+            pts = [(px, c, x) for (px, _, _), x, c in zip(order, xs, cells, strict=True) if c is not None]
             if not pts:
                 continue
-            ns[kind] |= {c.n for _, c in pts if c.n is not None}
-            err = [_err(c) for _, c in pts]
-            ax.errorbar([x for x, _ in pts], [100 * c.acc for _, c in pts], yerr=[[100 * lo for lo, _ in err], [100 * hi for _, hi in err]],
-                        marker="o", capsize=3, label=f"{strat} (final checkpoint)")
+            ns[kind] |= {c.n for _, c, _ in pts if c.n is not None}
+            err = [_err(c) for _, c, _ in pts]
+            ax.errorbar([x for x, _, _ in pts], [100 * c.acc for _, c, _ in pts],
+                        yerr=[[100 * lo for lo, _ in err], [100 * hi for _, hi in err]], marker="o", capsize=3,
+                        label=f"{strat} (final checkpoint)")
+            for px, c, x in pts:
+                a = _mean([r.metrics.get("synth/alpha_used") for r in g[x]]) if x[0] == "target" else None
+                ax.annotate(_short(x) + ("" if a is None else f", α {a:.2f}"), (px, 100 * c.acc), xytext=(3, 4), textcoords="offset points", fontsize=6)
             bases = [r.part("base", kind).get("avg") for x in xs for r in g[x] if "base" in r.checkpoints]
             bases = [b.acc for b in bases if b is not None]
             if bases:
@@ -456,19 +537,23 @@ def sweep_figure(groups: Mapping[str, Mapping[float, Sequence[PipelineRun]]], pa
     for ax, kind in zip(axes, ("bench", "cat"), strict=True):
         n = ns[kind]
         ax.set_title(titles[kind] + (f", n={n.pop()} questions per run" if len(n) == 1 else ""), fontsize=9)
-        ax.set_xlabel("rare-disease ratio α (%)")
+        ax.set_xlabel("measured rare-disease share of the synthetic set (%)" + ("; α where none was logged" if unmeasured else ""))
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=7)
     axes[0].set_ylabel("accuracy (%)")
-    fig.suptitle(f"Accuracy vs α (Fig. 4); error bars: {100 * _LEVEL:g}% interval over questions, or ± std over runs", fontsize=10)
+    fig.suptitle(f"Accuracy vs rare-disease share (Fig. 4; points: their α or target); error bars: {100 * _LEVEL:g}% interval "
+                 "over questions, or ± std over runs", fontsize=10)
     return _save(fig, path)
 
 
 # Fig. 6 panels: (series name, panel title, y label)
-CURVE_PANELS = (("reward_mean", "mean reward", "reward"), ("accuracy", "accuracy of rollouts", "accuracy"),
+CURVE_PANELS = (("heldout_acc", "held-out accuracy (greedy F.4, fixed benchmark questions)", "accuracy"),
+                ("reward_mean", "mean reward (stage I: vs the voted label; stage II: vs gold)", "reward"),
+                ("accuracy", "accuracy of rollouts vs gold", "accuracy"),
                 ("kl", "KL to the reference policy", "KL"), ("distinct_answers", "distinct answers per group (collapse signal)",
-                                                             "distinct answers"))
+                                                             "distinct answers"),
+                ("zero_std_group_share", "groups with one reward for all G (no gradient)", "share of groups"))
 
 
 def _series(r: PipelineRun, name: str) -> list[tuple[str, list[tuple[int, float]]]]:
@@ -477,21 +562,23 @@ def _series(r: PipelineRun, name: str) -> list[tuple[str, list[tuple[int, float]
 
 
 def curves_figure(runs: Sequence[PipelineRun], path: Path) -> Path | None:
-    """Fig. 6: per training step, mean reward, rollout accuracy, KL and distinct answers (collapse) side by side; one
-    line per run and stage, labelled by run, stage, strategy and α; a panel with no logged series says so."""
+    """Fig. 6: per training step, held-out accuracy (the performance panel), mean reward, rollout accuracy, KL, distinct
+    answers and zero-variance groups side by side; one line per run and stage, labelled by run, stage, strategy and α;
+    a panel with no logged series says so."""
     if not any(_series(r, name) for r in runs for name, _, _ in CURVE_PANELS):
         return None
     plt = _plt()
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+    fig, axes = plt.subplots(2, 3, figsize=(15, 7))
     styles = ("-", "--", ":", "-.")
     for ax, (name, title, ylabel) in zip(axes.flat, CURVE_PANELS, strict=True):
         for i, r in enumerate(runs):
             alpha = f", α={r.rare_ratio:g}" if r.rare_ratio is not None else ""
-            for j, (stage, h) in enumerate(_series(r, name)):
-                ax.plot([s for s, _ in h], [v for _, v in h], marker="o", markersize=3, linestyle=styles[j % len(styles)],
-                        color=f"C{i % 10}", label=f"{r.label} · {stage} ({r.strategy}{alpha})")
+            for j, (stage, h) in enumerate(_series(r, name)):  # a colour per run and stage, a line style per stage
+                ax.plot([s for s, _ in h], [v for _, v in h], marker="o" if j == 0 else "s", markersize=3,
+                        linestyle=styles[j % len(styles)], color=f"C{(2 * i + j) % 10}", label=f"{r.label} · {stage} ({r.strategy}{alpha})")
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("training step")
+        ax.xaxis.get_major_locator().set_params(integer=True)  # steps are whole numbers
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         if ax.lines:
@@ -523,12 +610,15 @@ def build_report(runs: Sequence[PipelineRun], reviews: Sequence[Any], out_dir: s
 
     md += ["## Runs", ""]
     if runs:
-        md += ["| Run | Strategy | Rare ratio α | Policy | Checkpoints | Avg | RareDis avg | Invalid before → after |", "|---|---|---|---|---|---|---|---|"]
+        md += ["| Run | Strategy | Rare ratio α | Rare share: target → measured | Policy | Checkpoints | Avg | RareDis avg | "
+               "Invalid before → after |", "|---|---|---|---|---|---|---|---|---|"]
         for r in runs:
             b, c = r.benchmarks(r.final).get("avg"), r.categories(r.final).get("avg")
             inv = (f"{100 * r.metrics['eval/invalid_before']:.1f}% → {100 * r.metrics.get('eval/invalid_after', 0):.1f}%"
                    if "eval/invalid_before" in r.metrics else "-")
-            md.append(f"| {r.label} | {r.strategy} | {r.params.get('synth.rare_ratio', '-')} | {r.params.get('model.policy', '-')} | "
+            t, m = r.rare_share_target, r.rare_share_measured
+            share = f"{'-' if t is None else f'{100 * t:g}%'} → {'-' if m is None else f'{100 * m:.1f}%'}"
+            md.append(f"| {r.label} | {r.strategy} | {r.params.get('synth.rare_ratio', '-')} | {share} | {r.params.get('model.policy', '-')} | "
                       f"{', '.join(r.checkpoints) if r.evaluated else '-'} | {_pct(b, False)} | {_pct(c, False)} | {inv} |")
     else:
         md.append("No pipeline runs in this experiment yet: run `dvc repro` (or `dvc exp run`) first.")
@@ -569,7 +659,9 @@ def build_report(runs: Sequence[PipelineRun], reviews: Sequence[Any], out_dir: s
     if d_bench or d_cat:
         md += ["Checkpoint minus base on the same questions, in points: [paired bootstrap interval, questions resampled and "
                "runs nested] and the exact McNemar p-value on the questions only one of the two gets right (by majority over "
-               "runs when k > 1).", ""]
+               "runs when k > 1). Avg columns: \"perm p\" is the paired permutation test of the macro difference (each "
+               "question's two answers swapped at random within its benchmark or category); \"pooled p\" (runs logged before "
+               "it) is the McNemar test of the pooled questions, which weighs questions, not benchmarks.", ""]
         if d_bench:
             cols = _bench_cols(d_bench)
             md += [diff_table(d_bench, cols, _bench_headers(cols)), ""]
@@ -584,16 +676,19 @@ def build_report(runs: Sequence[PipelineRun], reviews: Sequence[Any], out_dir: s
     if groups:
         figs.append(sweep_figure(groups, fig_dir / "fig4_rare_ratio.png"))
         md += [f"![rare ratio sweep]({FIG_DIR}/{figs[-1].name})", ""]
+        md += ["x = the measured rare-disease share of each setting's synthetic set (questions the benchmark tagger flags, "
+               "the paper's ratio of §4.2-4.3), not α: α = 0 already gives the natural share (13 % in the paper).", ""]
         for strat, g in groups.items():
-            b_rows = [(f"{100 * ratio:g}%", _mean_cells([r.benchmarks(r.final) for r in rs])) for ratio, rs in g.items()]
-            c_rows = [(f"{100 * ratio:g}%", _mean_cells([r.categories(r.final) for r in rs])) for ratio, rs in g.items()]
-            md += [f"Strategy `{strat}`, general benchmarks:", "", md_table(b_rows, _bench_cols(b_rows), _bench_headers(_bench_cols(b_rows)), "Ratio"), ""]
+            order = [setting for _, setting, _ in sweep_points(g)]
+            b_rows = [(setting_label(x, g[x]), _mean_cells([r.benchmarks(r.final) for r in g[x]])) for x in order]
+            c_rows = [(setting_label(x, g[x]), _mean_cells([r.categories(r.final) for r in g[x]])) for x in order]
+            md += [f"Strategy `{strat}`, general benchmarks:", "", md_table(b_rows, _bench_cols(b_rows), _bench_headers(_bench_cols(b_rows)), "Setting"), ""]
             if any(c for _, c in c_rows):
                 cols = _cat_cols(c_rows)
-                md += ["RareDis-Sub:", "", md_table(c_rows, cols, [_CAT_HEADERS.get(c, c) for c in cols], "Ratio"), ""]
+                md += ["RareDis-Sub:", "", md_table(c_rows, cols, [_CAT_HEADERS.get(c, c) for c in cols], "Setting"), ""]
     else:
-        md += ["No sweep runs yet: evaluated runs differ in `synth.rare_ratio` fewer than twice. Queue one with "
-               "`dvc exp run --queue -S synth.rare_ratio=0,0.13,0.25,0.33,0.5 && dvc queue start`.", ""]
+        md += ["No sweep runs yet: evaluated runs differ in `synth.rare_share_target` (or `synth.rare_ratio`) fewer than twice. "
+               "Queue the paper's settings with `dvc exp run --queue -S synth.rare_share_target=0,0.13,0.25,0.33,0.5 && dvc queue start`.", ""]
 
     md += ["## Training strategies (Table 3 style)", ""]
     strategies = {r.strategy for r in ev}
@@ -629,7 +724,7 @@ def _fig_rows(ev: Sequence[PipelineRun], kind: str) -> list[tuple[str, dict[str,
     if not ev:
         return []
     def setting(r: PipelineRun) -> str:
-        return f" ({r.strategy}" + (f", α={r.rare_ratio:g})" if r.rare_ratio is not None else ")")
+        return f" ({r.strategy}" + (f", {_short(r.setting)})" if r.setting is not None else ")")
 
     latest = [(f"{ev[-1].label} · {c}" + ("" if c == "base" else setting(ev[-1])), cells)
               for c in ev[-1].checkpoints if (cells := ev[-1].part(c, kind))]

@@ -259,7 +259,13 @@ class SynthCfg:
     generator: GeneratorCfg = field(default_factory=GeneratorCfg)
     max_usd: Annotated[Float | None, Field(ge=0)] = None
     max_attempts: Annotated[Int | None, Field(ge=1)] = 48  # None = 8 * n
-    prefer_covered: Bool = True  # draw rare diseases only among those the corpus covers
+    # true: Eq. 2 draws only among the rare diseases the corpus covers (no F.2 prompt without passages); false: from
+    # all of E_rare, as the paper's Eq. 2 (retrieval then returns the nearest passages)
+    prefer_covered: Bool = True
+    # None: α (rare_ratio) fixed, the measured rare share is only reported. A share in [0, 1]: the share of accepted
+    # questions the benchmark tagger flags (medssr.data.rare; the paper's 0/13/25/33 % of §4.2-4.3); α is then steered
+    # per wave (medssr.synth.plan.steer_alpha, rare_ratio unused) and questions over the tagged/untagged quota are dropped
+    rare_share_target: Annotated[Float | None, Field(ge=0, le=1)] = None
     contamination_threshold: Annotated[Float, Field(ge=0, le=1)] = 0.5
     cache_dir: str = ".cache/llm"  # relative paths resolve against the project root (DVC queue copies share it)
     prompt_variant: Literal["", "small", "small_json"] = "small"  # "small": plain-text layout + "Question:" prefill for tiny local models
@@ -295,9 +301,18 @@ class LabelCfg:
     sampling: SamplingCfg = field(default_factory=lambda: SamplingCfg(max_new_tokens=256, batch_size=32, engines=2))
     ties: Literal["seeded", "drop"] = "seeded"
     min_agreement: Annotated[Float, Field(ge=0, le=1)] = 0.0
+    max_agreement: Annotated[Float, Field(ge=0, le=1)] = 1.0  # agreement above it is dropped as too easy; 1.0 = off
     reliability_n: Annotated[Int, Field(ge=0)] = 16  # real questions used to measure label accuracy
     seed: Int = 0
     allow_empty: Bool = False  # true: a run that keeps no labeled question exits 0 instead of failing
+
+    def __post_init__(self) -> None:
+        from medssr.label.vote import band_problem  # standard library only, no import cycle
+
+        if self.max_agreement == 0:
+            raise ConfigError("label.max_agreement: 0 drops every question (a voted one has agreement >= 1/G); 1.0 = no upper bound")
+        if self.min_agreement > self.max_agreement:
+            raise ConfigError(band_problem(self.min_agreement, self.max_agreement))
 
 
 @section
@@ -337,7 +352,7 @@ class TrainCfg:
     global_batch_size: Annotated[Int, Field(ge=1)] = 128  # OpenRLHF train batch
     rollout_batch_size: Annotated[Int, Field(ge=1)] = 128
     micro_batch_size: Annotated[Int, Field(ge=1)] = 8
-    loss_type: str = "grpo"  # one of TRL_LOSS_TYPES (trl) or OPENRLHF_LOSS_TYPES (openrlhf)
+    loss_type: str = "dapo"  # one of TRL_LOSS_TYPES (trl) or OPENRLHF_LOSS_TYPES (openrlhf); dapo = verl's token-mean
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"  # TRL: k3 only
     adam_beta1: Annotated[Float, Field(ge=0, le=1)] = 0.9  # paper's verl trainer: AdamW (0.9, 0.999), wd 0.01
     adam_beta2: Annotated[Float, Field(ge=0, le=1)] = 0.999
@@ -345,6 +360,9 @@ class TrainCfg:
     seed: Int = 0
     save_steps: Annotated[Int, Field(ge=1)] = 2
     rollout_sampler: Literal["auto", "hf", "trl"] = "auto"  # medssr.rl.rollouts: who samples the TRL backend's rollouts
+    eval_every: Annotated[Int | None, Field(ge=1)] = 4  # held-out accuracy every N steps and at step 0 (None = off; TRL backend)
+    heldout_n: Annotated[Int, Field(ge=1)] = 8  # real benchmark questions in the fixed held-out set (medssr.rl.heldout)
+    heldout_max_new_tokens: Annotated[Int, Field(ge=1)] = 128
     stage1: StageTrainCfg = field(default_factory=StageTrainCfg)
     stage2: StageTrainCfg = field(default_factory=lambda: StageTrainCfg(max_samples=64))
     openrlhf: OpenRLHFCfg = field(default_factory=OpenRLHFCfg)

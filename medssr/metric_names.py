@@ -115,7 +115,13 @@ REGISTRY: tuple[MetricName, ...] = (
     _m("synth/attempts", "generation attempts", "attempts"),
     _m("synth/acceptance_rate", "share of attempts that gave an accepted question", "fraction 0-1"),
     _m("synth/rare_ratio_target", "share of rare-disease prompts asked for (params synth.rare_ratio, α)", "fraction 0-1"),
-    _m("synth/rare_ratio_achieved", "share of rare-disease questions among the accepted", "fraction 0-1"),
+    _m("synth/rare_share_measured", "share of accepted questions the benchmark rare-disease tagger flags (the paper's ratio)",
+       "fraction 0-1"),
+    _m("synth/rare_share_target", "measured rare-disease share asked for (params synth.rare_share_target)", "fraction 0-1"),
+    _m("synth/f2_share", "share of accepted questions written from an F.2 (knowledge-injected) prompt", "fraction 0-1"),
+    _m("synth/alpha_used", "mean α over the attempts (synth.rare_ratio, or steered toward synth.rare_share_target)",
+       "fraction 0-1"),
+    _m("synth/share_dropped/<reason>", "questions dropped to hold synth.rare_share_target, e.g. rare_in_f1", "questions"),
     _m("synth/tokens_per_accepted_question/<part>", "generator tokens spent per accepted question", "tokens"),
     _m("synth/cost_usd", "generator cost of the stage", "USD"),
     _m("synth/contamination_dropped", "accepted questions dropped as near-copies of a benchmark question", "questions"),
@@ -130,6 +136,7 @@ REGISTRY: tuple[MetricName, ...] = (
     _m("label/dropped_no_valid", "questions dropped: no vote gave a valid answer", "questions"),
     _m("label/dropped_ties", "questions dropped: the vote tied", "questions"),
     _m("label/dropped_low_agreement", "questions dropped: agreement below label.min_agreement", "questions"),
+    _m("label/dropped_high_agreement", "questions dropped as too easy: agreement above label.max_agreement", "questions"),
     _m("label/agreement_mean", "mean share of votes agreeing with the majority, kept questions", "fraction 0-1"),
     _m("label/valid_vote_rate", "share of votes giving a valid answer", "fraction 0-1"),
     _m("label/votes_per_s", "voting throughput", "votes/s"),
@@ -138,6 +145,11 @@ REGISTRY: tuple[MetricName, ...] = (
     _m("label/reliability/majority_acc_<ci>", "95 % Wilson interval of label/reliability/majority_acc", "fraction 0-1"),
     _m("label/reliability/single_acc", "single-sample accuracy on the same real questions", "fraction 0-1"),
     _m("label/reliability/single_acc_<ci>", "95 % Wilson interval of label/reliability/single_acc", "fraction 0-1"),
+    _m("label/reliability/pass_at_g", "pass@G on the real questions: share where some of the G votes equals gold", "fraction 0-1"),
+    _m("label/reliability/pass_at_g_<ci>", "95 % Wilson interval of label/reliability/pass_at_g", "fraction 0-1"),
+    _m("label/reliability/majority_ratio", "majority ratio on the real questions: mean winner's votes / G", "fraction 0-1"),
+    _m("label/reliability/majority_ratio_<ci>", "95 % bootstrap interval (questions resampled) of label/reliability/majority_ratio",
+       "fraction 0-1"),
     _m("label/reliability/bucket_<lo>_<hi>_n", "real questions whose agreement falls in [lo, hi)", "questions"),
     _m("label/reliability/bucket_<lo>_<hi>_acc", "majority-vote accuracy of the questions in that agreement bucket", "fraction 0-1"),
     # stages `stage1`, `stage2`: one point per logged step (medssr.rl.callbacks) ...
@@ -160,6 +172,10 @@ REGISTRY: tuple[MetricName, ...] = (
     _m("train/<stage>/offline_label_agreement", "share of rollouts agreeing with the offline majority label (online voting)",
        "fraction 0-1"),
     _m("train/<stage>/accuracy", "share of rollouts with the gold answer (gold reward)", "fraction 0-1"),
+    _m("train/<stage>/heldout_acc", "greedy F.4 accuracy of the live policy on the fixed held-out benchmark questions "
+       "(step 0 and every train.eval_every steps; medssr.rl.heldout)", "fraction 0-1"),
+    _m("train/<stage>/heldout_valid_share", "share of those held-out answers that name one valid option", "fraction 0-1"),
+    _m("train/<stage>/heldout_n", "questions in that held-out set", "questions"),
     _m("train/<stage>/step_time_s", "wall time of the step", "s"),
     _m("train/<stage>/generation_s", "time spent generating rollouts in the step", "s"),
     _m("train/<stage>/update_s", "time spent updating the policy in the step", "s"),
@@ -209,7 +225,9 @@ REGISTRY: tuple[MetricName, ...] = (
     _m(f"eval{_C}/vs_base/avg/n", "questions behind the compared averages", "questions"),
     _m(f"eval{_C}/vs_base/avg/b", "questions only this checkpoint gets right", "questions"),
     _m(f"eval{_C}/vs_base/avg/c", "questions only the base model gets right", "questions"),
-    _m(f"eval{_C}/vs_base/avg/p_mcnemar", "exact McNemar p-value of the average difference", "probability"),
+    _m(f"eval{_C}/vs_base/avg/p_perm_macro", "paired permutation p-value of the average (macro) difference", "probability"),
+    _m(f"eval{_C}/vs_base/avg/p_mcnemar_pooled", "exact McNemar p-value of the averaged benchmarks' pooled questions (b vs c)",
+       "probability"),
     _m(f"eval{_C}/vs_base/raredis/<category>/diff", "category accuracy minus the base model's", "fraction -1..1"),
     _m(f"eval{_C}/vs_base/raredis/<category>/<ci>", "paired bootstrap interval of that difference", "fraction -1..1"),
     _m(f"eval{_C}/vs_base/raredis/<category>/n", "questions of the category both answered", "questions"),
@@ -221,7 +239,10 @@ REGISTRY: tuple[MetricName, ...] = (
     _m(f"eval{_C}/vs_base/raredis/avg/n", "RareDis-Sub questions both answered", "questions"),
     _m(f"eval{_C}/vs_base/raredis/avg/b", "questions only this checkpoint gets right", "questions"),
     _m(f"eval{_C}/vs_base/raredis/avg/c", "questions only the base model gets right", "questions"),
-    _m(f"eval{_C}/vs_base/raredis/avg/p_mcnemar", "exact McNemar p-value of the RareDis-Sub difference", "probability"),
+    _m(f"eval{_C}/vs_base/raredis/avg/p_perm_macro", "paired permutation p-value of the RareDis-Sub average (macro) difference",
+       "probability"),
+    _m(f"eval{_C}/vs_base/raredis/avg/p_mcnemar_pooled", "exact McNemar p-value of the categories' pooled questions (b vs c)",
+       "probability"),
     # `medssr review import` (a run of its own, after the pipeline)
     _m("review/<group>/n_questions", "questions rated", "questions"),
     _m("review/<group>/n_ratings", "ratings given", "ratings"),
@@ -239,8 +260,8 @@ REGISTRY: tuple[MetricName, ...] = (
 # The pipeline parent run's metrics, in the order a reader wants them: copies of stage-run metrics under the same names
 # (medssr.tracking.log_summary_to_parent); every other number stays on its stage run.
 HEADLINE_METRICS = ("eval/avg", "eval/avg_ci_low", "eval/avg_ci_high", "eval/raredis/avg", "eval/raredis/avg_ci_low",
-                    "eval/raredis/avg_ci_high", "eval/vs_base/avg/diff", "synth/accepted", "synth/rare_ratio_achieved", "label/kept",
-                    "label/agreement_mean")
+                    "eval/raredis/avg_ci_high", "eval/vs_base/avg/diff", "synth/accepted", "synth/rare_share_measured",
+                    "synth/alpha_used", "label/kept", "label/agreement_mean")
 
 
 class UnregisteredMetricError(ValueError):

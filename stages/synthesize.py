@@ -1,4 +1,5 @@
-"""DVC stage `synthesize`: new questions from seed pairs, with rare-disease knowledge at ratio α (medssr.synth)."""
+"""DVC stage `synthesize`: new questions from seed pairs, with rare-disease knowledge at ratio α, or steered to a measured
+rare-disease share (synth.rare_share_target; tagged with data.rare_* like RareDis-Sub) (medssr.synth)."""
 
 import sys
 from pathlib import Path
@@ -28,6 +29,11 @@ def empty_cause(report):
         example = next(iter(report["rejected_examples"].values()), "")
         return (f"all {report['attempts']} generator responses were rejected ({top}; e.g. {example[:120]!r})",
                 "synth.generator (a stronger model, or more max_tokens when replies were cut), synth.prompt_variant or synth.max_attempts")
+    share = sum(report.get("share_dropped", {}).values())
+    if share:  # e.g. target 0 and every F.1 question named a rare disease
+        return (f"all {report['valid']} parsed questions were dropped: {report['contamination_dropped']} as benchmark contamination "
+                f"or duplicates, {share} to hold synth.rare_share_target={report['rare_share_target']} ({report['share_dropped']})",
+                "synth.rare_share_target, synth.max_attempts or synth.contamination_threshold")
     return (f"all {report['valid']} parsed questions were dropped as benchmark contamination or duplicates",
             "synth.contamination_threshold")
 

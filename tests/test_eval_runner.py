@@ -144,13 +144,13 @@ def test_mlflow_stage_run_has_final_unprefixed_and_other_checkpoints_prefixed(ev
 
 
 def test_stage_headlines_are_the_numbers_of_the_named_reports(tmp_path):
-    (tmp_path / "synth.json").write_text(json.dumps({"accepted": 12, "rare_ratio_achieved": 0.25, "cost_usd": 0.0, "by_source": {"rare": 3},
+    (tmp_path / "synth.json").write_text(json.dumps({"accepted": 12, "rare_share_measured": 0.25, "cost_usd": 0.0, "by_source": {"rare": 3},
                                                      "name": "x", "seed": 5, "sampling": {"temperature": 1.0}}))
     m = stage_headlines({"synth": tmp_path / "synth.json", "label": tmp_path / "absent.json"})
-    assert m == {"synth/accepted": 12.0, "synth/rare_ratio_achieved": 0.25, "synth/cost_usd": 0.0, "synth/by_source/rare": 3.0,
+    assert m == {"synth/accepted": 12.0, "synth/rare_share_measured": 0.25, "synth/cost_usd": 0.0, "synth/by_source/rare": 3.0,
                  "synth/seed": 5.0, "synth/sampling/temperature": 1.0}  # every number, under the names metric_names.flatten gives
     # a report not written yet is skipped; the parent run keeps only the headline names (tracking.HEADLINE_METRICS)
-    assert {k for k in m if k in tracking.HEADLINE_METRICS} == {"synth/accepted", "synth/rare_ratio_achieved"}
+    assert {k for k in m if k in tracking.HEADLINE_METRICS} == {"synth/accepted", "synth/rare_share_measured"}
 
 
 def test_parent_run_gets_the_final_checkpoints_headline_metrics(evaluated):

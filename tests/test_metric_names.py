@@ -87,7 +87,8 @@ def test_docs_metrics_md_is_the_registry_table():
     ("eval/base/avg", "eval[/<checkpoint>]/avg"),
     ("eval/raredis/avg", "eval[/<checkpoint>]/raredis/avg"),
     ("eval/stage1/raredis/related_disorders/ci_high", "eval[/<checkpoint>]/raredis/<category>/<ci>"),
-    ("eval/vs_base/raredis/avg/p_mcnemar", "eval[/<checkpoint>]/vs_base/raredis/avg/p_mcnemar"),
+    ("eval/vs_base/raredis/avg/p_perm_macro", "eval[/<checkpoint>]/vs_base/raredis/avg/p_perm_macro"),
+    ("eval/stage1/vs_base/avg/p_mcnemar_pooled", "eval[/<checkpoint>]/vs_base/avg/p_mcnemar_pooled"),
     ("eval/base/invalid_before", "eval[/<checkpoint>][/<benchmark>]/invalid_before"),
     ("label/reliability/bucket_0.8_1_acc", "label/reliability/bucket_<lo>_<hi>_acc"),
     ("train/stage2/reward_mean", "train/<stage>/reward_mean"),
@@ -98,7 +99,8 @@ def test_a_name_finds_its_one_entry(name, pattern):
 
 
 @pytest.mark.parametrize("name", ["eval/raredis/medqa/acc", "train/stage3/kl", "label/agreement", "synth/accepted_last",
-                                  "train/stage1/reward_mean_mean", "eval/vs_base/raredis/avg"])
+                                  "train/stage1/reward_mean_mean", "eval/vs_base/raredis/avg",
+                                  "eval/vs_base/avg/p_mcnemar"])
 def test_names_outside_the_registry_are_not_found(name):
     with pytest.raises(mn.UnregisteredMetricError, match="not in the registry"):
         mn.lookup(name)

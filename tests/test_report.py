@@ -32,18 +32,25 @@ def _preds(skill: float, run_count: int = 2) -> list[Prediction]:
     return out
 
 
-def _pipeline(tmp_path, rare_ratio: float, strategy: str, skill: float, experiment: str = EXP) -> None:
-    """One pipeline execution as the stages log it: training curves on stage runs, then the evaluate stage."""
+def _pipeline(tmp_path, rare_ratio: float, strategy: str, skill: float, experiment: str = EXP, target: float | None = None,
+              measured: float | None = None, alpha_used: float | None = None) -> None:
+    """One pipeline execution as the stages log it: the synthesize stage's rare shares (when ``measured`` is given),
+    training curves on stage runs, then the evaluate stage."""
     p = Params()
     p.project.experiment = experiment
     p.synth.rare_ratio = rare_ratio
+    p.synth.rare_share_target = target
     p.train.strategy = strategy
+    if measured is not None:
+        with tracking.stage_run("synthesize", p, {"synth.rare_share_target": target}) as mlflow:
+            mlflow.log_metrics({"synth/rare_share_measured": measured, "synth/alpha_used": rare_ratio if alpha_used is None else alpha_used})
     for stage in ("stage1", "stage2"):
         with tracking.stage_run(stage, p, {"train.strategy": strategy}) as mlflow:
             for step in range(4):
                 mlflow.log_metrics({f"train/{stage}/reward_mean": skill * step / 3, f"train/{stage}/kl": 0.01 * step,
                                     f"train/{stage}/distinct_answers": 3 - step * skill,
-                                    f"train/{stage}/accuracy": skill * step / 4}, step=step)
+                                    f"train/{stage}/accuracy": skill * step / 4, f"train/{stage}/heldout_acc": skill * step / 5,
+                                    f"train/{stage}/zero_std_group_share": 0.5}, step=step)
                 # a summary copy as older medssr versions logged it (no longer a registered name): past the name check,
                 # as a store from those versions holds it; the report must not draw it as a curve
                 MlflowClient().log_metric(mlflow.active_run().info.run_id, f"train/{stage}/summary/reward_mean", 9.0, step=step)
@@ -95,6 +102,7 @@ def test_cells_carry_interval_and_n_and_differences_carry_p_values(store):
     d = r.differences("stage2", "bench")["medqa"]
     assert d.diff == pytest.approx(0.3) and 0 < d.p <= 1 and d.ci_low <= d.diff <= d.ci_high
     assert "symptoms" in r.differences("stage1", "cat") and r.differences("base", "bench") == {}
+    assert (d.test, r.differences("stage2", "bench")["avg"].test, r.differences("stage2", "cat")["avg"].test) == ("mcnemar", "perm", "perm")
 
 
 def test_report_has_every_section_and_valid_pngs(store):
@@ -108,11 +116,12 @@ def test_report_has_every_section_and_valid_pngs(store):
     assert "| Symptoms | Causes |" in md and "RDs" in md
     assert "| two_stage (α=0.25) · stage I |" in md and "two_stage (α=0.13) · stage II" in md and "| supervised (α=0.25) |" in md
     assert "supervised (α=0.25) · stage I" not in md
-    assert "| 13% |" in md and "| 25% |" in md
+    assert "| α=13% |" in md and "| α=25% |" in md  # runs that logged no measured share (before #22.5) sit at their α
     assert "| n (questions) | 10 | 10 | 20 |" in md  # medqa, pubmedqa, their average
     assert "| 60.00 [31.3, 83.2] ± 0.00" not in md and "60.00 [31.3, 83.2]" in md  # Wilson at 6/10, no zero std
     assert "## Paired differences to base" in md
     assert "· stage2 − base | +30.00 [" in md and " p=" in md
+    assert " perm p=" in md and "paired permutation test of the macro difference" in md  # the Avg column's own test
     assert "| Senior | 1 | 0/1 (0.00%)" in md and "| Junior | 1 | 1/1 (100.00%)" in md
     for png in ("table2_benchmarks.png", "table1_raredis.png", "fig4_rare_ratio.png", "fig6_training.png"):
         assert f"](figures/{png})" in md
@@ -165,5 +174,68 @@ def test_training_curves_take_one_series_per_run_stage_and_name_not_summary_copi
     for r in runs:
         assert [stage for stage, _ in _series(r, "reward_mean")] == ["stage1", "stage2"]
         assert all(v != 9.0 for _, h in _series(r, "reward_mean") for _, v in h), "a summary copy was drawn as a curve"
-    assert [name for name, _, _ in CURVE_PANELS] == ["reward_mean", "accuracy", "kl", "distinct_answers"]
+    assert [name for name, _, _ in CURVE_PANELS] == ["heldout_acc", "reward_mean", "accuracy", "kl", "distinct_answers",
+                                                     "zero_std_group_share"]
     assert all(_series(r, name) for r in runs for name, _, _ in CURVE_PANELS), "a Fig. 6 panel has no series"
+
+
+# -- Fig. 4's x is the measured rare-disease share (#22.5) ---------------------------------------------------------
+def test_an_alpha_sweep_is_drawn_at_its_measured_shares_with_alpha_beside_them(tmp_path, monkeypatch):
+    from eval.report import setting_label, sweep_groups, sweep_points
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    _pipeline(tmp_path, 0.0, "two_stage", 0.6, experiment="alpha-sweep", measured=0.13)  # §4.3: α = 0 is the natural 13 %
+    _pipeline(tmp_path, 0.25, "two_stage", 0.7, experiment="alpha-sweep", measured=0.35)
+    runs, _ = collect_runs("alpha-sweep")
+    g = sweep_groups(runs)["two_stage"]
+    assert [(x, setting) for x, setting, _ in sweep_points(g)] == [(pytest.approx(13.0), ("α", 0.0)), (pytest.approx(35.0), ("α", 0.25))]
+    assert setting_label(("α", 0.25), g[("α", 0.25)]) == "α=25% · measured 35.0%"
+    assert main_report(out_dir=str(tmp_path / "r"), experiment="alpha-sweep") == 0
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "| α=0% · measured 13.0% |" in md and "| α=25% · measured 35.0% |" in md and "| - → 35.0% |" in md
+    assert (tmp_path / "r" / "figures" / "fig4_rare_ratio.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_a_sweep_of_the_target_share_is_a_sweep_though_alpha_stays_the_same(tmp_path, monkeypatch):
+    from eval.report import sweep_groups, sweep_points
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    for target, skill, alpha in ((0.0, 0.6, 0.0), (0.13, 0.65, 0.01), (0.25, 0.7, 0.16)):
+        _pipeline(tmp_path, 0.25, "two_stage", skill, experiment="share-sweep", target=target, measured=target, alpha_used=alpha)
+    runs, _ = collect_runs("share-sweep")
+    g = sweep_groups(runs)["two_stage"]
+    assert [x for x, _, _ in sweep_points(g)] == pytest.approx([0.0, 13.0, 25.0])
+    assert main_report(out_dir=str(tmp_path / "r"), experiment="share-sweep") == 0
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "| target 25% · measured 25.0% · α 0.16 |" in md and "| target 0% · measured 0.0% · α 0.00 |" in md
+    assert "| 25% → 25.0% |" in md
+    from eval.report import _fig_rows
+
+    assert any(label.endswith("(two_stage, target 13%)") for label, _ in _fig_rows(runs, "bench"))
+
+
+def test_alpha_json_carries_the_measured_share_beside_alpha(tmp_path):
+    import importlib.util
+    import json
+
+    from medssr.records import Question, write_jsonl
+    from tests.conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("evaluate_stage", ROOT / "stages" / "evaluate.py")
+    stage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stage)
+    qs = [Question(id=f"s{i}", source="synthetic", split="train", question="q?", options={"A": "a", "B": "b"},
+                   meta={"rare_tagged": "Fabry disease" if i < 3 else None}) for i in range(12)]
+    write_jsonl(tmp_path / "questions.jsonl", qs)
+    results = {"stage2": {"avg": 0.5, "raredis": {"avg": 0.4}}}
+    stage.write_plots(results, 0.0, tmp_path / "accuracy.json", tmp_path / "alpha.json",
+                      stage.rare_share_measured(tmp_path / "questions.jsonl"), None)
+    rows = json.loads((tmp_path / "alpha.json").read_text())
+    assert rows == [{"rare_share_measured": 0.25, "alpha": 0.0, "rare_share_target": None, "eval_avg": 0.5, "raredis_avg": 0.4}]
+    import yaml
+
+    from tests.dvc_yaml import raw_stages
+
+    assert "--synthetic data/synthetic/questions.jsonl" in " ".join(raw_stages()["evaluate"]["cmd"].split())
+    plots = {k: v for p in yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"] for k, v in p.items()}
+    assert plots["accuracy_vs_alpha"]["x"] == "rare_share_measured"  # dvc plots: accuracy vs the measured share

@@ -10,7 +10,7 @@ import pytest
 from medssr.data.loaders import load_medmcqa
 from medssr.llm import LLMRequest
 from medssr.synth.parse import QUESTION_SCHEMA
-from medssr.synth.plan import entity_pool, plan, plan_attempt
+from medssr.synth.plan import PRIOR_TAGGED, entity_pool, plan, plan_attempt, share_quotas, steer_alpha
 from medssr.synth.prompts import PROMPT_NAMES, PromptError, load_prompt
 from medssr.synth.run import build_request, format_knowledge, synth_section
 from tests.conftest import RAW
@@ -179,3 +179,42 @@ def test_every_synthesis_prompt_variant_keeps_the_paper_requirements(variant):
     assert "(a) Using the seed question as inspiration, generate a novel and clinically accurate question of comparable difficulty." in p["F1"].template
     assert "(e) Include realistic multiple-choice options that are plausible but only one is correct" in p["F2"].template
     assert p["F1"].meta.get("seed_format", "text") in ("text", "text_answer", "json")
+
+
+# -- a target measured rare share (#22.5) and Eq. 2's E_rare in the paper profiles (#22.6) ---------------------
+def test_target_zero_plans_f1_only_and_a_full_rare_quota_stops_f2():
+    assert steer_alpha(0, 10, {}) == 0.0  # target 0: no rare question wanted, never knowledge injection
+    assert steer_alpha(0, 3, {"F1": (50, 10), "F2": (50, 45)}) == 0.0
+    assert steer_alpha(4, 0, {}) == 1.0  # only rare questions still missing
+
+
+def test_steered_alpha_solves_for_the_share_still_needed_from_the_rates_seen():
+    # F.1 questions are tagged at 10 %, F.2 at 90 % (after many questions the priors hardly count): 50 % needs α ≈ 0.5
+    assert steer_alpha(50, 50, {"F1": (10_000, 1_000), "F2": (10_000, 9_000)}) == pytest.approx(0.5, abs=0.01)
+    # before any question: the priors (13 % natural share, §4.3); asking for about that share needs no injection
+    assert steer_alpha(13, 87, {}) == 0.0 and steer_alpha(25, 75, {}) == pytest.approx((0.25 - 0.13) / (0.9 - 0.13), abs=1e-4)
+    assert PRIOR_TAGGED["F1"] == 0.13
+    # F.2 questions tagged no more often than F.1 ones: injecting knowledge would only cost retrieval
+    assert steer_alpha(50, 50, {"F1": (100, 30), "F2": (100, 20)}) == 0.0
+
+
+def test_share_quotas_round_the_target_over_n():
+    assert share_quotas(20, 0.5) == (10, 10) and share_quotas(43000, 0.25) == (10750, 32250) and share_quotas(7, 0.0) == (0, 7)
+    with pytest.raises(ValueError, match="rare_share_target"):
+        share_quotas(10, 1.5)
+
+
+@pytest.mark.parametrize("profile", ["paper-qwen3-8b", "paper-llama3.1-8b"])
+def test_paper_profiles_draw_from_all_of_e_rare_and_target_the_measured_25_percent(profile, tmp_path):
+    from medssr.config import load_params
+    from medssr.profiles import apply_profile
+    from tests.conftest import ROOT
+
+    target = tmp_path / "params.yaml"
+    target.write_text((ROOT / "params.yaml").read_text())
+    apply_profile(profile, params_path=target)
+    synth = load_params(target).synth
+    assert synth.prefer_covered is False  # Eq. 2: e from E_rare, covered by the corpus or not
+    assert synth.rare_share_target == 0.25  # §4.2: 25 % rare-disease content, measured
+    default = load_params(ROOT / "params.yaml").synth
+    assert default.prefer_covered is True and default.rare_share_target is None  # the embedded default keeps fixed α

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import signal
 import sqlite3
 import subprocess
@@ -95,9 +96,9 @@ def make_params(tmp_path: Path, backend: str, base_url: str, n: int = 8, **synth
                                  cache_dir=str(tmp_path / "cache"), **synth))
 
 
-def run(params: Params, tmp_path: Path, seeds, benchmarks, knowledge=None, out: str = "out", **kw) -> dict:
+def run(params: Params, tmp_path: Path, seeds, benchmarks, knowledge=None, out: str = "out", records=None, **kw) -> dict:
     entities, coverage, retriever = knowledge or ([], {}, None)
-    inputs = SynthInputs(seeds, entities, coverage, benchmarks, [])
+    inputs = SynthInputs(seeds, entities, coverage, benchmarks, [], entity_records=records or [])
     kw.setdefault("track", False)
     return run_synthesize(params, inputs, tmp_path / out / "questions.jsonl", tmp_path / out / "synth.json", retriever=retriever,
                           show_progress=False, **kw)
@@ -162,7 +163,7 @@ def test_anthropic_run_with_rare_knowledge_uses_the_forced_tool_and_survives_fau
     assert rare and all(q.meta["prompt_kind"] == "F2" and q.rare_disease in entities for q in rare)
     assert all(q.retrieved and set(q.retrieved) <= set(coverage[q.rare_disease]) for q in rare)
     assert all(not q.retrieved for q in qs if not q.rare_disease)
-    assert report["rare_ratio_achieved"] == round(len(rare) / 10, 4) and report["prompt_kinds"]["F2"] >= len(rare)
+    assert report["f2_share"] == round(len(rare) / 10, 4) and report["prompt_kinds"]["F2"] >= len(rare)
 
 
 def test_exhausted_retries_fail_clearly_and_the_rerun_sends_no_finished_request(tmp_path, openai_key, seeds, benchmarks):
@@ -513,3 +514,104 @@ def test_local_smollm2_generates_and_is_measured(tmp_path, smol_model_dir, seeds
     assert sum(report["rejected"].values()) + report["valid"] == 2
     # guided decoding: whatever is wrong with a reply, it is never its layout
     assert not set(report["rejected"]) & {"no_question_format", "missing_answer", "option_count", "bad_json", "empty"}
+
+
+# -- the measured rare-disease share (#22.5) -------------------------------------------------------------------
+F2_DISEASE = re.compile(r"The following medical knowledge about (.+?) can be used:")
+
+
+def rare_aware(f1_names: list[str], f1_rate: float = 0.35, f2_rate: float = 0.7):
+    """A generator that, like a real one, names the injected disease in most F.2 questions (not all: "if it is useful")
+    and a rare disease in some F.1 questions on its own (the paper's 13 % natural share at α = 0)."""
+
+    def respond(req) -> str:
+        r = random.Random(hashlib.sha256(req.last_user.encode()).hexdigest())
+        q = json.loads(fake_question(req))
+        m = F2_DISEASE.search(req.last_user)
+        disease = (m.group(1) if r.random() < f2_rate else None) if m else (r.choice(f1_names) if r.random() < f1_rate else None)
+        if disease:
+            q["question"] = q["question"].replace("has ", f"with {disease} has ", 1)
+        return json.dumps(q)
+
+    return respond
+
+
+@pytest.fixture(scope="module")
+def e_rare():
+    """E_rare as prepare builds it (Orphanet + GARD, data.rare_gard) and the benchmark tagger over it."""
+    from medssr.data.rare import build_tagger, load_entities
+
+    records = load_entities(RAW)
+    return records, build_tagger(records, min_len=5)
+
+
+def _tag(q, tagger):
+    from medssr.data.rare import tag_question
+
+    return tag_question(dataclasses.replace(q, answer=q.meta["generator_answer"]), tagger, "all").name
+
+
+def test_the_reported_rare_share_is_the_benchmark_taggers_not_the_f2_share(tmp_path, openai_key, seeds, benchmarks, knowledge, e_rare):
+    records, tagger = e_rare
+    with FakeOpenAIServer(responder=rare_aware(knowledge[0])) as srv:
+        report = run(make_params(tmp_path, "openai", srv.base_url, n=16, rare_ratio=0.5), tmp_path, seeds, benchmarks, knowledge,
+                     records=records)
+    qs = read_questions(tmp_path / "out" / "questions.jsonl")
+    tags = [_tag(q, tagger) for q in qs]
+    assert [q.meta["rare_tagged"] for q in qs] == tags  # every question carries the tag RareDis-Sub's tagger gives it
+    assert report["rare_share_measured"] == round(sum(t is not None for t in tags) / 16, 4)
+    assert report["f2_share"] == round(sum(q.meta["prompt_kind"] == "F2" for q in qs) / 16, 4)
+    # F.1 questions name rare diseases, some F.2 ones do not: the two shares count different questions
+    assert {q.id for q, t in zip(qs, tags, strict=True) if t} != {q.id for q in qs if q.meta["prompt_kind"] == "F2"}
+    assert report["rare_share"]["by_kind"]["F1"]["tagged"] > 0 and "rare share" in summary_line(report)
+
+
+def test_target_share_zero_uses_f1_only_and_drops_and_counts_f1_questions_naming_a_rare_disease(tmp_path, openai_key, seeds,
+                                                                                               benchmarks, knowledge, e_rare):
+    records, tagger = e_rare
+    with FakeOpenAIServer(responder=rare_aware(knowledge[0], f1_rate=0.4)) as srv:
+        params = make_params(tmp_path, "openai", srv.base_url, n=10, rare_ratio=0.5, rare_share_target=0.0)
+        report = run(params, tmp_path, seeds, benchmarks, records=records)  # no retriever: F.2 is never planned
+        assert not any("MEDICAL KNOWLEDGE CONTEXT" in r.last_user for r in srv.requests)
+    qs = read_questions(tmp_path / "out" / "questions.jsonl")
+    assert len(qs) == 10 and report["stopped"] == "done" and report["rare_share_measured"] == 0.0
+    assert all(q.meta["rare_tagged"] is None and _tag(q, tagger) is None for q in qs)
+    assert report["prompt_kinds"] == {"F1": report["attempts"]} and report["alpha_used"] == 0.0
+    dropped = report["share_dropped"]
+    assert dropped["rare_in_f1"] > 0 and dropped["rare_in_f2"] == 0
+    assert report["valid"] - report["contamination_dropped"] - sum(dropped.values()) == 10  # every valid question accounted for
+
+
+def test_target_share_half_is_met_by_steering_alpha_and_the_quotas(tmp_path, openai_key, seeds, benchmarks, knowledge, e_rare):
+    records, tagger = e_rare
+    with FakeOpenAIServer(responder=rare_aware(knowledge[0], f1_rate=0.15, f2_rate=0.8)) as srv:
+        params = make_params(tmp_path, "openai", srv.base_url, n=20, rare_ratio=0.0, rare_share_target=0.5, generator={"concurrency": 4})
+        report = run(params, tmp_path, seeds, benchmarks, knowledge, records=records)
+    qs = read_questions(tmp_path / "out" / "questions.jsonl")
+    assert len(qs) == 20 and report["stopped"] == "done"
+    assert sum(_tag(q, tagger) is not None for q in qs) == 10 and report["rare_share_measured"] == 0.5
+    assert 0 < report["alpha_used"] < 1 and report["prompt_kinds"]["F2"] > 0  # rare_ratio 0 is not what steered
+    assert len(report["rare_share"]["alpha_per_wave"]) > 1  # α followed the counts
+
+
+def test_a_steered_run_resumed_after_failures_equals_the_uninterrupted_one(tmp_path, openai_key, seeds, benchmarks, knowledge, e_rare):
+    records, _ = e_rare
+    respond = rare_aware(knowledge[0], f1_rate=0.15, f2_rate=0.8)
+    served = {"n": 0}
+
+    def fail_after_nine(req):
+        served["n"] += 1
+        return server_error(503) if served["n"] > 9 else None
+
+    def params_at(root: Path, url: str) -> Params:
+        return make_params(root, "openai", url, n=12, rare_share_target=0.25, generator={"concurrency": 3, "max_retries": 0})
+
+    with FakeOpenAIServer(responder=respond, rule=fail_after_nine) as srv:
+        with pytest.raises(SynthError):
+            run(params_at(tmp_path, srv.base_url), tmp_path, seeds, benchmarks, knowledge, records=records)
+    with FakeOpenAIServer(responder=respond) as srv:  # an empty response cache: the progress file alone resumes
+        resumed = run(params_at(tmp_path / "fresh", srv.base_url), tmp_path, seeds, benchmarks, knowledge, records=records)
+        clean = run(params_at(tmp_path / "clean", srv.base_url), tmp_path, seeds, benchmarks, knowledge, out="clean", records=records)
+    assert resumed["resumed_from_progress"] == 9 and resumed["rare_share_measured"] == clean["rare_share_measured"] == 0.25
+    assert resumed["rare_share"]["alpha_per_wave"] == clean["rare_share"]["alpha_per_wave"]
+    assert (tmp_path / "out" / "questions.jsonl").read_bytes() == (tmp_path / "clean" / "questions.jsonl").read_bytes()

@@ -65,3 +65,40 @@ def entity_pool(entities: Sequence[str], coverage: Mapping[str, Sequence[str]] |
         log.warning("synth.prefer_covered: no rare disease in the list has corpus coverage; drawing from all %d", len(names))
         return names
     return covered
+
+
+# What share of an F.1 / F.2 attempt's accepted questions the benchmark tagger flags, before any is measured:
+# §4.3 calls 13 % the natural share at α = 0; an F.2 question usually names the disease it was given.
+PRIOR_TAGGED = {"F1": 0.13, "F2": 0.9}
+PRIOR_WEIGHT = 4.0  # the priors count as this many questions of each kind
+
+
+def share_quotas(n: int, target: float) -> tuple[int, int]:
+    """(tagged, untagged) accepted questions wanted so that ``n`` of them have the measured rare share ``target``."""
+    if not 0.0 <= target <= 1.0:
+        raise ValueError(f"synth.rare_share_target: expected a value in [0, 1], got {target}")
+    tagged = round(n * target)
+    return tagged, n - tagged
+
+
+def steer_alpha(need_tagged: int, need_untagged: int, seen: Mapping[str, tuple[int, int]]) -> float:
+    """α for the next wave when a measured rare share is the target (synth.rare_share_target).
+
+    The F.2 share whose expected tagged share of new questions equals the share still needed, from the tagged rate
+    of each prompt kind so far (``seen[kind] = (questions, tagged)``, smoothed by PRIOR_TAGGED). Nothing tagged
+    still needed (target 0 included): 0, F.1 only. The quotas, not α, make the final share exact; α only keeps
+    the dropped questions few. A pure function of the counts, so a rerun that replays the same responses replays
+    the same α.
+    """
+    if need_tagged <= 0:
+        return 0.0
+    if need_untagged <= 0:
+        return 1.0
+    want = need_tagged / (need_tagged + need_untagged)
+    n1, t1 = seen.get("F1", (0, 0))
+    n2, t2 = seen.get("F2", (0, 0))
+    p1 = (t1 + PRIOR_WEIGHT * PRIOR_TAGGED["F1"]) / (n1 + PRIOR_WEIGHT)
+    p2 = (t2 + PRIOR_WEIGHT * PRIOR_TAGGED["F2"]) / (n2 + PRIOR_WEIGHT)
+    if p2 <= p1:  # knowledge injection does not raise the tagged share here: F.2 would only cost retrieval
+        return 0.0
+    return round(min(1.0, max(0.0, (want - p1) / (p2 - p1))), 4)

@@ -6,6 +6,12 @@ request's cache key, so a rerun after a crash re-sends nothing that finished, ev
 cache; and the plan of attempt ``i`` is a pure function of ``(synth.seed, i)``, so the rerun builds the same
 requests. The output is rebuilt from scratch in attempt order on every run (parse, contamination and
 duplicate checks are cheap and deterministic), hence identical to an uninterrupted run.
+
+Every accepted question is tagged with the tagger that builds RareDis-Sub from the benchmarks (medssr.data.rare,
+same E_rare, stoplist, minimum length and scope): the paper's rare-disease ratio (§4.2-4.3) is that measured share,
+not the share of F.2 prompts. With ``synth.rare_share_target`` set, each wave's α comes from the counts so far
+(``plan.steer_alpha``) and questions beyond the tagged/untagged quota are dropped and counted; the counts are a pure
+function of the responses in attempt order, so a rerun replays the same α per wave.
 """
 
 from __future__ import annotations
@@ -15,13 +21,14 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from medssr.config import Params, to_flat_dict
-from medssr.data.entities import read_entities
+from medssr.data.entities import Entity, read_entities
+from medssr.data.rare import STOPLIST, Tagger, build_tagger, tag_question
 from medssr.errors import MedssrError
 from medssr.files import write_json_atomic
 from medssr.llm.base import BUDGET_ERROR, diff_counts
@@ -30,7 +37,7 @@ from medssr.records import Question, append_jsonl, read_partial_jsonl, read_ques
 from medssr.secrets import scrub_params
 from medssr.synth.contamination import build_index, question_text
 from medssr.synth.parse import QUESTION_SCHEMA, InvalidQuestion, ParsedQuestion, parse_question
-from medssr.synth.plan import Attempt, entity_pool, plan_attempt
+from medssr.synth.plan import Attempt, entity_pool, plan_attempt, share_quotas, steer_alpha
 from medssr.synth.prompts import PROMPT_NAMES, Prompt, load_prompt
 
 log = logging.getLogger("medssr.synth")
@@ -40,6 +47,8 @@ MAX_PASSAGE_CHARS = 1500
 NGRAM = 8  # contamination n-gram size; calibrated on the real benchmarks (see contamination.py)
 
 Retriever = Callable[[str, int], Sequence[Any]]  # (query, k) -> passages with .id, .title, .text
+# why an accepted question was dropped to hold synth.rare_share_target: tagged rare or not, written from F.1 or F.2
+SHARE_DROP_REASONS = ("rare_in_f1", "rare_in_f2", "not_rare_in_f1", "not_rare_in_f2")
 
 
 class SynthError(MedssrError, RuntimeError):
@@ -48,25 +57,48 @@ class SynthError(MedssrError, RuntimeError):
 
 @dataclass
 class SynthInputs:
-    """Everything the stage reads besides params: seeds, E_rare, corpus coverage, and the evaluation sets."""
+    """Everything the stage reads besides params: seeds, E_rare, corpus coverage, and the evaluation sets.
+
+    ``entity_records`` are E_rare's rows with their synonyms (entities.jsonl), what the tagger matches; without
+    them the tagger matches the names in ``entities``."""
 
     seeds: list[Question]
     entities: list[str]
     coverage: dict[str, list[str]] = field(default_factory=dict)
     benchmarks: dict[str, list[Question]] = field(default_factory=dict)
     raredis_sub: list[Question] = field(default_factory=list)
+    entity_records: list[Entity] = field(default_factory=list)
 
 
 def load_inputs(prepared_dir: str | os.PathLike, corpus_dir: str | os.PathLike) -> SynthInputs:
     """Read seeds.jsonl, entities.jsonl, every benchmarks/*.jsonl (one per data.benchmarks entry), raredis_sub.jsonl, coverage.json."""
     prepared = Path(prepared_dir)
     seeds = read_questions(prepared / "seeds.jsonl")
-    entities = [e.name for e in read_entities(prepared / "entities.jsonl")]  # the one entity reader (medssr.data.entities)
+    records = read_entities(prepared / "entities.jsonl")  # the one entity reader (medssr.data.entities)
     benchmarks = {p.stem: read_questions(p) for p in sorted((prepared / "benchmarks").glob("*.jsonl"))}
     raredis = read_questions(prepared / "raredis_sub.jsonl") if (prepared / "raredis_sub.jsonl").exists() else []
     cov_path = Path(corpus_dir) / "coverage.json"
     coverage = json.loads(cov_path.read_text(encoding="utf-8")) if cov_path.exists() else {}
-    return SynthInputs(seeds, entities, coverage, benchmarks, raredis)
+    return SynthInputs(seeds, [e.name for e in records], coverage, benchmarks, raredis, records)
+
+
+def synth_tagger(inputs: SynthInputs, data_cfg: Any) -> Tagger:
+    """The benchmark tagger (prepare's ``build_tagger`` with data.min_entity_len and data.rare_stoplist) over E_rare.
+
+    entities.jsonl holds prepare's E_rare less the stoplisted names, so the same stoplist gives the same trie."""
+    records = inputs.entity_records or [Entity(id=name, name=name) for name in inputs.entities]
+    return build_tagger(records, min_len=data_cfg.min_entity_len, stoplist=STOPLIST | frozenset(data_cfg.rare_stoplist))
+
+
+def rare_tagged(q: Question) -> bool:
+    """Whether the synthesize stage tagged ``q`` as naming a rare disease (``meta.rare_tagged``)."""
+    return bool(q.meta.get("rare_tagged"))
+
+
+def measured_rare_share(questions: Iterable[Question]) -> float | None:
+    """The share of questions tagged rare-disease: the paper's rare-disease ratio of a synthetic set (None when empty)."""
+    flags = [rare_tagged(q) for q in questions]
+    return round(sum(flags) / len(flags), 4) if flags else None
 
 
 def format_knowledge(passages: Sequence[Any], max_chars: int = MAX_PASSAGE_CHARS) -> str:
@@ -150,7 +182,7 @@ def run_synthesize(params: Params, inputs: SynthInputs, out_path: str | os.PathL
     """Synthesize ``synth.n`` questions; writes ``out_path`` (JSONL) and ``report_path`` (JSON); returns the report.
 
     ``generator`` defaults to ``make_generator(synth.generator)``; ``retriever(query, k)`` (``corpus_retriever(index_dir)``:
-    the corpus stage's index) is needed only when synth.rare_ratio > 0. ``prompt_variant`` 'small' picks ``prompts/synth_f{1,2}_small.txt``
+    the corpus stage's index) is needed only when F.2 prompts can be drawn (synth.rare_ratio > 0, or synth.rare_share_target > 0). ``prompt_variant`` 'small' picks ``prompts/synth_f{1,2}_small.txt``
     (the layout for small local generators); default: ``synth.prompt_variant`` when params has it, else the paper's. Raises SynthError when requests fail after their retries; every
     finished response is kept in the progress file (default ``<out>.progress.jsonl``) for the rerun.
     """
@@ -159,8 +191,11 @@ def run_synthesize(params: Params, inputs: SynthInputs, out_path: str | os.PathL
     out_path = Path(out_path)
     progress_path = Path(progress_path) if progress_path else out_path.with_name(out_path.stem + ".progress.jsonl")
     max_attempts = cfg.max_attempts or 8 * cfg.n
-    if cfg.rare_ratio > 0 and retriever is None:
-        raise SynthError("synth.rare_ratio > 0 needs a retriever: pass corpus_retriever(<the corpus stage's index dir>)")
+    target = cfg.rare_share_target
+    may_draw = cfg.rare_ratio > 0 if target is None else target > 0  # F.2 prompts can be planned
+    if may_draw and retriever is None:
+        raise SynthError("synth.rare_ratio > 0 (or synth.rare_share_target > 0) needs a retriever: pass corpus_retriever(<the corpus "
+                         "stage's index dir>)")
     if generator is None:
         from medssr.llm import make_generator
         from medssr.tracking import project_root
@@ -172,7 +207,9 @@ def run_synthesize(params: Params, inputs: SynthInputs, out_path: str | os.PathL
     prompts = synth_prompts(prompt_variant, prompt_dir)
     seeds = inputs.seeds
     # E_rare as drawn from (α = 0 never draws: skip the coverage check and its warning)
-    pool = entity_pool(inputs.entities, inputs.coverage, cfg.prefer_covered) if cfg.rare_ratio > 0 else list(inputs.entities)
+    pool = entity_pool(inputs.entities, inputs.coverage, cfg.prefer_covered) if may_draw else list(inputs.entities)
+    tagger, scope = synth_tagger(inputs, params.data), params.data.rare_scope
+    quota = share_quotas(cfg.n, target) if target is not None else None  # (tagged, untagged) accepted questions wanted
     index = build_index(inputs.benchmarks, inputs.raredis_sub, seeds, n=NGRAM, threshold=cfg.contamination_threshold)
     done: dict[str, _Finished] = {}
     progress_rows = read_partial_jsonl(progress_path)  # damaged lines are quarantined beside it, counted below
@@ -187,6 +224,11 @@ def run_synthesize(params: Params, inputs: SynthInputs, out_path: str | os.PathL
     dropped_by_group: Counter[str] = Counter()
     kinds: Counter[str] = Counter()
     examples: dict[str, str] = {}
+    seen: dict[str, list[int]] = {}  # prompt kind -> [questions past the contamination check, of them tagged rare]
+    have = [0, 0]  # accepted questions [tagged rare, not tagged]
+    share_dropped: Counter[str] = Counter({k: 0 for k in SHARE_DROP_REASONS})
+    alpha_waves: list[list[float]] = []  # [first attempt, α] wherever α changes
+    alpha_sum = 0.0
     tokens_in = tokens_out = 0
     dataset_cost = 0.0
     reused = valid = attempts = 0
@@ -220,6 +262,18 @@ def run_synthesize(params: Params, inputs: SynthInputs, out_path: str | os.PathL
             dropped[m.kind] += 1
             dropped_by_group[m.group] += 1
             return
+        tag = tag_question(replace(q, answer=pq.answer), tagger, scope)  # as the benchmarks: with the (generator's) answer
+        q.meta["rare_tagged"] = tag.name
+        if tag.name:
+            q.meta["rare_matches"], q.meta["rare_where"] = tag.names, tag.where
+        counts = seen.setdefault(a.kind, [0, 0])
+        counts[0] += 1
+        counts[1] += tag.name is not None
+        slot = 0 if tag.name else 1
+        if quota is not None and have[slot] >= quota[slot]:  # that kind's quota is full: this question would move the share
+            share_dropped[f"{'rare' if tag.name else 'not_rare'}_in_{a.kind.lower()}"] += 1
+            return
+        have[slot] += 1
         index.add("synthetic", q.id, question_text(q))
         accepted.append(q)
         if len(accepted) <= cfg.n:
@@ -235,7 +289,11 @@ def run_synthesize(params: Params, inputs: SynthInputs, out_path: str | os.PathL
             if cfg.max_usd is not None and dataset_cost >= cfg.max_usd:
                 stopped = "budget"
                 break
-            wave = [plan_attempt(i, cfg.seed, cfg.rare_ratio, len(seeds), pool) for i in range(next_attempt, next_attempt + size)]
+            alpha = cfg.rare_ratio if quota is None else steer_alpha(quota[0] - have[0], quota[1] - have[1],
+                                                                     {k: (n, t) for k, (n, t) in seen.items()})
+            if not alpha_waves or alpha_waves[-1][1] != alpha:
+                alpha_waves.append([next_attempt, alpha])
+            wave = [plan_attempt(i, cfg.seed, alpha, len(seeds), pool) for i in range(next_attempt, next_attempt + size)]
             next_attempt += size
             built = [build_request(a, seeds, prompts, retriever, cfg.top_k, cfg.generator.structured, assistant_prefix) for a in wave]
             keys = [generator.key(req) for req, _ in built]
@@ -271,6 +329,7 @@ def run_synthesize(params: Params, inputs: SynthInputs, out_path: str | os.PathL
                             errors.append(f"attempt {wave[todo[t]].index}: {resp.error}")
             for j, a in enumerate(wave):
                 if j in results:
+                    alpha_sum += alpha
                     consume(a, results[j], built[j][1], prompts[a.kind])
             bar.set_postfix_str(f"attempts={attempts} valid={valid} ${dataset_cost:.4f}", refresh=False)
             if errors:
@@ -297,7 +356,12 @@ def run_synthesize(params: Params, inputs: SynthInputs, out_path: str | os.PathL
 
     final = accepted[: cfg.n]
     write_jsonl(out_path, final)
-    n_rare = sum(q.rare_disease is not None for q in final)
+    n_f2 = sum(q.meta.get("prompt_kind") == "F2" for q in final)
+    by_kind: dict[str, dict[str, int]] = {}
+    for q in final:
+        k = by_kind.setdefault(q.meta.get("prompt_kind", "?"), {"accepted": 0, "tagged": 0})
+        k["accepted"] += 1
+        k["tagged"] += rare_tagged(q)
     ledger = generator.ledger.to_dict()
     counts = diff_counts(generator.ledger.counts(), counts0)
     report = {
@@ -308,14 +372,24 @@ def run_synthesize(params: Params, inputs: SynthInputs, out_path: str | os.PathL
         "max_attempts": max_attempts,
         "stopped": stopped,
         "valid": valid,
-        "acceptance_rate": round((valid - sum(dropped.values())) / attempts, 4) if attempts else 0.0,
+        "acceptance_rate": round((valid - sum(dropped.values()) - sum(share_dropped.values())) / attempts, 4) if attempts else 0.0,
         "rejected": dict(sorted(rejected.items())),
         "rejected_examples": dict(sorted(examples.items())),
         "contamination_dropped": sum(dropped.values()),
         "contamination": {"by_kind": dict(dropped), "by_group": dict(dropped_by_group), "ngram": NGRAM,
                           "threshold": cfg.contamination_threshold},
-        "rare_ratio_target": cfg.rare_ratio,
-        "rare_ratio_achieved": round(n_rare / len(final), 4) if final else 0.0,
+        "rare_ratio_target": cfg.rare_ratio,  # α as configured (not read while rare_share_target is set)
+        "rare_share_target": target,
+        # the paper's rare-disease ratio: accepted questions the benchmark tagger flags (meta.rare_tagged)
+        "rare_share_measured": measured_rare_share(final) or 0.0,
+        "f2_share": round(n_f2 / len(final), 4) if final else 0.0,  # accepted questions written from an F.2 prompt
+        "alpha_used": round(alpha_sum / attempts, 4) if attempts else (cfg.rare_ratio if quota is None else None),
+        # questions dropped to hold the target share: rare_in_f1 = F.1 questions that name a rare disease (all of them at 0 %)
+        "share_dropped": dict(share_dropped),
+        "rare_share": {"tagged": sum(rare_tagged(q) for q in final), "by_kind": dict(sorted(by_kind.items())),
+                       "seen_by_kind": {k: {"questions": n, "tagged": t} for k, (n, t) in sorted(seen.items())},
+                       "quota": {"tagged": quota[0], "untagged": quota[1]} if quota else None,
+                       "alpha_per_wave": alpha_waves, "tag_scope": scope, "tagger_surfaces": tagger.n_surfaces},
         "prompt_kinds": dict(sorted(kinds.items())),
         "entity_pool": len(pool),
         # the provider's billed usage tokens of every attempt (rejected ones included) per accepted question (paper Fig. 2)
@@ -384,8 +458,11 @@ def log_to_mlflow(params: Params, report: Mapping[str, Any]) -> None:
         metric("synth", "accepted"): report["accepted"],
         metric("synth", "attempts"): report["attempts"],
         metric("synth", "acceptance_rate"): report["acceptance_rate"],
-        metric("synth", "rare_ratio_achieved"): report["rare_ratio_achieved"],
+        metric("synth", "rare_share_measured"): report["rare_share_measured"],
+        metric("synth", "f2_share"): report["f2_share"],
         metric("synth", "rare_ratio_target"): report["rare_ratio_target"],
+        **{metric("synth", k): report[k] for k in ("rare_share_target", "alpha_used") if report[k] is not None},
+        **{metric("synth", f"share_dropped/{k}"): v for k, v in report["share_dropped"].items()},
         **{metric("synth", f"tokens_per_accepted_question/{k}"): v for k, v in report["tokens_per_accepted_question"].items()},
         metric("synth", "cost_usd"): report["cost_usd"],
         metric("synth", "contamination_dropped"): report["contamination_dropped"],
@@ -420,10 +497,19 @@ def summary_line(report: Mapping[str, Any]) -> str:
     faults = ", ".join(f"{k} {v}" for k, v in report["faults"].items() if v) or "none"
     return (f"synthesize: {report['accepted']}/{report['target_n']} questions from {report['attempts']} attempts "
             f"(acceptance {report['acceptance_rate']:.0%}, {rej} rejected, {report['contamination_dropped']} contamination/duplicate drops), "
-            f"rare {report['rare_ratio_achieved']:.2f} vs α={report['rare_ratio_target']}, "
+            f"rare share {report['rare_share_measured']:.2f} measured" + _share_note(report) + ", "
             f"{report['tokens_per_accepted_question']['total']:.0f} tok/q, ${report['cost_usd']:.4f}, stopped: {report['stopped']}; "
             f"{report['requests']} requests as {report['http_requests']} HTTP requests ({report['retries']} retries), faults: {faults}"
             + _quarantine_note(report.get("progress", {})))
+
+
+def _share_note(report: Mapping[str, Any]) -> str:
+    """`` (target 0.25, F.2 share 0.18, α 0.16, 12 dropped)`` or `` (α=0.25, F.2 share 0.24)``."""
+    alpha = report["alpha_used"]
+    if report["rare_share_target"] is None:
+        return f" (α={report['rare_ratio_target']}, F.2 share {report['f2_share']:.2f})"
+    return (f" (target {report['rare_share_target']}, F.2 share {report['f2_share']:.2f}, α {'-' if alpha is None else f'{alpha:.2f}'}, "
+            f"{sum(report['share_dropped'].values())} dropped for the share)")
 
 
 def _quarantine_note(progress: Mapping[str, Any]) -> str:
