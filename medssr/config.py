@@ -267,6 +267,9 @@ class SynthCfg:
     # per wave (medssr.synth.plan.steer_alpha, rare_ratio unused) and questions over the tagged/untagged quota are dropped
     rare_share_target: Annotated[Float | None, Field(ge=0, le=1)] = None
     contamination_threshold: Annotated[Float, Field(ge=0, le=1)] = 0.5
+    # question-level near-duplicate removal (rapidfuzz ratio, 0-100) against accepted questions, seeds and every
+    # benchmark; m1 uses 95; null = off
+    dedup_threshold: Annotated[Float | None, Field(ge=50, le=100)] = 95.0
     cache_dir: str = ".cache/llm"  # relative paths resolve against the project root (DVC queue copies share it)
     prompt_variant: Literal["", "small", "small_json"] = "small"  # "small": plain-text layout + "Question:" prefill for tiny local models
     prices: dict[str, PriceCfg] = field(default_factory=dict)

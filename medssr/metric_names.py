@@ -115,6 +115,8 @@ REGISTRY: tuple[MetricName, ...] = (
     _m("synth/attempts", "generation attempts", "attempts"),
     _m("synth/acceptance_rate", "share of attempts that gave an accepted question", "fraction 0-1"),
     _m("synth/rare_ratio_target", "share of rare-disease prompts asked for (params synth.rare_ratio, α)", "fraction 0-1"),
+    _m("synth/near_duplicates_dropped", "valid synthetic questions dropped as near-duplicates (rapidfuzz ratio >= "
+       "synth.dedup_threshold) of an accepted question, a seed or a benchmark question", "questions"),
     _m("synth/rare_share_measured", "share of accepted questions the benchmark rare-disease tagger flags (the paper's ratio)",
        "fraction 0-1"),
     _m("synth/rare_share_target", "measured rare-disease share asked for (params synth.rare_share_target)", "fraction 0-1"),

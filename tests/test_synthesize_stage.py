@@ -615,3 +615,42 @@ def test_a_steered_run_resumed_after_failures_equals_the_uninterrupted_one(tmp_p
     assert resumed["resumed_from_progress"] == 9 and resumed["rare_share_measured"] == clean["rare_share_measured"] == 0.25
     assert resumed["rare_share"]["alpha_per_wave"] == clean["rare_share"]["alpha_per_wave"]
     assert (tmp_path / "out" / "questions.jsonl").read_bytes() == (tmp_path / "clean" / "questions.jsonl").read_bytes()
+
+
+def _typos(text: str, every: int = 6) -> str:
+    """The text with one letter changed in every ``every``-th word: no 8-gram survives, the wording barely moves."""
+    out = []
+    for i, w in enumerate(text.split(" ")):
+        out.append(w[:-1] + ("x" if w[-1:] != "x" else "y") if i % every == 0 and len(w) > 3 else w)
+    return " ".join(out)
+
+
+def test_reworded_copies_are_dropped_as_near_duplicates_where_ngrams_miss_them(tmp_path, openai_key, seeds, benchmarks):
+    """Issue 23.3: a benchmark question and an accepted question, each re-typed a little, are near-duplicates."""
+    from medssr.synth.contamination import build_index, question_text
+
+    bench_q = benchmarks["medqa"][7]
+    near = {"question": _typos(bench_q.question), "options": {k: _typos(v, 2) for k, v in bench_q.options.items()}, "answer": "A"}
+    first = json.loads(fake_question(type("R", (), {"last_user": "dup-base"})()))
+    again = {"question": _typos(first["question"], 5), "options": first["options"], "answer": first["answer"]}
+    ngram = build_index(benchmarks, [], seeds)
+    assert ngram.match(near["question"] + " " + " ".join(near["options"].values())) is None, "the n-gram filter already catches it"
+    assert question_text(bench_q)
+    with FakeOpenAIServer(responder=fake_question) as srv:
+        srv.script(reply(json.dumps(near)), reply(json.dumps(first)), reply(json.dumps(again)))
+        params = make_params(tmp_path, "openai", srv.base_url, n=4, generator={"concurrency": 1})
+        report = run(params, tmp_path, seeds, benchmarks)
+    assert report["near_duplicates"] == {"by_group": {"medqa": 1, "synthetic": 1}, "threshold": 95.0}
+    assert report["near_duplicates_dropped"] == 2 and report["contamination_dropped"] == 0 and report["accepted"] == 4
+    texts = {q.question for q in read_questions(tmp_path / "out" / "questions.jsonl")}
+    assert first["question"] in texts and again["question"] not in texts and near["question"] not in texts
+
+
+def test_near_duplicate_removal_off_keeps_them(tmp_path, openai_key, seeds, benchmarks):
+    first = json.loads(fake_question(type("R", (), {"last_user": "dup-base"})()))
+    again = {"question": _typos(first["question"], 5), "options": first["options"], "answer": first["answer"]}
+    with FakeOpenAIServer(responder=fake_question) as srv:
+        srv.script(reply(json.dumps(first)), reply(json.dumps(again)))
+        params = make_params(tmp_path, "openai", srv.base_url, n=2, generator={"concurrency": 1}, dedup_threshold=None)
+        report = run(params, tmp_path, seeds, benchmarks)
+    assert report["near_duplicates_dropped"] == 0 and report["accepted"] == 2

@@ -114,3 +114,52 @@ def build_index(benchmarks: dict[str, list[Question]], raredis_sub: list[Questio
     index.add_questions("raredis_sub", raredis_sub)
     index.add_questions("seed", seeds)
     return index
+
+
+class SimilarityIndex:
+    """Question-level near-duplicates: rapidfuzz's normalised edit similarity (``fuzz.ratio``, 0-100) of the normalised
+    question text against every reference; m1 drops synthetic questions at >= 95 against each other and the benchmarks.
+
+    The n-gram overlap above catches copied passages; this catches a question re-worded a little everywhere (a word
+    changed every few words leaves no shared 8-gram), which a generator at temperature 0.7 from two seeds produces.
+    """
+
+    def __init__(self, threshold: float = 95.0):
+        self.threshold = threshold
+        self.texts: list[str] = []
+        self.refs: list[tuple[str, str, str]] = []  # (kind, id, group)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def add(self, kind: str, ref_id: str, text: str, group: str | None = None) -> None:
+        self.texts.append(" ".join(words(text)))
+        self.refs.append((kind, ref_id, group or kind))
+
+    def add_questions(self, kind: str, questions: Iterable[Question], group: str | None = None) -> None:
+        for q in questions:
+            self.add(kind, q.id, question_text(q), group)
+
+    def match(self, text: str) -> Match | None:
+        """The most similar reference at or above the threshold, else None."""
+        from rapidfuzz import fuzz, process
+
+        if not self.texts:
+            return None
+        hit = process.extractOne(" ".join(words(text)), self.texts, scorer=fuzz.ratio, score_cutoff=self.threshold)
+        if hit is None:
+            return None
+        _, score, i = hit
+        kind, ref_id, group = self.refs[i]
+        return Match(kind, ref_id, group, round(float(score), 2))
+
+
+def build_similarity_index(benchmarks: dict[str, list[Question]], raredis_sub: list[Question], seeds: list[Question],
+                           threshold: float = 95.0) -> SimilarityIndex:
+    """Every evaluation question and seed; accepted synthetic questions join as they are accepted."""
+    index = SimilarityIndex(threshold)
+    for name, qs in benchmarks.items():
+        index.add_questions("benchmark", qs, group=name)
+    index.add_questions("raredis_sub", raredis_sub)
+    index.add_questions("seed", seeds)
+    return index

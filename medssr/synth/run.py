@@ -35,7 +35,7 @@ from medssr.llm.base import BUDGET_ERROR, diff_counts
 from medssr.llm.tokens import tokenizer_name
 from medssr.records import Question, append_jsonl, read_partial_jsonl, read_questions, write_jsonl
 from medssr.secrets import scrub_params
-from medssr.synth.contamination import build_index, question_text
+from medssr.synth.contamination import build_index, build_similarity_index, question_text
 from medssr.synth.parse import QUESTION_SCHEMA, InvalidQuestion, ParsedQuestion, parse_question
 from medssr.synth.plan import Attempt, entity_pool, plan_attempt, share_quotas, steer_alpha
 from medssr.synth.prompts import PROMPT_NAMES, Prompt, load_prompt
@@ -211,6 +211,9 @@ def run_synthesize(params: Params, inputs: SynthInputs, out_path: str | os.PathL
     tagger, scope = synth_tagger(inputs, params.data), params.data.rare_scope
     quota = share_quotas(cfg.n, target) if target is not None else None  # (tagged, untagged) accepted questions wanted
     index = build_index(inputs.benchmarks, inputs.raredis_sub, seeds, n=NGRAM, threshold=cfg.contamination_threshold)
+    similar = (build_similarity_index(inputs.benchmarks, inputs.raredis_sub, seeds, cfg.dedup_threshold)
+               if cfg.dedup_threshold is not None else None)
+    near_dup: Counter[str] = Counter()  # near-duplicates by what they resemble (benchmark name, raredis_sub, seed, synthetic)
     done: dict[str, _Finished] = {}
     progress_rows = read_partial_jsonl(progress_path)  # damaged lines are quarantined beside it, counted below
     for row in progress_rows:
@@ -262,6 +265,11 @@ def run_synthesize(params: Params, inputs: SynthInputs, out_path: str | os.PathL
             dropped[m.kind] += 1
             dropped_by_group[m.group] += 1
             return
+        d = similar.match(question_text(q)) if similar is not None else None
+        if d is not None:
+            near_dup[d.group] += 1
+            examples.setdefault("near_duplicate", f"attempt {a.index}: {d.score:.0f} % like {d.kind} {d.ref_id}"[:300])
+            return
         tag = tag_question(replace(q, answer=pq.answer), tagger, scope)  # as the benchmarks: with the (generator's) answer
         q.meta["rare_tagged"] = tag.name
         if tag.name:
@@ -275,6 +283,8 @@ def run_synthesize(params: Params, inputs: SynthInputs, out_path: str | os.PathL
             return
         have[slot] += 1
         index.add("synthetic", q.id, question_text(q))
+        if similar is not None:
+            similar.add("synthetic", q.id, question_text(q))
         accepted.append(q)
         if len(accepted) <= cfg.n:
             bar.update(1)
@@ -372,10 +382,13 @@ def run_synthesize(params: Params, inputs: SynthInputs, out_path: str | os.PathL
         "max_attempts": max_attempts,
         "stopped": stopped,
         "valid": valid,
-        "acceptance_rate": round((valid - sum(dropped.values()) - sum(share_dropped.values())) / attempts, 4) if attempts else 0.0,
+        "acceptance_rate": round((valid - sum(dropped.values()) - sum(share_dropped.values()) - sum(near_dup.values())) / attempts, 4) if attempts else 0.0,
         "rejected": dict(sorted(rejected.items())),
         "rejected_examples": dict(sorted(examples.items())),
         "contamination_dropped": sum(dropped.values()),
+        # question-level near-duplicates (rapidfuzz ratio >= synth.dedup_threshold) of an accepted question, a seed or a benchmark
+        "near_duplicates_dropped": sum(near_dup.values()),
+        "near_duplicates": {"by_group": dict(sorted(near_dup.items())), "threshold": cfg.dedup_threshold},
         "contamination": {"by_kind": dict(dropped), "by_group": dict(dropped_by_group), "ngram": NGRAM,
                           "threshold": cfg.contamination_threshold},
         "rare_ratio_target": cfg.rare_ratio,  # α as configured (not read while rare_share_target is set)
@@ -466,6 +479,7 @@ def log_to_mlflow(params: Params, report: Mapping[str, Any]) -> None:
         **{metric("synth", f"tokens_per_accepted_question/{k}"): v for k, v in report["tokens_per_accepted_question"].items()},
         metric("synth", "cost_usd"): report["cost_usd"],
         metric("synth", "contamination_dropped"): report["contamination_dropped"],
+        metric("synth", "near_duplicates_dropped"): report["near_duplicates_dropped"],
         metric("synth", "cache_hits"): report["cache_hits"],
         metric("synth", "requests"): report["requests"],
         metric("synth", "http_requests"): report["http_requests"],
@@ -496,7 +510,8 @@ def summary_line(report: Mapping[str, Any]) -> str:
     rej = sum(report["rejected"].values())
     faults = ", ".join(f"{k} {v}" for k, v in report["faults"].items() if v) or "none"
     return (f"synthesize: {report['accepted']}/{report['target_n']} questions from {report['attempts']} attempts "
-            f"(acceptance {report['acceptance_rate']:.0%}, {rej} rejected, {report['contamination_dropped']} contamination/duplicate drops), "
+            f"(acceptance {report['acceptance_rate']:.0%}, {rej} rejected, {report['contamination_dropped']} contamination/duplicate drops, "
+            f"{report['near_duplicates_dropped']} near-duplicates), "
             f"rare share {report['rare_share_measured']:.2f} measured" + _share_note(report) + ", "
             f"{report['tokens_per_accepted_question']['total']:.0f} tok/q, ${report['cost_usd']:.4f}, stopped: {report['stopped']}; "
             f"{report['requests']} requests as {report['http_requests']} HTTP requests ({report['retries']} retries), faults: {faults}"
