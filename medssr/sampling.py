@@ -58,13 +58,15 @@ from typing import Any, Literal, Protocol
 
 from medssr.answers import has_committed_answer
 from medssr.config import SamplingCfg, set_offline_env
+from medssr.early_stop import BOUNDARY_CHARS, CommitWatch
 
 FinishReason = Literal["answer", "eos", "length", "stop"]
 Prompt = str | list[dict]
 
 # A commit can only become detectable when one of these arrives (has_committed_answer needs a boundary after
-# the letter), so the per-token answer check runs only then.
-_BOUNDARY_CHARS = frozenset(".,;:!?)]}*\"'<\n")
+# the letter), so the per-token answer check runs only then; CommitWatch checks the text since its last check plus
+# a bounded tail (medssr.early_stop), so the check costs the same at 1K and at 16K characters of output.
+_BOUNDARY_CHARS = BOUNDARY_CHARS
 
 
 @dataclass(frozen=True)
@@ -322,6 +324,7 @@ class _Row:
     prefix_offset: int = 0
     read_offset: int = 0
     reason: str | None = None
+    watch: CommitWatch | None = None  # the early stop at a committed answer, when the run has options
 
 
 class HFSampler:
@@ -372,7 +375,8 @@ class HFSampler:
             self.decoder.refresh(force=True)
 
     def _encode(self, text: str) -> list[int]:
-        return self.tok(text, add_special_tokens=False)["input_ids"]
+        # a templated text holds its special tokens; a plain one (base models) gets the tokenizer's, as TRL gives it
+        return self.tok(text, add_special_tokens=not self.chat_template)["input_ids"]
 
     # -- model calls (one place, so OOM handling and tests can hook them) -----------------------------------------
     def _forward(self, input_ids, attention_mask, position_ids, cache):
@@ -489,7 +493,8 @@ class _Run:
 
     def new_row(self, p: int, j: int) -> _Row:
         g = self.torch.Generator().manual_seed(row_seed(self.seed, self.keys[p], j))
-        return _Row(p, j, g, [], len(self.prompt_ids[p]) - 1)
+        watch = CommitWatch(self.options[p]) if self.options is not None else None
+        return _Row(p, j, g, [], len(self.prompt_ids[p]) - 1, watch=watch)
 
     def uniforms(self, rows: list[_Row]):
         torch = self.torch
@@ -515,9 +520,8 @@ class _Run:
             r.prefix_offset, r.read_offset = r.read_offset, len(r.tokens)
         if added and self.stop and find_stop(r.text[-(len(added) + max(map(len, self.stop))) :], self.stop) >= 0:
             r.reason = "stop"
-        elif added and self.options is not None and _BOUNDARY_CHARS.intersection(added) \
-                and has_committed_answer(r.text, self.options[r.p]):
-            r.reason = "answer"
+        elif added and r.watch is not None and r.watch.feed(added, bool(_BOUNDARY_CHARS.intersection(added)), full_text=r.text):
+            r.reason = "answer"  # has_committed_answer(r.text), checked on the tail since the last check
         elif len(r.tokens) >= self.max_new:
             r.reason = "length"
 
@@ -1144,7 +1148,8 @@ class VLLMSampler:
             _stop_worker(proc)
 
     def _encode(self, text: str) -> list[int]:
-        return self.tok(text, add_special_tokens=False)["input_ids"]
+        # a templated text holds its special tokens; a plain one (base models) gets the tokenizer's, as TRL gives it
+        return self.tok(text, add_special_tokens=not self.chat_template)["input_ids"]
 
     def sample(self, prompts: Sequence[Prompt], n: int, temperature: float, top_p: float = 1.0, top_k: int = -1,
                max_new_tokens: int = 4096, stop: Sequence[str] | None = None, options: Sequence[Mapping[str, str]] | None = None,

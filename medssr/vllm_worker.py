@@ -8,8 +8,8 @@ give cleanly: token-id prompts rendered by medssr's own tokenizer, per-request s
 the constrained pass, and an in-engine logits processor for the early stop at a committed answer. Closing the
 pipe (or ``{"op": "close"}``) ends the process, which releases the engine's memory for the next checkpoint.
 
-This module imports only the standard library, vLLM and ``medssr.answers`` (pure Python), because it runs
-where medssr's own dependencies are not installed.
+This module imports only the standard library, vLLM, ``medssr.answers`` and ``medssr.early_stop`` (pure Python),
+because it runs where medssr's own dependencies are not installed.
 
 Requests, one JSON object per line; each gets one reply line ``{"ok": true, ...}`` or ``{"ok": false, "error"}``:
 ``start`` {model, engine: LLM kwargs} -> {start_s, pid, max_model_len}; ``sample`` {prompt_ids, n, temperature,
@@ -26,6 +26,8 @@ import time
 import traceback
 from typing import Any
 
+from medssr.early_stop import BOUNDARY_CHARS, CommitWatch, IncrementalText
+
 try:  # the logits processor must subclass vLLM's; outside .venv-vllm only the protocol helpers are importable
     from vllm.v1.sample.logits_processor import AdapterLogitsProcessor
 except ImportError:  # pragma: no cover - .venv imports this module only for its constants
@@ -33,24 +35,33 @@ except ImportError:  # pragma: no cover - .venv imports this module only for its
 
 OPTIONS_KEY = "medssr_answer_options"  # SamplingParams.extra_args key carrying a question's options
 PROCESSOR = "medssr.vllm_worker:AnswerStopProcessor"
-_BOUNDARY_CHARS = frozenset(".,;:!?)]}*\"'<\n")  # same trigger set as the hf backend's answer check
 
 
 class _RequestStop:
-    """One request's early stop: once the decoded output commits an answer, every later logit but EOS is -inf."""
+    """One request's early stop: once the decoded output commits an answer, every later logit but EOS is -inf.
+
+    Decides as ``has_committed_answer(tok.decode(output_ids))`` would on each token that brings a boundary
+    character, but in linear time (``medssr.early_stop``): the text is decoded incrementally and only its tail is
+    checked; a stop is confirmed once on the full decode."""
 
     def __init__(self, tok: Any, options: dict[str, str], eos_id: int):
         self.tok, self.options, self.eos_id = tok, options, eos_id
         self.seen, self.committed = 0, False
+        self._restart()
+
+    def _restart(self) -> None:
+        self.text, self.watch = IncrementalText(self.tok), CommitWatch(self.options)
 
     def __call__(self, output_ids: list[int], logits: Any) -> Any:
-        from medssr.answers import has_committed_answer
-
+        if len(output_ids) < self.text.read:  # the engine took tokens back: the next check reads the output afresh
+            self._restart()
         if not self.committed and len(output_ids) > self.seen:
             new = self.tok.decode(output_ids[self.seen:], skip_special_tokens=True)
             self.seen = len(output_ids)
-            if _BOUNDARY_CHARS.intersection(new):
-                self.committed = has_committed_answer(self.tok.decode(output_ids, skip_special_tokens=True), self.options)
+            if BOUNDARY_CHARS.intersection(new):
+                added, pending = self.text.update(output_ids)
+                self.committed = self.watch.feed(added, True, pending=pending,
+                                                 full_text=lambda: self.tok.decode(output_ids, skip_special_tokens=True))
         if self.committed:
             keep = logits[self.eos_id].clone()
             logits.fill_(float("-inf"))

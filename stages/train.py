@@ -21,6 +21,7 @@ def add_args(ap):
     ap.add_argument("--init", default=None, help="stage2: the stage I checkpoint it starts from (required for stage2)")
     ap.add_argument("--heldout", default=None,
                     help="prepared benchmarks dir: train.heldout_n of its questions are answered every train.eval_every steps")
+    ap.add_argument("--heldout-curve", default=None, help="held-out accuracy per measured step (JSON, for dvc plots)")
     ap.add_argument("--dry-run", action="store_true", help="print the plan (TRL) or the OpenRLHF command, train nothing")
 
 
@@ -29,7 +30,8 @@ def stage_paths(args, root: str | None = None):
     from medssr.rl.run import StagePaths
 
     return StagePaths(synthetic=args.synthetic, real=args.real, policy=args.policy, out=args.out, init=args.init, report=args.report,
-                      steps=args.steps, rl_data=args.rl_data, heldout=args.heldout, root=root)
+                      steps=args.steps, rl_data=args.rl_data, heldout=args.heldout,
+                      heldout_curve=args.heldout_curve, root=root)
 
 
 def body(args, params):

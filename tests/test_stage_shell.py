@@ -155,7 +155,7 @@ def _label_run(tmp: Path, model_dir: Path, n: int = 2, **overrides) -> int:
     return _stage_module("label.py").main(["--params", str(params), "--model", str(model_dir), "--synthetic", str(tmp / "questions.jsonl"),
                                            "--benchmarks", str(tmp / "none"), "--out", str(tmp / "labeled.jsonl"),
                                            "--report", str(tmp / "label.json"), "--metrics", str(tmp / "label.metrics.json"),
-                                           "--plot", str(tmp / "label.png"), "--no-progress-bar"])
+                                           "--plot", str(tmp / "label.png"), "--plot-data", str(tmp / "label_plot.json"), "--no-progress-bar"])
 
 
 def test_a_label_run_that_keeps_nothing_fails_naming_the_cause(tmp_path, tiny_model_dir, one_torch_thread, mlflow_store, monkeypatch, capsys):

@@ -57,6 +57,7 @@ class StagePaths:
     rl_data: str  # OpenRLHF prompt JSONL dir, shipped to the Ray cluster with the working_dir (scratch, not a DVC out)
     init: str | None = None  # stage II's start: stage I's out (unused by stage I)
     heldout: str | None = None  # prepared benchmarks dir: the held-out questions of train.eval_every (medssr.rl.heldout)
+    heldout_curve: str | None = None  # held-out accuracy per measured step (JSON, dvc plots); default beside ``steps``
     runs: str = ".cache/train"  # resumable run dirs: a cache, outside the outs DVC deletes before a rerun
     root: str | None = None  # base for relative paths; default the project root
 
@@ -202,7 +203,8 @@ def _write_reports(paths: StagePaths, report: dict[str, Any], history: list[dict
         p.parent.mkdir(parents=True, exist_ok=True)
     out = write_text_atomic(paths.abs(paths.report), json.dumps(report, indent=2, default=str))
     write_text_atomic(paths.abs(paths.steps), json.dumps(history, indent=1, default=str))
-    write_text_atomic(heldout_curve_path(paths.abs(paths.steps)), json.dumps(list(heldout), indent=1, default=str))
+    curve = paths.abs(paths.heldout_curve) if paths.heldout_curve else heldout_curve_path(paths.abs(paths.steps))
+    write_text_atomic(curve, json.dumps(list(heldout), indent=1, default=str))
     return out
 
 
