@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -98,6 +99,16 @@ def _ui(args: argparse.Namespace) -> int:
     return serve(tracking_uri(), root / "mlruns", experiment, args.port, root / ".cache" / "mlflow_ui.log")
 
 
+def _plots(args: argparse.Namespace) -> int:
+    from medssr.dvc_plots import render
+    from medssr.tracking import project_root
+
+    vega_dir = Path(args.vega_dir or os.environ.get("MEDSSR_VEGA_DIR") or project_root() / ".cache" / "vega")
+    index = render(args.action, args.dvc_args, Path(args.out), vega_dir)
+    print(f"[plots] {index}: open it in a browser; it renders offline (Vega from {index.parent / 'vega'})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="medssr", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -140,6 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--experiment", default=None, help="MLflow experiment to link (default: project.experiment of params.yaml)")
     ui.add_argument("--params", default="params.yaml", help="params file naming the experiment (default params.yaml)")
     ui.set_defaults(fn=_ui)
+
+    pl = sub.add_parser("plots", help="`dvc plots show|diff` as a page that renders offline (Vega from npm packages, not a CDN)")
+    pl.add_argument("action", choices=["show", "diff"], help="show: the workspace's plots; diff: overlay revisions/experiments")
+    pl.add_argument("dvc_args", nargs=argparse.REMAINDER, help="passed on to `dvc plots <action>` (plot names, revisions, ...)")
+    pl.add_argument("--out", default="dvc_plots", help="output dir (default dvc_plots; index.html and vega/)")
+    pl.add_argument("--vega-dir", default=None, help="unpacked npm packages vega, vega-lite, vega-embed "
+                    "(default $MEDSSR_VEGA_DIR or .cache/vega; the error says how to fetch them)")
+    pl.set_defaults(fn=_plots)
 
     m = sub.add_parser("model", help="materialise a policy (smollm2-135m, a dir or a hub id) as a transformers dir")
     m.add_argument("policy", help="smollm2-135m, tiny-random-llama, a local HF dir or a hub id")

@@ -97,23 +97,51 @@ def experiment_id(base: str, name: str) -> str:
     return api(base, f"experiments/get-by-name?experiment_name={urllib.parse.quote(name)}")["experiment"]["experiment_id"]
 
 
+WORKFLOW_PARAM = "workflowType=machine_learning"  # MLflow 3.17's UI reads it before its per-browser GenAI/Model training switch
+
+
 def runs_table_url(base: str, exp_id: str) -> str:
-    """The experiment's runs table with the headline columns (the view ``medssr.tracking`` stores on the experiment)."""
+    """The experiment's *Model training* runs table with the headline columns (the view ``medssr.tracking`` stores on
+    the experiment). Without ``workflowType`` a fresh browser opens the GenAI page, and its *Model training* switch
+    navigates to ``?workflowType=…`` alone, dropping the view; the Assistant panel's state has no URL parameter."""
     from medssr.tracking import VIEW_KEY
 
-    return f"{base}/#/experiments/{exp_id}/runs?viewStateShareKey={VIEW_KEY}"
+    return f"{base}/#/experiments/{exp_id}/runs?{WORKFLOW_PARAM}&viewStateShareKey={VIEW_KEY}"
+
+
+class _Stopped(Exception):
+    """Raised by the SIGTERM/SIGHUP handler of ``serve`` so the server's process group is stopped on the way out."""
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+def _raise_stopped(signum: int, _frame: Any) -> None:
+    for s in STOP_SIGNALS:  # a second signal must not interrupt the stop itself
+        signal.signal(s, signal.SIG_IGN)
+    raise _Stopped(signal.Signals(signum).name)
 
 
 def serve(store_uri: str, artifacts: str | os.PathLike, experiment: str, port: int | None, log: str | os.PathLike) -> int:
-    """``medssr ui``: serve the store until Ctrl-C, printing the runs-table link."""
+    """``medssr ui``: serve the store until Ctrl-C, SIGTERM or SIGHUP, printing the runs-table link.
+
+    The server runs in its own session (so a terminal's Ctrl-C reaches it only through us); Python's default SIGTERM
+    and SIGHUP would end this process without the ``finally`` that stops it, leaving ``mlflow server`` and its uvicorn
+    workers on the port, so both signals are turned into an exception that unwinds through ``mlflow_server``."""
     Path(log).parent.mkdir(parents=True, exist_ok=True)
-    with mlflow_server(store_uri, artifacts, log, port=port) as base:
-        try:
-            where = runs_table_url(base, experiment_id(base, experiment))
-        except (OSError, KeyError, ValueError):
-            where = f"{base}  (no experiment {experiment!r} in {store_uri} yet: run a stage first)"
-        print(f"[ui] MLflow UI of {store_uri}: {where}\n[ui] Ctrl-C stops it (server log: {log})", flush=True)
-        with contextlib.suppress(KeyboardInterrupt):
+    previous = {s: signal.signal(s, _raise_stopped) for s in STOP_SIGNALS}
+    try:
+        with mlflow_server(store_uri, artifacts, log, port=port) as base:
+            try:
+                where = runs_table_url(base, experiment_id(base, experiment))
+            except (OSError, KeyError, ValueError):
+                where = f"{base}  (no experiment {experiment!r} in {store_uri} yet: run a stage first)"
+            print(f"[ui] MLflow UI of {store_uri}: {where}\n[ui] Ctrl-C stops it (server log: {log})", flush=True)
             while True:
                 time.sleep(3600)
+    except (KeyboardInterrupt, _Stopped):
+        pass
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     return 0

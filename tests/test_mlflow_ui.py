@@ -41,21 +41,79 @@ def test_a_server_that_cannot_start_is_an_error_with_its_log(tmp_path):
     assert "server.log" in str(e.value)
 
 
-def test_medssr_ui_prints_the_runs_table_link_and_stops_on_ctrl_c(mlflow_store, tmp_path):
-    params = load_params(ROOT / "params.yaml")
-    with tracking.stage_run("prepare", params):
-        pass
+def _start_ui(tmp_path: Path) -> tuple[subprocess.Popen, str]:
+    """`medssr ui --port 0` in its own session over the current store; returns it and its `[ui] MLflow UI of` line."""
     env = {**os.environ, "MEDSSR_ROOT": str(tmp_path)}
     proc = subprocess.Popen([sys.executable, "-m", "medssr.cli", "ui", "--port", "0", "--params", str(ROOT / "params.yaml")],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
+    deadline = time.monotonic() + 120
+    line = ""
+    while "MLflow UI of" not in line:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(line + (proc.stdout.read() if proc.poll() is not None else ""))
+        line = proc.stdout.readline()
+    return proc, line
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (from /proc: mlflow server, uvicorn and its workers sit in other sessions)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
     try:
-        deadline = time.monotonic() + 120
-        line = ""
-        while "MLflow UI of" not in line:
-            assert proc.poll() is None and time.monotonic() < deadline, line + (proc.stdout.read() if proc.poll() is not None else "")
-            line = proc.stdout.readline()
-        url = re.search(r"(http://127\.0\.0\.1:\d+)/#/experiments/(\d+)/runs\?viewStateShareKey=headline", line)
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_medssr_ui_stops_the_server_and_its_workers_on(signum, mlflow_store, tmp_path):
+    params = load_params(ROOT / "params.yaml")
+    with tracking.stage_run("prepare", params):
+        pass
+    proc, line = _start_ui(tmp_path)
+    below = _descendants(proc.pid)
+    try:
+        base = re.search(r"http://127\.0\.0\.1:\d+", line).group(0)
+        assert below, "mlflow server runs as a child of medssr ui"
+        os.kill(proc.pid, signum)  # the process only, as `kill -TERM <pid>` does
+        assert proc.wait(timeout=30) == 0
+        deadline = time.monotonic() + 10
+        while any(map(_alive, below)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [p for p in below if _alive(p)], "processes of the server left running"
+        with pytest.raises(OSError):  # nothing listens on the port
+            urllib.request.urlopen(f"{base}/health", timeout=2)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        for pid in filter(_alive, below):  # what the old code left behind
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_medssr_ui_prints_the_runs_table_link_and_stops_on_ctrl_c(mlflow_store, tmp_path):
+    params = load_params(ROOT / "params.yaml")
+    with tracking.stage_run("prepare", params):
+        pass
+    proc, line = _start_ui(tmp_path)
+    try:
+        url = re.search(r"(http://127\.0\.0\.1:\d+)/#/experiments/(\d+)/runs\?workflowType=machine_learning&viewStateShareKey=headline",
+                        line)
         assert url, line
         assert urllib.request.urlopen(f"{url.group(1)}/health", timeout=10).read() == b"OK"
         assert experiment_id(url.group(1), params.project.experiment) == url.group(2)
@@ -66,3 +124,14 @@ def test_medssr_ui_prints_the_runs_table_link_and_stops_on_ctrl_c(mlflow_store, 
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_the_installed_mlflow_ui_reads_the_links_workflow_type():
+    """The link's ``workflowType`` is a parameter MLflow's bundled frontend reads (a newer MLflow may rename it)."""
+    import mlflow
+
+    from medssr.mlflow_ui import WORKFLOW_PARAM
+
+    key, value = WORKFLOW_PARAM.split("=")
+    bundle = next((Path(mlflow.__file__).parent / "server/js/build/static/js").glob("main.*.js")).read_text()
+    assert f'.get("{key}")' in bundle and f'"{value}"' in bundle

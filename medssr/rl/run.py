@@ -199,10 +199,15 @@ def heldout_curve_path(steps: str | os.PathLike) -> Path:
 
 def _write_reports(paths: StagePaths, report: dict[str, Any], history: list[dict[str, Any]],
                    heldout: Sequence[dict[str, Any]] = ()) -> Path:
+    """Write the report, the step rows and the held-out curve. Every step row carries every field dvc.yaml's plots read
+    from the steps file, null where the stage does not measure it (stage I's majority reward logs no ``accuracy``):
+    ``dvc plots`` fails a plot on a field the first row lacks and then drops it for the other stage too."""
+    plotted = ("reward_mean", "kl", "distinct_answers", "accuracy")  # the y fields of dvc.yaml's plots on train_*_steps.json
     for p in (paths.abs(paths.report), paths.abs(paths.steps)):
         p.parent.mkdir(parents=True, exist_ok=True)
     out = write_text_atomic(paths.abs(paths.report), json.dumps(report, indent=2, default=str))
-    write_text_atomic(paths.abs(paths.steps), json.dumps(history, indent=1, default=str))
+    rows = [{**dict.fromkeys(plotted), **row} for row in history]
+    write_text_atomic(paths.abs(paths.steps), json.dumps(rows, indent=1, default=str))
     curve = paths.abs(paths.heldout_curve) if paths.heldout_curve else heldout_curve_path(paths.abs(paths.steps))
     write_text_atomic(curve, json.dumps(list(heldout), indent=1, default=str))
     return out
