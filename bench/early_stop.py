@@ -74,19 +74,10 @@ class OldRequestStop:
 
 
 def hf_stream(tok, ids):
-    """(added, text) per token, as the hf sampler's incremental detokenisation gives them."""
-    toks, text, po, ro, out = [], "", 0, 0, []
-    for t in ids:
-        toks.append(t)
-        prefix = tok.decode(toks[po:ro], skip_special_tokens=True)
-        new = tok.decode(toks[po:], skip_special_tokens=True)
-        added = ""
-        if len(new) > len(prefix) and not new.endswith("\ufffd"):
-            added = new[len(prefix):]
-            text += added
-            po, ro = ro, len(toks)
-        out.append((added, text))
-    return out
+    """(added, text) per token, as the hf sampler's incremental detokenisation gives them (the test's replay)."""
+    from tests.test_early_stop import hf_stream as replay
+
+    return list(replay(tok, ids))
 
 
 def per_token_us(step, make, n_tokens: int, timed: range, repeats: int) -> float:

@@ -176,6 +176,8 @@ REGISTRY: tuple[MetricName, ...] = (
     _m("train/<stage>/accuracy", "share of rollouts with the gold answer (gold reward)", "fraction 0-1"),
     _m("train/<stage>/heldout_acc", "greedy F.4 accuracy of the live policy on the fixed held-out benchmark questions "
        "(step 0 and every train.eval_every steps; medssr.rl.heldout)", "fraction 0-1"),
+    _m("train/<stage>/heldout_acc_<ci>", "95 % Wilson interval of train/<stage>/heldout_acc over its heldout_n questions",
+       "fraction 0-1"),
     _m("train/<stage>/heldout_valid_share", "share of those held-out answers that name one valid option", "fraction 0-1"),
     _m("train/<stage>/heldout_n", "questions in that held-out set", "questions"),
     _m("train/<stage>/step_time_s", "wall time of the step", "s"),

@@ -416,7 +416,6 @@ print(f"trained on {len(rows)} prompts")
 def orl_project(tmp_path, tiny_model_dir, mlflow_module_store, monkeypatch):
     """A project root using the openrlhf backend, with a stand-in train_ppo_ray module on PYTHONPATH."""
     import shutil
-    import sys
 
     from medssr.data.loaders import load_medmcqa
     from medssr.records import write_jsonl
@@ -428,15 +427,21 @@ def orl_project(tmp_path, tiny_model_dir, mlflow_module_store, monkeypatch):
     write_jsonl(root / "data/prepared/train.jsonl", load_medmcqa(RAW)[:6])
     write_jsonl(root / "data/prepared/benchmarks/medmcqa.jsonl", load_medmcqa(RAW)[6:12])  # the held-out set (--eval.dataset)
     shutil.copytree(tiny_model_dir, root / "artifacts/models/policy")
-    fake = tmp_path / "fake_openrlhf"
+    install_fake_openrlhf(tmp_path / "fake_openrlhf", FAKE_TRAIN_PPO_RAY, root, monkeypatch)
+    return root
+
+
+def install_fake_openrlhf(fake: Path, script: str, root: Path, monkeypatch) -> None:
+    """A stand-in ``openrlhf.cli.train_ppo_ray`` module (``script``) on PYTHONPATH, run by this interpreter for ``root``."""
+    import sys
+
     (fake / "openrlhf" / "cli").mkdir(parents=True)
     (fake / "openrlhf" / "__init__.py").write_text("")
     (fake / "openrlhf" / "cli" / "__init__.py").write_text("")
-    (fake / "openrlhf" / "cli" / "train_ppo_ray.py").write_text(FAKE_TRAIN_PPO_RAY)
+    (fake / "openrlhf" / "cli" / "train_ppo_ray.py").write_text(script)
     monkeypatch.setenv("PYTHONPATH", str(fake))
     monkeypatch.setenv("MEDSSR_OPENRLHF_PYTHON", sys.executable)
     monkeypatch.setenv("MEDSSR_ROOT", str(root))
-    return root
 
 
 def _train_paths(stage: str):

@@ -215,18 +215,12 @@ json.dump({"apply_chat_template": "data.apply_chat_template" in a, "prompt_is_te
 
 def test_a_base_lineage_survives_stage1_to_stage2_on_openrlhf(models, rows, tmp_path, monkeypatch, mlflow_store):
     from medssr.rl.run import run_train_stage
+    from tests.test_openrlhf_command import install_fake_openrlhf
     from tests.test_trl_backend import _paths
 
     root = tmp_path / "proj"
     _train_project(root, models["base"], rows)
-    fake = tmp_path / "fake_openrlhf"
-    (fake / "openrlhf" / "cli").mkdir(parents=True)
-    (fake / "openrlhf" / "__init__.py").write_text("")
-    (fake / "openrlhf" / "cli" / "__init__.py").write_text("")
-    (fake / "openrlhf" / "cli" / "train_ppo_ray.py").write_text(FAKE_TRAIN_PPO_RAY)
-    monkeypatch.setenv("PYTHONPATH", str(fake))
-    monkeypatch.setenv("MEDSSR_OPENRLHF_PYTHON", sys.executable)
-    monkeypatch.setenv("MEDSSR_ROOT", str(root))
+    install_fake_openrlhf(tmp_path / "fake_openrlhf", FAKE_TRAIN_PPO_RAY, root, monkeypatch)
     p = load_params(ROOT / "params.yaml", {"train.backend": "openrlhf", "train.global_batch_size": 2, "train.rollout_batch_size": 2,
                                             "train.micro_batch_size": 1, "train.num_generations": 2,
                                             "train.stage1": {"max_steps": 1, "learning_rate": 1e-6, "beta": 0.0, "max_samples": None},

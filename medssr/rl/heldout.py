@@ -44,6 +44,14 @@ def heldout_accuracy(sampler: Any, questions: Sequence[Question], template: Any,
             sum(a is not None for a in answers) / len(answers))
 
 
+def heldout_interval(acc: float, n: int) -> dict[str, float]:
+    """The 95 % Wilson interval of a held-out accuracy over ``n`` questions (8 questions: wide, and it says so)."""
+    from eval.stats import wilson_interval
+
+    lo, hi = wilson_interval(round(acc * n), n)
+    return {"heldout_acc_ci_low": lo, "heldout_acc_ci_high": hi}
+
+
 class HeldoutCallback(TrainerCallback):
     """Measures held-out accuracy at step 0 and every ``every`` steps (and the last), logs it, keeps it in history."""
 
@@ -54,8 +62,10 @@ class HeldoutCallback(TrainerCallback):
         self.rows: list[dict[str, float]] = []
 
     def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
-        self.rows = [{"step": int(e["step"]), "heldout_acc": float(e[HISTORY_KEY]), "heldout_valid_share": float(e["medssr_heldout_valid"]),
-                      "heldout_n": float(e["medssr_heldout_n"])} for e in state.log_history if HISTORY_KEY in e]
+        self.rows = [{"step": int(e["step"]), "heldout_acc": float(e[HISTORY_KEY]),
+                      **heldout_interval(float(e[HISTORY_KEY]), int(e["medssr_heldout_n"])),
+                      "heldout_valid_share": float(e["medssr_heldout_valid"]), "heldout_n": float(e["medssr_heldout_n"])}
+                     for e in state.log_history if HISTORY_KEY in e]
         for r in self.rows:  # a resumed run's new MLflow run gets the points measured before the kill
             self._log(r)
         if state.global_step == 0 and not self.rows:
@@ -77,7 +87,8 @@ class HeldoutCallback(TrainerCallback):
             acc, valid = heldout_accuracy(sampler, self.questions, self.template, self.max_new_tokens)
         finally:
             model.train(was_training)
-        row = {"step": int(state.global_step), "heldout_acc": acc, "heldout_valid_share": valid, "heldout_n": float(len(self.questions))}
+        row = {"step": int(state.global_step), "heldout_acc": acc, **heldout_interval(acc, len(self.questions)),
+               "heldout_valid_share": valid, "heldout_n": float(len(self.questions))}
         self.rows.append(row)
         state.log_history.append({"step": row["step"], HISTORY_KEY: acc, "medssr_heldout_valid": valid, "medssr_heldout_n": row["heldout_n"]})
         self._log(row)
